@@ -1,0 +1,1 @@
+"""CRIU integration: hook entry, phase dispatch, plugins, image I/O, RPC driver."""

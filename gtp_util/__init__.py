@@ -1,0 +1,1 @@
+"""Snapshot and restore of kernel gtp devices, PDP contexts, routes and SGi masquerade."""

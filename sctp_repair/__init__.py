@@ -1,0 +1,1 @@
+"""SCTP association state saved and restored through the kernel repair mode."""
