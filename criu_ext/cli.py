@@ -13,6 +13,11 @@ import click
 # name -> "module:attribute" of a click command
 COMMANDS = {
     "check": "criu_ext.check_cmd:check",
+    "dump": "criu_ext.dump_cmd:dump",
+    "restore": "criu_ext.restore_cmd:restore",
+    "plugins": "criu_ext.plugins_cmd:plugins",
+    "show": "criu_ext.show_cmd:show",
+    "hook-script": "criu_ext.hook_script_cmd:hook_script",
 }
 
 

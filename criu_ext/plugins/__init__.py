@@ -1,0 +1,1 @@
+"""Built-in plugins: gtp, netfilter, and trace (off unless selected)."""

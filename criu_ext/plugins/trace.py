@@ -1,0 +1,84 @@
+"""``trace``: writes down every phase it sees; can be told to fail (tests, debugging).
+
+Off unless selected (``--plugins trace`` or ``CRIU_EXT_PLUGINS=trace``). For each
+phase it records the action, the root task's PID and state, its netns inode and
+the time into ``criu-ext-trace.json``. ``$CRIU_EXT_TRACE_FAIL`` (comma-separated
+phases, ``rollback`` included) makes it fail there, to test what CRIU and the
+other plugins do then.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from criu_ext import phases as ph
+from criu_ext.plugin import Plugin, PluginError
+
+IMAGE = "criu-ext-trace.json"
+
+
+def _task_state(pid: int | None) -> str | None:
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+def _netns(pid: int | None) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino if pid else None
+    except OSError:
+        return None
+
+
+class TracePlugin(Plugin):
+    name = "trace"
+    order = 900
+    summary = "record each phase (pid, task state, netns) in criu-ext-trace.json; can inject failures"
+    images = (IMAGE,)
+    default = False
+
+    def _record(self, ctx, what: str) -> None:
+        path = ctx.image_path(IMAGE)
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except (FileNotFoundError, ValueError):
+            data = {}
+        data.setdefault(ctx.action, []).append({
+            "phase": what, "mode": ctx.mode, "init_pid": ctx.init_pid,
+            "task_state": _task_state(ctx.init_pid), "netns": _netns(ctx.init_pid),
+            "time": time.time(),
+        })
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1)
+        ctx.log.info(f"{ctx.action} {what} init_pid={ctx.init_pid}")
+        fail = os.environ.get("CRIU_EXT_TRACE_FAIL", "").split(",")
+        if what in fail:
+            raise PluginError(f"failing at {what} as asked by CRIU_EXT_TRACE_FAIL")
+
+    def rollback(self, ctx) -> None:
+        self._record(ctx, "rollback")
+
+    def show(self, images_dir: str) -> dict | None:
+        try:
+            with open(os.path.join(images_dir, IMAGE), encoding="utf-8") as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return None
+
+
+def _make(phase: str):
+    def method(self, ctx):
+        self._record(ctx, phase)
+    method.__name__ = ph.method_name(phase)
+    return method
+
+
+for _phase in ph.ALL_PHASES:
+    setattr(TracePlugin, ph.method_name(_phase), _make(_phase))

@@ -1,0 +1,265 @@
+"""Drive CRIU through its RPC (``criu swrk``) and answer its notify callbacks in-process.
+
+pycriu's ``criu`` class sends one request and reads one answer; with
+``notify_scripts`` CRIU sends NOTIFY messages first (one per action-script
+phase) and waits for a NOTIFY request back. This module runs that loop: the
+plugins of each phase run in this process, so nothing is started inside the
+freeze window.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pycriu.rpc_pb2 as rpc
+
+from criu_ext import phases as ph
+from criu_ext.session import PhaseFailed, Session
+
+RECV_MAX = 1 << 20
+
+
+class CriuError(Exception):
+    """CRIU said no (or died); the message names the log to read."""
+
+    def __init__(self, message: str, cr_errno: int = 0, log_path: str | None = None,
+                 plugin_failure: PhaseFailed | None = None) -> None:
+        super().__init__(message)
+        self.cr_errno = cr_errno
+        self.log_path = log_path
+        self.plugin_failure = plugin_failure
+
+
+@dataclass
+class Options:
+    """The CRIU options ``criu-ext dump|restore`` knows by name; ``extra`` passes others.
+
+    ``extra`` maps criu_opts field names (images/rpc.proto) to values: a list
+    for repeated fields, "true"/"false" or bool for booleans, a number, a name
+    for enums. ``log_file`` may be a path: its directory becomes CRIU's work
+    directory (RPC takes a bare file name).
+    """
+
+    images_dir: str
+    pid: int | None = None
+    tcp_established: bool = False
+    leave_running: bool = False
+    shell_job: bool = False
+    log_file: str | None = None
+    log_level: int = 2
+    external: list[str] = field(default_factory=list)
+    config_file: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Result:
+    ok: bool
+    resp: Any  # rpc.criu_resp
+    seconds: float  # request sent -> final answer
+    notify: list[dict]  # {"phase", "at", "seconds", "ok"} per NOTIFY, "at" since request sent
+    log_path: str | None
+    swrk_status: int | None = None
+
+    def phase_seconds(self, phases=None) -> float:
+        return sum(n["seconds"] for n in self.notify if phases is None or n["phase"] in phases)
+
+
+def set_opt(opts: Any, name: str, value: Any) -> None:
+    """Set criu_opts field ``name`` from a Python or string value, checked against rpc.proto."""
+    fd = opts.DESCRIPTOR.fields_by_name.get(name)
+    if fd is None:
+        raise ValueError(f"CRIU RPC has no option {name!r} (see criu_opts in images/rpc.proto)")
+    values = value if isinstance(value, (list, tuple)) else [value]
+    conv = []
+    for v in values:
+        if fd.type == fd.TYPE_BOOL:
+            if isinstance(v, str):
+                if v.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                    raise ValueError(f"option {name}: {v!r} is not a boolean")
+                v = v.lower() in ("1", "true", "yes", "on")
+            conv.append(bool(v))
+        elif fd.type == fd.TYPE_STRING:
+            conv.append(str(v))
+        elif fd.type == fd.TYPE_ENUM:
+            if isinstance(v, str) and not v.isdigit():
+                ev = fd.enum_type.values_by_name.get(v.upper())
+                if ev is None:
+                    raise ValueError(f"option {name}: {v!r} is not one of "
+                                     f"{', '.join(fd.enum_type.values_by_name)}")
+                v = ev.number
+            conv.append(int(v))
+        elif fd.type == fd.TYPE_MESSAGE:
+            raise ValueError(f"option {name} is structured; criu-ext does not pass it through "
+                             "(use a CRIU configuration file)")
+        else:
+            conv.append(int(v))
+    if fd.label == fd.LABEL_REPEATED:
+        getattr(opts, name).extend(conv)
+    else:
+        if len(conv) != 1:
+            raise ValueError(f"option {name} takes one value")
+        setattr(opts, name, conv[0])
+
+
+def build_opts(o: Options, images_fd: int, work_fd: int | None, log_name: str) -> Any:
+    opts = rpc.criu_opts()
+    opts.images_dir_fd = images_fd
+    if o.pid is not None:
+        opts.pid = o.pid
+    if work_fd is not None:
+        opts.work_dir_fd = work_fd
+    opts.tcp_established = o.tcp_established
+    opts.leave_running = o.leave_running
+    opts.shell_job = o.shell_job
+    opts.log_level = o.log_level
+    opts.log_file = log_name
+    opts.notify_scripts = True
+    opts.external.extend(o.external)
+    if o.config_file:
+        opts.config_file = o.config_file
+    for k, v in o.extra.items():
+        set_opt(opts, k, v)
+    return opts
+
+
+class Swrk:
+    """One ``criu swrk`` child talking SOCK_SEQPACKET with us."""
+
+    def __init__(self, criu: str = "criu") -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.sk = ours
+        try:
+            self.proc = subprocess.Popen([criu, "swrk", str(theirs.fileno())],
+                                         pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, close_fds=True)
+        except OSError as exc:
+            ours.close()
+            raise CriuError(f"cannot start {criu} swrk: {exc}") from exc
+        finally:
+            theirs.close()
+
+    def send(self, req: Any) -> None:
+        self.sk.send(req.SerializeToString())
+
+    def recv(self) -> Any | None:
+        data = self.sk.recv(RECV_MAX)
+        if not data:
+            return None
+        resp = rpc.criu_resp()
+        resp.ParseFromString(data)
+        return resp
+
+    def close(self) -> int | None:
+        self.sk.close()
+        try:
+            return self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+def _open_dirs(o: Options) -> tuple[int, int | None, str, str]:
+    images_fd = os.open(o.images_dir, os.O_DIRECTORY | os.O_RDONLY)
+    work_fd = None
+    log_name = o.log_file or ""
+    if "/" in log_name:
+        work = os.path.dirname(os.path.abspath(log_name))
+        work_fd = os.open(work, os.O_DIRECTORY | os.O_RDONLY)
+        log_name = os.path.basename(log_name)
+        log_path = os.path.join(work, log_name)
+    else:
+        log_path = os.path.join(o.images_dir, log_name)
+    return images_fd, work_fd, log_name, log_path
+
+
+def run(action: str, o: Options, session: Session | None, criu: str = "criu",
+        on_notify: Callable[[str, int | None], None] | None = None) -> Result:
+    """Run one CRIU dump or restore, answering NOTIFY with ``session``'s plugins.
+
+    Raises CriuError when CRIU fails; at dump, the plugins' rollback has run by
+    then (CRIU's network-unlock, or here if CRIU ended without it).
+    """
+    if action not in (ph.DUMP, ph.RESTORE):
+        raise ValueError(action)
+    if action == ph.DUMP and o.pid is None:
+        raise ValueError("a dump needs the PID of the tree's root (--tree)")
+    if not o.log_file:
+        o.log_file = f"{action}.log"
+    images_fd, work_fd, log_name, log_path = _open_dirs(o)
+    try:
+        req = rpc.criu_req()
+        req.type = rpc.DUMP if action == ph.DUMP else rpc.RESTORE
+        req.opts.CopyFrom(build_opts(o, images_fd, work_fd, log_name))
+        if session is not None:
+            session.options.setdefault("leave_running", o.leave_running)
+            session.options.setdefault("tcp_established", o.tcp_established)
+            if action == ph.DUMP:
+                session.init_pid = o.pid
+        swrk = Swrk(criu)
+        notify: list[dict] = []
+        failure: PhaseFailed | None = None
+        t0 = time.perf_counter()
+        resp = None
+        try:
+            swrk.send(req)
+            while True:
+                resp = swrk.recv()
+                if resp is None or resp.type != rpc.NOTIFY:
+                    break
+                phase = resp.notify.script
+                pid = resp.notify.pid if resp.notify.HasField("pid") else None
+                t1 = time.perf_counter()
+                ok = True
+                if on_notify:
+                    on_notify(phase, pid)
+                if session is not None:
+                    try:
+                        session.run(phase, pid)
+                    except PhaseFailed as exc:
+                        ok = False
+                        failure = failure or exc
+                t2 = time.perf_counter()
+                notify.append({"phase": phase, "at": round(t1 - t0, 6),
+                               "seconds": round(t2 - t1, 6), "ok": ok})
+                ans = rpc.criu_req()
+                ans.type = rpc.NOTIFY
+                ans.notify_success = ok
+                swrk.send(ans)
+        except (ConnectionError, OSError) as exc:
+            resp = None
+            failure_msg = f"lost the connection to criu swrk: {exc}"
+        else:
+            failure_msg = None
+        seconds = time.perf_counter() - t0
+        status = swrk.close()
+    finally:
+        os.close(images_fd)
+        if work_fd is not None:
+            os.close(work_fd)
+    result = Result(ok=bool(resp is not None and resp.success), resp=resp, seconds=seconds,
+                    notify=notify, log_path=log_path, swrk_status=status)
+    if session is not None and session.mode == "rpc":
+        session.write_manifest()
+    if result.ok:
+        return result
+    # CRIU failed. At dump the source goes on running: make sure it is whole.
+    if session is not None and action == ph.DUMP and not session.rolled_back:
+        for err in session.rollback():
+            session.log.error(str(err))
+        session.write_manifest()
+    if resp is None:
+        what = failure_msg or f"criu swrk ended without an answer (exit status {status})"
+        raise CriuError(f"{action} failed: {what}; see {log_path}", errno.ECONNRESET, log_path,
+                        failure)
+    msg = resp.cr_errmsg or (os.strerror(resp.cr_errno) if resp.cr_errno else "")
+    if failure is not None:
+        msg = f"plugin {failure.plugin} failed at {failure.phase}: {failure.message}"
+    raise CriuError(f"{action} failed: {msg or 'CRIU reported an error'}; see {log_path}",
+                    resp.cr_errno, log_path, failure)

@@ -1,0 +1,216 @@
+"""One dump or one restore as the plugins see it: phase dispatch, state, timings.
+
+The same class serves both modes. In RPC mode one Session object lives in the
+``criu-ext dump|restore`` process for the whole run. In action-script mode every
+phase is a new process: the session is saved to a small JSON file between
+phases (see hook.py) and rebuilt from it.
+
+Rules (docs/criu-ext.md has the long form):
+* plugins run in ascending (order, name);
+* in a phase where CRIU acts on failure (phases.FATAL) the first plugin that
+  raises stops the phase and the phase fails; in the others every plugin runs
+  and failures are logged;
+* at dump, ``network-unlock`` means the source tasks go on running (the dump
+  failed, post-dump failed, or --leave-running): after the plugins'
+  ``network_unlock`` methods, ``rollback`` runs in reverse order for every
+  plugin that was called in a dump phase, whether or not it succeeded there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from criu_ext import phases as ph
+from criu_ext.plugin import Context, Log, PluginError, handles, load, plugin_phases, reference
+
+MANIFEST = "criu-ext.json"
+FORMAT = 1
+
+
+class PhaseFailed(Exception):
+    """A plugin failed in a phase where that makes CRIU stop."""
+
+    def __init__(self, phase: str, plugin: str, message: str) -> None:
+        super().__init__(f"{phase}: plugin {plugin}: {message}")
+        self.phase = phase
+        self.plugin = plugin
+        self.message = message
+
+
+class Session:
+    def __init__(self, action: str, images_dir: str, plugins: list[Any], mode: str,
+                 log: Log | None = None, options: dict | None = None) -> None:
+        if action not in (ph.DUMP, ph.RESTORE):
+            raise ValueError(f"action must be dump or restore, not {action!r}")
+        self.action = action
+        self.images_dir = images_dir
+        self.plugins = list(plugins)
+        self.mode = mode
+        self.log = log or Log()
+        self.options = dict(options or {})
+        self.init_pid: int | None = None
+        self.state: dict[str, dict] = {p.name: {} for p in self.plugins}
+        self.acted: list[str] = []  # plugins called in a dump phase (rollback candidates)
+        self.rolled_back = False
+        self.timings: list[dict] = []  # {"phase", "plugin", "seconds", "ok"}
+        self.phases_seen: list[str] = []
+
+    # -- planning -------------------------------------------------------------
+
+    def phases(self) -> list[str]:
+        """Phases in which at least one plugin acts, for this action."""
+        wanted = ph.DUMP_PHASES if self.action == ph.DUMP else ph.RESTORE_PHASES
+        acting = set()
+        for p in self.plugins:
+            acting.update(plugin_phases(p))
+        return [p for p in wanted if p in acting]
+
+    def check_restore(self) -> None:
+        """At restore: every plugin that wrote images at dump must be here."""
+        manifest = read_manifest(self.images_dir)
+        dumped = manifest.get("dump", {}).get("plugins", []) if manifest else []
+        have = {p.name for p in self.plugins}
+        missing = [d["name"] for d in dumped if d.get("images") and d["name"] not in have]
+        if missing:
+            raise PhaseFailed("pre-restore", missing[0],
+                              f"the dump used plugin(s) {', '.join(missing)} whose images are in "
+                              f"{self.images_dir}, but they are not available or not selected here")
+
+    # -- running --------------------------------------------------------------
+
+    def context(self, plugin: Any, phase: str) -> Context:
+        return Context(phase=phase, action=self.action, images_dir=self.images_dir,
+                       init_pid=self.init_pid, mode=self.mode, plugin=plugin.name,
+                       log=self.log.child(plugin.name), state=self.state.setdefault(plugin.name, {}),
+                       options=self.options)
+
+    def run(self, phase: str, init_pid: int | None = None) -> None:
+        """Run the plugins of ``phase``; raise PhaseFailed if CRIU must stop."""
+        if phase not in ph.ALL_PHASES:
+            self.log.warning(f"phase {phase!r} is unknown to this version; nothing done")
+            return
+        if init_pid:
+            self.init_pid = init_pid
+        self.phases_seen.append(phase)
+        if phase == "pre-restore" and self.action == ph.RESTORE:
+            self.check_restore()
+        fatal = phase in ph.FATAL[self.action]
+        errors: list[PhaseFailed] = []
+        for plugin in self.plugins:
+            if not handles(plugin, phase):
+                continue
+            if self.action == ph.DUMP and phase != "network-unlock" and plugin.name not in self.acted:
+                self.acted.append(plugin.name)
+            err = self._call(plugin, phase, getattr(plugin, ph.method_name(phase)))
+            if err:
+                if fatal:
+                    raise err
+                errors.append(err)
+        if phase == "network-unlock" and self.action == ph.DUMP:
+            errors += self.rollback()
+        for err in errors:
+            self.log.error(f"{err} (CRIU goes on: this phase's failures are only logged)")
+
+    def rollback(self) -> list[PhaseFailed]:
+        """Undo, in reverse order, what the dump phases did on the source. Runs once."""
+        if self.rolled_back:
+            return []
+        self.rolled_back = True
+        errors = []
+        for plugin in reversed(self.plugins):
+            fn = getattr(plugin, "rollback", None)
+            if plugin.name in self.acted and callable(fn):
+                err = self._call(plugin, "rollback", fn, ctx_phase="network-unlock")
+                if err:
+                    errors.append(err)
+        return errors
+
+    def _call(self, plugin: Any, label: str, fn, ctx_phase: str | None = None) -> PhaseFailed | None:
+        ctx = self.context(plugin, ctx_phase or label)
+        t0 = time.perf_counter()
+        err = None
+        try:
+            fn(ctx)
+        except PluginError as exc:
+            err = PhaseFailed(label, plugin.name, str(exc))
+        except Exception as exc:  # a plugin bug must not take CRIU's session down silently
+            err = PhaseFailed(label, plugin.name, f"{type(exc).__name__}: {exc}")
+        dt = time.perf_counter() - t0
+        self.timings.append({"phase": label, "plugin": plugin.name, "seconds": round(dt, 6),
+                             "ok": err is None})
+        if err:
+            ctx.log.error(f"{label} failed after {dt * 1000:.1f} ms: {err.message}")
+        else:
+            ctx.log.debug(f"{label} done in {dt * 1000:.1f} ms")
+        return err
+
+    def plugin_seconds(self, phases: frozenset[str] | None = None) -> float:
+        """Time spent in plugin code, optionally only in some phases."""
+        return sum(t["seconds"] for t in self.timings
+                   if phases is None or t["phase"] in phases
+                   or (t["phase"] == "rollback" and "network-unlock" in phases))
+
+    # -- persistence (script mode) and the manifest ------------------------------
+
+    def to_json(self) -> dict:
+        return {
+            "action": self.action, "images_dir": self.images_dir, "mode": self.mode,
+            "plugins": [{"name": p.name, "target": reference(p)} for p in self.plugins],
+            "options": self.options, "init_pid": self.init_pid, "state": self.state,
+            "acted": self.acted, "rolled_back": self.rolled_back, "timings": self.timings,
+            "phases_seen": self.phases_seen,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict, log: Log | None = None, images_dir: str | None = None) -> Session:
+        plugins = [load(p["target"]) for p in data["plugins"]]
+        s = cls(data["action"], images_dir or data["images_dir"], plugins, data["mode"], log,
+                data.get("options"))
+        s.init_pid = data.get("init_pid")
+        s.state.update(data.get("state", {}))
+        s.acted = list(data.get("acted", []))
+        s.rolled_back = bool(data.get("rolled_back"))
+        s.timings = list(data.get("timings", []))
+        s.phases_seen = list(data.get("phases_seen", []))
+        return s
+
+    def write_manifest(self) -> None:
+        """Record in the image directory what each plugin wrote and how long it took."""
+        path = os.path.join(self.images_dir, MANIFEST)
+        data = read_manifest(self.images_dir) or {"format": FORMAT}
+        if self.action == ph.DUMP and "pre-dump" in self.phases_seen[:1]:
+            data.pop("restore", None)
+        plugins = []
+        for p in self.plugins:
+            imgs = []
+            for name in getattr(p, "images", ()):
+                try:
+                    imgs.append({"name": name, "size": os.stat(os.path.join(self.images_dir, name)).st_size})
+                except FileNotFoundError:
+                    pass
+            plugins.append({"name": p.name, "target": reference(p), "order": getattr(p, "order", 500),
+                            "images": imgs})
+        data[self.action] = {"mode": self.mode, "init_pid": self.init_pid, "plugins": plugins,
+                             "phases": self.phases_seen, "timings": self.timings,
+                             "rolled_back": self.rolled_back}
+        try:
+            tmp = path + ".tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(data, f, indent=1, sort_keys=True)
+                f.write("\n")
+            os.replace(tmp, path)
+        except OSError as exc:
+            self.log.warning(f"cannot write {MANIFEST}: {exc}")
+
+
+def read_manifest(images_dir: str) -> dict | None:
+    try:
+        with open(os.path.join(images_dir, MANIFEST), encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise PluginError(f"{images_dir}/{MANIFEST} is unreadable: {exc}") from exc

@@ -1,0 +1,201 @@
+"""The RPC driver against a stand-in for `criu swrk` that speaks CRIU's protocol:
+notify callbacks answered in-process, failures, rollback, option mapping."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import textwrap
+
+import pycriu.rpc_pb2 as rpc
+import pytest
+
+from criu_ext import rpc as driver
+from criu_ext.plugin import Log, Plugin, PluginError
+from criu_ext.session import Session
+
+FAKE = textwrap.dedent('''\
+    #!{python}
+    """Stand-in for `criu swrk FD`, driven by $FAKE_SCRIPT:
+    comma-separated phases; "crash" exits without an answer; "fail" answers failure."""
+    import os, sys, socket, json
+    import pycriu.rpc_pb2 as rpc
+    from google.protobuf.json_format import MessageToDict
+    assert sys.argv[1] == "swrk"
+    sk = socket.socket(fileno=int(sys.argv[2]))
+    req = rpc.criu_req()
+    req.ParseFromString(sk.recv(1 << 20))
+    with open(os.environ["FAKE_REQ"], "w") as f:
+        json.dump(MessageToDict(req, preserving_proto_field_name=True), f)
+    # CRIU checks the images dir fd of its peer
+    os.stat("/proc/%d/fd/%d" % (os.getppid(), req.opts.images_dir_fd))
+    dump = req.type == rpc.DUMP
+    locked = False
+    def final(ok):
+        r = rpc.criu_resp(type=req.type, success=ok)
+        if not dump and ok:
+            r.restore.pid = 4242
+        if not ok:
+            r.cr_errno = 5
+            r.cr_errmsg = "fake failure"
+        sk.send(r.SerializeToString())
+        sys.exit(0)
+    for step in os.environ["FAKE_SCRIPT"].split(","):
+        if step == "crash":
+            os._exit(1)
+        if step == "fail":
+            if dump and locked:
+                step = "network-unlock"
+                n = rpc.criu_resp(type=rpc.NOTIFY, success=True)
+                n.notify.script = step
+                sk.send(n.SerializeToString())
+                sk.recv(1 << 20)
+            final(False)
+        n = rpc.criu_resp(type=rpc.NOTIFY, success=True)
+        n.notify.script = step
+        if step in ("setup-namespaces", "post-restore"):
+            n.notify.pid = 4242
+        sk.send(n.SerializeToString())
+        ans = rpc.criu_req()
+        ans.ParseFromString(sk.recv(1 << 20))
+        assert ans.type == rpc.NOTIFY
+        locked = locked or step == "network-lock"
+        if not ans.notify_success and step in ("pre-dump", "network-lock", "post-dump",
+                                               "pre-restore", "setup-namespaces",
+                                               "post-setup-namespaces", "post-restore"):
+            if dump and locked:
+                n = rpc.criu_resp(type=rpc.NOTIFY, success=True)
+                n.notify.script = "network-unlock"
+                sk.send(n.SerializeToString())
+                sk.recv(1 << 20)
+            final(False)
+    final(True)
+''')
+
+
+class Rec(Plugin):
+    name = "rec"
+
+    def __init__(self, fail=()):
+        self.calls = []
+        self.fail = set(fail)
+
+    def _do(self, ctx):
+        self.calls.append((ctx.phase, ctx.init_pid, ctx.mode))
+        if ctx.phase in self.fail:
+            raise PluginError(f"no {ctx.phase}")
+
+    pre_dump = network_lock = post_dump = post_restore = network_unlock = _do
+
+    def rollback(self, ctx):
+        self.calls.append(("rollback", ctx.init_pid, ctx.mode))
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    path = tmp_path / "criu"
+    path.write_text(FAKE.format(python=sys.executable))
+    path.chmod(0o755)
+    monkeypatch.setenv("FAKE_REQ", str(tmp_path / "req.json"))
+    (tmp_path / "img").mkdir()
+    return str(path)
+
+
+def go(fake, tmp_path, monkeypatch, action, script, plugin, **kw):
+    monkeypatch.setenv("FAKE_SCRIPT", script)
+    s = Session(action, str(tmp_path / "img"), [plugin], "rpc", Log(level=0))
+    o = driver.Options(images_dir=str(tmp_path / "img"), pid=1234 if action == "dump" else None,
+                       **kw)
+    return s, driver.run(action, o, s, criu=fake)
+
+
+def test_dump_answers_each_notify_in_process(fake, tmp_path, monkeypatch):
+    p = Rec()
+    s, res = go(fake, tmp_path, monkeypatch, "dump", "pre-dump,network-lock,post-dump", p,
+                tcp_established=True, external=["veth[eth0]:x@br"], extra={"ext_unix_sk": "true"})
+    assert res.ok
+    assert p.calls == [("pre-dump", 1234, "rpc"), ("network-lock", 1234, "rpc"),
+                       ("post-dump", 1234, "rpc")]
+    assert [n["phase"] for n in res.notify] == ["pre-dump", "network-lock", "post-dump"]
+    req = json.load(open(tmp_path / "req.json"))
+    o = req["opts"]
+    assert req["type"] == "DUMP" and o["pid"] == 1234 and o["notify_scripts"] is True
+    assert o["tcp_established"] is True and o["ext_unix_sk"] is True
+    assert o["external"] == ["veth[eth0]:x@br"] and o["log_file"] == "dump.log"
+    assert o["log_level"] == 2
+    m = json.load(open(tmp_path / "img" / "criu-ext.json"))
+    assert m["dump"]["mode"] == "rpc"
+
+
+def test_plugin_failure_fails_the_dump_and_rolls_back(fake, tmp_path, monkeypatch):
+    p = Rec(fail={"post-dump"})
+    with pytest.raises(driver.CriuError, match="plugin rec failed at post-dump: no post-dump"):
+        go(fake, tmp_path, monkeypatch, "dump", "pre-dump,network-lock,post-dump", p)
+    assert [c[0] for c in p.calls] == ["pre-dump", "network-lock", "post-dump", "network-unlock",
+                                       "rollback"]
+
+
+def test_criu_error_after_lock_rolls_back_through_network_unlock(fake, tmp_path, monkeypatch):
+    p = Rec()
+    with pytest.raises(driver.CriuError, match="fake failure"):
+        go(fake, tmp_path, monkeypatch, "dump", "pre-dump,network-lock,fail", p)
+    assert [c[0] for c in p.calls][-2:] == ["network-unlock", "rollback"]
+
+
+def test_criu_crash_rolls_back_here(fake, tmp_path, monkeypatch):
+    p = Rec()
+    with pytest.raises(driver.CriuError, match="without an answer"):
+        go(fake, tmp_path, monkeypatch, "dump", "pre-dump,network-lock,crash", p)
+    assert [c[0] for c in p.calls] == ["pre-dump", "network-lock", "rollback"]
+
+
+def test_restore_gets_the_pid_and_a_failure_aborts(fake, tmp_path, monkeypatch):
+    p = Rec()
+    s, res = go(fake, tmp_path, monkeypatch, "restore",
+                "pre-restore,setup-namespaces,post-restore,network-unlock,post-resume", p)
+    assert res.ok and res.resp.restore.pid == 4242
+    assert p.calls == [("post-restore", 4242, "rpc"), ("network-unlock", 4242, "rpc")]
+    p2 = Rec(fail={"post-restore"})
+    with pytest.raises(driver.CriuError, match="plugin rec failed at post-restore"):
+        go(fake, tmp_path, monkeypatch, "restore", "pre-restore,post-restore,post-resume", p2)
+    assert "rollback" not in [c[0] for c in p2.calls]
+
+
+def test_log_file_path_becomes_work_dir(fake, tmp_path, monkeypatch):
+    logdir = tmp_path / "logs"
+    logdir.mkdir()
+    s, res = go(fake, tmp_path, monkeypatch, "dump", "pre-dump", Rec(),
+                log_file=str(logdir / "d.log"))
+    o = json.load(open(tmp_path / "req.json"))["opts"]
+    assert o["log_file"] == "d.log" and "work_dir_fd" in o
+    assert res.log_path == str(logdir / "d.log")
+
+
+def test_set_opt_checks_names_and_types():
+    o = rpc.criu_opts()
+    driver.set_opt(o, "ext_unix_sk", "yes")
+    driver.set_opt(o, "ghost_limit", "1048576")
+    driver.set_opt(o, "skip_mnt", ["/a", "/b"])
+    driver.set_opt(o, "network_lock", "nftables")
+    assert o.ext_unix_sk and o.ghost_limit == 1 << 20 and list(o.skip_mnt) == ["/a", "/b"]
+    assert o.network_lock == rpc.NFTABLES
+    with pytest.raises(ValueError, match="no option"):
+        driver.set_opt(o, "no_such_thing", "1")
+    with pytest.raises(ValueError, match="not a boolean"):
+        driver.set_opt(o, "shell_job", "maybe")
+    with pytest.raises(ValueError, match="structured"):
+        driver.set_opt(o, "veths", "a:b")
+    with pytest.raises(ValueError, match="not one of"):
+        driver.set_opt(o, "network_lock", "pf")
+
+
+def test_dump_needs_a_pid(tmp_path):
+    with pytest.raises(ValueError, match="PID"):
+        driver.run("dump", driver.Options(images_dir=str(tmp_path)), None)
+
+
+def test_images_fd_is_closed_afterwards(fake, tmp_path, monkeypatch):
+    before = set(os.listdir("/proc/self/fd"))
+    go(fake, tmp_path, monkeypatch, "dump", "pre-dump", Rec())
+    assert set(os.listdir("/proc/self/fd")) == before
