@@ -1,0 +1,236 @@
+"""Snapshot <-> image file, in CRIU's framing (see gtp_util/proto/gtp_image.proto).
+
+The loader checks everything before it returns: magics, format version, that every
+entry is complete and parses, the entry order, the counts announced by the head and
+device entries, and the CRC-32 in the tail. Any problem raises :class:`BadImage` with
+one line that says what is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from array import array
+
+from google.protobuf.message import DecodeError
+
+from .errors import BadImage
+from .model import Address, Device, NatRule, Route, SocketRef, Snapshot
+from .proto import gtp_image_pb2 as pb
+
+IMG_SERVICE_MAGIC = 0x55105940  # CRIU's magic for images that are not per-object
+IMG_COMMON_MAGIC = 0x54564319
+GTP_MAGIC = 0x47545055
+FORMAT_VERSION = 1
+CHUNK = 65536  # PDP contexts per chunk entry
+IMAGE_NAME = 'gtp.img'  # name inside a CRIU image directory
+
+_U32 = struct.Struct('<I')
+_MAGICS = struct.Struct('<II')
+
+
+def _entry(msg) -> bytes:
+    data = msg.SerializeToString()
+    return _U32.pack(len(data)) + data
+
+
+def _socket(ref: SocketRef) -> pb.gtp_socket_entry:
+    return pb.gtp_socket_entry(kind=ref.kind, pid=ref.pid, fd=ref.fd, family=ref.family,
+                               addr=ref.addr, port=ref.port, inode=ref.inode,
+                               guessed=ref.guessed)
+
+
+def dumps(snap: Snapshot) -> bytes:
+    """Encode a snapshot as image bytes."""
+    parts = [_MAGICS.pack(IMG_SERVICE_MAGIC, GTP_MAGIC)]
+    head = pb.gtp_head_entry(version=FORMAT_VERSION, n_devices=len(snap.devices),
+                             netns=snap.netns, kernel=snap.kernel, created=snap.created)
+    for k, v in snap.sysctls.items():
+        head.sysctls.add(name=k, value=v)
+    for r in snap.routes:
+        head.routes.add(family=r.family, dst=r.dst, dst_len=r.dst_len, dev=r.dev, table=r.table,
+                        type=r.type, scope=r.scope, proto=r.proto, priority=r.priority,
+                        prefsrc=r.prefsrc, gateway=r.gateway)
+    for n in snap.nat_rules:
+        head.nat_rules.add(backend=n.backend, family=n.family, table=n.table, chain=n.chain,
+                           rule=n.rule, chain_spec=n.chain_spec)
+    parts.append(_entry(head))
+    entries = 1
+    total = 0
+    for dev in snap.devices:
+        ctx = dev.contexts
+        d = pb.gtp_device_entry(name=dev.name, ifindex=dev.ifindex, role=dev.role,
+                                hashsize=dev.hashsize, restart_count=dev.restart_count,
+                                mtu=dev.mtu, up=dev.up, sock0=_socket(dev.sock0),
+                                sock1=_socket(dev.sock1), n_contexts=len(ctx))
+        for a in dev.addresses:
+            d.addresses.add(family=a.family, local=a.local, prefixlen=a.prefixlen,
+                            address=a.address)
+        parts.append(_entry(d))
+        entries += 1
+        for start in range(0, len(ctx), CHUNK):
+            stop = min(len(ctx), start + CHUNK)
+            c = pb.gtp_pdp_chunk_entry()
+            c.version.extend(ctx.version[start:stop])
+            c.i_tei.extend(ctx.i_tei[start:stop])
+            c.o_tei.extend(ctx.o_tei[start:stop])
+            c.tid.extend(ctx.tid[start:stop])
+            c.flow.extend(ctx.flow[start:stop])
+            c.peer.extend(ctx.peer[start:stop])
+            c.ms.extend(ctx.ms[start:stop])
+            for row, (p6, m6) in sorted(ctx.v6.items()):
+                if start <= row < stop:
+                    c.v6.add(row=row - start, peer6=p6, ms6=m6)
+            parts.append(_entry(c))
+            entries += 1
+        total += len(ctx)
+    body = b''.join(parts)
+    tail = pb.gtp_tail_entry(entries=entries, n_contexts=total, crc32=zlib.crc32(body))
+    return body + _entry(tail)
+
+
+def save(snap: Snapshot, path: str) -> str:
+    """Write the image to ``path`` (a directory gets ``gtp.img`` inside). Atomic rename."""
+    if os.path.isdir(path):
+        path = os.path.join(path, IMAGE_NAME)
+    data = dumps(snap)
+    tmp = f'{path}.tmp{os.getpid()}'
+    with open(tmp, 'wb') as f:
+        f.write(data)
+    os.replace(tmp, path)
+    return path
+
+
+def load(path: str) -> Snapshot:
+    """Read an image file (or ``gtp.img`` of an image directory)."""
+    if os.path.isdir(path):
+        path = os.path.join(path, IMAGE_NAME)
+    try:
+        with open(path, 'rb') as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise BadImage(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise BadImage(f"{path}: is a directory") from None
+    except OSError as e:
+        raise BadImage(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        return loads(data)
+    except BadImage as e:
+        raise BadImage(f"{path}: {e}") from None
+
+
+def _parse(cls, data, what: str):
+    msg = cls()
+    try:
+        msg.ParseFromString(bytes(data))
+    except DecodeError as e:
+        raise BadImage(f"corrupt image: {what} does not parse ({e})") from None
+    if not msg.IsInitialized():
+        raise BadImage(f"corrupt image: {what} lacks required fields "
+                       f"({', '.join(msg.FindInitializationErrors())})")
+    return msg
+
+
+def _socketref(e) -> SocketRef:
+    return SocketRef(kind=e.kind, pid=e.pid, fd=e.fd, family=e.family, addr=e.addr,
+                     port=e.port, inode=e.inode, guessed=e.guessed)
+
+
+def loads(data: bytes) -> Snapshot:
+    """Decode image bytes; raises :class:`BadImage` on anything unexpected."""
+    if len(data) < 8:
+        raise BadImage("not a gtp image: too short to hold the magic (empty or truncated file)")
+    m0, m1 = _MAGICS.unpack_from(data)
+    if m0 not in (IMG_SERVICE_MAGIC, IMG_COMMON_MAGIC):
+        raise BadImage(f"not a gtp image: wrong magic 0x{m0:08x} (not a CRIU-style image)")
+    if m1 != GTP_MAGIC:
+        raise BadImage(f"not a gtp image: CRIU image of another type (magic 0x{m1:08x})")
+    view = memoryview(data)
+    entries = []
+    off = 8
+    while off < len(data):
+        if off + 4 > len(data):
+            raise BadImage("truncated image: an entry size is cut short")
+        (size,) = _U32.unpack_from(data, off)
+        if off + 4 + size > len(data):
+            raise BadImage(f"truncated image: entry #{len(entries)} needs {size} bytes, "
+                           f"{len(data) - off - 4} left")
+        entries.append((off, view[off + 4:off + 4 + size]))
+        off += 4 + size
+    if not entries:
+        raise BadImage("truncated image: no entries after the magic")
+    head = _parse(pb.gtp_head_entry, entries[0][1], 'the head entry')
+    if head.version > FORMAT_VERSION or head.version == 0:
+        raise BadImage(f"image format version {head.version} is not supported "
+                       f"(this gtp_util reads version {FORMAT_VERSION})")
+    tail_off, tail_data = entries[-1]
+    tail = pb.gtp_tail_entry()
+    try:
+        tail.ParseFromString(bytes(tail_data))
+        ok = tail.IsInitialized() and len(entries) > 1
+    except DecodeError:
+        ok = False
+    if not ok or tail.entries != len(entries) - 1:
+        raise BadImage("truncated image: the tail entry is missing")
+    if zlib.crc32(view[:tail_off]) != tail.crc32:
+        raise BadImage("corrupt image: CRC-32 mismatch")
+    snap = Snapshot(netns=head.netns, kernel=head.kernel, created=head.created)
+    snap.sysctls = {s.name: s.value for s in head.sysctls}
+    snap.routes = [Route(family=r.family, dst=r.dst, dst_len=r.dst_len, dev=r.dev,
+                         table=r.table, type=r.type, scope=r.scope, proto=r.proto,
+                         priority=r.priority, prefsrc=r.prefsrc, gateway=r.gateway)
+                   for r in head.routes]
+    snap.nat_rules = [NatRule(backend=n.backend, family=n.family, table=n.table,
+                              chain=n.chain, rule=n.rule, chain_spec=n.chain_spec)
+                      for n in head.nat_rules]
+    i = 1
+    total = 0
+    body = entries[1:-1]
+    while i - 1 < len(body):
+        d = _parse(pb.gtp_device_entry, body[i - 1][1], f'entry #{i} (device)')
+        i += 1
+        dev = Device(name=d.name, ifindex=d.ifindex, role=d.role, hashsize=d.hashsize,
+                     restart_count=d.restart_count, mtu=d.mtu, up=d.up,
+                     addresses=[Address(family=a.family, local=a.local, prefixlen=a.prefixlen,
+                                        address=a.address) for a in d.addresses],
+                     sock0=_socketref(d.sock0), sock1=_socketref(d.sock1))
+        tab = dev.contexts
+        while len(tab) < d.n_contexts:
+            if i - 1 >= len(body):
+                raise BadImage(f"corrupt image: device {d.name} announces {d.n_contexts} "
+                               f"contexts, the image holds {len(tab)}")
+            c = _parse(pb.gtp_pdp_chunk_entry, body[i - 1][1], f'entry #{i} (PDP contexts)')
+            i += 1
+            n = len(c.version)
+            cols = (c.i_tei, c.o_tei, c.tid, c.flow, c.peer, c.ms)
+            if n == 0 or any(len(col) != n for col in cols):
+                raise BadImage(f"corrupt image: entry #{i - 1} has columns of unequal length")
+            base = len(tab)
+            try:
+                cols = (array('B', c.version), array('I', c.i_tei), array('I', c.o_tei),
+                        array('Q', c.tid), array('H', c.flow), array('I', c.peer),
+                        array('I', c.ms))
+            except OverflowError:
+                raise BadImage(f"corrupt image: entry #{i - 1} has a value out of range") from None
+            if any(v > 1 for v in cols[0]):
+                raise BadImage(f"corrupt image: entry #{i - 1} has an unknown GTP version")
+            for dst, src in zip((tab.version, tab.i_tei, tab.o_tei, tab.tid, tab.flow,
+                                 tab.peer, tab.ms), cols):
+                dst.extend(src)
+            for e in c.v6:
+                tab.v6[base + e.row] = (e.peer6, e.ms6)
+        if len(tab) != d.n_contexts:
+            raise BadImage(f"corrupt image: device {d.name} has more contexts than announced")
+        total += len(tab)
+        snap.devices.append(dev)
+    if len(snap.devices) != head.n_devices:
+        raise BadImage(f"corrupt image: head announces {head.n_devices} devices, "
+                       f"found {len(snap.devices)}")
+    if total != tail.n_contexts:
+        raise BadImage("corrupt image: context count differs from the tail's")
+    return snap
+
+
+__all__ = ['FORMAT_VERSION', 'GTP_MAGIC', 'IMAGE_NAME', 'dumps', 'load', 'loads', 'save']
