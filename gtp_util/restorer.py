@@ -391,6 +391,8 @@ def restore(snap: Snapshot, netns: str | None = None, *, bind_pid: int | None = 
     if bind_pid is not None and not os.path.exists(f'/proc/{bind_pid}'):
         raise NoSuchTarget(f"no process with PID {bind_pid}")
     register_link_kind()
+    if snap.devices:
+        PdpChannel(netns).close()  # raises GtpUnavailable on a kernel without gtp
     live = take_snapshot(netns, with_nat=False, with_sockets=bool(snap.devices))
     live_nat = nat.read_rules(netns, ue_pools(snap)) if snap.nat_rules else []
     p = plan(snap, live, live_nat)

@@ -1,0 +1,111 @@
+"""Image framing: round trip, and every way a file can be bad."""
+
+import struct
+
+import pytest
+
+from gtp_util import image
+from gtp_util.errors import BadImage
+from gtp_util.model import (Address, Device, NatRule, PdpContext, PdpTable, Route, Snapshot,
+                            SocketRef)
+
+
+def sample(n=5, devices=2) -> Snapshot:
+    devs = []
+    for d in range(devices):
+        t = PdpTable()
+        for i in range(n):
+            t.append_v1(0x0A000002, 0x0A800001 + i + d * 1000, 100 + i, 5000 + i)
+        t.append(PdpContext(0, 0x0A000003, 0x0AA00001 + d, tid=1 << 40, flow=7))
+        devs.append(Device(f'gtp{d}', 10 + d, role=d % 2, hashsize=2048, restart_count=4,
+                           mtu=1400, up=True, addresses=[Address(2, '10.1.0.1', 24)],
+                           sock1=SocketRef(kind='task', pid=42, fd=3 + d, family=2,
+                                           addr='0.0.0.0', port=2152, inode=99),
+                           contexts=t))
+    return Snapshot(devices=devs, routes=[Route(2, '10.128.0.0', 16, 'gtp0', table=100)],
+                    nat_rules=[NatRule('iptables-nft', 2, 'nat', 'POSTROUTING',
+                                       '-s 10.128.0.0/16 -o sgi0 -j MASQUERADE')],
+                    sysctls={'net.ipv4.ip_forward': '1'}, netns='/run/netns/x', kernel='6.1',
+                    created=1.5)
+
+
+def test_round_trip_keeps_everything():
+    snap = sample()
+    back = image.loads(image.dumps(snap))
+    assert back.to_dict() == snap.to_dict()
+    assert back.devices[1].contexts == snap.devices[1].contexts
+
+
+def test_large_table_is_split_in_chunks_and_comes_back():
+    snap = sample(n=image.CHUNK + 10, devices=1)
+    back = image.loads(image.dumps(snap))
+    assert back.devices[0].contexts == snap.devices[0].contexts
+
+
+def test_empty_snapshot_round_trips():
+    assert image.loads(image.dumps(Snapshot())).devices == []
+
+
+def test_file_starts_with_criu_service_magic_and_our_type():
+    data = image.dumps(sample())
+    assert struct.unpack_from('<II', data) == (image.IMG_SERVICE_MAGIC, image.GTP_MAGIC)
+
+
+@pytest.mark.parametrize('cut', [0, 3, 8, 11, 20, -1, -5])
+def test_truncated(cut):
+    data = image.dumps(sample())
+    with pytest.raises(BadImage, match='truncated|too short|tail'):
+        image.loads(data[:cut] if cut >= 0 else data[:cut])
+
+
+def test_every_single_byte_flip_after_the_magic_is_caught():
+    data = image.dumps(sample(n=2, devices=1))
+    for i in range(8, len(data)):
+        bad = bytearray(data)
+        bad[i] ^= 0x5A
+        with pytest.raises(BadImage):
+            image.loads(bytes(bad))
+
+
+def test_wrong_magic_and_foreign_files():
+    data = image.dumps(sample())
+    with pytest.raises(BadImage, match='wrong magic'):
+        image.loads(b'\0' * 4 + data[4:])
+    with pytest.raises(BadImage, match='another type'):
+        image.loads(data[:4] + b'\x01\x02\x03\x04' + data[8:])
+    with pytest.raises(BadImage, match='wrong magic'):
+        image.loads(b'#!/bin/sh\necho hello\n')
+
+
+def test_newer_format_version_is_refused():
+    from gtp_util.proto import gtp_image_pb2 as pb
+    data = image.dumps(sample())
+    size = struct.unpack_from('<I', data, 8)[0]
+    head = pb.gtp_head_entry()
+    head.ParseFromString(data[12:12 + size])
+    head.version = image.FORMAT_VERSION + 1
+    hb = head.SerializeToString()
+    with pytest.raises(BadImage, match='version 2 is not supported'):
+        image.loads(data[:8] + struct.pack('<I', len(hb)) + hb + data[12 + size:])
+
+
+def test_load_and_save_paths(tmp_path):
+    snap = sample()
+    path = image.save(snap, str(tmp_path))
+    assert path.endswith('/gtp.img')
+    assert image.load(str(tmp_path)).to_dict() == snap.to_dict()
+    with pytest.raises(BadImage, match='no such file'):
+        image.load(str(tmp_path / 'missing.img'))
+
+
+def test_generated_code_matches_the_proto_file(tmp_path):
+    import shutil
+    import subprocess
+    from pathlib import Path
+    if shutil.which('protoc') is None:
+        pytest.skip('protoc (Debian protobuf-compiler) is not installed')
+    src = Path(image.__file__).parent / 'proto'
+    subprocess.run(['protoc', f'-I{src}', f'--python_out={tmp_path}', 'gtp_image.proto'],
+                   check=True)
+    assert (tmp_path / 'gtp_image_pb2.py').read_text() == \
+        (src / 'gtp_image_pb2.py').read_text()
