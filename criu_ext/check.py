@@ -102,7 +102,7 @@ def _probe_gtp() -> Finding:
     try:
         sock.bind(("127.0.0.1", 2152))
         with IPRoute() as ipr:
-            ipr.link("add", ifname="cxcheck0", kind="gtp", gtp_fd1=sock.fileno(), gtp_role=0)
+            ipr.link("add", ifname="cxcheck0", kind="gtp", fd1=sock.fileno(), role=0)
             ipr.link("del", ifname="cxcheck0")
     except NetlinkError as e:
         hint = ("kernel without CONFIG_GTP (or the gtp module cannot load)"
