@@ -167,13 +167,10 @@ def _probe_sctp_diag() -> Finding:
 
 
 def _probe_sctp_repair() -> Finding:
-    try:
-        from sctp_repair import probe as repair_probe
-    except ImportError:
-        return Finding("sctp repair mode", False, "sctp_repair.probe not available",
-                       required=False)
-    present, detail = repair_probe.repair_mode()
-    return Finding("sctp repair mode", present, detail, required=False,
+    from sctp_repair import probe as repair_probe
+
+    found = repair_probe()
+    return Finding("sctp repair mode", found.repair, found.detail, required=False,
                    hint="associations can only be carried by an SCTP restart; "
                         "boot a kernel with kernel-patches/ applied for a seamless move")
 
