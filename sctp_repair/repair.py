@@ -1,0 +1,223 @@
+"""Save and restore an SCTP association through the kernel's repair mode.
+
+One verb per step, like CRIU's soccr for TCP:
+
+* ``pause(sock)``   turn repair mode on: close() becomes silent from now on;
+* ``save(sock)``    read the association's state (``AssocState``);
+* ``release(sock)`` close silently (no SHUTDOWN, no ABORT to the peer);
+* ``restore(sock, state)`` on a fresh one-to-one socket: bind, set the state,
+  connect() without a handshake (the association is ESTABLISHED at once);
+* ``resume(sock)``  turn repair mode off: the socket works as usual.
+
+Repair mode needs the patched kernel (``kernel-patches/``) and CAP_NET_ADMIN
+in the socket's network namespace. Queues are not carried: ``save`` fails with
+``QueuesNotEmpty`` while anything is unacknowledged, unread or unreassembled;
+the caller stops the traffic (a netfilter rule, as CRIU does for TCP), lets
+the queues drain, then saves.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import socket
+import struct
+import time
+from dataclasses import dataclass
+
+from . import abi
+from .state import AssocState
+
+
+class RepairError(Exception):
+    """Repair mode could not do what was asked; the message says why."""
+
+
+class RepairUnsupported(RepairError):
+    """The running kernel has no SCTP repair mode (or no SCTP at all)."""
+
+
+class QueuesNotEmpty(RepairError):
+    """The association still has data queued, in flight or unread (EBUSY)."""
+
+
+@dataclass
+class Probe:
+    sctp: bool            # the kernel opens SCTP sockets at all
+    repair: bool          # SCTP_REPAIR is known
+    detail: str
+
+    def __str__(self) -> str:
+        return self.detail
+
+
+def probe() -> Probe:
+    """Does the running kernel have SCTP repair mode?
+
+    Asks an unprivileged getsockopt(SCTP_REPAIR) on a new socket: a stock
+    kernel answers ENOPROTOOPT.
+    """
+    try:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, abi.IPPROTO_SCTP)
+    except OSError as e:
+        return Probe(False, False, f"this kernel has no SCTP ({e.strerror}): "
+                                   "repair mode is missing too")
+    with s:
+        try:
+            s.getsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR, 4)
+        except OSError as e:
+            if e.errno == errno.ENOPROTOOPT:
+                return Probe(True, False, "SCTP works but this kernel has no SCTP repair "
+                                          "mode (SCTP_REPAIR unknown): boot a kernel built "
+                                          "with kernel-patches/")
+            raise
+    return Probe(True, True, "SCTP repair mode is available")
+
+
+def _opt_error(e: OSError, what: str) -> RepairError:
+    if e.errno == errno.ENOPROTOOPT:
+        return RepairUnsupported(f"{what}: this kernel has no SCTP repair mode")
+    if e.errno == errno.EBUSY:
+        return QueuesNotEmpty(f"{what}: data is still queued, in flight or unread; "
+                              "stop the traffic and let the queues drain first")
+    if e.errno == errno.EPERM:
+        return RepairError(f"{what}: not permitted (repair mode needs CAP_NET_ADMIN in "
+                           "the socket's network namespace, and must be on)")
+    if e.errno == errno.ENOTCONN:
+        return RepairError(f"{what}: the socket has no ESTABLISHED association")
+    if e.errno == errno.EOPNOTSUPP:
+        return RepairError(f"{what}: not supported for this socket or association "
+                           f"({e.strerror})")
+    return RepairError(f"{what}: {e.strerror or e}")
+
+
+def set_repair(sock: socket.socket, on: bool) -> None:
+    val = abi.SCTP_REPAIR_ON if on else abi.SCTP_REPAIR_OFF
+    try:
+        sock.setsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR, val)
+    except OSError as e:
+        raise _opt_error(e, f"SCTP_REPAIR {'on' if on else 'off'}") from e
+
+
+def in_repair(sock: socket.socket) -> bool:
+    try:
+        return bool(struct.unpack("i", sock.getsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR, 4))[0])
+    except OSError as e:
+        raise _opt_error(e, "SCTP_REPAIR") from e
+
+
+def status(sock: socket.socket) -> abi.SctpStatus:
+    """SCTP_STATUS of the socket's association (stock kernels have it)."""
+    buf = bytearray(ctypes.sizeof(abi.SctpStatus))
+    raw = sock.getsockopt(abi.SOL_SCTP, abi.SCTP_STATUS, len(buf))
+    return abi.SctpStatus.from_buffer_copy(raw.ljust(len(buf), b"\0"))
+
+
+def pause(sock: socket.socket) -> None:
+    set_repair(sock, True)
+
+
+def resume(sock: socket.socket) -> None:
+    set_repair(sock, False)
+
+
+def save(sock: socket.socket, wait: float = 0.0) -> AssocState:
+    """State of the socket's ESTABLISHED association; repair mode is turned on.
+
+    With ``wait``, retry for up to that many seconds while queues are not
+    empty (a delayed SACK, data just received), then give up with
+    ``QueuesNotEmpty``.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return _save(sock)
+        except QueuesNotEmpty:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _save(sock: socket.socket) -> AssocState:
+    pause(sock)
+    size = ctypes.sizeof(abi.SctpRepairAssoc)
+    try:
+        raw = sock.getsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR_ASSOC, size)
+    except OSError as e:
+        raise _opt_error(e, "SCTP_REPAIR_ASSOC") from e
+    sra = abi.SctpRepairAssoc.from_buffer_copy(raw.ljust(size, b"\0"))
+    count = sra.sra_outstreams + sra.sra_instreams
+    ssize = abi.REPAIR_STREAMS_HDR.size + count * abi.REPAIR_STREAM.size
+    try:
+        streams = sock.getsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR_STREAMS, ssize)
+    except OSError as e:
+        raise _opt_error(e, "SCTP_REPAIR_STREAMS") from e
+    return AssocState.from_kernel(sra, streams)
+
+
+def release(sock: socket.socket) -> None:
+    """Close the socket without a word to the peer (repair mode on, then close)."""
+    try:
+        if not in_repair(sock):
+            pause(sock)
+    finally:
+        sock.close()
+
+
+def family_of(state: AssocState) -> int:
+    return socket.AF_INET6 if ":" in state.local_addr else socket.AF_INET
+
+
+def new_socket(state: AssocState) -> socket.socket:
+    """A fresh one-to-one SCTP socket of the family the state needs."""
+    return socket.socket(family_of(state), socket.SOCK_STREAM, abi.IPPROTO_SCTP)
+
+
+def _enable_extensions(sock: socket.socket, caps: abi.Cap) -> None:
+    # PR-SCTP and ECN are on by default; RE-CONFIG and I-DATA are off.
+    assoc_value = struct.Struct("=iI")
+    if caps & abi.Cap.RECONF:
+        sock.setsockopt(abi.SOL_SCTP, abi.SCTP_RECONFIG_SUPPORTED, assoc_value.pack(0, 1))
+    if caps & abi.Cap.INTL:
+        sock.setsockopt(abi.SOL_SCTP, 18, 2)  # SCTP_FRAGMENT_INTERLEAVE level 2
+        sock.setsockopt(abi.SOL_SCTP, abi.SCTP_INTERLEAVING_SUPPORTED,
+                        assoc_value.pack(0, 1))
+
+
+def restore(sock: socket.socket, state: AssocState, *, bind: bool = True,
+            keep_repair: bool = False) -> None:
+    """Make ``sock`` (new, unbound unless ``bind`` is False) the saved association.
+
+    Binds to the saved local address and port (SO_REUSEADDR), sets the state
+    in repair mode and connects to the saved peer: no INIT is sent, the
+    association is ESTABLISHED when this returns, and no SCTP_COMM_UP is
+    queued. Repair mode is turned off again unless ``keep_repair``.
+    """
+    if state.caps & (abi.Cap.AUTH | abi.Cap.ASCONF):
+        raise RepairError("the association uses SCTP-AUTH/ASCONF, whose keys repair "
+                          "mode does not carry: it cannot be restored")
+    _enable_extensions(sock, state.caps)
+    if bind:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((state.local_addr, state.local_port))
+        except OSError as e:
+            raise RepairError(f"bind to [{state.local_addr}]:{state.local_port}: "
+                              f"{e.strerror} (is the address configured here?)") from e
+    pause(sock)
+    sra, streams = state.to_kernel()
+    try:
+        sock.setsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR_ASSOC, bytes(sra))
+    except OSError as e:
+        raise _opt_error(e, "SCTP_REPAIR_ASSOC") from e
+    try:
+        sock.setsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR_STREAMS, streams)
+    except OSError as e:
+        raise _opt_error(e, "SCTP_REPAIR_STREAMS") from e
+    try:
+        sock.connect((state.peer_addr, state.peer_port))
+    except OSError as e:
+        raise RepairError(f"repaired connect to [{state.peer_addr}]:{state.peer_port}: "
+                          f"{e.strerror}") from e
+    if not keep_repair:
+        resume(sock)

@@ -1,0 +1,137 @@
+"""The saved state of one SCTP association: a plain data model.
+
+No I/O here: conversions between the model, the kernel's repair structures
+(``abi``) and the protobuf message kept on disk (``assoc_state.proto``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+from dataclasses import dataclass, field
+
+from . import abi
+from . import assoc_state_pb2 as pb
+
+# Fields of SctpRepairAssoc carried one to one (without the sra_ prefix).
+SCALARS = (
+    "my_vtag", "peer_vtag", "my_initial_tsn", "peer_initial_tsn", "next_tsn",
+    "ctsn_ack_point", "adv_peer_ack_point", "peer_ctsn", "peer_rwnd", "rwnd",
+    "addip_serial", "peer_addip_serial", "strreset_outseq", "strreset_inseq",
+    "peer_caps", "rto_initial", "rto_min", "rto_max", "rto", "srtt", "rttvar",
+    "hbinterval", "sackdelay", "max_retrans", "pathmaxrxt", "pathmtu",
+)
+
+
+@dataclass
+class Stream:
+    mid: int = 0      # next SSN (DATA) or MID (I-DATA)
+    mid_uo: int = 0   # next unordered MID (I-DATA only)
+
+
+@dataclass
+class AssocState:
+    local_addr: str = ""
+    local_port: int = 0
+    peer_addr: str = ""
+    peer_port: int = 0
+    my_vtag: int = 0
+    peer_vtag: int = 0
+    my_initial_tsn: int = 0
+    peer_initial_tsn: int = 0
+    next_tsn: int = 0
+    ctsn_ack_point: int = 0
+    adv_peer_ack_point: int = 0
+    peer_ctsn: int = 0
+    peer_rwnd: int = 0
+    rwnd: int = 0
+    addip_serial: int = 0
+    peer_addip_serial: int = 0
+    strreset_outseq: int = 0
+    strreset_inseq: int = 0
+    peer_caps: int = 0
+    rto_initial: int = 0
+    rto_min: int = 0
+    rto_max: int = 0
+    rto: int = 0
+    srtt: int = 0
+    rttvar: int = 0
+    hbinterval: int = 0
+    sackdelay: int = 0
+    max_retrans: int = 0
+    pathmaxrxt: int = 0
+    pathmtu: int = 0
+    out_streams: list[Stream] = field(default_factory=list)
+    in_streams: list[Stream] = field(default_factory=list)
+    kernel_size: int = abi.SCTP_REPAIR_ASSOC_SIZE_VER0
+
+    @property
+    def caps(self) -> abi.Cap:
+        return abi.Cap(self.peer_caps)
+
+    # --- kernel structures -------------------------------------------------
+
+    @classmethod
+    def from_kernel(cls, sra: abi.SctpRepairAssoc, streams: bytes) -> AssocState:
+        local = abi.sockaddr_to_tuple(sra.sra_local)
+        peer = abi.sockaddr_to_tuple(sra.sra_peer)
+        st = cls(local_addr=local[0], local_port=local[1], peer_addr=peer[0],
+                 peer_port=peer[1], kernel_size=sra.sra_size,
+                 **{name: getattr(sra, "sra_" + name) for name in SCALARS})
+        outcnt, incnt, _ = abi.REPAIR_STREAMS_HDR.unpack_from(streams, 0)
+        if outcnt != sra.sra_outstreams or incnt != sra.sra_instreams:
+            raise ValueError(f"stream counts disagree: assoc {sra.sra_outstreams}/"
+                             f"{sra.sra_instreams}, streams {outcnt}/{incnt}")
+        entries = [Stream(*abi.REPAIR_STREAM.unpack_from(
+            streams, abi.REPAIR_STREAMS_HDR.size + i * abi.REPAIR_STREAM.size))
+            for i in range(outcnt + incnt)]
+        st.out_streams, st.in_streams = entries[:outcnt], entries[outcnt:]
+        return st
+
+    def to_kernel(self) -> tuple[abi.SctpRepairAssoc, bytes]:
+        """The two option values to set before a repaired connect()."""
+        sra = abi.SctpRepairAssoc()
+        sra.sra_size = ctypes.sizeof(sra)
+        sra.sra_local = abi.tuple_to_sockaddr(self.local_addr, self.local_port)
+        sra.sra_peer = abi.tuple_to_sockaddr(self.peer_addr, self.peer_port)
+        for name in SCALARS:
+            setattr(sra, "sra_" + name, getattr(self, name))
+        sra.sra_outstreams = len(self.out_streams)
+        sra.sra_instreams = len(self.in_streams)
+        streams = bytearray(abi.REPAIR_STREAMS_HDR.pack(len(self.out_streams),
+                                                        len(self.in_streams), 0))
+        for s in self.out_streams + self.in_streams:
+            streams += abi.REPAIR_STREAM.pack(s.mid, s.mid_uo)
+        return sra, bytes(streams)
+
+    # --- protobuf ---------------------------------------------------------------
+
+    def to_proto(self) -> pb.SctpAssocState:
+        msg = pb.SctpAssocState(kernel_size=self.kernel_size, local_addr=self.local_addr,
+                                local_port=self.local_port, peer_addr=self.peer_addr,
+                                peer_port=self.peer_port,
+                                **{name: getattr(self, name) for name in SCALARS})
+        msg.out_streams.extend(pb.SctpStream(mid=s.mid, mid_uo=s.mid_uo)
+                               for s in self.out_streams)
+        msg.in_streams.extend(pb.SctpStream(mid=s.mid, mid_uo=s.mid_uo)
+                              for s in self.in_streams)
+        return msg
+
+    @classmethod
+    def from_proto(cls, msg: pb.SctpAssocState) -> AssocState:
+        return cls(kernel_size=msg.kernel_size, local_addr=msg.local_addr,
+                   local_port=msg.local_port, peer_addr=msg.peer_addr,
+                   peer_port=msg.peer_port,
+                   out_streams=[Stream(s.mid, s.mid_uo) for s in msg.out_streams],
+                   in_streams=[Stream(s.mid, s.mid_uo) for s in msg.in_streams],
+                   **{name: getattr(msg, name) for name in SCALARS})
+
+    def to_bytes(self) -> bytes:
+        return self.to_proto().SerializeToString()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> AssocState:
+        return cls.from_proto(pb.SctpAssocState.FromString(data))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

@@ -1,0 +1,98 @@
+"""sctp_repair's layouts and state model, without a kernel."""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from sctp_repair import abi, cli
+from sctp_repair.state import AssocState, Stream
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def sample() -> AssocState:
+    return AssocState(
+        local_addr="10.0.0.1", local_port=36412, peer_addr="fd00::2", peer_port=5000,
+        my_vtag=0xDEADBEEF, peer_vtag=0x01020304, my_initial_tsn=100, peer_initial_tsn=7,
+        next_tsn=4000000000, ctsn_ack_point=3999999999, adv_peer_ack_point=3999999999,
+        peer_ctsn=77, peer_rwnd=106496, rwnd=106496, addip_serial=100, peer_addip_serial=6,
+        strreset_outseq=100, strreset_inseq=7, peer_caps=int(abi.Cap.PRSCTP | abi.Cap.ECN),
+        rto_initial=3000, rto_min=1000, rto_max=60000, rto=1000, srtt=12, rttvar=3,
+        hbinterval=30000, sackdelay=200, max_retrans=10, pathmaxrxt=5, pathmtu=1500,
+        out_streams=[Stream(5), Stream(0), Stream(65535)],
+        in_streams=[Stream(9), Stream(1)])
+
+
+def test_layout_matches_kernel_headers():
+    assert ctypes.sizeof(abi.SctpRepairAssoc) == abi.SCTP_REPAIR_ASSOC_SIZE_VER0 == 368
+    assert ctypes.sizeof(abi.SctpStatus) == 176
+    assert ctypes.sizeof(abi.SctpPaddrinfo) == 152
+    assert abi.SctpRepairAssoc.sra_peer_vtag.offset == 268
+    assert abi.SctpStatus.sstat_primary.offset == 24
+    assert abi.REPAIR_STREAMS_HDR.size == 8 and abi.REPAIR_STREAM.size == 8
+
+
+def test_notification_types_follow_enum_sctp_sn_type():
+    # SCTP_DATA_IO_EVENT takes the base value; SCTP_ASSOC_CHANGE comes after it.
+    assert abi.SCTP_ASSOC_CHANGE == 0x8001
+    assert abi.SCTP_PEER_ADDR_CHANGE == 0x8002
+    assert abi.SCTP_SHUTDOWN_EVENT == 0x8005
+
+
+def test_option_numbers_follow_the_last_stock_one():
+    assert abi.SCTP_PLPMTUD_PROBE_INTERVAL == 133
+    assert (abi.SCTP_REPAIR, abi.SCTP_REPAIR_ASSOC, abi.SCTP_REPAIR_STREAMS) == (134, 135, 136)
+
+
+@pytest.mark.parametrize("addr", ["10.1.2.3", "fd00::17", "::ffff:a00:1"])
+def test_sockaddr_round_trip(addr):
+    assert abi.sockaddr_to_tuple(abi.tuple_to_sockaddr(addr, 2905)) == (addr, 2905)
+
+
+def test_kernel_struct_round_trip():
+    st = sample()
+    sra, streams = st.to_kernel()
+    assert sra.sra_size == 368
+    assert sra.sra_outstreams == 3 and sra.sra_instreams == 2
+    assert len(streams) == 8 + 5 * 8
+    back = AssocState.from_kernel(abi.SctpRepairAssoc.from_buffer_copy(bytes(sra)), streams)
+    assert back == st
+
+
+def test_kernel_stream_counts_must_agree():
+    sra, streams = sample().to_kernel()
+    sra.sra_instreams = 1
+    with pytest.raises(ValueError, match="stream counts"):
+        AssocState.from_kernel(sra, streams)
+
+
+def test_protobuf_round_trip():
+    st = sample()
+    assert AssocState.from_bytes(st.to_bytes()) == st
+    assert st.to_proto().out_streams[2].mid == 65535
+
+
+def test_show_prints_a_saved_state(tmp_path):
+    path = tmp_path / "a.state"
+    path.write_bytes(sample().to_bytes())
+    result = CliRunner().invoke(cli.main, ["show", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "[10.0.0.1]:36412" in result.output
+    assert "PRSCTP,ECN" in result.output
+    assert "out 2: next 65535" in result.output
+    result = CliRunner().invoke(cli.main, ["show", "--json", str(path)])
+    assert '"peer_vtag": 16909060' in result.output
+
+
+@pytest.mark.skipif(shutil.which("protoc") is None, reason="protoc not installed")
+def test_generated_module_is_up_to_date(tmp_path):
+    subprocess.run(["protoc", f"--python_out={tmp_path}", "sctp_repair/assoc_state.proto"],
+                   cwd=REPO, check=True)
+    fresh = (tmp_path / "sctp_repair/assoc_state_pb2.py").read_text()
+    assert fresh == (REPO / "sctp_repair/assoc_state_pb2.py").read_text()
