@@ -3,6 +3,7 @@
     python -m tests.vm.runner                       # stock Debian kernel, tests marked vm
     python -m tests.vm.runner --kernel bzImage --tier repair
     python -m tests.vm.runner -- -x tests/vm/test_foundation.py   # extra pytest args
+    python -m tests.vm.runner --exec -- python -m scenario run     # any command
 
 The guest shares the host's root filesystem (9p), so the project's virtualenv,
 CRIU and iproute2 are the host's. One VM per test session: Python start-up under
@@ -90,11 +91,15 @@ def kvm_works(kernel: Path, timeout: float = 8.0) -> bool:
     return ok
 
 
-def guest_script(tier: str, pytest_args: list[str], junit: Path | None) -> str:
-    """The shell script the guest runs: load modules, then one pytest session."""
+def pytest_command(tier: str, pytest_args: list[str], junit: Path | None) -> list[str]:
     args = ["-m", TIERS[tier]] + (pytest_args or ["tests"])
     if junit is not None:
         args += [f"--junitxml={junit}"]
+    return [str(REPO / ".venv/bin/python"), "-m", "pytest"] + args
+
+
+def guest_script(command: list[str]) -> str:
+    """The shell script the guest runs: load modules, then ``command`` in the repository."""
     mods = " ".join(MODULES)
     return f"""\
 echo "{GUEST_UP} $(uname -r)"
@@ -103,8 +108,8 @@ for m in {mods}; do
         echo "criu-ext-vm: module $m neither loads nor is built in"
 done
 cd {shlex.quote(str(REPO))}
-export CRIU_EXT_VM=1 PYTHONDONTWRITEBYTECODE=1
-exec {shlex.quote(str(REPO / '.venv/bin/python'))} -m pytest {' '.join(map(shlex.quote, args))}
+export CRIU_EXT_VM=1 PYTHONDONTWRITEBYTECODE=1 PATH={shlex.quote(str(REPO / '.venv/bin'))}:$PATH
+exec {' '.join(map(shlex.quote, command))}
 """
 
 
@@ -119,10 +124,9 @@ def vng_command(kernel: Path, script: Path, *, kvm: bool, memory: str, cpus: int
     return cmd
 
 
-def run(kernel: Path, tier: str, pytest_args: list[str], *, timeout: float,
-        memory: str = "2G", cpus: int = 2, accel: str = "auto",
-        junit: Path | None = None) -> int:
-    """Run ``tier`` in a VM booted from ``kernel``; return pytest's exit status."""
+def run(kernel: Path, command: list[str], *, timeout: float, memory: str = "2G",
+        cpus: int = 2, accel: str = "auto", label: str = "") -> int:
+    """Run ``command`` in a VM booted from ``kernel``; return its exit status."""
     if not kernel.exists():
         raise VMError(f"kernel image {kernel} does not exist")
     kvm = {"kvm": True, "tcg": False}.get(accel)
@@ -131,11 +135,11 @@ def run(kernel: Path, tier: str, pytest_args: list[str], *, timeout: float,
     env = dict(os.environ, PATH=f"{REPO / '.venv/bin'}:{os.environ.get('PATH', '')}")
     with tempfile.NamedTemporaryFile("w", prefix="criu-ext-guest-", suffix=".sh",
                                      dir="/tmp", delete=False) as f:
-        f.write(guest_script(tier, pytest_args, junit))
+        f.write(guest_script(command))
         script = Path(f.name)
     cmd = vng_command(kernel, script, kvm=kvm, memory=memory, cpus=cpus)
     print(f"criu-ext-vm: booting {kernel} ({'KVM' if kvm else 'software emulation'}), "
-          f"tier {tier}, timeout {timeout:.0f} s", flush=True)
+          f"{label or command[0]}, timeout {timeout:.0f} s", flush=True)
     start = time.monotonic()
     booted = False
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
@@ -212,12 +216,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
                         help="auto probes KVM and falls back to emulation (default)")
     parser.add_argument("--junit", type=Path, help="write pytest's JUnit XML here")
-    parser.add_argument("pytest_args", nargs="*", help="after --: passed to pytest")
+    parser.add_argument("--exec", dest="command", action="store_true",
+                        help="run the arguments after -- as a command in the guest "
+                             "instead of pytest")
+    parser.add_argument("args", nargs="*", help="after --: pytest arguments, or the "
+                        "command with --exec")
     args = parser.parse_args(argv)
+    if args.command:
+        if not args.args:
+            parser.error("--exec needs a command after --")
+        command, label = args.args, "command"
+    else:
+        command, label = pytest_command(args.tier, args.args, args.junit), f"tier {args.tier}"
     try:
         kernel = args.kernel or stock_kernel()
-        return run(kernel.resolve(), args.tier, args.pytest_args, timeout=args.timeout,
-                   memory=args.memory, cpus=args.cpus, accel=args.accel, junit=args.junit)
+        return run(kernel.resolve(), command, timeout=args.timeout, memory=args.memory,
+                   cpus=args.cpus, accel=args.accel, label=label)
     except VMError as e:
         print(f"criu-ext-vm: error: {e}", file=sys.stderr)
         return 3

@@ -1,0 +1,41 @@
+"""scenario.report: statistics, gap measurement and table layout (pure; made-up runs)."""
+
+import json
+
+from scenario.report import gaps, report_json, summarize, table
+
+
+def test_gap_is_the_longest_silence_spanning_the_window():
+    replies = [0.0, 0.1, 0.2, 0.3, 2.0, 2.1, 2.2]
+    assert gaps(replies, 0.35, 1.9) == 2.0 - 0.3
+    # a reply inside the window splits the silence
+    assert gaps([0.0, 0.3, 1.0, 2.0], 0.35, 1.9) == 1.0
+    # no reply after the window: the service never came back
+    assert gaps([0.0, 0.3], 0.35, 1.9) is None
+
+
+def test_summary_ignores_metrics_that_do_not_apply():
+    runs = [{"checkpoint_s": 3.0, "srt_s": None}, {"checkpoint_s": 1.0, "srt_s": None},
+            {"checkpoint_s": 2.0}]
+    s = summarize(runs)
+    assert s == {"checkpoint_s": {"min": 1.0, "median": 2.0, "max": 3.0, "n": 3}}
+
+
+def test_table_puts_the_paper_figures_beside_ours():
+    runs = [{"checkpoint_s": 2.5, "image_bytes": 12_500_000, "srt_s": 0.8},
+            {"checkpoint_s": 3.5, "image_bytes": 13_500_000, "srt_s": 1.2}]
+    text = table("spgw", summarize(runs), "200 UEs")
+    lines = text.splitlines()
+    assert lines[0] == "SPGW (GTP user plane), 2 runs, 200 UEs"
+    ckpt = next(line for line in lines if line.strip().startswith("checkpoint"))
+    assert ckpt.split() == ["checkpoint", "(s)", "2.500", "3.000", "3.500", "4", "-", "7"]
+    size = next(line for line in lines if "image size" in line)
+    assert size.split()[3:] == ["12.5", "13.0", "13.5", "100"]
+    assert "UE service recovery" in text and "1.4 - 2.3" in text
+
+
+def test_json_carries_runs_summary_and_paper():
+    doc = json.loads(report_json({"hss": {"runs": [{"total_s": 4.0}], "note": "x"}}))
+    assert doc["hss"]["summary"]["total_s"]["median"] == 4.0
+    assert doc["hss"]["paper"]["total_s"] == [15, 33]
+    assert doc["hss"]["note"] == "x"
