@@ -1,0 +1,239 @@
+"""What repair mode refuses, and with which errno."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from sctp_repair import abi, save, status
+from sctp_repair.repair import QueuesNotEmpty, probe
+
+from .sctpnet import (NOTIFY_TYPES, V4, Net, P_HOST, SVC_HOST, check_errno, send_on,
+                      subscribe, wait_until)
+
+pytestmark = pytest.mark.repair
+
+ON = abi.SCTP_REPAIR_ON
+
+
+@pytest.fixture(scope="module", autouse=True)
+def repair_kernel():
+    assert probe().repair, "the test VM must boot the patched kernel"
+
+
+@pytest.fixture
+def net():
+    n = Net().up()
+    n.add_svc("A", V4)
+    yield n
+    n.down()
+
+
+def pair(net: Net) -> tuple[socket.socket, socket.socket]:
+    lsock = net.socket("A", socket.AF_INET)
+    lsock.bind((V4.addr(SVC_HOST), 36412))
+    lsock.listen(1)
+    c = net.socket("P", socket.AF_INET)
+    c.connect((V4.addr(SVC_HOST), 36412))
+    s, _ = lsock.accept()
+    lsock.close()
+    return s, c
+
+
+def sctp(type_: int = socket.SOCK_STREAM) -> socket.socket:
+    return socket.socket(socket.AF_INET, type_, abi.IPPROTO_SCTP)
+
+
+def test_repair_is_readable_without_privilege_and_off_by_default():
+    with sctp() as s:
+        assert s.getsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR) == 0
+
+
+NO_CAP_CHILD = """
+import errno, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 132)
+try:
+    s.setsockopt(132, 134, 1)
+except OSError as e:
+    print(errno.errorcode[e.errno]); sys.exit(0)
+print("OK")
+"""
+
+
+def test_without_cap_net_admin_in_the_sockets_netns_it_is_refused():
+    # A new user namespace gives the child every capability, but only there:
+    # the socket lives in the initial network namespace, owned by the initial
+    # user namespace, where the child has none.
+    out = subprocess.run(["unshare", "--user", "--map-root-user", sys.executable, "-c",
+                          NO_CAP_CHILD], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "EPERM", out
+    # With its own network namespace, owned by its user namespace, it may.
+    out = subprocess.run(["unshare", "--user", "--map-root-user", "--net", sys.executable,
+                          "-c", NO_CAP_CHILD], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "OK", out
+
+
+def test_root_without_cap_net_admin_is_refused():
+    out = subprocess.run(["setpriv", "--inh-caps=-all", "--bounding-set=-net_admin", "--",
+                          sys.executable, "-c", NO_CAP_CHILD],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "EPERM", out
+
+
+def test_one_to_many_socket_is_refused():
+    with sctp(socket.SOCK_SEQPACKET) as s:
+        check_errno(lambda: s.setsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR, ON), errno.EOPNOTSUPP)
+
+
+def test_listening_socket_is_refused():
+    with sctp() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        check_errno(lambda: s.setsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR, ON), errno.EINVAL)
+
+
+def test_bad_values_are_refused():
+    with sctp() as s:
+        check_errno(lambda: s.setsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR, 2), errno.EINVAL)
+        check_errno(lambda: s.setsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR, b"\1\0"), errno.EINVAL)
+
+
+def test_state_options_need_repair_mode(net):
+    s, c = pair(net)
+    with s, c:
+        size = ctypes.sizeof(abi.SctpRepairAssoc)
+        check_errno(lambda: s.getsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR_ASSOC, size), errno.EPERM)
+        check_errno(lambda: s.getsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR_STREAMS, 1024),
+                    errno.EPERM)
+
+
+def test_wrong_struct_size_is_refused(net):
+    s, c = pair(net)
+    with s, c:
+        state = save(s)
+        size = ctypes.sizeof(abi.SctpRepairAssoc)
+        # Read: a buffer shorter than the first published structure.
+        check_errno(lambda: s.getsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR_ASSOC, size - 1),
+                    errno.EINVAL)
+        # Read: a longer one gets the kernel's structure and its size.
+        raw = s.getsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR_ASSOC, size + 64)
+        assert len(raw) == size
+        assert abi.SctpRepairAssoc.from_buffer_copy(raw).sra_size == size
+        # Streams: a buffer too short for the streams.
+        check_errno(lambda: s.getsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR_STREAMS, 8),
+                    errno.EINVAL)
+
+    with sctp() as n:
+        n.setsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR, ON)
+        sra, streams = state.to_kernel()
+        good = bytes(sra)
+        check_errno(lambda: n.setsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR_ASSOC, good[:-4]),
+                    errno.EINVAL)
+        sra.sra_size = size + 8
+        check_errno(lambda: n.setsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR_ASSOC, bytes(sra)),
+                    errno.EINVAL)
+        # Longer than the kernel's: the unknown tail must be zero.
+        check_errno(lambda: n.setsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR_ASSOC,
+                                         bytes(sra) + b"\0" * 7 + b"\1"), errno.E2BIG)
+        n.setsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR_ASSOC, bytes(sra) + b"\0" * 8)
+        check_errno(lambda: n.setsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR_STREAMS, streams[:-1]),
+                    errno.EINVAL)
+        n.setsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR_STREAMS, streams)
+
+
+def test_unsupported_state_is_refused(net):
+    s, c = pair(net)
+    with s, c:
+        state = save(s)
+    with sctp() as n:
+        n.setsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR, ON)
+        sra, _ = state.to_kernel()
+        sra.sra_peer_caps |= abi.Cap.AUTH
+        check_errno(lambda: n.setsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR_ASSOC, bytes(sra)),
+                    errno.EOPNOTSUPP)
+        sra, _ = state.to_kernel()
+        sra.sra_flags = 1
+        check_errno(lambda: n.setsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR_ASSOC, bytes(sra)),
+                    errno.EINVAL)
+        sra, _ = state.to_kernel()
+        sra.sra_peer_caps |= abi.Cap.RECONF   # RE-CONFIG is off on this socket
+        check_errno(lambda: n.setsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR_ASSOC, bytes(sra)),
+                    errno.EINVAL)
+
+
+def test_connect_in_repair_mode_needs_a_state(net):
+    with net.socket("A", socket.AF_INET) as n:
+        n.setsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR, ON)
+        check_errno(lambda: n.connect((V4.addr(P_HOST), 5000)), errno.EINVAL)
+
+
+def test_no_association_is_enotconn():
+    with sctp() as s:
+        s.setsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR, ON)
+        check_errno(lambda: s.getsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR_ASSOC,
+                                         ctypes.sizeof(abi.SctpRepairAssoc)), errno.ENOTCONN)
+
+
+def test_state_on_a_connected_socket_is_eisconn(net):
+    s, c = pair(net)
+    with s, c:
+        state = save(s)
+        sra, _ = state.to_kernel()
+        check_errno(lambda: s.setsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR_ASSOC, bytes(sra)),
+                    errno.EISCONN)
+        s.setsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR, abi.SCTP_REPAIR_OFF)
+
+
+def test_unread_data_is_ebusy(net):
+    s, c = pair(net)
+    with s, c:
+        send_on(c, 0, b"0:0:unread")
+        time.sleep(0.5)
+        with pytest.raises(QueuesNotEmpty):
+            save(s)
+        assert s.recv(100) == b"0:0:unread"
+        save(s)   # now quiescent
+        s.setsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR, abi.SCTP_REPAIR_OFF)
+
+
+def test_unacked_data_is_ebusy(net):
+    s, c = pair(net)
+    with s, c:
+        net.lock("P")   # the peer neither receives nor acks
+        s.send(b"0:0:in flight")
+        with pytest.raises(QueuesNotEmpty):
+            save(s)
+        net.unlock("P")
+        wait_until(lambda: _quiet(s), 20, "the data to be acked")
+        s.setsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR, abi.SCTP_REPAIR_OFF)
+
+
+def _quiet(s: socket.socket) -> bool:
+    try:
+        save(s)
+        return True
+    except QueuesNotEmpty:
+        return False
+
+
+def test_silent_close_sends_nothing(net):
+    """Repair mode on, close: the peer's association stays up (no SHUTDOWN, no ABORT)."""
+    s, c = pair(net)
+    subscribe(c, *NOTIFY_TYPES)
+    with c:
+        s.setsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR, ON)
+        s.close()
+        time.sleep(1)
+        c.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            c.recvmsg(1024)
+        assert status(c).sstat_state == abi.State.ESTABLISHED
+        # The address is gone from A's side now: lock A so that the peer's
+        # next packets are not answered with an out-of-the-blue ABORT.
+        net.lock("A")
