@@ -50,7 +50,11 @@ def dump(pid: int, fd: int, output: str, wait: float, keep_repair: bool) -> None
         copy = linux.steal_fd(pid, fd)
     except OSError as e:
         raise click.ClickException(f"cannot take fd {fd} of process {pid}: {e.strerror}")
-    sock = socket.socket(fileno=copy)
+    try:
+        sock = socket.socket(fileno=copy)
+    except OSError:
+        os.close(copy)
+        raise click.ClickException(f"fd {fd} of process {pid} is not a socket")
     try:
         if sock.proto != abi.IPPROTO_SCTP or sock.type != socket.SOCK_STREAM:
             raise click.ClickException(f"fd {fd} of process {pid} is not a one-to-one "
