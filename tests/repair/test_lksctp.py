@@ -59,9 +59,17 @@ def connect_retrying(net: Net, fam, timeout: float = 30) -> socket.socket:
 
 def parse_darn(out: str) -> tuple[list[str], list[tuple[int, int, str]]]:
     """Notifications, and (stream, ssn, text) of every message, in print order."""
-    notes = re.findall(r"^NOTIFICATION: (.*)$", out, re.M)
-    msgs = [(int(sid), int(ssn), text) for sid, ssn, text in re.findall(
-        r"sinfo_stream (\d+)\s+sinfo_ssn (\d+).*?^DATA\(\d+\):\s+(.*)$", out, re.M | re.S)]
+    notes, msgs = [], []
+    sid = ssn = -1
+    for line in out.splitlines():
+        if line.startswith("NOTIFICATION: "):
+            notes.append(line[len("NOTIFICATION: "):])
+        elif m := re.match(r"\s+sinfo_stream (\d+)$", line):
+            sid = int(m[1])
+        elif m := re.match(r"\s+sinfo_ssn (\d+)$", line):
+            ssn = int(m[1])
+        elif m := re.match(r"DATA\(\d+\):\s+(.*)$", line):
+            msgs.append((sid, ssn, m[1]))
     return notes, msgs
 
 
