@@ -428,15 +428,19 @@ def _extack_msg(buf, off: int, end: int) -> str:
 
 def decode_pdp(data: bytes):
     """Decode one GTP genl message of any shape with pyroute2; returns (link, PdpContext)."""
-    from .model import PdpContext
     msg = gtpmsg(data)
     msg.decode()
+    return context_of(msg)
+
+
+def context_of(msg):
+    """(link, PdpContext) of a decoded pyroute2 ``gtpmsg``."""
+    from .model import PdpContext
     get = msg.get_attr
-    version = get('GTPA_VERSION')
     peer = get('GTPA_PEER_ADDRESS')
     ms = get('GTPA_MS_ADDRESS')
     ctx = PdpContext(
-        version=version,
+        version=get('GTPA_VERSION'),
         peer=_ip4int(peer) if peer else 0,
         ms=_ip4int(ms) if ms else 0,
         i_tei=get('GTPA_I_TEI') or 0,
@@ -509,7 +513,7 @@ class GtpGenl(GenericNetlinkSocket):
         out = []
         for msg in self.nlm_request(self._msg(GTP_CMD_GETPDP, 0), msg_type=self.prid,
                                     msg_flags=NLM_F_REQUEST | NLM_F_DUMP):
-            out.append(decode_pdp(msg.data[:msg['header']['length']]))
+            out.append(context_of(msg))
         return out
 
 

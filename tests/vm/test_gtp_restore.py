@@ -153,7 +153,7 @@ def test_bad_inputs_exit_codes_and_nothing_applied(small, tmp_path):
         'corrupt': data[:40] + bytes([data[40] ^ 0xFF]) + data[41:],
         'foreign': b'hello, this is not an image at all\n',
         'empty': b'',
-        'magic': b'\x19\x43\x56\x54' + data[4:],
+        'magic': b'\0\0\0\0' + data[4:],
         'type': data[:4] + b'\x01\x02\x03\x04' + data[8:],
     }
     for what, blob in cases.items():
