@@ -73,7 +73,12 @@ def main() -> int:
     if phase not in ("pre-dump", "pre-restore") and _fast_exit(phase, sdir):
         return 0
     _ensure_site()
-    return _run(phase, criu_pid, sdir)
+    rc = _run(phase, criu_pid, sdir)
+    # Skip the interpreter's teardown: modules like pyroute2 make it cost more than the
+    # work itself, inside CRIU's freeze window. Every file we wrote is closed by now.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
 
 
 def _run(phase: str, criu_pid: int, sdir: str) -> int:
@@ -88,14 +93,18 @@ def _run(phase: str, criu_pid: int, sdir: str) -> int:
     except ValueError:
         level = 3
     log = Log(sys.stdout, level)
-    images_dir = os.environ.get("CRTOOLS_IMAGE_DIR", ".")
+    # CRTOOLS_IMAGE_DIR is /proc/<criu>/fd/<n>; CRIU closes that fd before post-resume,
+    # so work with the directory it points to, remembered in the session.
+    images_dir = os.path.realpath(os.environ.get("CRTOOLS_IMAGE_DIR", "."))
+    if not os.path.isdir(images_dir):
+        images_dir = None
     pid_s = os.environ.get("CRTOOLS_INIT_PID")
     init_pid = int(pid_s) if pid_s and pid_s.isdigit() else None
     state_path = os.path.join(sdir, "session.json")
     try:
         if phase in ph.FIRST:
             _prune(log)
-            session = Session(ph.FIRST[phase], images_dir,
+            session = Session(ph.FIRST[phase], images_dir or ".",
                               select(os.environ.get("CRIU_EXT_PLUGINS"), log), "script", log)
         else:
             try:
@@ -105,7 +114,7 @@ def _run(phase: str, criu_pid: int, sdir: str) -> int:
                 action = ph.action_of(phase) or _action_from_criu(criu_pid)
                 log.warning(f"{phase}: no session for CRIU {criu_pid} in {sdir} (was "
                             f"pre-{action} run through this hook?); loading the plugins now")
-                session = Session(action, images_dir,
+                session = Session(action, images_dir or ".",
                                   select(os.environ.get("CRIU_EXT_PLUGINS"), log), "script", log)
         before = len(session.timings)
         session.run(phase, init_pid)

@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 from criu_ext import phases as ph
-from criu_ext.plugin import Context, Log, PluginError, handles, load, plugin_phases, reference
+from criu_ext.plugin import Context, Log, PluginError, handles, load, reference
 
 MANIFEST = "criu-ext.json"
 FORMAT = 1
@@ -65,7 +65,9 @@ class Session:
         wanted = ph.DUMP_PHASES if self.action == ph.DUMP else ph.RESTORE_PHASES
         acting = set()
         for p in self.plugins:
-            acting.update(plugin_phases(p))
+            acting.update(x for x in ph.ALL_PHASES if handles(p, x))
+            if self.action == ph.DUMP and callable(getattr(p, "rollback", None)):
+                acting.add("network-unlock")  # rollback runs there
         return [p for p in wanted if p in acting]
 
     def check_restore(self) -> None:

@@ -1,12 +1,185 @@
-"""``gtp``: carries kernel gtp devices through a dump and a restore (placeholder until gtp_util lands)."""
+"""``gtp``: carries kernel gtp devices through a CRIU dump and restore, with gtp_util.
+
+dump
+  pre-dump      (tasks running) import gtp_util's netlink code, so the freeze
+                window does not pay for it in RPC mode.
+  network-lock  (tasks frozen) snapshot every gtp device of the tree's netns:
+                attributes, PDP contexts, routes through it, which task socket
+                backs it; save it as criu-ext-gtp.img; delete the devices (CRIU
+                refuses to dump a netns holding a gtp link). NAT rules are left
+                alone: CRIU dumps them, the netfilter plugin checks them.
+  rollback      (the source goes on running: failed dump or --leave-running)
+                re-create what the snapshot holds and is missing, bound again
+                to the live task's sockets.
+restore
+  pre-restore   import gtp_util (RPC mode: before the tasks exist).
+  post-restore  (tasks restored, not running) re-create the devices bound to
+                the restored task's sockets (same fd numbers), the PDP contexts
+                and routes. A failure aborts the restore.
+"""
 
 from __future__ import annotations
 
-from criu_ext.plugin import Plugin
+import itertools
+import os
+
+from criu_ext.plugin import Plugin, PluginError
+
+IMAGE = "criu-ext-gtp.img"
+
+
+def _gtp():
+    try:
+        import gtp_util
+    except ImportError as exc:  # pragma: no cover - packaging problem
+        raise PluginError(f"gtp_util is not importable: {exc}") from exc
+    return gtp_util
+
+
+def _warm() -> None:
+    # The heavy imports (pyroute2, the genl family, protobuf) done ahead of the freeze.
+    import gtp_util.dump  # noqa: F401
+    import gtp_util.image  # noqa: F401
+    import gtp_util.restorer  # noqa: F401
+
+
+def _task_pids(snap) -> set[int]:
+    pids = set()
+    for dev in snap.devices:
+        for ref in (dev.sock0, dev.sock1):
+            if ref.kind == "task":
+                pids.add(ref.pid)
+    return pids
+
+
+def _netns_ino(pid: int) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino
+    except OSError:
+        return None
+
+
+def bind_pid_for(snap, init_pid: int | None) -> int | None:
+    """The PID to take sockets from at restore (None: the PIDs recorded at dump).
+
+    CRIU gives restored tasks their old PIDs unless the tree has its own PID
+    namespace. If every recorded holder is alive in the restored root's netns,
+    use the recorded PIDs; otherwise, if one task held every socket, it is the
+    restored root (the usual gateway); otherwise we cannot tell.
+    """
+    pids = _task_pids(snap)
+    if not pids or init_pid is None:
+        return None
+    want = _netns_ino(init_pid)
+    if want is not None and all(_netns_ino(p) == want for p in pids):
+        return None
+    if len(pids) == 1:
+        return init_pid
+    raise PluginError(f"the gtp sockets were held by PIDs {sorted(pids)}, not all of them "
+                      "found in the restored tree (a PID namespace?): cannot bind the devices")
+
+
+def _summary(snap) -> str:
+    return (f"{len(snap.devices)} device(s) ({', '.join(d.name for d in snap.devices)}), "
+            f"{snap.n_contexts} PDP context(s), {len(snap.routes)} route(s)")
 
 
 class GtpPlugin(Plugin):
     name = "gtp"
     order = 100
-    summary = "gtp devices, PDP contexts and routes, re-bound to the restored sockets"
-    images = ("criu-ext-gtp.img",)
+    summary = "gtp devices, PDP contexts and routes, re-bound to the restored task's sockets"
+    images = (IMAGE,)
+
+    # -- dump --------------------------------------------------------------------------
+
+    def pre_dump(self, ctx) -> None:
+        if ctx.mode == "rpc":  # a script process ends here: warming it would be wasted
+            _warm()
+
+    def network_lock(self, ctx) -> None:
+        g = _gtp()
+        path = ctx.image_path(IMAGE)
+        try:
+            snap = g.take_snapshot(ctx.netns_path, with_nat=False)
+        except g.GtpError as exc:
+            raise PluginError(f"cannot read the gtp state of {ctx.netns_path}: {exc}") from exc
+        if not snap.devices:
+            ctx.log.debug("no gtp device in the netns: nothing to do")
+            if os.path.exists(path):
+                os.unlink(path)  # a stale one from an earlier dump into this directory
+            return
+        for dev in snap.devices:
+            for ref in (dev.sock0, dev.sock1):
+                if ref.kind == "unknown":
+                    raise PluginError(f"device {dev.name}: a GTP socket is held by no task "
+                                      "we can find; the restored device could not be bound")
+        g.save(snap, path)
+        ctx.state["saved"] = True
+        ctx.state["dump_init_pid"] = ctx.init_pid
+        try:
+            g.remove(snap, ctx.netns_path, nat_rules=False)
+        finally:
+            ctx.state["removed"] = True  # maybe partly: rollback re-creates what is missing
+        ctx.log.info(f"saved {_summary(snap)}; devices removed for the dump")
+
+    def rollback(self, ctx) -> None:
+        if not ctx.state.get("removed"):
+            return
+        g = _gtp()
+        snap = g.load(ctx.image_path(IMAGE))
+        try:
+            res = g.restore(snap, ctx.netns_path)
+        except g.GtpError as exc:
+            raise PluginError(f"could not put the gtp state back on the source: {exc}; the "
+                              f"snapshot is in {ctx.image_path(IMAGE)} "
+                              "(gtp-restore can apply it by hand)") from exc
+        ctx.state["removed"] = False
+        what = "already there" if res.already_present else \
+            f"re-created {', '.join(res.created_devices) or 'routes'} with {res.contexts} contexts"
+        ctx.log.info(f"source put back: {what}")
+
+    # -- restore -------------------------------------------------------------------------
+
+    def pre_restore(self, ctx) -> None:
+        if ctx.mode == "rpc" and os.path.exists(ctx.image_path(IMAGE)):
+            _warm()
+
+    def post_restore(self, ctx) -> None:
+        path = ctx.image_path(IMAGE)
+        if not os.path.exists(path):
+            ctx.log.debug("no gtp image: nothing to restore")
+            return
+        g = _gtp()
+        try:
+            snap = g.load(path)
+        except g.GtpError as exc:
+            raise PluginError(str(exc)) from exc
+        bind = bind_pid_for(snap, ctx.init_pid)
+        try:
+            res = g.restore(snap, ctx.netns_path, bind_pid=bind)
+        except g.GtpError as exc:
+            raise PluginError(f"cannot re-create the gtp devices in the restored netns: {exc}") \
+                from exc
+        ctx.log.info(f"restored {_summary(snap)}, bound to the sockets of PID "
+                     f"{bind or ', '.join(map(str, sorted(_task_pids(snap)))) or '-'}"
+                     + (" (already present)" if res.already_present else ""))
+
+    def show(self, images_dir: str) -> dict | None:
+        path = os.path.join(images_dir, IMAGE)
+        if not os.path.exists(path):
+            return None
+        g = _gtp()
+        snap = g.load(path)
+        lines = [_summary(snap)]
+        for dev in snap.devices:
+            lines.append(f"{dev.name}: role {'sgsn' if dev.role else 'ggsn'}, "
+                         f"v1 socket {dev.sock1.describe()}, v0 socket {dev.sock0.describe()}, "
+                         f"{len(dev.contexts)} contexts")
+        lines += [f"route {r.cidr()} dev {r.dev}" for r in snap.routes]
+        lines += list(itertools.islice(g.tunnel_lines(snap), 20))
+        if snap.n_contexts > 20:
+            lines.append(f"... {snap.n_contexts - 20} more contexts")
+        return {"text": "\n".join(lines), "devices": len(snap.devices),
+                "contexts": snap.n_contexts, "routes": len(snap.routes),
+                "bytes": os.path.getsize(path)}
+

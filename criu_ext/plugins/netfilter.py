@@ -1,11 +1,93 @@
-"""``netfilter``: the SGi masquerade rules of the UE pool (placeholder)."""
+"""``netfilter``: the SGi masquerade (NAT) rules of the UE pool.
+
+CRIU 3.17 as Debian builds it dumps and restores a netns's nftables ruleset
+(and iptables-legacy rules) itself, so the rules normally arrive with the
+netns. This plugin makes sure of it without adding a second copy:
+
+  pre-dump      (tasks running, outside the freeze window) record the NAT rules
+                that concern the UE pools (the routes through gtp devices) with
+                gtp_util's reader, into criu-ext-netfilter.json.
+  post-restore  (after the gtp plugin) read the restored netns's rules once and
+                add only the recorded ones that are missing. A failure aborts
+                the restore.
+
+Nothing is removed at dump, so there is nothing to roll back.
+"""
 
 from __future__ import annotations
 
-from criu_ext.plugin import Plugin
+import json
+import os
+import socket
+
+from criu_ext.plugin import Plugin, PluginError
+
+IMAGE = "criu-ext-netfilter.json"
+
+
+def _rule_key(r) -> tuple:
+    return (r.backend, r.family, r.table, r.chain, r.rule)
 
 
 class NetfilterPlugin(Plugin):
     name = "netfilter"
     order = 200
-    summary = "SGi MASQUERADE/SNAT rules of the UE pool, re-added when CRIU did not carry them"
+    summary = "SGi MASQUERADE/SNAT rules of the UE pool: checked after restore, re-added if missing"
+    images = (IMAGE,)
+
+    def pre_dump(self, ctx) -> None:
+        import gtp_util
+
+        path = ctx.image_path(IMAGE)
+        try:
+            snap = gtp_util.take_snapshot(ctx.netns_path, with_sockets=False)
+        except gtp_util.GtpError as exc:
+            raise PluginError(f"cannot read the NAT rules of {ctx.netns_path}: {exc}") from exc
+        if not snap.routes:
+            ctx.log.debug("no UE pool routed through a gtp device: nothing to record")
+            if os.path.exists(path):
+                os.unlink(path)
+            return
+        pools = sorted({r.cidr() for r in snap.routes})
+        rules = [dict(vars(r)) for r in snap.nat_rules]
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump({"pools": pools, "rules": rules}, f, indent=1)
+        ctx.log.info(f"recorded {len(rules)} NAT rule(s) for UE pool(s) {', '.join(pools)}")
+
+    def post_restore(self, ctx) -> None:
+        path = ctx.image_path(IMAGE)
+        if not os.path.exists(path):
+            return
+        import ipaddress
+
+        from gtp_util import nat
+        from gtp_util.errors import GtpError
+        from gtp_util.model import NatRule
+
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        saved = [NatRule(**r) for r in data.get("rules", [])]
+        if not saved:
+            return
+        pools = [ipaddress.ip_network(p, strict=False) for p in data.get("pools", [])]
+        try:
+            live = {_rule_key(r) for r in nat.read_rules(ctx.netns_path, pools)}
+            missing = [r for r in saved if _rule_key(r) not in live]
+            for r in missing:
+                nat.add(ctx.netns_path, r)
+        except GtpError as exc:
+            raise PluginError(f"cannot restore the NAT rules: {exc}") from exc
+        ctx.log.info(f"{len(saved) - len(missing)} NAT rule(s) came back with CRIU's netns, "
+                     f"{len(missing)} re-added")
+
+    def show(self, images_dir: str) -> dict | None:
+        try:
+            with open(os.path.join(images_dir, IMAGE), encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            return None
+        lines = [f"UE pools: {', '.join(data.get('pools', [])) or '-'}"]
+        for r in data.get("rules", []):
+            fam = "ip6" if r["family"] == socket.AF_INET6 else "ip"
+            lines.append(f"{r['backend']} {fam} {r['table']} {r['chain']}: {r['rule']}")
+        return {"text": "\n".join(lines), **data}

@@ -103,6 +103,12 @@ def test_rollback_failures_are_logged_not_fatal(tmp_path):
     assert [t["ok"] for t in s.timings if t["phase"] == "rollback"] == [False, True]
 
 
+def test_rollback_makes_network_unlock_a_phase_only_at_dump(tmp_path):
+    p = Recorder("a", 1, [], phases_=("network-lock", "post-restore"))
+    assert Session("dump", str(tmp_path), [p], "rpc").phases() == ["network-lock", "network-unlock"]
+    assert Session("restore", str(tmp_path), [p], "rpc").phases() == ["post-restore"]
+
+
 def test_restore_network_unlock_does_not_roll_back(tmp_path):
     calls = []
     a = Recorder("a", 1, calls, phases_=("post-restore", "network-unlock"))

@@ -1,0 +1,189 @@
+"""The gtp and netfilter plugins' decisions, with gtp_util's kernel calls replaced by fakes
+(the real thing runs in tests/vm/test_criu_gtp.py)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import gtp_util
+import pytest
+from gtp_util.model import Device, NatRule, PdpTable, Route, Snapshot, SocketRef
+
+from criu_ext.plugin import Log, PluginError
+from criu_ext.plugins import gtp as gtp_plugin
+from criu_ext.plugins.gtp import GtpPlugin, bind_pid_for
+from criu_ext.plugins.netfilter import NetfilterPlugin
+from criu_ext.session import PhaseFailed, Session
+
+
+def snap(pid=os.getpid(), n=3) -> Snapshot:
+    t = PdpTable()
+    for i in range(n):
+        t.append_v1(0x0A000002, 0x0A800001 + i, 1000 + i, 50000 + i)
+    ref = SocketRef(kind="task", pid=pid, fd=3, family=socket.AF_INET, addr="0.0.0.0", port=2152)
+    return Snapshot(devices=[Device("gtp0", 7, up=True, sock1=ref, contexts=t)],
+                    routes=[Route(socket.AF_INET, "10.128.0.0", 16, "gtp0")],
+                    nat_rules=[NatRule("iptables-nft", socket.AF_INET, "nat", "POSTROUTING",
+                                       "-s 10.128.0.0/16 -o sgi0 -j MASQUERADE")])
+
+
+class Kernel:
+    """Stands in for the netns: what take_snapshot sees, what remove/restore did."""
+
+    def __init__(self, s: Snapshot | None):
+        self.live = s
+        self.calls = []
+        self.fail_restore = None
+
+    def take_snapshot(self, netns, **kw):
+        self.calls.append(("snapshot", netns, kw))
+        return self.live if self.live is not None else Snapshot()
+
+    def remove(self, s, netns, **kw):
+        self.calls.append(("remove", netns, kw))
+        self.live = None
+
+    def restore(self, s, netns, **kw):
+        self.calls.append(("restore", netns, kw))
+        if self.fail_restore:
+            raise gtp_util.Conflict(self.fail_restore)
+        self.live = s
+
+        class R:
+            already_present = False
+            created_devices = [d.name for d in s.devices]
+            contexts = s.n_contexts
+        return R()
+
+
+@pytest.fixture
+def kernel(monkeypatch):
+    k = Kernel(snap())
+    for name in ("take_snapshot", "remove", "restore"):
+        monkeypatch.setattr(gtp_util, name, getattr(k, name))
+    monkeypatch.setattr(gtp_plugin, "_warm", lambda: None)
+    return k
+
+
+def session(tmp_path, action, plugins=None):
+    s = Session(action, str(tmp_path), plugins or [GtpPlugin()], "rpc", Log(level=0))
+    s.init_pid = os.getpid()
+    return s
+
+
+def test_network_lock_saves_then_removes_and_keeps_nat(kernel, tmp_path):
+    s = session(tmp_path, "dump")
+    s.run("pre-dump")
+    s.run("network-lock")
+    assert [c[0] for c in kernel.calls] == ["snapshot", "remove"]
+    assert kernel.calls[0][2] == {"with_nat": False}  # no iptables runs in the freeze window
+    assert kernel.calls[1][2] == {"nat_rules": False}
+    saved = gtp_util.load(str(tmp_path / "criu-ext-gtp.img"))
+    assert saved.n_contexts == 3 and saved.devices[0].sock1.pid == os.getpid()
+    assert s.state["gtp"]["removed"] is True
+
+
+def test_no_device_no_image_and_no_rollback(kernel, tmp_path):
+    kernel.live = None
+    (tmp_path / "criu-ext-gtp.img").write_bytes(b"stale")
+    s = session(tmp_path, "dump")
+    s.run("network-lock")
+    s.run("network-unlock")
+    assert not (tmp_path / "criu-ext-gtp.img").exists()
+    assert [c[0] for c in kernel.calls] == ["snapshot"]
+
+
+def test_unlock_at_dump_puts_the_source_back(kernel, tmp_path):
+    s = session(tmp_path, "dump")
+    s.run("network-lock")
+    assert kernel.live is None
+    s.run("network-unlock")
+    assert kernel.calls[-1][0] == "restore" and kernel.calls[-1][2] == {}  # recorded PIDs
+    assert kernel.live is not None and s.state["gtp"]["removed"] is False
+
+
+def test_rollback_failure_names_the_snapshot(kernel, tmp_path):
+    s = session(tmp_path, "dump")
+    s.run("network-lock")
+    kernel.fail_restore = "device gtp0 exists and differs"
+    errs = s.rollback()
+    assert len(errs) == 1 and "criu-ext-gtp.img" in errs[0].message and "gtp-restore" in \
+        errs[0].message
+
+
+def test_a_socket_nobody_holds_fails_the_dump_before_anything_is_removed(kernel, tmp_path):
+    kernel.live.devices[0].sock1 = SocketRef(kind="unknown")
+    s = session(tmp_path, "dump")
+    with pytest.raises(PhaseFailed, match="held by no task"):
+        s.run("network-lock")
+    assert [c[0] for c in kernel.calls] == ["snapshot"]
+    s.run("network-unlock")
+    assert [c[0] for c in kernel.calls] == ["snapshot"]  # nothing to put back
+
+
+def test_post_restore_binds_to_the_restored_task(kernel, tmp_path):
+    gtp_util.save(snap(), str(tmp_path / "criu-ext-gtp.img"))
+    kernel.live = None
+    s = session(tmp_path, "restore")
+    s.run("pre-restore")
+    s.run("post-restore", os.getpid())
+    (name, netns, kw) = kernel.calls[-1]
+    assert name == "restore" and netns == f"/proc/{os.getpid()}/ns/net"
+    assert kw == {"bind_pid": None}  # the recorded holder is alive in that netns
+
+
+def test_post_restore_failure_aborts(kernel, tmp_path):
+    gtp_util.save(snap(), str(tmp_path / "criu-ext-gtp.img"))
+    kernel.fail_restore = "nothing restored: device gtp0 exists and differs: role"
+    s = session(tmp_path, "restore")
+    with pytest.raises(PhaseFailed, match="cannot re-create the gtp devices.*role"):
+        s.run("post-restore", os.getpid())
+
+
+def test_post_restore_without_image_does_nothing(kernel, tmp_path):
+    s = session(tmp_path, "restore")
+    s.run("post-restore", os.getpid())
+    assert kernel.calls == []
+
+
+def test_bind_pid_follows_a_renumbered_single_holder():
+    assert bind_pid_for(snap(pid=os.getpid()), os.getpid()) is None
+    assert bind_pid_for(snap(pid=999999999), os.getpid()) == os.getpid()
+    two = snap()
+    two.devices[0].sock0 = SocketRef(kind="task", pid=999999998, fd=4, port=3386)
+    two.devices[0].sock1.pid = 999999999
+    with pytest.raises(PluginError, match="PID namespace"):
+        bind_pid_for(two, os.getpid())
+    assert bind_pid_for(Snapshot(), os.getpid()) is None
+
+
+def test_show_describes_the_image(tmp_path):
+    gtp_util.save(snap(), str(tmp_path / "criu-ext-gtp.img"))
+    shown = GtpPlugin().show(str(tmp_path))
+    assert shown["contexts"] == 3 and shown["devices"] == 1
+    assert "gtp0 version 1 tei 1000/50000" in shown["text"]
+    assert GtpPlugin().show(str(tmp_path / "nope")) is None
+
+
+def test_netfilter_records_at_pre_dump_and_re_adds_only_missing(monkeypatch, tmp_path):
+    from gtp_util import nat
+
+    k = Kernel(snap())
+    monkeypatch.setattr(gtp_util, "take_snapshot", k.take_snapshot)
+    s = session(tmp_path, "dump", [NetfilterPlugin()])
+    s.run("pre-dump")
+    assert k.calls[0][2] == {"with_sockets": False}
+    shown = NetfilterPlugin().show(str(tmp_path))
+    assert shown["pools"] == ["10.128.0.0/16"] and "MASQUERADE" in shown["text"]
+
+    added = []
+    monkeypatch.setattr(nat, "add", lambda netns, r: added.append(r))
+    monkeypatch.setattr(nat, "read_rules", lambda netns, pools: [])
+    r = session(tmp_path, "restore", [NetfilterPlugin()])
+    r.run("post-restore", os.getpid())
+    assert [a.rule for a in added] == ["-s 10.128.0.0/16 -o sgi0 -j MASQUERADE"]
+    added.clear()
+    monkeypatch.setattr(nat, "read_rules", lambda netns, pools: snap().nat_rules)
+    r.run("post-restore", os.getpid())
+    assert added == []  # CRIU brought it back: no second copy

@@ -1,0 +1,311 @@
+"""criu_ext's plugin framework against real CRIU 3.17: a small process in its own netns is
+dumped and restored with the `trace` plugin, through the action script (shell launcher,
+console script, CRIU config file) and through RPC (`criu-ext dump|restore`). Failures are
+injected to see CRIU roll the dump back and abort the restore.
+
+Per-phase costs (from CRIU's -v4 log) are written to out/criu-framework.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from criu_ext import criulog, launcher
+from criu_ext import phases as ph
+
+pytestmark = pytest.mark.vm
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = ROOT / ".venv" / "bin"
+PROGRAMS = Path(__file__).parent / "programs"
+RESULTS = ROOT / "out" / "criu-framework.json"
+
+
+# -- helpers (also used by test_criu_gtp.py and benchmarks/criu_plugins.py) ----------------
+
+def wait_for(path: Path, timeout: float = 30.0) -> str:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if path.exists():
+            return path.read_text()
+        time.sleep(0.05)
+    raise AssertionError(f"{path} did not appear within {timeout} s")
+
+
+def start_in_netns(ns: str, argv: list[str], cwd: Path) -> subprocess.Popen:
+    """Start a task in netns ``ns`` the way CRIU can dump it: nsenter (no new mount
+    namespace), a session of its own, no inherited fds beyond 0-2 (all /dev/null)."""
+    return subprocess.Popen(["nsenter", f"--net=/run/netns/{ns}", "--"] + argv,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True, cwd=cwd,
+                            close_fds=True)
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+def kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def hook_env(tmp: Path, plugins: str, **extra) -> dict:
+    env = dict(os.environ, CRIU_EXT_PLUGINS=plugins, CRIU_EXT_RUN_DIR=str(tmp / "run"),
+               CRIU_EXT_LOG_LEVEL="4")
+    env.pop("CRIU_EXT_TRACE_FAIL", None)
+    env.update(extra)
+    return env
+
+
+def record(key: str, value) -> None:
+    """Merge a measurement into out/criu-framework.json (kept for the report)."""
+    RESULTS.parent.mkdir(exist_ok=True)
+    try:
+        data = json.loads(RESULTS.read_text())
+    except (FileNotFoundError, ValueError):
+        data = {}
+    data[key] = value
+    RESULTS.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+def trace_of(images: Path) -> dict:
+    return json.loads((images / "criu-ext-trace.json").read_text())
+
+
+def netns_inode(ns: str) -> int:
+    return os.stat(f"/run/netns/{ns}").st_ino
+
+
+# -- fixtures ------------------------------------------------------------------------------
+
+@pytest.fixture
+def task(tmp_path, netns):
+    """A memstate.py task in a fresh netns: (popen, netns name, out prefix, expected)."""
+    ns = netns("cx")
+    out = tmp_path / "memstate"
+    proc = start_in_netns(ns, [sys.executable, str(PROGRAMS / "memstate.py"), str(out)], tmp_path)
+    expect = wait_for(Path(f"{out}.expect")).split()
+    time.sleep(0.2)
+    pids = [proc.pid]
+    yield proc, ns, out, expect, pids
+    for pid in pids:
+        kill(pid)
+    proc.poll()
+
+
+@pytest.fixture
+def images(tmp_path):
+    d = tmp_path / "img"
+    d.mkdir()
+    return d
+
+
+def check_memstate(pid: int, out: Path, expect: list[str]) -> None:
+    os.kill(pid, signal.SIGUSR1)
+    verdict, token, digest, _ticks = wait_for(Path(f"{out}.result")).split()
+    assert verdict == "PASS" and [token, digest] == expect
+
+
+HOOKS = {
+    "launcher": lambda tmp: launcher.install(str(tmp / "criu-ext-hook.sh")),
+    "console": lambda tmp: str(VENV_BIN / "criu-ext-hook"),
+}
+
+
+# -- action-script mode --------------------------------------------------------------------
+
+@pytest.mark.parametrize("hook", sorted(HOOKS))
+def test_action_script_dump_and_restore_run_every_phase(hook, task, images, tmp_path):
+    proc, ns, out, expect, pids = task
+    script = HOOKS[hook](tmp_path)
+    env = hook_env(tmp_path, "trace")
+    ino = netns_inode(ns)
+    t0 = time.monotonic()
+    d = subprocess.run(["criu", "dump", "-t", str(proc.pid), "-D", str(images), "-o", "dump.log",
+                        "-v4", "--action-script", script], env=env, capture_output=True, text=True)
+    dump_s = time.monotonic() - t0
+    log = (images / "dump.log").read_text()
+    assert d.returncode == 0, log[-3000:]
+    assert proc.wait(timeout=10) == -signal.SIGKILL
+    tr = trace_of(images)
+    assert [e["phase"] for e in tr["dump"]] == ["pre-dump", "network-lock", "post-dump"]
+    lock = tr["dump"][1]
+    assert lock["init_pid"] == proc.pid and lock["netns"] == ino
+    assert lock["task_state"] in ("t", "T")  # seized and frozen by CRIU
+    assert "criu-ext: trace: dump network-lock" in log
+
+    t0 = time.monotonic()
+    r = subprocess.run(["criu", "restore", "-D", str(images), "-o", "restore.log", "-v4",
+                        "--restore-detached", "--pidfile", str(tmp_path / "pid"),
+                        "--action-script", script], env=env, capture_output=True, text=True)
+    restore_s = time.monotonic() - t0
+    rlog = (images / "restore.log").read_text()
+    assert r.returncode == 0, rlog[-3000:]
+    pid = int((tmp_path / "pid").read_text())
+    pids.append(pid)
+    tr = trace_of(images)
+    assert [e["phase"] for e in tr["restore"]] == list(ph.RESTORE_PHASES)
+    post = tr["restore"][3]
+    assert post["phase"] == "post-restore" and post["init_pid"] == pid
+    assert post["netns"] not in (None, ino)  # a new namespace, made by CRIU
+    check_memstate(pid, out, expect)
+    record(f"script-{hook}", {
+        "dump_seconds": round(dump_s, 3), "restore_seconds": round(restore_s, 3),
+        "dump_phase_costs": criulog.phase_costs(log),
+        "restore_phase_costs": criulog.phase_costs(rlog),
+    })
+    shown = json.loads(subprocess.run([str(VENV_BIN / "criu-ext"), "show", str(images), "--json"],
+                                      capture_output=True, text=True, check=True).stdout)
+    assert shown["plugins"]["trace"]["dump"][0]["phase"] == "pre-dump"
+    assert shown["criu"]["tasks"][0]["pid"] == proc.pid
+    assert shown["manifest"]["restore"]["mode"] == "script"
+
+
+def test_action_script_from_a_criu_config_file(task, images, tmp_path):
+    proc, ns, out, expect, pids = task
+    script = launcher.install(str(tmp_path / "hook.sh"))
+    conf = tmp_path / "criu.conf"
+    conf.write_text(f"action-script {script}\n")
+    env = hook_env(tmp_path, "trace")
+    d = subprocess.run(["criu", "--config", str(conf), "dump", "-t", str(proc.pid), "-D",
+                        str(images), "-o", "dump.log", "-v4"], env=env, capture_output=True,
+                       text=True)
+    assert d.returncode == 0, (images / "dump.log").read_text()[-3000:]
+    proc.wait(timeout=10)  # reap it: CRIU restores the same PID
+    r = subprocess.run(["criu", "--config", str(conf), "restore", "-D", str(images), "-o",
+                        "restore.log", "-v4", "--restore-detached", "--pidfile",
+                        str(tmp_path / "pid")], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, (images / "restore.log").read_text()[-3000:]
+    pid = int((tmp_path / "pid").read_text())
+    pids.append(pid)
+    assert [e["phase"] for e in trace_of(images)["restore"]] == list(ph.RESTORE_PHASES)
+    check_memstate(pid, out, expect)
+
+
+@pytest.mark.parametrize("phase", ["network-lock", "post-dump"])
+def test_action_script_failed_dump_leaves_the_task_running(phase, task, images, tmp_path):
+    proc, ns, out, expect, pids = task
+    script = launcher.install(str(tmp_path / "hook.sh"))
+    env = hook_env(tmp_path, "trace", CRIU_EXT_TRACE_FAIL=phase)
+    d = subprocess.run(["criu", "dump", "-t", str(proc.pid), "-D", str(images), "-o", "dump.log",
+                        "-v4", "--action-script", script], env=env, capture_output=True, text=True)
+    log = (images / "dump.log").read_text()
+    assert d.returncode != 0
+    assert f"failing at {phase}" in log
+    seen = [e["phase"] for e in trace_of(images)["dump"]]
+    assert seen[-2:] == ["network-unlock", "rollback"], seen
+    assert proc.poll() is None and alive(proc.pid)
+    check_memstate(proc.pid, out, expect)
+
+
+def test_action_script_failed_post_restore_aborts_the_restore(task, images, tmp_path):
+    proc, ns, out, expect, pids = task
+    script = launcher.install(str(tmp_path / "hook.sh"))
+    env = hook_env(tmp_path, "trace")
+    d = subprocess.run(["criu", "dump", "-t", str(proc.pid), "-D", str(images), "-o", "dump.log",
+                        "-v4", "--action-script", script], env=env, capture_output=True, text=True)
+    assert d.returncode == 0, (images / "dump.log").read_text()[-3000:]
+    proc.wait(timeout=10)  # reap it: CRIU restores the same PID
+    env["CRIU_EXT_TRACE_FAIL"] = "post-restore"
+    r = subprocess.run(["criu", "restore", "-D", str(images), "-o", "restore2.log", "-v4",
+                        "--restore-detached", "--pidfile", str(tmp_path / "pid2"),
+                        "--action-script", script], env=env, capture_output=True, text=True)
+    log = (images / "restore2.log").read_text()
+    assert r.returncode != 0
+    assert "failing at post-restore" in log
+    assert not (tmp_path / "pid2").exists() or not alive(int((tmp_path / "pid2").read_text()))
+    assert not alive(proc.pid)
+
+
+# -- RPC mode ------------------------------------------------------------------------------
+
+def criu_ext(*args, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(VENV_BIN / "criu-ext"), *args], capture_output=True, text=True,
+                          env=env)
+
+
+def test_rpc_dump_and_restore_answer_notify_in_process(task, images, tmp_path):
+    proc, ns, out, expect, pids = task
+    env = hook_env(tmp_path, "trace")
+    ino = netns_inode(ns)
+    d = criu_ext("dump", "-t", str(proc.pid), "-D", str(images), "-v", "4", "--json", env=env)
+    assert d.returncode == 0, d.stderr + (images / "dump.log").read_text()[-3000:]
+    res = json.loads(d.stdout)
+    assert [n["phase"] for n in res["notify"]] == ["pre-dump", "network-lock", "post-dump"]
+    assert proc.wait(timeout=10) == -signal.SIGKILL
+    tr = trace_of(images)
+    assert [e["mode"] for e in tr["dump"]] == ["rpc"] * 3
+    assert tr["dump"][1]["netns"] == ino and tr["dump"][1]["task_state"] in ("t", "T")
+    log = (images / "dump.log").read_text()
+
+    r = criu_ext("restore", "-D", str(images), "-v", "4", "--json", "--pidfile",
+                 str(tmp_path / "pid"), env=env)
+    assert r.returncode == 0, r.stderr + (images / "restore.log").read_text()[-3000:]
+    rres = json.loads(r.stdout)
+    pid = int((tmp_path / "pid").read_text())
+    pids.append(pid)
+    assert rres["pid"] == pid
+    assert [n["phase"] for n in rres["notify"]] == list(ph.RESTORE_PHASES)
+    post = trace_of(images)["restore"][3]
+    assert post["phase"] == "post-restore" and post["init_pid"] == pid
+    check_memstate(pid, out, expect)
+    rlog = (images / "restore.log").read_text()
+    record("rpc", {
+        "dump_seconds": res["seconds"], "restore_seconds": rres["seconds"],
+        "dump_notify": res["notify"], "restore_notify": rres["notify"],
+        "dump_phase_costs": criulog.phase_costs(log),
+        "restore_phase_costs": criulog.phase_costs(rlog),
+        "criu_dump_stats": res["criu_stats"], "criu_restore_stats": rres["criu_stats"],
+    })
+
+
+@pytest.mark.parametrize("phase", ["network-lock", "post-dump"])
+def test_rpc_failed_dump_rolls_back_and_leaves_the_task_running(phase, task, images, tmp_path):
+    proc, ns, out, expect, pids = task
+    env = hook_env(tmp_path, "trace", CRIU_EXT_TRACE_FAIL=phase)
+    d = criu_ext("dump", "-t", str(proc.pid), "-D", str(images), "-v", "4", env=env)
+    assert d.returncode != 0
+    assert f"plugin trace failed at {phase}" in d.stderr
+    seen = [e["phase"] for e in trace_of(images)["dump"]]
+    assert seen[-2:] == ["network-unlock", "rollback"], seen
+    assert alive(proc.pid)
+    check_memstate(proc.pid, out, expect)
+
+
+def test_rpc_leave_running_rolls_back_after_a_good_dump(task, images, tmp_path):
+    proc, ns, out, expect, pids = task
+    env = hook_env(tmp_path, "trace")
+    d = criu_ext("dump", "-t", str(proc.pid), "-D", str(images), "-R", env=env)
+    assert d.returncode == 0, d.stderr
+    seen = [e["phase"] for e in trace_of(images)["dump"]]
+    assert seen == ["pre-dump", "network-lock", "post-dump", "network-unlock", "rollback"]
+    assert alive(proc.pid)
+    check_memstate(proc.pid, out, expect)
+
+
+def test_rpc_failed_post_restore_aborts_with_a_clear_message(task, images, tmp_path):
+    proc, ns, out, expect, pids = task
+    env = hook_env(tmp_path, "trace")
+    d = criu_ext("dump", "-t", str(proc.pid), "-D", str(images), env=env)
+    assert d.returncode == 0, d.stderr
+    proc.wait(timeout=10)  # reap it: CRIU restores the same PID
+    env["CRIU_EXT_TRACE_FAIL"] = "post-restore"
+    r = criu_ext("restore", "-D", str(images), "--pidfile", str(tmp_path / "pid"), env=env)
+    assert r.returncode != 0
+    assert "plugin trace failed at post-restore" in r.stderr
+    assert not (tmp_path / "pid").exists()
+    assert not alive(proc.pid)

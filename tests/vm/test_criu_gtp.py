@@ -1,0 +1,455 @@
+"""A GTP gateway migrated between two hosts with CRIU and the criu_ext plugins.
+
+Topology (all network namespaces inside the VM)::
+
+    enb --- [br0 host-a] ===trunk=== [br0 host-b] --- pdn
+               |      |
+             s1u0   sgi0
+             [ gateway netns: gtp0, UE pool route, MASQUERADE ]
+
+The gateway task (tests.lab.gateway) owns UDP 2152 and gtp0 with one PDP context
+per UE. The eNB sends a GTP-U echo for every UE every 100 ms. CRIU runs in
+host-a's namespace to dump the gateway and in host-b's to restore it, its veths
+re-attached to host-b's bridge (--external veth[...]:...@br0). After the restore
+the pings must be answered again through the restored tunnels with the same
+TEIDs, and the gateway must find its own socket still GTP-encapsulated.
+
+Failed dumps (a plugin failing at network-lock or post-dump, CRIU itself failing
+after network-lock) must leave the source as it was, forwarding.
+
+Figures (checkpoint, image size, restore, reply gap, plugin time) go to
+out/criu-gtp.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.lab.enb import GTPU_PORT, gtpu, icmp_echo, parse_reply
+from tests.lab.gateway import I_TEI_BASE, O_TEI_BASE, UE_BASE
+from tests.lab.netns import NetnsSet, sh
+
+pytestmark = pytest.mark.vm
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = ROOT / ".venv" / "bin"
+RESULTS = ROOT / "out" / "criu-gtp.json"
+ENB_IP, GW_S1U_IP, GW_SGI_IP, PDN_IP = "10.0.0.2", "10.0.0.1", "192.168.50.1", "192.168.50.2"
+UE_POOL = "10.128.0.0/16"
+N_UES = 8
+INTERVAL = 0.1
+
+
+def ue_addr(i: int) -> str:
+    return socket.inet_ntoa((UE_BASE + i).to_bytes(4, "big"))
+
+
+# A test plugin (a file, loaded by path): at network-lock, after gtp acted, it adds a link
+# CRIU cannot dump, so CRIU itself fails the dump after our plugins changed the netns.
+BREAKER = """\
+import subprocess
+class CriuBreaker:
+    name = "breaker"
+    order = 950
+    def network_lock(self, ctx):
+        subprocess.run(["nsenter", f"--net={ctx.netns_path}", "--", "ip", "link", "add",
+                        "breakme0", "type", "gtp", "role", "ggsn"], check=True)
+    def rollback(self, ctx):
+        subprocess.run(["nsenter", f"--net={ctx.netns_path}", "--", "ip", "link", "del",
+                        "breakme0"], capture_output=True)
+"""
+
+
+class Pinger:
+    """The eNB: one GTP-U echo per UE every INTERVAL; records (time, UE, TEID) of replies."""
+
+    def __init__(self, netns_path: str, n: int):
+        from criu_ext.linux import in_netns
+
+        with in_netns(netns_path):
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((ENB_IP, GTPU_PORT))
+        self.n = n
+        self.replies: list[tuple[float, str, int]] = []
+        self.stop = threading.Event()
+        self.seq = 0
+        self.threads = [threading.Thread(target=self._send, daemon=True),
+                        threading.Thread(target=self._recv, daemon=True)]
+        for t in self.threads:
+            t.start()
+
+    def _send(self):
+        while not self.stop.is_set():
+            self.seq = (self.seq + 1) & 0xFFFF
+            for i in range(self.n):
+                pkt = gtpu(I_TEI_BASE + i, icmp_echo(ue_addr(i), PDN_IP, 0x4000 + i, self.seq))
+                try:
+                    self.sock.sendto(pkt, (GW_S1U_IP, GTPU_PORT))
+                except OSError:
+                    pass
+            self.stop.wait(INTERVAL)
+
+    def _recv(self):
+        while not self.stop.is_set():
+            if not select.select([self.sock], [], [], 0.2)[0]:
+                continue
+            r = parse_reply(self.sock.recv(65535))
+            if r is None:
+                continue
+            teid, src, dst, itype, ident, seq = r
+            if itype == 0 and src == PDN_IP:
+                self.replies.append((time.monotonic(), dst, teid))
+
+    def close(self):
+        self.stop.set()
+        for t in self.threads:
+            t.join(2)
+        self.sock.close()
+
+    def teids_since(self, t0: float) -> dict[str, set[int]]:
+        out: dict[str, set[int]] = {}
+        for t, ue, teid in self.replies:
+            if t >= t0:
+                out.setdefault(ue, set()).add(teid)
+        return out
+
+    def wait_all(self, t0: float, timeout: float) -> dict[str, set[int]]:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            got = self.teids_since(t0)
+            if len(got) == self.n:
+                return got
+            time.sleep(0.05)
+        return self.teids_since(t0)
+
+    def gap(self, start: float, end: float) -> float | None:
+        """Longest silence (any UE) that overlaps [start, end]: the downtime the UEs see."""
+        from scenario.report import gaps
+
+        return gaps(sorted(t for t, _ue, _teid in self.replies), start, end)
+
+
+def expected() -> dict[str, set[int]]:
+    return {ue_addr(i): {O_TEI_BASE + i} for i in range(N_UES)}
+
+
+class TwoHosts:
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.ns = NetnsSet("mig")
+        self.gateway: subprocess.Popen | None = None
+        self.restored_pid: int | None = None
+        self.pinger: Pinger | None = None
+
+    def start(self) -> TwoHosts:
+        ns = self.ns
+        self.a, self.b = ns.add("host-a"), ns.add("host-b")
+        self.enb, self.pdn, self.gw = ns.add("enb"), ns.add("pdn"), ns.add("gw")
+        for h in (self.a, self.b):
+            sh("ip", "-n", h, "link", "add", "br0", "type", "bridge")
+            sh("ip", "-n", h, "link", "set", "br0", "up")
+        sh("ip", "-n", self.a, "link", "add", "trunk", "type", "veth", "peer", "name", "trunk",
+           "netns", self.b)
+        for h in (self.a, self.b):
+            sh("ip", "-n", h, "link", "set", "trunk", "master", "br0", "up")
+        self._leg(self.enb, "s1u0", f"{ENB_IP}/24", self.a, "enb")
+        self._leg(self.pdn, "eth0", f"{PDN_IP}/24", self.b, "pdn")
+        self._leg(self.gw, "s1u0", f"{GW_S1U_IP}/24", self.a, "gwa-s1u")
+        self._leg(self.gw, "sgi0", f"{GW_SGI_IP}/24", self.a, "gwa-sgi")
+        sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=self.gw)
+        sh("iptables", "-w", "-t", "nat", "-A", "POSTROUTING", "-s", UE_POOL, "-o", "sgi0",
+           "-j", "MASQUERADE", ns=self.gw)
+        self.out = self.tmp / "gateway.out"
+        self.gateway = subprocess.Popen(
+            ["nsenter", f"--net=/run/netns/{self.gw}", "--", sys.executable, "-m",
+             "tests.lab.gateway", "--ues", str(N_UES)],
+            cwd=ROOT, stdin=subprocess.DEVNULL, stdout=open(self.out, "w"),
+            stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+        end = time.monotonic() + 60
+        while "READY" not in self.out.read_text():
+            assert self.gateway.poll() is None, self.out.read_text()
+            assert time.monotonic() < end, "gateway did not start"
+            time.sleep(0.1)
+        self.pinger = Pinger(f"/run/netns/{self.enb}", N_UES)
+        return self
+
+    def _leg(self, inner_ns, inner, addr, host, outer):
+        sh("ip", "-n", host, "link", "add", outer, "type", "veth", "peer", "name", inner,
+           "netns", inner_ns)
+        sh("ip", "-n", host, "link", "set", outer, "master", "br0", "up")
+        sh("ip", "-n", inner_ns, "addr", "add", addr, "dev", inner)
+        sh("ip", "-n", inner_ns, "link", "set", inner, "up")
+
+    @property
+    def pid(self) -> int:
+        return self.restored_pid or self.gateway.pid
+
+    def check_gateway(self) -> str:
+        """The gateway's own verdict (SIGUSR1): PASS if its socket still has GTP encap."""
+        n = self.out.read_text().count("\n")
+        os.kill(self.pid, signal.SIGUSR1)
+        end = time.monotonic() + 20
+        while time.monotonic() < end:
+            lines = self.out.read_text().splitlines()
+            if len(lines) > n:
+                return lines[-1]
+            time.sleep(0.05)
+        return "no answer"
+
+    def in_host(self, host: str, argv: list[str], env=None) -> subprocess.CompletedProcess:
+        return subprocess.run(["nsenter", f"--net=/run/netns/{host}", "--"] + argv,
+                              capture_output=True, text=True, env=env, close_fds=True)
+
+    def stop(self):
+        if self.pinger:
+            self.pinger.close()
+        for pid in (self.restored_pid, self.gateway.pid if self.gateway else None):
+            if pid:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        if self.gateway:
+            self.gateway.wait()
+        self.ns.cleanup()
+
+
+@pytest.fixture
+def hosts(tmp_path):
+    h = TwoHosts(tmp_path).start()
+    try:
+        yield h
+    finally:
+        h.stop()
+
+
+def gtp_state(netns_path: str):
+    import gtp_util
+
+    return gtp_util.take_snapshot(netns_path, with_sockets=False).state(with_sockets=False)
+
+
+def du(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+
+
+def record(key: str, value) -> None:
+    RESULTS.parent.mkdir(exist_ok=True)
+    try:
+        data = json.loads(RESULTS.read_text())
+    except (FileNotFoundError, ValueError):
+        data = {}
+    data[key] = value
+    RESULTS.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+def hook_script(tmp: Path) -> str:
+    from criu_ext import launcher
+
+    return launcher.install(str(tmp / "criu-ext-hook.sh"))
+
+
+def env_for(tmp: Path, plugins: str = "", **extra) -> dict:
+    env = dict(os.environ, CRIU_EXT_RUN_DIR=str(tmp / "run"), CRIU_EXT_LOG_LEVEL="4")
+    env.pop("CRIU_EXT_TRACE_FAIL", None)
+    if plugins:
+        env["CRIU_EXT_PLUGINS"] = plugins
+    else:
+        env.pop("CRIU_EXT_PLUGINS", None)
+    env.update(extra)
+    return env
+
+
+def dump_cmd(mode: str, h: TwoHosts, images: Path, tmp: Path, extra=()) -> list[str]:
+    if mode == "script":
+        return ["criu", "dump", "-t", str(h.pid), "-D", str(images), "-o", "dump.log", "-v4",
+                "--action-script", hook_script(tmp), *extra]
+    return [str(VENV_BIN / "criu-ext"), "dump", "-t", str(h.pid), "-D", str(images), "-v", "4",
+            "--json", *extra]
+
+
+def restore_cmd(mode: str, images: Path, tmp: Path) -> list[str]:
+    ext = ["--external", "veth[s1u0]:gwb-s1u@br0", "--external", "veth[sgi0]:gwb-sgi@br0"]
+    if mode == "script":
+        return ["criu", "restore", "-D", str(images), "-o", "restore.log", "-v4",
+                "--restore-detached", "--pidfile", str(tmp / "pid"),
+                "--action-script", hook_script(tmp), *ext]
+    return [str(VENV_BIN / "criu-ext"), "restore", "-D", str(images), "-v", "4", "--json",
+            "--pidfile", str(tmp / "pid"), *ext]
+
+
+def manifest_seconds(images: Path, action: str, phases=None) -> float:
+    m = json.loads((images / "criu-ext.json").read_text())
+    return sum(t["seconds"] for t in m.get(action, {}).get("timings", [])
+               if phases is None or t["phase"] in phases)
+
+
+# -- the migration ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["rpc", "script"])
+def test_gateway_migrates_between_hosts_and_keeps_its_tunnels(mode, hosts, tmp_path):
+    from criu_ext import criulog
+    from criu_ext import phases as ph
+    from criu_ext.criu_images import stats
+
+    h = hosts
+    t_start = time.monotonic()
+    assert h.pinger.wait_all(t_start, 15) == expected(), "no GTP service before the migration"
+    before = gtp_state(f"/run/netns/{h.gw}")
+    assert h.check_gateway() == "PASS"
+
+    images = tmp_path / "img"
+    images.mkdir()
+    t0 = time.monotonic()
+    d = h.in_host(h.a, dump_cmd(mode, h, images, tmp_path), env=env_for(tmp_path))
+    t1 = time.monotonic()
+    dlog = (images / "dump.log").read_text() if (images / "dump.log").exists() else ""
+    assert d.returncode == 0, d.stdout + d.stderr + dlog[-4000:]
+    h.gateway.wait(timeout=10)  # CRIU killed it; reap it so its PID is free again
+    assert (images / "criu-ext-gtp.img").exists()
+    image_bytes = du(images)
+
+    r = h.in_host(h.b, restore_cmd(mode, images, tmp_path), env=env_for(tmp_path))
+    t2 = time.monotonic()
+    rlog = (images / "restore.log").read_text() if (images / "restore.log").exists() else ""
+    assert r.returncode == 0, r.stdout + r.stderr + rlog[-4000:]
+    h.restored_pid = int((tmp_path / "pid").read_text())
+    assert h.restored_pid == h.gateway.pid
+
+    got = h.pinger.wait_all(t2, 20)
+    t3 = time.monotonic()
+    assert got == expected(), f"after restore: {got}"
+    netns = f"/proc/{h.restored_pid}/ns/net"
+    assert os.stat(netns).st_ino != os.stat(f"/run/netns/{h.gw}").st_ino
+    assert gtp_state(netns) == before  # devices, every context, routes, NAT rules, sysctls
+    assert h.check_gateway() == "PASS"
+    # the restored gateway's veths hang off host-b's bridge now
+    links = h.in_host(h.b, ["ip", "-o", "link", "show", "master", "br0"]).stdout
+    assert "gwb-s1u" in links and "gwb-sgi" in links
+
+    st = stats(str(images))
+    rec = {
+        "checkpoint_s": round(t1 - t0, 3), "restore_s": round(t2 - t1, 3),
+        "transfer_s": 0.0, "total_s": round(t2 - t0, 3), "image_bytes": image_bytes,
+        "gtp_image_bytes": (images / "criu-ext-gtp.img").stat().st_size,
+        "downtime_s": h.pinger.gap(t0, t2), "srt_s": None,
+        "first_reply_after_restore_s": round(min(t for t, _u, _t in h.pinger.replies if t >= t2)
+                                             - t2, 3),
+        "criu_frozen_s": st.get("dump", {}).get("frozen_time", 0) / 1e6,
+        "criu_restore_s": st.get("restore", {}).get("restore_time", 0) / 1e6,
+        "plugin_dump_s": round(manifest_seconds(images, "dump"), 4),
+        "plugin_dump_frozen_s": round(manifest_seconds(images, "dump", ph.FROZEN), 4),
+        "plugin_restore_s": round(manifest_seconds(images, "restore"), 4),
+        "dump_phase_costs": criulog.phase_costs(dlog),
+        "restore_phase_costs": criulog.phase_costs(rlog),
+        "ues": N_UES, "wait_s": round(t3 - t2, 3),
+    }
+    if mode == "rpc":
+        rec["dump_notify"] = json.loads(d.stdout)["notify"]
+        rec["restore_notify"] = json.loads(r.stdout)["notify"]
+    record(f"migrate-{mode}", rec)
+    print(json.dumps(rec, indent=1))
+    assert rec["downtime_s"] is not None
+
+
+# -- failed dumps leave the source whole -----------------------------------------------------
+
+FAILURES = {
+    "plugin-network-lock": {"CRIU_EXT_TRACE_FAIL": "network-lock"},
+    "plugin-post-dump": {"CRIU_EXT_TRACE_FAIL": "post-dump"},
+    "criu-after-network-lock": {},
+}
+
+
+@pytest.mark.parametrize("mode", ["rpc", "script"])
+@pytest.mark.parametrize("failure", sorted(FAILURES))
+def test_failed_dump_leaves_the_source_forwarding(failure, mode, hosts, tmp_path):
+    h = hosts
+    t_start = time.monotonic()
+    assert h.pinger.wait_all(t_start, 15) == expected()
+    gw = f"/run/netns/{h.gw}"
+    before = gtp_state(gw)
+    images = tmp_path / "img"
+    images.mkdir()
+    if failure.startswith("criu"):
+        breaker = tmp_path / "breaker.py"
+        breaker.write_text(BREAKER)
+        plugins = f"gtp,netfilter,{breaker}:CriuBreaker"
+    else:
+        plugins = "gtp,netfilter,trace"
+    env = env_for(tmp_path, plugins=plugins, **FAILURES[failure])
+    t0 = time.monotonic()
+    d = h.in_host(h.a, dump_cmd(mode, h, images, tmp_path), env=env)
+    t1 = time.monotonic()
+    log = (images / "dump.log").read_text() if (images / "dump.log").exists() else ""
+    assert d.returncode != 0, "the dump was supposed to fail"
+    assert h.gateway.poll() is None, "the source gateway must keep running"
+    assert (images / "criu-ext-gtp.img").exists()  # gtp acted before the failure...
+    assert gtp_state(gw) == before  # ...and put everything back
+    assert h.check_gateway() == "PASS"  # bound to the live socket again
+    got = h.pinger.wait_all(t1, 15)
+    assert got == expected()
+    m = json.loads((images / "criu-ext.json").read_text())
+    assert m["dump"]["rolled_back"] is True
+    record(f"rollback-{mode}-{failure}", {"outage_s": h.pinger.gap(t0, t1),
+                                          "dump_s": round(t1 - t0, 3),
+                                          "criu_said": [ln for ln in (log + d.stderr).splitlines()
+                                                        if "Error" in ln][:3]})
+
+
+@pytest.mark.parametrize("mode", ["rpc", "script"])
+def test_leave_running_dump_leaves_the_source_untouched(mode, hosts, tmp_path):
+    h = hosts
+    assert h.pinger.wait_all(time.monotonic(), 15) == expected()
+    gw = f"/run/netns/{h.gw}"
+    before = gtp_state(gw)
+    images = tmp_path / "img"
+    images.mkdir()
+    flag = "--leave-running" if mode == "script" else "-R"
+    d = h.in_host(h.a, dump_cmd(mode, h, images, tmp_path, [flag]), env=env_for(tmp_path))
+    assert d.returncode == 0, d.stdout + d.stderr
+    t1 = time.monotonic()
+    assert h.gateway.poll() is None
+    assert gtp_state(gw) == before
+    assert h.check_gateway() == "PASS"
+    assert h.pinger.wait_all(t1, 15) == expected()
+    assert (images / "criu-ext-gtp.img").exists()
+
+
+def test_restore_failure_in_a_plugin_aborts_with_a_clear_message(hosts, tmp_path):
+    """The restored netns already has a gtp0 that differs from the image (here: made by a
+    test plugin at post-setup-namespaces): the gtp plugin refuses and CRIU aborts."""
+    h = hosts
+    images = tmp_path / "img"
+    images.mkdir()
+    d = h.in_host(h.a, dump_cmd("rpc", h, images, tmp_path), env=env_for(tmp_path))
+    assert d.returncode == 0, d.stderr
+    h.gateway.wait(timeout=10)
+    plug = tmp_path / "squatter.py"
+    plug.write_text(
+        "import subprocess\n"
+        "class Squatter:\n"
+        "    name = 'squatter'\n"
+        "    order = 10\n"
+        "    def post_restore(self, ctx):\n"
+        "        subprocess.run(['nsenter', f'--net={ctx.netns_path}', '--', 'ip', 'link', 'add',\n"
+        "                        'gtp0', 'type', 'gtp', 'role', 'sgsn'], check=True)\n")
+    env = env_for(tmp_path, plugins=f"{plug}:Squatter")
+    r = h.in_host(h.b, restore_cmd("rpc", images, tmp_path), env=env)
+    assert r.returncode != 0
+    assert "plugin gtp failed at post-restore" in r.stderr, r.stderr
+    assert "gtp0" in r.stderr
+    assert not (tmp_path / "pid").exists()
+    time.sleep(0.5)
+    assert not os.path.exists(f"/proc/{h.gateway.pid}")
