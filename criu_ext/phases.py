@@ -24,10 +24,11 @@ RESTORE_PHASES = (
 )
 ALL_PHASES = tuple(dict.fromkeys(DUMP_PHASES + RESTORE_PHASES))
 
-# Phases in which the tasks are frozen (dump) or not yet running (restore).
-# Time spent there is downtime.
-FROZEN = frozenset({"network-lock", "post-dump", "network-unlock", "setup-namespaces",
-                    "post-setup-namespaces", "post-restore", "pre-resume"})
+# Phases inside the windows CRIU itself measures as downtime: stats-dump's frozen_time
+# (from the freeze to the end of the dump) and stats-restore's restore_time (from the
+# start of the restore to the network unlock; pre-resume and post-resume come after).
+FROZEN = frozenset({"network-lock", "post-dump", "network-unlock", "pre-restore",
+                    "setup-namespaces", "post-setup-namespaces", "post-restore"})
 
 # Phases that start a session: the plan (which plugin acts in which phase) is
 # made there, outside the freeze window.

@@ -63,6 +63,10 @@ class Plugin:
     images: tuple[str, ...] = ()
     default: bool = True
 
+    def warm(self, action: str) -> None:
+        """Import what the phases of ``action`` will need (RPC mode calls this before
+        CRIU starts, so imports do not count inside the freeze window)."""
+
     def show(self, images_dir: str) -> dict | None:
         """What this plugin's images in ``images_dir`` hold, as JSON-able data."""
         return None

@@ -192,6 +192,11 @@ def run(action: str, o: Options, session: Session | None, criu: str = "criu",
         raise ValueError("a dump needs the PID of the tree's root (--tree)")
     if not o.log_file:
         o.log_file = f"{action}.log"
+    if session is not None:
+        for plugin in session.plugins:  # imports now, not in the freeze window
+            warm = getattr(plugin, "warm", None)
+            if callable(warm):
+                warm(action)
     images_fd, work_fd, log_name, log_path = _open_dirs(o)
     try:
         req = rpc.criu_req()

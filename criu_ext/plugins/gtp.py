@@ -1,8 +1,8 @@
 """``gtp``: carries kernel gtp devices through a CRIU dump and restore, with gtp_util.
 
+warm            (RPC mode, before CRIU starts) import gtp_util's netlink code, so
+                the freeze window does not pay for it.
 dump
-  pre-dump      (tasks running) import gtp_util's netlink code, so the freeze
-                window does not pay for it in RPC mode.
   network-lock  (tasks frozen) snapshot every gtp device of the tree's netns:
                 attributes, PDP contexts, routes through it, which task socket
                 backs it; save it as criu-ext-gtp.img; delete the devices (CRIU
@@ -12,7 +12,6 @@ dump
                 re-create what the snapshot holds and is missing, bound again
                 to the live task's sockets.
 restore
-  pre-restore   import gtp_util (RPC mode: before the tasks exist).
   post-restore  (tasks restored, not running) re-create the devices bound to
                 the restored task's sockets (same fd numbers), the PDP contexts
                 and routes. A failure aborts the restore.
@@ -92,9 +91,8 @@ class GtpPlugin(Plugin):
 
     # -- dump --------------------------------------------------------------------------
 
-    def pre_dump(self, ctx) -> None:
-        if ctx.mode == "rpc":  # a script process ends here: warming it would be wasted
-            _warm()
+    def warm(self, action: str) -> None:
+        _warm()
 
     def network_lock(self, ctx) -> None:
         g = _gtp()
@@ -139,10 +137,6 @@ class GtpPlugin(Plugin):
         ctx.log.info(f"source put back: {what}")
 
     # -- restore -------------------------------------------------------------------------
-
-    def pre_restore(self, ctx) -> None:
-        if ctx.mode == "rpc" and os.path.exists(ctx.image_path(IMAGE)):
-            _warm()
 
     def post_restore(self, ctx) -> None:
         path = ctx.image_path(IMAGE)

@@ -35,6 +35,10 @@ class NetfilterPlugin(Plugin):
     summary = "SGi MASQUERADE/SNAT rules of the UE pool: checked after restore, re-added if missing"
     images = (IMAGE,)
 
+    def warm(self, action: str) -> None:
+        import gtp_util.dump  # noqa: F401
+        import gtp_util.nat  # noqa: F401
+
     def pre_dump(self, ctx) -> None:
         import gtp_util
 

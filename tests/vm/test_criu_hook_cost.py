@@ -43,7 +43,7 @@ def timed(argv, env, n=N) -> dict:
 def test_hook_cost_per_phase(tmp_path, netns):
     ns = netns("hc")
     # a task in the netns to play the dumped root (pre-dump snapshots NAT rules there)
-    task = subprocess.Popen(["nsenter", f"--net=/run/netns/{ns}", "--", "sleep", "600"],
+    task = subprocess.Popen(["nsenter", f"--net=/run/netns/{ns}", "--", "sleep", "infinity"],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
