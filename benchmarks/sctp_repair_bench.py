@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import select
+import selectors
 import socket
 import sys
 import time
@@ -79,15 +79,19 @@ def bench(count: int) -> dict:
         pending = set(by_port.values())
         notifications = 0
         deadline = time.monotonic() + 60
-        while pending and time.monotonic() < deadline:
-            ready, _, _ = select.select(list(pending), [], [], 1)
-            for p in ready:
-                data, _, flags, _ = p.recvmsg(1024)
-                if flags & abi.MSG_NOTIFICATION:
-                    notifications += 1
-                    continue
-                assert data == b"after %d" % p.getpeername()[1], data
-                pending.discard(p)
+        with selectors.EpollSelector() as sel:
+            for p in pending:
+                sel.register(p, selectors.EVENT_READ)
+            while pending and time.monotonic() < deadline:
+                for key, _ in sel.select(1):
+                    p = key.fileobj
+                    data, _, flags, _ = p.recvmsg(1024)
+                    if flags & abi.MSG_NOTIFICATION:
+                        notifications += 1
+                        continue
+                    assert data == b"after %d" % p.getpeername()[1], data
+                    pending.discard(p)
+                    sel.unregister(p)
         for s in socks + peers + [listener]:
             s.close()
         return {
@@ -112,9 +116,10 @@ def main() -> int:
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(hard, 65536), max(hard, 65536)))
-    results = [bench(n) for n in (args.count or [1, 1000])]
-    for r in results:
-        print(json.dumps(r))
+    results = []
+    for n in args.count or [1, 1000]:
+        results.append(bench(n))
+        print(json.dumps(results[-1]), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     ok = all(r["delivered_after_restore"] == r["associations"] and r["peer_notifications"] == 0

@@ -44,8 +44,9 @@ def probe_cmd() -> None:
               help="leave the socket in repair mode, so that closing it (or killing "
                    "its owner) tells the peer nothing; the default turns it off again")
 def dump(pid: int, fd: int, output: str, wait: float, keep_repair: bool) -> None:
-    if not probe().repair:
-        raise click.ClickException(probe().detail)
+    found = probe()
+    if not found.repair:
+        raise click.ClickException(found.detail)
     try:
         copy = linux.steal_fd(pid, fd)
     except OSError as e:

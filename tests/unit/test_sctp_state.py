@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 import shutil
 import subprocess
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from sctp_repair import abi, cli
+from sctp_repair import abi, cli, repair
 from sctp_repair.state import AssocState, Stream
 
 REPO = Path(__file__).resolve().parents[2]
@@ -96,3 +97,44 @@ def test_generated_module_is_up_to_date(tmp_path):
                    cwd=REPO, check=True)
     fresh = (tmp_path / "sctp_repair/assoc_state_pb2.py").read_text()
     assert fresh == (REPO / "sctp_repair/assoc_state_pb2.py").read_text()
+
+
+class _StockSocket:
+    """An SCTP socket of a kernel without repair mode."""
+
+    def __init__(self, *args):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def getsockopt(self, level, opt, size):
+        raise OSError(errno.ENOPROTOOPT, "Protocol not available")
+
+
+def test_probe_on_a_stock_kernel_says_repair_mode_is_missing(monkeypatch):
+    monkeypatch.setattr(repair.socket, "socket", _StockSocket)
+    result = repair.probe()
+    assert result.sctp and not result.repair
+    assert "no SCTP repair mode" in result.detail
+    out = CliRunner().invoke(cli.main, ["probe"])
+    assert out.exit_code == 1 and "no SCTP repair mode" in out.output
+
+
+def test_probe_without_sctp_says_so(monkeypatch):
+    def no_sctp(*args):
+        raise OSError(errno.EPROTONOSUPPORT, "Protocol not supported")
+    monkeypatch.setattr(repair.socket, "socket", no_sctp)
+    result = repair.probe()
+    assert not result.sctp and not result.repair
+    assert "no SCTP" in result.detail and "missing" in result.detail
+
+
+def test_dump_refuses_on_a_kernel_without_repair_mode(monkeypatch, tmp_path):
+    monkeypatch.setattr(repair.socket, "socket", _StockSocket)
+    out = CliRunner().invoke(cli.main, ["dump", "--pid", "1", "--fd", "3", "-o",
+                                        str(tmp_path / "x")])
+    assert out.exit_code == 1 and "no SCTP repair mode" in out.output
