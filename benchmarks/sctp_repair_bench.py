@@ -19,7 +19,7 @@ import argparse
 import json
 import resource
 import selectors
-import socket
+import struct
 import sys
 import time
 from pathlib import Path
@@ -87,7 +87,13 @@ def bench(count: int) -> dict:
                     p = key.fileobj
                     data, _, flags, _ = p.recvmsg(1024)
                     if flags & abi.MSG_NOTIFICATION:
-                        notifications += 1
+                        # The COMM_UP of the original handshake is expected;
+                        # anything else (a restart, a loss) is not.
+                        sn_type, = struct.unpack_from("=H", data, 0)
+                        sac_state, = struct.unpack_from("=H", data, 8)
+                        if (sn_type, sac_state) != (abi.SCTP_ASSOC_CHANGE,
+                                                    abi.AssocChange.COMM_UP):
+                            notifications += 1
                         continue
                     assert data == b"after %d" % p.getpeername()[1], data
                     pending.discard(p)
@@ -103,7 +109,7 @@ def bench(count: int) -> dict:
             "restore_total_s": round(t_restore, 4),
             "restore_per_assoc_ms": round(t_restore / count * 1e3, 3),
             "delivered_after_restore": count - len(pending),
-            "peer_notifications": notifications,
+            "peer_notifications_besides_comm_up": notifications,
         }
     finally:
         net.down()
@@ -122,7 +128,7 @@ def main() -> int:
         print(json.dumps(results[-1]), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
-    ok = all(r["delivered_after_restore"] == r["associations"] and r["peer_notifications"] == 0
+    ok = all(r["delivered_after_restore"] == r["associations"] and r["peer_notifications_besides_comm_up"] == 0
              for r in results)
     return 0 if ok else 1
 
