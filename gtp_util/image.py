@@ -138,6 +138,23 @@ def _socketref(e) -> SocketRef:
                      port=e.port, inode=e.inode, guessed=e.guessed)
 
 
+def reframe(data: bytes, head: bytes) -> bytes:
+    """The image ``data`` with its head entry replaced by ``head`` and a new tail (tests)."""
+    (size,) = _U32.unpack_from(data, 8)
+    body = data[8 + 4 + size:]
+    entries = []
+    off = 0
+    while off < len(body):
+        (n,) = _U32.unpack_from(body, off)
+        entries.append(body[off:off + 4 + n])
+        off += 4 + n
+    tail = pb.gtp_tail_entry()
+    tail.ParseFromString(entries[-1][4:])
+    out = data[:8] + _U32.pack(len(head)) + head + b''.join(entries[:-1])
+    tail.crc32 = zlib.crc32(out)
+    return out + _entry(tail)
+
+
 def loads(data: bytes) -> Snapshot:
     """Decode image bytes; raises :class:`BadImage` on anything unexpected."""
     if len(data) < 8:
@@ -161,10 +178,8 @@ def loads(data: bytes) -> Snapshot:
         off += 4 + size
     if not entries:
         raise BadImage("truncated image: no entries after the magic")
-    head = _parse(pb.gtp_head_entry, entries[0][1], 'the head entry')
-    if head.version > FORMAT_VERSION or head.version == 0:
-        raise BadImage(f"image format version {head.version} is not supported "
-                       f"(this gtp_util reads version {FORMAT_VERSION})")
+    # The tail first: nothing is parsed before the CRC says the bytes are intact
+    # (the protobuf runtime would log about garbage in string fields otherwise).
     tail_off, tail_data = entries[-1]
     tail = pb.gtp_tail_entry()
     try:
@@ -176,6 +191,10 @@ def loads(data: bytes) -> Snapshot:
         raise BadImage("truncated image: the tail entry is missing")
     if zlib.crc32(view[:tail_off]) != tail.crc32:
         raise BadImage("corrupt image: CRC-32 mismatch")
+    head = _parse(pb.gtp_head_entry, entries[0][1], 'the head entry')
+    if head.version > FORMAT_VERSION or head.version == 0:
+        raise BadImage(f"image format version {head.version} is not supported "
+                       f"(this gtp_util reads version {FORMAT_VERSION})")
     snap = Snapshot(netns=head.netns, kernel=head.kernel, created=head.created)
     snap.sysctls = {s.name: s.value for s in head.sysctls}
     snap.routes = [Route(family=r.family, dst=r.dst, dst_len=r.dst_len, dev=r.dev,

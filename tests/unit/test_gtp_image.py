@@ -86,7 +86,7 @@ def test_newer_format_version_is_refused():
     head.version = image.FORMAT_VERSION + 1
     hb = head.SerializeToString()
     with pytest.raises(BadImage, match='version 2 is not supported'):
-        image.loads(data[:8] + struct.pack('<I', len(hb)) + hb + data[12 + size:])
+        image.loads(image.reframe(data, hb))
 
 
 def test_load_and_save_paths(tmp_path):

@@ -169,8 +169,7 @@ def test_bad_inputs_exit_codes_and_nothing_applied(small, tmp_path):
     head.ParseFromString(bad[12:12 + size])
     head.version = 99
     hb = head.SerializeToString()
-    body = bad[:8] + len(hb).to_bytes(4, 'little') + hb + bad[12 + size:]
-    (tmp_path / 'version').write_bytes(body)
+    (tmp_path / 'version').write_bytes(image.reframe(bad, hb))
     r = cli('gtp-restore', str(tmp_path / 'version'), '--netns', name)
     assert r.returncode == 3 and 'version 99' in r.stderr, r.stderr
     assert cli('gtp-restore', img, '--netns', 'no-such-ns').returncode == 4
