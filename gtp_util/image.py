@@ -41,9 +41,9 @@ def _socket(ref: SocketRef) -> pb.gtp_socket_entry:
                                guessed=ref.guessed)
 
 
-def dumps(snap: Snapshot) -> bytes:
-    """Encode a snapshot as image bytes."""
-    parts = [_MAGICS.pack(IMG_SERVICE_MAGIC, GTP_MAGIC)]
+def _parts(snap: Snapshot, counts: dict):
+    """Yield the image piece by piece, tail excepted; fills ``counts``."""
+    yield _MAGICS.pack(IMG_SERVICE_MAGIC, GTP_MAGIC)
     head = pb.gtp_head_entry(version=FORMAT_VERSION, n_devices=len(snap.devices),
                              netns=snap.netns, kernel=snap.kernel, created=snap.created)
     for k, v in snap.sysctls.items():
@@ -55,7 +55,7 @@ def dumps(snap: Snapshot) -> bytes:
     for n in snap.nat_rules:
         head.nat_rules.add(backend=n.backend, family=n.family, table=n.table, chain=n.chain,
                            rule=n.rule, chain_spec=n.chain_spec)
-    parts.append(_entry(head))
+    yield _entry(head)
     entries = 1
     total = 0
     for dev in snap.devices:
@@ -67,7 +67,7 @@ def dumps(snap: Snapshot) -> bytes:
         for a in dev.addresses:
             d.addresses.add(family=a.family, local=a.local, prefixlen=a.prefixlen,
                             address=a.address)
-        parts.append(_entry(d))
+        yield _entry(d)
         entries += 1
         for start in range(0, len(ctx), CHUNK):
             stop = min(len(ctx), start + CHUNK)
@@ -82,22 +82,40 @@ def dumps(snap: Snapshot) -> bytes:
             for row, (p6, m6) in sorted(ctx.v6.items()):
                 if start <= row < stop:
                     c.v6.add(row=row - start, peer6=p6, ms6=m6)
-            parts.append(_entry(c))
+            yield _entry(c)
+            del c
             entries += 1
         total += len(ctx)
-    body = b''.join(parts)
-    tail = pb.gtp_tail_entry(entries=entries, n_contexts=total, crc32=zlib.crc32(body))
-    return body + _entry(tail)
+    counts.update(entries=entries, total=total)
+
+
+def _write(snap: Snapshot, write) -> None:
+    counts: dict = {}
+    crc = 0
+    for part in _parts(snap, counts):
+        crc = zlib.crc32(part, crc)
+        write(part)
+    write(_entry(pb.gtp_tail_entry(entries=counts['entries'], n_contexts=counts['total'],
+                                   crc32=crc)))
+
+
+def dumps(snap: Snapshot) -> bytes:
+    """Encode a snapshot as image bytes."""
+    out: list[bytes] = []
+    _write(snap, out.append)
+    return b''.join(out)
 
 
 def save(snap: Snapshot, path: str) -> str:
-    """Write the image to ``path`` (a directory gets ``gtp.img`` inside). Atomic rename."""
+    """Write the image to ``path`` (a directory gets ``gtp.img`` inside). Atomic rename.
+
+    Written entry by entry: memory stays flat whatever the number of contexts.
+    """
     if os.path.isdir(path):
         path = os.path.join(path, IMAGE_NAME)
-    data = dumps(snap)
     tmp = f'{path}.tmp{os.getpid()}'
     with open(tmp, 'wb') as f:
-        f.write(data)
+        _write(snap, f.write)
     os.replace(tmp, path)
     return path
 

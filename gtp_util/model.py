@@ -141,17 +141,33 @@ class PdpTable:
         return f'<PdpTable {len(self)} contexts>'
 
     def sorted(self) -> PdpTable:
-        """A copy in canonical order: version, then I_TEI (v1) or TID (v0), then MS address."""
+        """A copy in canonical order: v0 by TID, then v1 by I_TEI, ties by MS address."""
         ver, tid, i_tei, ms = self.version, self.tid, self.i_tei, self.ms
+        n = len(ver)
         if self.v6:
-            order = sorted(range(len(ver)), key=lambda i: self[i].sort_key())
+            order = array('I', sorted(range(n), key=lambda i: self[i].sort_key()))
         else:
-            # one integer key per row: cheap in memory at 100k rows
-            order = sorted(range(len(ver)), key=lambda i: (
-                ver[i] << 96 | (i_tei[i] if ver[i] else tid[i]) << 32 | ms[i]))
+            # v1 rows: one 64-bit int per row, I_TEI in the high half, row in the low
+            # half; sorting those is cheap in memory at 100k rows. (I_TEI is unique per
+            # device, so the MS tie-break only matters for tables the kernel would
+            # not hold; it is applied by a second, stable pass in that case.)
+            v0 = [i for i in range(n) if ver[i] == 0] if ver.count(0) else []
+            v0.sort(key=lambda i: (tid[i], ms[i]))
+            keys = sorted(i_tei[i] << 32 | i for i in range(n) if ver[i])
+            order = array('I', v0)
+            dup, prev = False, -1
+            for k in keys:
+                if k >> 32 == prev:
+                    dup = True
+                prev = k >> 32
+                order.append(k & 0xFFFFFFFF)
+            del keys
+            if dup:
+                order = array('I', sorted(order, key=lambda i: (ver[i], i_tei[i] if ver[i]
+                                                                else tid[i], ms[i])))
         out = PdpTable()
         for src, dst in zip(self.columns(), out.columns()):
-            dst.extend(src[i] for i in order)
+            dst.extend(array(src.typecode, map(src.__getitem__, order)))
         if self.v6:
             out.v6 = {new: self.v6[old] for new, old in enumerate(order) if old in self.v6}
         return out
