@@ -109,3 +109,9 @@ def test_generated_code_matches_the_proto_file(tmp_path):
                    check=True)
     assert (tmp_path / 'gtp_image_pb2.py').read_text() == \
         (src / 'gtp_image_pb2.py').read_text()
+
+
+def test_streamed_file_equals_dumps(tmp_path):
+    snap = sample(n=1000)
+    path = image.save(snap, str(tmp_path / 'a.img'))
+    assert open(path, 'rb').read() == image.dumps(snap)
