@@ -209,6 +209,11 @@ class Peer:
                 sid, msg = self.c.next_message(i)
                 try:
                     send_on(self.sock, sid, msg)
+                except TimeoutError:
+                    # The send buffer is full while the endpoint is away (the
+                    # socket's timeout is the receiver's): the message was not
+                    # queued, try it again.
+                    continue
                 except OSError as e:
                     self.fatal.append(f"peer send: {e}")
                     return
