@@ -2,18 +2,22 @@
 # Build the SCTP repair-mode test kernel: Debian's linux-source-6.1, the patch
 # series in this directory, virtme-ng's minimal config plus config.fragment.
 #
-# Usage: kernel-patches/build.sh [-j JOBS] [--force] [-v]
+# Usage: kernel-patches/build.sh [-j JOBS] [--force] [--print-key] [-v]
 #
 # The bzImage is cached at $CACHE/kernel/<key>/bzImage, where key is a hash of
-# the kernel source, the patches (in series order), the config fragment, this
-# script and virtme-ng's version; a second run with the same key prints the
-# path at once. The build tree ($CACHE/build/linux-6.1) is kept between runs,
-# so a change to the series rebuilds only what it touches.
+# the kernel source, the patches (in series order), the config fragment,
+# RECIPE below and virtme-ng's version; a second run with the same key prints
+# the path at once; --print-key prints the key and stops. The build tree
+# ($CACHE/build/linux-6.1) is kept between runs, so a change to the series
+# rebuilds only what it touches.
 #
 # Progress goes to stderr; the last line on stdout is the bzImage path.
 # CACHE is $CRIU_EXT_CACHE, by default /var/cache/criu-ext.
 # Needs: scripts/setup --kernel-build (build tools, linux-source-6.1, vng).
 set -euo pipefail
+
+# Bump when a change to this script changes what it builds.
+RECIPE=1
 
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/.." && pwd)
@@ -23,14 +27,16 @@ tree="$cache/build/linux-6.1"
 jobs=$(nproc)
 force=0
 verbose=0
+print_key=0
 
 while [ $# -gt 0 ]; do
     case "$1" in
     -j) jobs=$2; shift ;;
     -j*) jobs=${1#-j} ;;
     --force) force=1 ;;
+    --print-key) print_key=1 ;;
     -v | --verbose) verbose=1 ;;
-    -h | --help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "build.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
@@ -56,10 +62,14 @@ key=$({
     echo "source $src_id"
     for p in "${patches[@]}"; do echo "patch $p"; cat "$here/$p"; done
     echo "fragment"; cat "$here/config.fragment"
-    echo "script"; cat "$0"
+    echo "recipe $RECIPE"
     echo "vng $(vng --version 2>/dev/null)"
 } | sha256sum | cut -c1-16)
 out="$cache/kernel/$key"
+if [ "$print_key" = 1 ]; then
+    echo "$key"
+    exit 0
+fi
 
 if [ "$force" = 0 ] && [ -s "$out/bzImage" ]; then
     say "cached: $out/bzImage"
@@ -91,14 +101,23 @@ if [ ! -f "$tree/.git/criu-ext-source" ] || [ "$(cat "$tree/.git/criu-ext-source
     echo "$src_id" >"$tree/.git/criu-ext-source"
 fi
 
-# 2. The series, in order.
-say "applying ${#patches[@]} patches"
-gitq am --abort >/dev/null 2>&1 || true
-gitq reset -q --hard base
-gitq clean -q -fd
-for p in "${patches[@]}"; do
-    gitq am -q "$here/$p" || die "patch $p does not apply to $src_id"
-done
+# 2. The series, in order; left alone if the tree already holds exactly it
+#    (so that a change of key alone does not touch a single source file).
+series_id=$(for p in "${patches[@]}"; do cat "$here/$p"; done | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$tree/.git/criu-ext-series" 2>/dev/null)" = "$series_id" ] &&
+    gitq diff --quiet HEAD && [ -z "$(gitq ls-files --others --exclude-standard)" ]; then
+    say "the series is already applied"
+else
+    say "applying ${#patches[@]} patches"
+    rm -f "$tree/.git/criu-ext-series"
+    gitq am --abort >/dev/null 2>&1 || true
+    gitq reset -q --hard base
+    gitq clean -q -fd
+    for p in "${patches[@]}"; do
+        gitq am -q "$here/$p" || die "patch $p does not apply to $src_id"
+    done
+    echo "$series_id" >"$tree/.git/criu-ext-series"
+fi
 
 # 3. Config: virtme-ng's minimal one, the fragment on top, then check that
 #    nothing the fragment asks for was dropped for want of a dependency.
