@@ -7,9 +7,10 @@ netns. This plugin makes sure of it without adding a second copy:
   pre-dump      (tasks running, outside the freeze window) record the NAT rules
                 that concern the UE pools (the routes through gtp devices) with
                 gtp_util's reader, into criu-ext-netfilter.json.
-  post-restore  (after the gtp plugin) read the restored netns's rules once and
-                add only the recorded ones that are missing. A failure aborts
-                the restore.
+  post-restore  (after the gtp plugin) check the chains holding them with one
+                ``nft list chain`` each (counters aside, CRIU's copy reads the
+                same); if something is missing, read the rules with gtp_util and
+                add only the missing ones. A failure aborts the restore.
 
 Nothing is removed at dump, so there is nothing to roll back.
 """
@@ -18,15 +19,59 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
+import subprocess
+from collections import Counter
 
 from criu_ext.plugin import Plugin, PluginError
 
 IMAGE = "criu-ext-netfilter.json"
 
 
+_COUNTER = re.compile(r"\bcounter packets \d+ bytes \d+")
+_HANDLE = re.compile(r"\s+# handle \d+$")
+
+
 def _rule_key(r) -> tuple:
     return (r.backend, r.family, r.table, r.chain, r.rule)
+
+
+def _nft_chain(r) -> tuple[str, str] | None:
+    """(nft table "family name", chain) holding rule ``r`` in nftables, None for legacy."""
+    if r.backend == "nft":
+        return r.table, r.chain
+    if r.backend == "iptables-nft":
+        return ("ip6 " if r.family == socket.AF_INET6 else "ip ") + r.table, r.chain
+    return None
+
+
+def nft_rules(netns: str | None, table: str, chain: str) -> list[str] | None:
+    """The rules of an nftables chain as ``nft list chain`` prints them, counters and
+    handles blanked; None when the chain does not exist."""
+    argv = ["nft", "list", "chain", *table.split(), chain]
+    if netns is not None:
+        argv = ["nsenter", f"--net={netns}", "--"] + argv
+    p = subprocess.run(argv, capture_output=True, text=True, close_fds=True)
+    if p.returncode:
+        return None
+    out = []
+    for line in p.stdout.splitlines():
+        s = _HANDLE.sub("", line.strip())
+        if not s or s in ("}", "{") or s.startswith(("table ", "chain ", "type ", "policy ", "#")):
+            continue
+        out.append(_COUNTER.sub("counter", s))
+    return out
+
+
+def chains_match(netns: str | None, recorded: dict[str, list[str]]) -> bool:
+    """True when every recorded rule line is in its chain again (CRIU brought it back)."""
+    for key, lines in recorded.items():
+        table, chain = key.rsplit(" ", 1)
+        live = nft_rules(netns, table, chain)
+        if live is None or Counter(lines) - Counter(live):
+            return False
+    return True
 
 
 class NetfilterPlugin(Plugin):
@@ -54,8 +99,16 @@ class NetfilterPlugin(Plugin):
             return
         pools = sorted({r.cidr() for r in snap.routes})
         rules = [dict(vars(r)) for r in snap.nat_rules]
+        # how nftables shows the chains holding them: a cheap, exact presence check later
+        nft = {}
+        for r in snap.nat_rules:
+            where = _nft_chain(r)
+            if where and f"{where[0]} {where[1]}" not in nft:
+                lines = nft_rules(ctx.netns_path, *where)
+                if lines is not None:
+                    nft[f"{where[0]} {where[1]}"] = lines
         with open(path, "w", encoding="utf-8") as f:
-            json.dump({"pools": pools, "rules": rules}, f, indent=1)
+            json.dump({"pools": pools, "rules": rules, "nft_chains": nft}, f, indent=1)
         ctx.log.info(f"recorded {len(rules)} NAT rule(s) for UE pool(s) {', '.join(pools)}")
 
     def post_restore(self, ctx) -> None:
@@ -72,6 +125,11 @@ class NetfilterPlugin(Plugin):
             data = json.load(f)
         saved = [NatRule(**r) for r in data.get("rules", [])]
         if not saved:
+            return
+        nft = data.get("nft_chains") or {}
+        covered = all(_nft_chain(r) for r in saved)
+        if nft and covered and chains_match(ctx.netns_path, nft):
+            ctx.log.info(f"{len(saved)} NAT rule(s) came back with CRIU's netns")
             return
         pools = [ipaddress.ip_network(p, strict=False) for p in data.get("pools", [])]
         try:

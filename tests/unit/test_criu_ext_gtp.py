@@ -187,3 +187,37 @@ def test_netfilter_records_at_pre_dump_and_re_adds_only_missing(monkeypatch, tmp
     monkeypatch.setattr(nat, "read_rules", lambda netns, pools: snap().nat_rules)
     r.run("post-restore", os.getpid())
     assert added == []  # CRIU brought it back: no second copy
+
+
+NFT_CHAIN = """table ip nat {
+	chain POSTROUTING {
+		type nat hook postrouting priority srcnat; policy accept;
+		oifname "sgi0" ip saddr 10.128.0.0/16 counter packets %d bytes %d masquerade # handle 4
+	}
+}
+"""
+
+
+def test_nft_view_ignores_counters_and_handles(monkeypatch):
+    from criu_ext.plugins import netfilter
+
+    calls = []
+
+    class P:
+        def __init__(self, out, rc=0):
+            self.stdout, self.returncode = out, rc
+
+    def run(argv, **kw):
+        calls.append(argv)
+        return P(NFT_CHAIN % (len(calls), 99))
+
+    monkeypatch.setattr(netfilter.subprocess, "run", run)
+    lines = netfilter.nft_rules("/proc/1/ns/net", "ip nat", "POSTROUTING")
+    assert lines == ['oifname "sgi0" ip saddr 10.128.0.0/16 counter masquerade']
+    assert calls[0][:3] == ["nsenter", "--net=/proc/1/ns/net", "--"]
+    assert netfilter.chains_match(None, {"ip nat POSTROUTING": lines})
+    assert not netfilter.chains_match(None, {"ip nat POSTROUTING": lines * 2})  # one copy only
+    monkeypatch.setattr(netfilter.subprocess, "run", lambda argv, **kw: P("", 1))
+    assert not netfilter.chains_match(None, {"ip nat POSTROUTING": lines})
+    r = snap().nat_rules[0]
+    assert netfilter._nft_chain(r) == ("ip nat", "POSTROUTING")

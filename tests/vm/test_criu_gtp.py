@@ -176,7 +176,7 @@ class TwoHosts:
              "tests.lab.gateway", "--ues", str(N_UES)],
             cwd=ROOT, stdin=subprocess.DEVNULL, stdout=open(self.out, "w"),
             stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
-        end = time.monotonic() + 60
+        end = time.monotonic() + 300  # Python + pyroute2 under emulation, on a busy host
         while "READY" not in self.out.read_text():
             assert self.gateway.poll() is None, self.out.read_text()
             assert time.monotonic() < end, "gateway did not start"
@@ -210,6 +210,38 @@ class TwoHosts:
     def in_host(self, host: str, argv: list[str], env=None) -> subprocess.CompletedProcess:
         return subprocess.run(["nsenter", f"--net=/run/netns/{host}", "--"] + argv,
                               capture_output=True, text=True, env=env, close_fds=True)
+
+    def diagnose(self, pid: int | None = None) -> str:
+        """What a human would look at when the restored gateway does not answer."""
+        pid = pid or self.pid
+        out = []
+        for title, argv in (
+                ("gateway links", ["nsenter", "-t", str(pid), "-n", "ip", "-d", "link"]),
+                ("gateway addresses", ["nsenter", "-t", str(pid), "-n", "ip", "-br", "addr"]),
+                ("gateway routes", ["nsenter", "-t", str(pid), "-n", "ip", "route"]),
+                ("gateway ruleset", ["nsenter", "-t", str(pid), "-n", "nft", "list", "ruleset"]),
+                ("gateway udp", ["nsenter", "-t", str(pid), "-n", "ss", "-uanp"]),
+                ("gateway tunnels", [str(VENV_BIN / "gtp-dump"), "--pid", str(pid), "--tunnels"]),
+                ("gateway counters", ["nsenter", "-t", str(pid), "-n", "ip", "-s", "link"]),
+                ("gateway snmp", ["nsenter", "-t", str(pid), "-n", "nstat", "-asz"]),
+                ("gateway forwarding", ["nsenter", "-t", str(pid), "-n", "sh", "-c",
+                                        "grep . /proc/sys/net/ipv4/ip_forward "
+                                        "/proc/sys/net/ipv4/conf/*/forwarding "
+                                        "/proc/sys/net/ipv4/conf/*/rp_filter"]),
+                ("gateway conntrack", ["nsenter", "-t", str(pid), "-n", "sh", "-c",
+                                       "cat /proc/net/nf_conntrack 2>&1 | head -20"]),
+                ("pdn snmp", ["nsenter", f"--net=/run/netns/{self.pdn}", "--", "nstat", "-asz"]),
+                ("host-b bridge", ["ip", "-n", self.b, "-br", "link"]),
+                ("host-a bridge", ["ip", "-n", self.a, "-br", "link"]),
+                ("enb neighbours", ["ip", "-n", self.enb, "neigh"]),
+                ("enb ping gateway", ["nsenter", f"--net=/run/netns/{self.enb}", "--", "ping",
+                                      "-c", "2", "-W", "1", GW_S1U_IP]),
+                ("pdn ping gateway", ["nsenter", f"--net=/run/netns/{self.pdn}", "--", "ping",
+                                      "-c", "2", "-W", "1", GW_SGI_IP])):
+            p = subprocess.run(argv, capture_output=True, text=True)
+            out.append(f"--- {title}\n{p.stdout}{p.stderr}")
+        out.append(f"--- gateway output\n{self.out.read_text()[-2000:]}")
+        return "\n".join(out)
 
     def stop(self):
         if self.pinger:
@@ -329,7 +361,7 @@ def test_gateway_migrates_between_hosts_and_keeps_its_tunnels(mode, hosts, tmp_p
 
     got = h.pinger.wait_all(t2, 20)
     t3 = time.monotonic()
-    assert got == expected(), f"after restore: {got}"
+    assert got == expected(), f"after restore: {got}\n{r.stderr}\n{h.diagnose()}"
     netns = f"/proc/{h.restored_pid}/ns/net"
     assert os.stat(netns).st_ino != os.stat(f"/run/netns/{h.gw}").st_ino
     assert gtp_state(netns) == before  # devices, every context, routes, NAT rules, sysctls
