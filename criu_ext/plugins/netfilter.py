@@ -10,7 +10,9 @@ netns. This plugin makes sure of it without adding a second copy:
   post-restore  (after the gtp plugin) check the chains holding them with one
                 ``nft list chain`` each (counters aside, CRIU's copy reads the
                 same); if something is missing, read the rules with gtp_util and
-                add only the missing ones. A failure aborts the restore.
+                add only the missing ones. Then delete the UE flows' conntrack
+                entries CRIU restored with a NAT mapping it does not apply (see
+                drop_translated_flows). A failure aborts the restore.
 
 Nothing is removed at dump, so there is nothing to roll back.
 """
@@ -64,6 +66,43 @@ def nft_rules(netns: str | None, table: str, chain: str) -> list[str] | None:
     return out
 
 
+def drop_translated_flows(netns: str | None, pools) -> int:
+    """Delete the conntrack entries of UE flows that CRIU restored with a NAT mapping.
+
+    CRIU 3.17 restores conntrack entries with their translated reply tuple but not as
+    NATed flows: packets of those flows then leave unmasqueraded, and a UE pinging
+    every 100 ms keeps the broken entry alive for ever. Without the entry, the next
+    packet is a new flow and MASQUERADE maps it again (to the same SGi address).
+    """
+    import ipaddress
+
+    from pyroute2 import Conntrack
+
+    from criu_ext.linux import in_netns
+
+    def in_pool(addr) -> bool:
+        try:
+            a = ipaddress.ip_address(addr)
+        except (TypeError, ValueError):
+            return False
+        return any(a.version == p.version and a in p for p in pools)
+
+    with in_netns(netns):
+        ct = Conntrack()
+    try:
+        stale = [e for e in ct.dump_entries()
+                 if e.tuple_orig is not None and e.tuple_reply is not None
+                 and in_pool(e.tuple_orig.saddr) and e.tuple_reply.daddr != e.tuple_orig.saddr]
+        for e in stale:
+            try:
+                ct.delete(e)
+            except Exception:  # noqa: BLE001 - gone meanwhile (timed out): fine
+                pass
+    finally:
+        ct.close()
+    return len(stale)
+
+
 def chains_match(netns: str | None, recorded: dict[str, list[str]]) -> bool:
     """True when every recorded rule line is in its chain again (CRIU brought it back)."""
     for key, lines in recorded.items():
@@ -83,6 +122,7 @@ class NetfilterPlugin(Plugin):
     def warm(self, action: str) -> None:
         import gtp_util.dump  # noqa: F401
         import gtp_util.nat  # noqa: F401
+        import pyroute2.conntrack  # noqa: F401
 
     def pre_dump(self, ctx) -> None:
         import gtp_util
@@ -126,21 +166,26 @@ class NetfilterPlugin(Plugin):
         saved = [NatRule(**r) for r in data.get("rules", [])]
         if not saved:
             return
+        pools = [ipaddress.ip_network(p, strict=False) for p in data.get("pools", [])]
         nft = data.get("nft_chains") or {}
         covered = all(_nft_chain(r) for r in saved)
         if nft and covered and chains_match(ctx.netns_path, nft):
-            ctx.log.info(f"{len(saved)} NAT rule(s) came back with CRIU's netns")
-            return
-        pools = [ipaddress.ip_network(p, strict=False) for p in data.get("pools", [])]
+            missing = []
+        else:
+            try:
+                live = {_rule_key(r) for r in nat.read_rules(ctx.netns_path, pools)}
+                missing = [r for r in saved if _rule_key(r) not in live]
+                for r in missing:
+                    nat.add(ctx.netns_path, r)
+            except GtpError as exc:
+                raise PluginError(f"cannot restore the NAT rules: {exc}") from exc
         try:
-            live = {_rule_key(r) for r in nat.read_rules(ctx.netns_path, pools)}
-            missing = [r for r in saved if _rule_key(r) not in live]
-            for r in missing:
-                nat.add(ctx.netns_path, r)
-        except GtpError as exc:
-            raise PluginError(f"cannot restore the NAT rules: {exc}") from exc
+            dropped = drop_translated_flows(ctx.netns_path, pools)
+        except OSError as exc:
+            raise PluginError(f"cannot clean the restored conntrack table: {exc}") from exc
         ctx.log.info(f"{len(saved) - len(missing)} NAT rule(s) came back with CRIU's netns, "
-                     f"{len(missing)} re-added")
+                     f"{len(missing)} re-added; {dropped} restored NAT flow(s) of the UE pool "
+                     "dropped from conntrack, to be masqueraded afresh")
 
     def show(self, images_dir: str) -> dict | None:
         try:
