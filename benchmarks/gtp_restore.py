@@ -18,7 +18,7 @@ device, it measures:
 * ``dump_per_s``: the GETPDP dump decoded by :class:`PdpChannel`;
 * ``end_to_end_s``: ``take_snapshot`` + save + ``remove`` + load + ``restore``
   (the whole user plane: device, contexts, route);
-* ``dump_peak_rss_mb``: peak RSS of a separate process that runs
+* ``dump_process.peak_rss_mb``: peak RSS (VmHWM) of a separate process that runs
   ``take_snapshot`` + ``save`` (interpreter and pyroute2 included).
 """
 
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import socket
 import subprocess
 import sys
@@ -57,7 +56,9 @@ def dump_child(ns: str, path: str) -> None:
     snap = gtp_util.take_snapshot(ns)
     gtp_util.save(snap, path)
     dt = time.perf_counter() - t0
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not ru_maxrss: the latter survives execve and would report the parent's peak
+    with open('/proc/self/status', encoding='ascii') as f:
+        rss = next(int(line.split()[1]) for line in f if line.startswith('VmHWM:')) / 1024
     print(json.dumps({'contexts': snap.n_contexts, 'seconds': dt, 'peak_rss_mb': rss}))
 
 
