@@ -141,7 +141,17 @@ class PdpTable:
         return f'<PdpTable {len(self)} contexts>'
 
     def sorted(self) -> PdpTable:
-        """A copy in canonical order: v0 by TID, then v1 by I_TEI, ties by MS address."""
+        """A copy in canonical order (see :meth:`sort`)."""
+        out = PdpTable()
+        out.extend(self)
+        out.sort()
+        return out
+
+    def sort(self) -> None:
+        """Put rows in canonical order: v0 by TID, then v1 by I_TEI, ties by MS address.
+
+        Columns are replaced one at a time, so at most one extra column is alive.
+        """
         ver, tid, i_tei, ms = self.version, self.tid, self.i_tei, self.ms
         n = len(ver)
         if self.v6:
@@ -165,12 +175,13 @@ class PdpTable:
             if dup:
                 order = array('I', sorted(order, key=lambda i: (ver[i], i_tei[i] if ver[i]
                                                                 else tid[i], ms[i])))
-        out = PdpTable()
-        for src, dst in zip(self.columns(), out.columns()):
-            dst.extend(array(src.typecode, map(src.__getitem__, order)))
+        del ver, tid, i_tei, ms  # let each old column go as soon as it is replaced
+        for name in ('version', 'tid', 'flow', 'i_tei', 'o_tei', 'peer', 'ms'):
+            src = getattr(self, name)
+            setattr(self, name, array(src.typecode, map(src.__getitem__, order)))
+            del src
         if self.v6:
-            out.v6 = {new: self.v6[old] for new, old in enumerate(order) if old in self.v6}
-        return out
+            self.v6 = {new: self.v6[old] for new, old in enumerate(order) if old in self.v6}
 
     def slice(self, start: int, stop: int) -> PdpTable:
         out = PdpTable()
@@ -305,7 +316,7 @@ class Snapshot:
         """Put everything in canonical order so equal states compare equal."""
         self.devices.sort(key=lambda d: d.name)
         for d in self.devices:
-            d.contexts = d.contexts.sorted()
+            d.contexts.sort()
             d.addresses.sort(key=lambda a: (a.family, a.local, a.prefixlen))
         self.routes.sort(key=lambda r: (r.family, r.table, r.dev, r.dst, r.dst_len,
                                         r.priority))
