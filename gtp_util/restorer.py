@@ -289,6 +289,9 @@ def apply_plan(p: Plan, netns: str | None, fds: dict[tuple[str, int], int], *,
             if v6 and not chan.has_ipv6:
                 raise GtpError("the snapshot has IPv6 PDP contexts; this kernel's gtp family "
                                "does not support them (Linux 6.10+ does)")
+            if v6:
+                raise GtpError("the snapshot has IPv6 PDP contexts; restoring them is not "
+                               "implemented yet")
         for dev in p.create:
             step = f"creating device {dev.name}"
             _new_link(ipr, dev, fds.get((dev.name, 0)), fds.get((dev.name, 1)),
