@@ -87,20 +87,25 @@ def drop_translated_flows(netns: str | None, pools) -> int:
             return False
         return any(a.version == p.version and a in p for p in pools)
 
+    # All of it inside the namespace: pyroute2 may open the netlink socket lazily, at
+    # the first request, in whatever namespace the thread is in then.
     with in_netns(netns):
         ct = Conntrack()
-    try:
-        stale = [e for e in ct.dump_entries()
-                 if e.tuple_orig is not None and e.tuple_reply is not None
-                 and in_pool(e.tuple_orig.saddr) and e.tuple_reply.daddr != e.tuple_orig.saddr]
-        for e in stale:
-            try:
-                ct.delete(e)
-            except Exception:  # noqa: BLE001 - gone meanwhile (timed out): fine
-                pass
-    finally:
-        ct.close()
-    return len(stale)
+        try:
+            stale = [e for e in ct.dump_entries()
+                     if e.tuple_orig is not None and e.tuple_reply is not None
+                     and in_pool(e.tuple_orig.saddr)
+                     and e.tuple_reply.daddr != e.tuple_orig.saddr]
+            gone = 0
+            for e in stale:
+                try:
+                    ct.delete(e)
+                    gone += 1
+                except Exception:  # noqa: BLE001 - timed out meanwhile: fine
+                    pass
+        finally:
+            ct.close()
+    return gone
 
 
 def chains_match(netns: str | None, recorded: dict[str, list[str]]) -> bool:
