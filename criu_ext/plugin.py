@@ -32,6 +32,7 @@ ENTRY_POINT_GROUP = "criu_ext.plugins"
 BUILTIN = {
     "gtp": "criu_ext.plugins.gtp:GtpPlugin",
     "netfilter": "criu_ext.plugins.netfilter:NetfilterPlugin",
+    "announce": "criu_ext.plugins.announce:AnnouncePlugin",
     "trace": "criu_ext.plugins.trace:TracePlugin",
 }
 

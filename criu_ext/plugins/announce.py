@@ -1,0 +1,68 @@
+"""``announce``: a restored namespace tells the switches where its addresses live now.
+
+CRIU restores a veth with its MAC address, but every switch between the peers
+and the new host still maps that MAC to the port of the old one, and peers with
+a warm ARP cache never broadcast: their frames go to the old host until the
+switch's entry ages out (300 s by default). A VM hypervisor announces a migrated
+guest for the same reason. At post-restore, before the tasks run again, this
+plugin sends one gratuitous ARP per IPv4 address of each Ethernet link of the
+restored network namespace. Raw frames are not filtered by CRIU's network lock.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+from criu_ext.linux import in_netns
+from criu_ext.plugin import Plugin
+
+ARPHRD_ETHER = 1
+ETH_P_ARP = 0x0806
+IFF_UP = 0x1
+BROADCAST = b"\xff" * 6
+
+
+def garp_frame(mac: bytes, ip: str) -> bytes:
+    """An Ethernet broadcast ARP request whose sender and target are both ``ip`` (RFC 5227)."""
+    addr = socket.inet_aton(ip)
+    arp = struct.pack("!HHBBH6s4s6s4s", ARPHRD_ETHER, 0x0800, 6, 4, 1, mac, addr,
+                      b"\x00" * 6, addr)
+    return BROADCAST + mac + struct.pack("!H", ETH_P_ARP) + arp
+
+
+def announce(netns_path: str | None) -> list[tuple[str, str]]:
+    """Send the gratuitous ARPs in ``netns_path``; returns (link, address) pairs announced."""
+    from pyroute2 import IPRoute
+
+    with in_netns(netns_path):
+        ipr = IPRoute()
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    sent = []
+    with ipr, sock:
+        links = {}
+        for link in ipr.get_links():
+            mac = link.get_attr("IFLA_ADDRESS")
+            if link["ifi_type"] == ARPHRD_ETHER and link["flags"] & IFF_UP and mac:
+                links[link["index"]] = (link.get_attr("IFLA_IFNAME"),
+                                        bytes.fromhex(mac.replace(":", "")))
+        for addr in ipr.get_addr(family=socket.AF_INET):
+            if addr["index"] not in links:
+                continue
+            ifname, mac = links[addr["index"]]
+            ip = addr.get_attr("IFA_LOCAL") or addr.get_attr("IFA_ADDRESS")
+            sock.sendto(garp_frame(mac, ip), (ifname, ETH_P_ARP))
+            sent.append((ifname, ip))
+    return sent
+
+
+class AnnouncePlugin(Plugin):
+    name = "announce"
+    order = 800  # after the plugins that re-create links and addresses
+    summary = "after a restore, gratuitous ARP for every IPv4 address so switches learn the new port"
+    images = ()
+
+    def post_restore(self, ctx) -> None:
+        sent = announce(ctx.netns_path)
+        ctx.log.info("announced " + (", ".join(f"{ip} on {dev}" for dev, ip in sent) or
+                                     "nothing (no Ethernet link with an IPv4 address)"))
