@@ -103,13 +103,18 @@ def guest_script(command: list[str]) -> str:
     mods = " ".join(MODULES)
     return f"""\
 echo "{GUEST_UP} $(uname -r)"
-for m in {mods}; do
-    modprobe -q "$m" 2>/dev/null || [ -d "/sys/module/$m" ] ||
-        echo "criu-ext-vm: module $m neither loads nor is built in"
-done
+# A kernel built with everything in (the repair-mode kernel) has no modules dir.
+if [ -d "/lib/modules/$(uname -r)" ]; then
+    for m in {mods}; do
+        modprobe -q "$m" || echo "criu-ext-vm: module $m does not load"
+    done
+fi
 cd {shlex.quote(str(REPO))}
 export CRIU_EXT_VM=1 PYTHONDONTWRITEBYTECODE=1 PATH={shlex.quote(str(REPO / '.venv/bin'))}:$PATH
-exec {' '.join(map(shlex.quote, command))}
+{' '.join(map(shlex.quote, command))}
+rc=$?
+sleep 1  # let the last output cross the virtio console before the guest powers off
+exit $rc
 """
 
 
