@@ -1,0 +1,90 @@
+"""Two hosts and a switch, as network namespaces.
+
+    peers (eNB, PDN, HSS client, ...)
+          |            |
+       [ switch: bridge br0 ]
+          |                 |
+    [ host A: br0 ]   [ host B: br0 ]     172.30.0.1 / .2 on br0: image transfer
+          |
+    function netns (SPGW, HSS, MME): veth inside, outer end on A's br0
+
+A function's outer veth ends sit on the bridge of the host it runs on; CRIU,
+run inside that host's namespace, dumps the function's namespace, and restores
+it inside the other host's with ``--external veth[inner]:outer@br0``. Peers keep
+reaching it through the switch, as in a data-centre fabric.
+"""
+
+from __future__ import annotations
+
+from tests.lab.netns import NetnsSet, sh
+
+HOST_ADDR = {"a": "172.30.0.1", "b": "172.30.0.2"}
+BRIDGE = "br0"
+
+
+class Fabric:
+    def __init__(self, prefix: str = "mig"):
+        self.ns = NetnsSet(prefix)
+        self.hosts: dict[str, str] = {}
+        self.switch = ""
+
+    def start(self) -> Fabric:
+        self.switch = self.ns.add("sw")
+        self._bridge(self.switch)
+        for h in ("a", "b"):
+            name = self.hosts[h] = self.ns.add(f"host{h}")
+            self._bridge(name)
+            self._link(name, f"up-{h}", self.switch, f"down-{h}")
+            sh("ip", "-n", name, "link", "set", f"up-{h}", "master", BRIDGE)
+            sh("ip", "-n", name, "addr", "add", f"{HOST_ADDR[h]}/24", "dev", BRIDGE)
+        return self
+
+    @staticmethod
+    def _bridge(ns: str) -> None:
+        sh("ip", "-n", ns, "link", "add", BRIDGE, "type", "bridge")
+        sh("ip", "-n", ns, "link", "set", BRIDGE, "up")
+
+    @staticmethod
+    def _link(ns_in: str, if_in: str, ns_bridge: str, if_bridge: str,
+              addr: str | None = None) -> None:
+        """veth: ``if_in`` in ``ns_in`` (addressed, up); ``if_bridge`` on ``ns_bridge``'s br0."""
+        sh("ip", "link", "add", if_in, "netns", ns_in, "type", "veth",
+           "peer", if_bridge, "netns", ns_bridge)
+        sh("ip", "-n", ns_bridge, "link", "set", if_bridge, "master", BRIDGE, "up")
+        if addr:
+            sh("ip", "-n", ns_in, "addr", "add", addr, "dev", if_in)
+        sh("ip", "-n", ns_in, "link", "set", if_in, "up")
+
+    def host_path(self, h: str) -> str:
+        return NetnsSet.path(self.hosts[h])
+
+    def peer(self, role: str, ifname: str, addr: str) -> str:
+        """A peer namespace on the switch; returns its name."""
+        name = self.ns.add(role)
+        self._link(name, ifname, self.switch, f"{role[:8]}-{ifname}"[:15], addr)
+        return name
+
+    def function(self, role: str, links: dict[str, str], host: str = "a") -> str:
+        """A function's namespace with veths {inner name: address} onto ``host``'s bridge."""
+        name = self.ns.add(role)
+        for ifname, addr in links.items():
+            self._link(name, ifname, self.hosts[host], outer_name(role, ifname), addr)
+        return name
+
+    @staticmethod
+    def retire(name: str) -> None:
+        """After a dump: the source namespace goes, with its veths (no twin on the fabric)."""
+        sh("ip", "netns", "del", name, check=False)
+
+    @staticmethod
+    def adopt(name: str, pid: int) -> None:
+        """After a restore: the name refers to the restored task's namespace."""
+        sh("ip", "netns", "attach", name, str(pid))
+
+    def cleanup(self) -> None:
+        self.ns.cleanup()
+
+
+def outer_name(role: str, ifname: str) -> str:
+    """Name of a function veth's outer end on the host bridge (IFNAMSIZ: 15 chars)."""
+    return f"{role[:6]}-{ifname}"[:15]

@@ -1,0 +1,189 @@
+"""The mobile-core functions of the scenario, each with the peers that watch it.
+
+A function starts its task in its own namespace on host A, starts its peers,
+says when the peers see it serving, and after the migrations turns what the
+peers recorded into per-migration figures (downtime, UE service recovery)
+plus its own continuity verdict.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from criu_ext.linux import in_netns
+from scenario import hss
+from scenario.fabric import Fabric
+from scenario.migration import Migration
+from scenario.pinger import READY as PINGER_READY
+from scenario.pinger import read_status
+from scenario.report import gaps
+from tests.lab.netns import NetnsSet, sh
+from tests.lab.topology import ENB_IP, GW_S1U_IP, GW_SGI_IP, PDN_IP, UE_POOL
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def spawn(ns: str, argv: list[str], log: Path) -> subprocess.Popen:
+    """Start a task in netns ``ns`` the way CRIU can dump it: nsenter (no new mount
+    namespace), its own session, stdio on /dev/null and a file (no pipe to us)."""
+    with open(log, "w") as out:
+        return subprocess.Popen(["nsenter", f"--net={NetnsSet.path(ns)}", "--"] + argv,
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, close_fds=True, cwd=REPO)
+
+
+def wait_line(log: Path, prefix: str, proc: subprocess.Popen, timeout: float = 120) -> str:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        for line in log.read_text().splitlines():
+            if line.startswith(prefix):
+                return line
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[3:]} exited ({proc.returncode}): "
+                               f"{log.read_text()[-500:]}")
+        time.sleep(0.1)
+    raise RuntimeError(f"{log.name}: no {prefix!r} within {timeout:.0f} s")
+
+
+class Spgw:
+    """The GTP gateway (tests.lab.gateway) with N UEs pinging the PDN every 100 ms."""
+
+    name = "spgw"
+    links = ["s1u0", "sgi0"]
+    tcp_established = False
+
+    def __init__(self, fabric: Fabric, workdir: Path, ues: int, interval: float = 0.1):
+        self.fabric, self.workdir, self.ues, self.interval = fabric, workdir, ues, interval
+        self.timeline: dict = {}
+
+    @property
+    def note(self) -> str:
+        return f"{self.ues} UEs pinging every {self.interval * 1000:.0f} ms"
+
+    def start(self) -> int:
+        f = self.fabric
+        self.ns = f.function("spgw", {"s1u0": f"{GW_S1U_IP}/24", "sgi0": f"{GW_SGI_IP}/24"})
+        sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=self.ns)
+        sh("iptables", "-w", "-t", "nat", "-A", "POSTROUTING", "-s", UE_POOL, "-o", "sgi0",
+           "-j", "MASQUERADE", ns=self.ns)
+        log = self.workdir / "gateway.log"
+        gw = spawn(self.ns, [sys.executable, "-m", "tests.lab.gateway", "--ues", str(self.ues)],
+                   log)
+        self.pid = int(wait_line(log, "READY", gw).split()[1])
+        self.enb = f.peer("enb", "s1u0", f"{ENB_IP}/24")
+        f.peer("pdn", "eth0", f"{PDN_IP}/24")
+        self.replies_file = self.workdir / "pinger.json"
+        plog = self.workdir / "pinger.log"
+        self.pinger = spawn(self.enb, [sys.executable, "-m", "scenario.pinger", "--netns",
+                                       NetnsSet.path(self.enb), "--ues", str(self.ues),
+                                       "--interval", str(self.interval),
+                                       "--out", str(self.replies_file)], plog)
+        wait_line(plog, PINGER_READY, self.pinger)
+        return self.pid
+
+    def serving(self, since: float) -> bool:
+        """Every UE answered within a second, after ``since``, and the gateway's own check
+        (SIGUSR1: is its GTP-U socket still bound to the tunnels?) says PASS."""
+        t, answered = read_status(str(self.replies_file))
+        if t < since + 1.0 or answered < self.ues:
+            return False
+        return self.gateway_check() == "PASS"
+
+    def gateway_check(self) -> str:
+        log = self.workdir / "gateway.log"
+        before = log.read_text().count("\n")
+        os.kill(self.pid, signal.SIGUSR1)
+        end = time.monotonic() + 10
+        while time.monotonic() < end:
+            lines = log.read_text().splitlines()[before:]
+            if lines:
+                return lines[0]
+            time.sleep(0.05)
+        return "no answer"
+
+    def diagnose(self) -> str:
+        """What a person would look at when the tunnels do not answer."""
+        t, answered = read_status(str(self.replies_file))
+        out = [f"UEs answered in the last second: {answered}/{self.ues}",
+               f"gateway's own check: {self.gateway_check()}"]
+        for argv in (["ip", "-d", "link"], ["ip", "addr"], ["ip", "route"],
+                     ["iptables", "-w", "-t", "nat", "-S"], ["sysctl", "net.ipv4.ip_forward"],
+                     ["gtp-dump", "--tunnels"]):
+            res = sh(*argv, ns=self.ns, check=False)
+            out.append(f"$ {' '.join(argv)}\n{res.stdout}{res.stderr}")
+        return "\n".join(out)
+
+    def stop(self) -> dict:
+        self.pinger.send_signal(signal.SIGTERM)
+        self.pinger.wait(timeout=60)
+        data = json.loads(self.replies_file.read_text())
+        self.replies = data["replies"]
+        return {"sent": data["sent"], "wrong_teid": data["wrong_teid"],
+                "ues_answered": sum(1 for r in self.replies if r)}
+
+    def figures(self, m: Migration) -> dict:
+        merged = sorted(t for r in self.replies for t in r)
+        per_ue = [g for g in (gaps(r, m.t_dump_start, m.t_restored) for r in self.replies)
+                  if g is not None]
+        return {"downtime_s": gaps(merged, m.t_dump_start, m.t_restored),
+                "srt_s": statistics.median(per_ue) if per_ue else None,
+                "srt_max_s": max(per_ue) if per_ue else None,
+                "ues_recovered": len(per_ue)}
+
+    def timeline_data(self, t0: float, max_rows: int = 60) -> dict:
+        step = max(1, len(self.replies) // max_rows)
+        return {f"UE {i}": [round(t - t0, 3) for t in self.replies[i]]
+                for i in range(0, len(self.replies), step)}
+
+
+class Hss:
+    """The HSS (scenario.hss) with an MME-side client querying it every 50 ms over TCP."""
+
+    name = "hss"
+    links = ["eth0"]
+    tcp_established = True
+    ADDR, CLIENT = "172.31.0.10", "172.31.0.20"
+
+    def __init__(self, fabric: Fabric, workdir: Path, subscribers: int):
+        self.fabric, self.workdir, self.subscribers = fabric, workdir, subscribers
+
+    @property
+    def note(self) -> str:
+        return f"{self.subscribers} subscribers, a query every 50 ms"
+
+    def start(self) -> int:
+        self.ns = self.fabric.function("hss", {"eth0": f"{self.ADDR}/24"})
+        log = self.workdir / "hss.log"
+        proc = spawn(self.ns, [sys.executable, "-m", "scenario.hss", "--subscribers",
+                               str(self.subscribers)], log)
+        self.pid = int(wait_line(log, "READY", proc).split()[1])
+        peer = self.fabric.peer("mmeq", "eth0", f"{self.CLIENT}/24")
+        with in_netns(NetnsSet.path(peer)):
+            self.client = hss.Client(self.ADDR)
+        self.client.start()
+        return self.pid
+
+    def serving(self, since: float) -> bool:
+        """The client got an answer after ``since`` and has seen nothing wrong."""
+        return not self.client.errors and bool(self.client.replies) and \
+            self.client.replies[-1] > since
+
+    def diagnose(self) -> str:
+        return f"client errors: {self.client.errors}; answers: {len(self.client.replies)}"
+
+    def stop(self) -> dict:
+        self.client.close()
+        return {"answers": len(self.client.replies), "errors": self.client.errors}
+
+    def figures(self, m: Migration) -> dict:
+        return {"downtime_s": gaps(self.client.replies, m.t_dump_start, m.t_restored)}
+
+    def timeline_data(self, t0: float) -> dict:
+        return {"MME client": [round(t - t0, 3) for t in self.client.replies]}
