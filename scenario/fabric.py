@@ -81,6 +81,16 @@ class Fabric:
         """After a restore: the name refers to the restored task's namespace."""
         sh("ip", "netns", "attach", name, str(pid))
 
+    def diagnose(self) -> str:
+        """Namespaces, host links and the switch's forwarding table, for a failure report."""
+        out = []
+        for ns, argv in ([(None, ["ip", "netns", "list"])]
+                         + [(h, ["ip", "-br", "link"]) for h in self.hosts.values()]
+                         + [(self.switch, ["bridge", "fdb", "show", "br", BRIDGE])]):
+            res = sh(*argv, ns=ns, check=False)
+            out.append(f"[{ns or 'vm'}] $ {' '.join(argv)}\n{res.stdout}{res.stderr}")
+        return "\n".join(out)
+
     def cleanup(self) -> None:
         self.ns.cleanup()
 

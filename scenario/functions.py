@@ -114,7 +114,7 @@ class Spgw:
         out = [f"UEs answered in the last second: {answered}/{self.ues}",
                f"gateway's own check: {self.gateway_check()}"]
         for argv in (["ip", "-d", "link"], ["ip", "addr"], ["ip", "route"],
-                     ["iptables", "-w", "-t", "nat", "-S"], ["sysctl", "net.ipv4.ip_forward"],
+                     ["nft", "list", "ruleset"], ["sysctl", "net.ipv4.ip_forward"],
                      ["gtp-dump", "--tunnels"]):
             res = sh(*argv, ns=self.ns, check=False)
             out.append(f"$ {' '.join(argv)}\n{res.stdout}{res.stderr}")

@@ -62,6 +62,7 @@ def send_images(fabric: Fabric, src: str, dst: str, src_dir: Path, dst_dir: Path
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind((HOST_ADDR[dst], 0))
     listener.listen(1)
+    listener.settimeout(60)  # a sender that never connects must not hang us
     errors: list[BaseException] = []
 
     def receive() -> None:
@@ -72,7 +73,7 @@ def send_images(fabric: Fabric, src: str, dst: str, src_dir: Path, dst_dir: Path
         except BaseException as e:  # reported by the sender below
             errors.append(e)
 
-    rx = threading.Thread(target=receive)
+    rx = threading.Thread(target=receive, daemon=True)
     rx.start()
     with in_netns(fabric.host_path(src)):
         conn = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -31,7 +31,7 @@ def recover(fn, since: float, timeout: float = 60.0) -> float:
             return time.monotonic() - since
         time.sleep(0.2)
     raise RuntimeError(f"{fn.name}: its peers were not served again within {timeout:.0f} s\n"
-                       f"{fn.diagnose()}")
+                       f"{fn.diagnose()}\n{fn.fabric.diagnose()}")
 
 
 def migrate_function(fn, fabric: Fabric, workdir: Path, repeat: int) -> dict:

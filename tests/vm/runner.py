@@ -147,6 +147,9 @@ def run(kernel: Path, command: list[str], *, timeout: float, memory: str = "2G",
           f"{label or command[0]}, timeout {timeout:.0f} s", flush=True)
     start = time.monotonic()
     booted = False
+    # The VM runs in a session of its own (so a terminal's Ctrl-C reaches only us);
+    # make SIGTERM unwind through the finally below too, which kills it.
+    signal.signal(signal.SIGTERM, _terminate)
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -172,6 +175,10 @@ def run(kernel: Path, command: list[str], *, timeout: float, memory: str = "2G",
     if not booted:
         raise VMError(f"VM failed to boot {kernel} (exit status {rc}); see the output above")
     return rc
+
+
+def _terminate(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 def _lines_until(proc: subprocess.Popen, deadline: float):
