@@ -169,12 +169,13 @@ class NetfilterPlugin(Plugin):
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
         saved = [NatRule(**r) for r in data.get("rules", [])]
-        if not saved:
-            return
         pools = [ipaddress.ip_network(p, strict=False) for p in data.get("pools", [])]
         nft = data.get("nft_chains") or {}
         covered = all(_nft_chain(r) for r in saved)
-        if nft and covered and chains_match(ctx.netns_path, nft):
+        # No recorded rule (a namespace CRIU restored before holds its nat table in
+        # nft's own form, which iptables cannot read) still needs the conntrack
+        # clean-up below: the restored UE flows are broken either way.
+        if not saved or (nft and covered and chains_match(ctx.netns_path, nft)):
             missing = []
         else:
             try:
