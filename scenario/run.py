@@ -1,5 +1,6 @@
-"""The scenario run: start each function with its peers, migrate it back and forth between
-hosts A and B R times, collect what the peers saw, write results.json and timeline.json.
+"""The scenario run: R times per function, start it with its peers on host A, migrate it to
+host B (``moves`` > 1: and back, ...), collect what the peers saw; write results.json and
+timeline.json (the first repetition's replies).
 
 Runs inside the VM (it needs gtp, CRIU, namespaces). Prints one progress line per
 step; tears every namespace and process down on the way out, failure or Ctrl-C.
@@ -34,30 +35,28 @@ def recover(fn, since: float, timeout: float = 60.0) -> float:
                        f"{fn.diagnose()}\n{fn.fabric.diagnose()}")
 
 
-def migrate_function(fn, fabric: Fabric, workdir: Path, repeat: int) -> dict:
-    say(f"{fn.name}: starting ({fn.note})")
+def migrate_once(fn, fabric: Fabric, workdir: Path, moves: int = 1) -> dict:
+    """Start ``fn`` on host A, migrate it ``moves`` times (A -> B, B -> A, ...), stop it."""
     pid = fn.start()
     recover(fn, time.monotonic())
     time.sleep(1.0)  # a steady state before the first freeze
     t_start = time.monotonic()
-    moves = []
+    done = []
     src, dst = "a", "b"
-    for r in range(repeat):
-        say(f"{fn.name}: migration {r + 1}/{repeat}, host {src.upper()} -> {dst.upper()}")
-        m = migrate(fabric, fn.ns, fn.name, pid, fn.links, src, dst,
-                    workdir / f"run{r + 1}", tcp_established=fn.tcp_established)
-        pid = m.pid
-        fn.pid = pid
+    for n in range(moves):
+        m = migrate(fabric, fn.ns, fn.name, pid, fn.links, src, dst, workdir / f"move{n + 1}",
+                    tcp_established=fn.tcp_established)
+        pid = fn.pid = m.pid
         back = recover(fn, m.t_restored)
-        say(f"{fn.name}:   checkpoint {m.checkpoint_s:.2f} s, transfer {m.transfer_s:.2f} s, "
-            f"restore {m.restore_s:.2f} s, image {m.image_bytes / 1e6:.1f} MB, "
-            f"peers served again {back:.2f} s after the restore")
-        moves.append(m)
+        say(f"{fn.name}:   host {src.upper()} -> {dst.upper()}: checkpoint "
+            f"{m.checkpoint_s:.2f} s, transfer {m.transfer_s:.2f} s, restore {m.restore_s:.2f} s, "
+            f"image {m.image_bytes / 1e6:.1f} MB, peers served again {back:.2f} s after it")
+        done.append(m)
         time.sleep(1.5)
         src, dst = dst, src
     peers = fn.stop()
     runs = []
-    for m in moves:
+    for m in done:
         run = {"from": m.src, "to": m.dst, "checkpoint_s": m.checkpoint_s,
                "transfer_s": m.transfer_s, "restore_s": m.restore_s, "total_s": m.total_s,
                "image_bytes": m.image_bytes, "plugin_frozen_s": m.plugin_frozen_s,
@@ -65,12 +64,32 @@ def migrate_function(fn, fabric: Fabric, workdir: Path, repeat: int) -> dict:
                "t_restored": round(m.t_restored - t_start, 3)}
         run.update(fn.figures(m))
         runs.append(run)
-    say(f"{fn.name}: done; peers: {json.dumps(peers)}")
-    return {"runs": runs, "note": fn.note, "peers": peers,
-            "timeline": fn.timeline_data(t_start)}
+    return {"runs": runs, "peers": peers, "timeline": fn.timeline_data(t_start)}
 
 
-def run(out: Path, ues: int, repeat: int, subscribers: int, functions: list[str]) -> dict:
+def migrate_function(name: str, make, workdir: Path, repeat: int, moves: int = 1) -> dict:
+    """``repeat`` independent repetitions: a fresh fabric and function each time."""
+    runs, peers, timeline, note = [], [], None, ""
+    for r in range(repeat):
+        rep = workdir / f"rep{r + 1}"
+        rep.mkdir(parents=True)
+        fabric = Fabric(name).start()
+        try:
+            fn = make(fabric, rep)
+            note = fn.note
+            say(f"{name}: repetition {r + 1}/{repeat} ({note})")
+            res = migrate_once(fn, fabric, rep, moves)
+        finally:
+            fabric.cleanup()
+        runs += res["runs"]
+        peers.append(res["peers"])
+        timeline = timeline or res["timeline"]
+    say(f"{name}: done; peers: {json.dumps(peers)}")
+    return {"runs": runs, "note": note, "peers": peers, "timeline": timeline}
+
+
+def run(out: Path, ues: int, repeat: int, subscribers: int, functions: list[str],
+        moves: int = 1) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     work = Path("/tmp/criu-ext-scenario")
     shutil.rmtree(work, ignore_errors=True)
@@ -80,14 +99,11 @@ def run(out: Path, ues: int, repeat: int, subscribers: int, functions: list[str]
             say(f"mme: {MME_NOTE}")
             results["mme"] = {"runs": [], "note": MME_NOTE}
             continue
-        fabric = Fabric(name).start()
-        fwork = work / name
-        fwork.mkdir(parents=True)
-        fn = Spgw(fabric, fwork, ues) if name == "spgw" else Hss(fabric, fwork, subscribers)
-        try:
-            results[name] = migrate_function(fn, fabric, fwork, repeat)
-        finally:
-            fabric.cleanup()
+        if name == "spgw":
+            make = lambda fabric, wd: Spgw(fabric, wd, ues)  # noqa: E731
+        else:
+            make = lambda fabric, wd: Hss(fabric, wd, subscribers)  # noqa: E731
+        results[name] = migrate_function(name, make, work / name, repeat, moves)
     timelines = {k: v.pop("timeline") for k, v in results.items() if "timeline" in v}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "timeline.json").write_text(json.dumps(timelines))
