@@ -19,6 +19,7 @@ import pytest
 
 from criu_ext import criulog, launcher
 from criu_ext import phases as ph
+from tests.lab.files import wait_for
 
 pytestmark = pytest.mark.vm
 
@@ -29,15 +30,6 @@ RESULTS = ROOT / "out" / "criu-framework.json"
 
 
 # -- helpers (also used by test_criu_gtp.py and benchmarks/criu_plugins.py) ----------------
-
-def wait_for(path: Path, timeout: float = 30.0) -> str:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if path.exists():
-            return path.read_text()
-        time.sleep(0.05)
-    raise AssertionError(f"{path} did not appear within {timeout} s")
-
 
 def start_in_netns(ns: str, argv: list[str], cwd: Path) -> subprocess.Popen:
     """Start a task in netns ``ns`` the way CRIU can dump it: nsenter (no new mount

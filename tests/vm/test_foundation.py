@@ -16,20 +16,12 @@ from pyroute2 import IPRoute
 
 from criu_ext.linux import in_netns
 from gtp_util.netlink import register_link_kind
+from tests.lab.files import wait_for
 
 pytestmark = pytest.mark.vm
 
 IPPROTO_SCTP = 132
 PROGRAMS = Path(__file__).parent / "programs"
-
-
-def wait_for(path: Path, timeout: float = 30.0) -> str:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if path.exists():
-            return path.read_text()
-        time.sleep(0.05)
-    raise AssertionError(f"{path} did not appear within {timeout} s")
 
 
 def test_gtp_link_read_back_through_pyroute2(netns):
