@@ -14,3 +14,16 @@ def wait_for(path: Path, timeout: float = 30.0) -> str:
             return path.read_text()
         time.sleep(0.05)
     raise AssertionError(f"{path} did not appear within {timeout} s")
+
+
+def record_json(path: Path, key: str, value) -> None:
+    """Merge ``key: value`` into the JSON file ``path`` (measurements kept for reports)."""
+    import json
+
+    path.parent.mkdir(exist_ok=True)
+    try:
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        data = {}
+    data[key] = value
+    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")

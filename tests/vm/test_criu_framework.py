@@ -19,7 +19,7 @@ import pytest
 
 from criu_ext import criulog, launcher
 from criu_ext import phases as ph
-from tests.lab.files import wait_for
+from tests.lab.files import record_json, wait_for
 
 pytestmark = pytest.mark.vm
 
@@ -83,13 +83,7 @@ def hook_env(tmp: Path, plugins: str, **extra) -> dict:
 
 def record(key: str, value) -> None:
     """Merge a measurement into out/criu-framework.json (kept for the report)."""
-    RESULTS.parent.mkdir(exist_ok=True)
-    try:
-        data = json.loads(RESULTS.read_text())
-    except (FileNotFoundError, ValueError):
-        data = {}
-    data[key] = value
-    RESULTS.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    record_json(RESULTS, key, value)
 
 
 def trace_of(images: Path) -> dict:

@@ -38,6 +38,8 @@ import pytest
 
 from tests.lab.enb import GTPU_PORT, gtpu, icmp_echo, parse_reply
 from tests.lab.gateway import I_TEI_BASE, O_TEI_BASE, UE_BASE
+from scenario.migration import image_bytes as image_size
+from tests.lab.files import record_json
 from tests.lab.netns import NetnsSet, sh
 
 pytestmark = pytest.mark.vm
@@ -272,18 +274,8 @@ def gtp_state(netns_path: str):
     return gtp_util.take_snapshot(netns_path, with_sockets=False).state(with_sockets=False)
 
 
-def du(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.iterdir() if f.is_file())
-
-
 def record(key: str, value) -> None:
-    RESULTS.parent.mkdir(exist_ok=True)
-    try:
-        data = json.loads(RESULTS.read_text())
-    except (FileNotFoundError, ValueError):
-        data = {}
-    data[key] = value
-    RESULTS.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    record_json(RESULTS, key, value)
 
 
 def hook_script(tmp: Path) -> str:
@@ -350,7 +342,7 @@ def test_gateway_moves_between_hosts_and_keeps_its_tunnels(mode, hosts, tmp_path
     assert d.returncode == 0, d.stdout + d.stderr + dlog[-4000:]
     h.gateway.wait(timeout=10)  # CRIU killed it; reap it so its PID is free again
     assert (images / "criu-ext-gtp.img").exists()
-    image_bytes = du(images)
+    image_bytes = image_size(images)
 
     r = h.in_host(h.b, restore_cmd(mode, images, tmp_path), env=env_for(tmp_path))
     t2 = time.monotonic()
