@@ -20,6 +20,7 @@ import pytest
 from criu_ext import criulog, launcher
 from criu_ext import phases as ph
 from tests.lab.files import record_json, wait_for
+from tests.lab.procs import alive, gone, state
 
 pytestmark = pytest.mark.vm
 
@@ -38,32 +39,6 @@ def start_in_netns(ns: str, argv: list[str], cwd: Path) -> subprocess.Popen:
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True, cwd=cwd,
                             close_fds=True)
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
-
-
-def gone(pid: int, timeout: float = 10.0) -> bool:
-    """True once ``pid`` is dead (or a zombie); False if it still lives after ``timeout``."""
-    end = time.monotonic() + timeout
-    while alive(pid):
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.1)
-    return True
-
-
-def state(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return " ".join(ln.strip() for ln in f if ln.startswith(("State", "PPid", "TracerPid")))
-    except FileNotFoundError:
-        return "gone"
 
 
 def kill(pid: int) -> None:
