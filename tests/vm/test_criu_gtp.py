@@ -461,8 +461,10 @@ def test_leave_running_dump_leaves_the_source_untouched(mode, hosts, tmp_path):
 
 
 def test_restore_failure_in_a_plugin_aborts_with_a_clear_message(hosts, tmp_path):
-    """The restored netns already has a gtp0 that differs from the image (here: made by a
-    test plugin at post-setup-namespaces): the gtp plugin refuses and CRIU aborts."""
+    """The restored netns already has a link named gtp0 that is not the image's (made by a
+    test plugin that runs before gtp at post-restore): the gtp plugin fails and CRIU aborts.
+    The squatter is a dummy link: a gtp link made without fds has the kernel open UDP 2152,
+    which the restored gateway already holds (EADDRINUSE)."""
     h = hosts
     images = tmp_path / "img"
     images.mkdir()
@@ -477,7 +479,7 @@ def test_restore_failure_in_a_plugin_aborts_with_a_clear_message(hosts, tmp_path
         "    order = 10\n"
         "    def post_restore(self, ctx):\n"
         "        subprocess.run(['nsenter', f'--net={ctx.netns_path}', '--', 'ip', 'link', 'add',\n"
-        "                        'gtp0', 'type', 'gtp', 'role', 'sgsn'], check=True)\n")
+        "                        'gtp0', 'type', 'dummy'], check=True)\n")
     env = env_for(tmp_path, plugins=f"{plug}:Squatter")
     r = h.in_host(h.b, restore_cmd("rpc", images, tmp_path), env=env)
     assert r.returncode != 0
