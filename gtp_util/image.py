@@ -4,12 +4,18 @@ The loader checks everything before it returns: magics, format version, that eve
 entry is complete and parses, the entry order, the counts announced by the head and
 device entries, and the CRC-32 in the tail. Any problem raises :class:`BadImage` with
 one line that says what is wrong.
+
+Format version 2 (written) keeps the PDP contexts as raw columns: one bytes field
+per column of :class:`~gtp_util.model.PdpTable`, little-endian, so saving and loading
+100,000 contexts is a few ``array.tobytes``/``frombytes`` calls, not per-context
+work. Format version 1 images (packed varint columns) are still read.
 """
 
 from __future__ import annotations
 
 import os
 import struct
+import sys
 import zlib
 from array import array
 
@@ -22,8 +28,18 @@ from .proto import gtp_image_pb2 as pb
 IMG_SERVICE_MAGIC = 0x55105940  # CRIU's magic for images that are not per-object
 IMG_COMMON_MAGIC = 0x54564319
 GTP_MAGIC = 0x47545055
-FORMAT_VERSION = 1
-CHUNK = 65536  # PDP contexts per chunk entry
+FORMAT_VERSION = 2  # what save() writes
+READABLE_VERSIONS = (1, 2)  # what load() reads
+CHUNK = 65536  # PDP contexts per context entry
+MAX_ROWS = 1 << 20  # a context entry announcing more is corrupt
+
+# The PdpTable columns as a format-2 context entry stores them: (field, array typecode).
+_COLUMNS = (('version', 'B'), ('i_tei', 'I'), ('o_tei', 'I'), ('tid', 'Q'), ('flow', 'H'),
+            ('peer', 'I'), ('ms', 'I'))
+_WIDTH = {'B': 1, 'H': 2, 'I': 4, 'Q': 8}
+assert all(array(code).itemsize == _WIDTH[code] for _, code in _COLUMNS)
+_BIG = sys.byteorder == 'big'
+
 IMAGE_NAME = 'gtp.img'  # name inside a CRIU image directory
 
 _U32 = struct.Struct('<I')
@@ -39,6 +55,23 @@ def _socket(ref: SocketRef) -> pb.gtp_socket_entry:
     return pb.gtp_socket_entry(kind=ref.kind, pid=ref.pid, fd=ref.fd, family=ref.family,
                                addr=ref.addr, port=ref.port, inode=ref.inode,
                                guessed=ref.guessed)
+
+
+def _columns_entry(ctx, start: int, stop: int) -> pb.gtp_pdp_columns_entry:
+    """Rows ``start:stop`` of a PdpTable as one format-2 context entry."""
+    fields = {}
+    for name, _code in _COLUMNS:
+        part = getattr(ctx, name)[start:stop]
+        if _BIG:
+            part.byteswap()
+        raw = part.tobytes()
+        if raw.count(0) != len(raw):  # bytes.count: C speed, no int per value
+            fields[name] = raw  # absent: all zeros
+    e = pb.gtp_pdp_columns_entry(count=stop - start, **fields)
+    for row, (p6, m6) in sorted(ctx.v6.items()):
+        if start <= row < stop:
+            e.v6.add(row=row - start, peer6=p6, ms6=m6)
+    return e
 
 
 def _parts(snap: Snapshot, counts: dict):
@@ -70,20 +103,7 @@ def _parts(snap: Snapshot, counts: dict):
         yield _entry(d)
         entries += 1
         for start in range(0, len(ctx), CHUNK):
-            stop = min(len(ctx), start + CHUNK)
-            c = pb.gtp_pdp_chunk_entry()
-            c.version.extend(ctx.version[start:stop])
-            c.i_tei.extend(ctx.i_tei[start:stop])
-            c.o_tei.extend(ctx.o_tei[start:stop])
-            c.tid.extend(ctx.tid[start:stop])
-            c.flow.extend(ctx.flow[start:stop])
-            c.peer.extend(ctx.peer[start:stop])
-            c.ms.extend(ctx.ms[start:stop])
-            for row, (p6, m6) in sorted(ctx.v6.items()):
-                if start <= row < stop:
-                    c.v6.add(row=row - start, peer6=p6, ms6=m6)
-            yield _entry(c)
-            del c
+            yield _entry(_columns_entry(ctx, start, min(len(ctx), start + CHUNK)))
             entries += 1
         total += len(ctx)
     counts.update(entries=entries, total=total)
@@ -173,6 +193,57 @@ def reframe(data: bytes, head: bytes) -> bytes:
     return out + _entry(tail)
 
 
+def _unknown_versions(col: array) -> bool:
+    raw = col.tobytes()
+    return raw.count(0) + raw.count(1) != len(raw)
+
+
+def _read_columns(data, i: int) -> tuple[list[array], list]:
+    """The columns (in :data:`_COLUMNS` order) and IPv6 rows of a format-2 context entry."""
+    c = _parse(pb.gtp_pdp_columns_entry, data, f'entry #{i} (PDP contexts)')
+    n = c.count
+    if not 0 < n <= MAX_ROWS:
+        raise BadImage(f"corrupt image: entry #{i} announces {n} PDP contexts")
+    cols = []
+    for name, code in _COLUMNS:
+        col = array(code)
+        if c.HasField(name):
+            raw = getattr(c, name)
+            if len(raw) != n * col.itemsize:
+                raise BadImage(f"corrupt image: entry #{i} column {name} holds {len(raw)} "
+                               f"bytes, {n} contexts need {n * col.itemsize}")
+            col.frombytes(raw)
+            if _BIG:
+                col.byteswap()
+        else:
+            col = array(code, [0]) * n
+        cols.append(col)
+    if _unknown_versions(cols[0]):
+        raise BadImage(f"corrupt image: entry #{i} has an unknown GTP version")
+    v6 = []
+    for e in c.v6:
+        if e.row >= n:
+            raise BadImage(f"corrupt image: entry #{i} has IPv6 addresses for row {e.row} "
+                           f"of {n}")
+        v6.append((e.row, (e.peer6, e.ms6)))
+    return cols, v6
+
+
+def _read_chunk_v1(data, i: int) -> tuple[list[array], list]:
+    """The same from a format-1 context entry (packed varint columns)."""
+    c = _parse(pb.gtp_pdp_chunk_entry, data, f'entry #{i} (PDP contexts)')
+    n = len(c.version)
+    if n == 0 or any(len(col) != n for col in (c.i_tei, c.o_tei, c.tid, c.flow, c.peer, c.ms)):
+        raise BadImage(f"corrupt image: entry #{i} has columns of unequal length")
+    try:
+        cols = [array(code, getattr(c, name)) for name, code in _COLUMNS]
+    except OverflowError:
+        raise BadImage(f"corrupt image: entry #{i} has a value out of range") from None
+    if _unknown_versions(cols[0]):
+        raise BadImage(f"corrupt image: entry #{i} has an unknown GTP version")
+    return cols, [(e.row, (e.peer6, e.ms6)) for e in c.v6]
+
+
 def loads(data: bytes) -> Snapshot:
     """Decode image bytes; raises :class:`BadImage` on anything unexpected."""
     if len(data) < 8:
@@ -210,9 +281,10 @@ def loads(data: bytes) -> Snapshot:
     if zlib.crc32(view[:tail_off]) != tail.crc32:
         raise BadImage("corrupt image: CRC-32 mismatch")
     head = _parse(pb.gtp_head_entry, entries[0][1], 'the head entry')
-    if head.version > FORMAT_VERSION or head.version == 0:
+    if head.version not in READABLE_VERSIONS:
         raise BadImage(f"image format version {head.version} is not supported "
-                       f"(this gtp_util reads version {FORMAT_VERSION})")
+                       f"(this gtp_util reads versions "
+                       f"{', '.join(map(str, READABLE_VERSIONS))})")
     snap = Snapshot(netns=head.netns, kernel=head.kernel, created=head.created)
     snap.sysctls = {s.name: s.value for s in head.sysctls}
     snap.routes = [Route(family=r.family, dst=r.dst, dst_len=r.dst_len, dev=r.dev,
@@ -238,26 +310,14 @@ def loads(data: bytes) -> Snapshot:
             if i - 1 >= len(body):
                 raise BadImage(f"corrupt image: device {d.name} announces {d.n_contexts} "
                                f"contexts, the image holds {len(tab)}")
-            c = _parse(pb.gtp_pdp_chunk_entry, body[i - 1][1], f'entry #{i} (PDP contexts)')
+            read = _read_columns if head.version >= 2 else _read_chunk_v1
+            cols, v6 = read(body[i - 1][1], i)
             i += 1
-            n = len(c.version)
-            cols = (c.i_tei, c.o_tei, c.tid, c.flow, c.peer, c.ms)
-            if n == 0 or any(len(col) != n for col in cols):
-                raise BadImage(f"corrupt image: entry #{i - 1} has columns of unequal length")
             base = len(tab)
-            try:
-                cols = (array('B', c.version), array('I', c.i_tei), array('I', c.o_tei),
-                        array('Q', c.tid), array('H', c.flow), array('I', c.peer),
-                        array('I', c.ms))
-            except OverflowError:
-                raise BadImage(f"corrupt image: entry #{i - 1} has a value out of range") from None
-            if any(v > 1 for v in cols[0]):
-                raise BadImage(f"corrupt image: entry #{i - 1} has an unknown GTP version")
-            for dst, src in zip((tab.version, tab.i_tei, tab.o_tei, tab.tid, tab.flow,
-                                 tab.peer, tab.ms), cols):
-                dst.extend(src)
-            for e in c.v6:
-                tab.v6[base + e.row] = (e.peer6, e.ms6)
+            for (name, _code), src in zip(_COLUMNS, cols):
+                getattr(tab, name).extend(src)
+            for row, addrs in v6:
+                tab.v6[base + row] = addrs
         if len(tab) != d.n_contexts:
             raise BadImage(f"corrupt image: device {d.name} has more contexts than announced")
         total += len(tab)
@@ -270,4 +330,5 @@ def loads(data: bytes) -> Snapshot:
     return snap
 
 
-__all__ = ['FORMAT_VERSION', 'GTP_MAGIC', 'IMAGE_NAME', 'dumps', 'load', 'loads', 'save']
+__all__ = ['FORMAT_VERSION', 'GTP_MAGIC', 'IMAGE_NAME', 'READABLE_VERSIONS', 'dumps', 'load',
+           'loads', 'save']

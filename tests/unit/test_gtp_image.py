@@ -1,6 +1,8 @@
 """Image framing: round trip, and every way a file can be bad."""
 
 import struct
+import zlib
+from pathlib import Path
 
 import pytest
 
@@ -85,8 +87,70 @@ def test_newer_format_version_is_refused():
     head.ParseFromString(data[12:12 + size])
     head.version = image.FORMAT_VERSION + 1
     hb = head.SerializeToString()
-    with pytest.raises(BadImage, match='version 2 is not supported'):
+    with pytest.raises(BadImage, match=f'version {image.FORMAT_VERSION + 1} is not supported'):
         image.loads(image.reframe(data, hb))
+
+
+def test_format_1_image_is_still_read():
+    # written by the format-1 writer (packed varint columns), kept as a fixture
+    data = (Path(__file__).parent / 'data' / 'gtp-format1.img').read_bytes()
+    snap = sample(n=3, devices=2)
+    back = image.loads(data)
+    assert back.to_dict() == snap.to_dict()
+    assert back.devices[1].contexts == snap.devices[1].contexts
+
+
+def _columns(data: bytes):
+    """(offset of the first context entry, its parsed message) in a one-device image."""
+    from gtp_util.proto import gtp_image_pb2 as pb
+    off = 8
+    for _ in range(2):  # head, device
+        off += 4 + struct.unpack_from('<I', data, off)[0]
+    size = struct.unpack_from('<I', data, off)[0]
+    e = pb.gtp_pdp_columns_entry()
+    e.ParseFromString(data[off + 4:off + 4 + size])
+    return off, size, e
+
+
+def test_format_2_stores_raw_little_endian_columns_and_omits_zero_ones():
+    snap = sample(n=4, devices=1)
+    _, _, e = _columns(image.dumps(snap))
+    assert e.count == 5
+    assert e.i_tei == struct.pack('<5I', 100, 101, 102, 103, 0)
+    assert e.version == bytes([1, 1, 1, 1, 0])
+    assert e.tid == struct.pack('<5Q', 0, 0, 0, 0, 1 << 40)
+    t = PdpTable()
+    t.append_v1(1, 2, 3, 4)
+    snap.devices[0].contexts = t
+    _, _, e = _columns(image.dumps(snap))
+    assert not e.HasField('tid') and not e.HasField('flow') and e.HasField('o_tei')
+    assert image.loads(image.dumps(snap)).devices[0].contexts == t
+
+
+def _recrc(data: bytes, off: int, size: int, entry: bytes) -> bytes:
+    """``data`` with the entry at ``off`` replaced and a tail that matches again."""
+    from gtp_util.proto import gtp_image_pb2 as pb
+    body = data[:off] + struct.pack('<I', len(entry)) + entry
+    rest = data[off + 4 + size:]
+    tail = pb.gtp_tail_entry()
+    tail.ParseFromString(rest[4:])
+    tail.crc32 = zlib.crc32(body)
+    return body + image._entry(tail)
+
+
+@pytest.mark.parametrize('change, message', [
+    (lambda e: setattr(e, 'ms', e.ms[:-1]), 'column ms holds 19 bytes, 5 contexts need 20'),
+    (lambda e: setattr(e, 'version', b'\x01\x01\x07\x01\x00'), 'unknown GTP version'),
+    (lambda e: setattr(e, 'count', 0), 'announces 0 PDP contexts'),
+    (lambda e: e.v6.add(row=9, peer6='::1'), 'IPv6 addresses for row 9 of 5'),
+])
+def test_bad_context_columns_are_refused_with_one_line(change, message):
+    data = image.dumps(sample(n=4, devices=1))
+    off, size, e = _columns(data)
+    change(e)
+    with pytest.raises(BadImage, match=message) as exc:
+        image.loads(_recrc(data, off, size, e.SerializeToString()))
+    assert '\n' not in str(exc.value)
 
 
 def test_load_and_save_paths(tmp_path):
