@@ -74,6 +74,9 @@ def dump_main(netns_name, pid, output, as_json, tunnels, no_nat):
         click.echo(f"gtp-dump: {len(snap.devices)} devices, {snap.n_contexts} PDP contexts, "
                    f"{len(snap.routes)} routes, {len(snap.nat_rules)} NAT rules -> {path}",
                    err=True)
+    if as_json or tunnels:
+        for dev in snap.devices:
+            dev.contexts.sort()  # the kernel's order is its hash order: list them sorted
     if as_json:
         click.echo(gtp_util.to_json(snap))
     if tunnels:

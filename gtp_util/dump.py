@@ -135,7 +135,7 @@ def take_snapshot(netns: str | None = None, *, with_nat: bool = True,
             snap.nat_rules = nat.read_rules(netns, ue_pools(snap))
     finally:
         ipr.close()
-    return snap.normalize()
+    return snap.normalize(contexts=False)
 
 
 def remove(snap: Snapshot, netns: str | None = None, *, nat_rules: bool = True) -> None:

@@ -147,35 +147,23 @@ class PdpTable:
         out.sort()
         return out
 
+    def order(self) -> list[int]:
+        """Row numbers in canonical order: v0 by TID, then v1 by I_TEI, ties by MS address."""
+        n = len(self.version)
+        if not self.v6 and self.count_version(V1) == n and len(set(self.i_tei)) == n:
+            # the usual table (GTPv1 only, I_TEI unique per device, as the kernel
+            # keeps it): one sort with a key function written in C
+            return sorted(range(n), key=self.i_tei.__getitem__)
+        return sorted(range(n), key=lambda i: self[i].sort_key())
+
     def sort(self) -> None:
-        """Put rows in canonical order: v0 by TID, then v1 by I_TEI, ties by MS address.
+        """Put rows in canonical order (see :meth:`order`).
 
         Columns are replaced one at a time, so at most one extra column is alive.
         """
-        ver, tid, i_tei, ms = self.version, self.tid, self.i_tei, self.ms
-        n = len(ver)
-        if self.v6:
-            order = array('I', sorted(range(n), key=lambda i: self[i].sort_key()))
-        else:
-            # v1 rows: one 64-bit int per row, I_TEI in the high half, row in the low
-            # half; sorting those is cheap in memory at 100k rows. (I_TEI is unique per
-            # device, so the MS tie-break only matters for tables the kernel would
-            # not hold; it is applied by a second, stable pass in that case.)
-            v0 = [i for i in range(n) if ver[i] == 0] if ver.count(0) else []
-            v0.sort(key=lambda i: (tid[i], ms[i]))
-            keys = sorted(i_tei[i] << 32 | i for i in range(n) if ver[i])
-            order = array('I', v0)
-            dup, prev = False, -1
-            for k in keys:
-                if k >> 32 == prev:
-                    dup = True
-                prev = k >> 32
-                order.append(k & 0xFFFFFFFF)
-            del keys
-            if dup:
-                order = array('I', sorted(order, key=lambda i: (ver[i], i_tei[i] if ver[i]
-                                                                else tid[i], ms[i])))
-        del ver, tid, i_tei, ms  # let each old column go as soon as it is replaced
+        order = self.order()
+        if all(map(int.__eq__, order, range(len(order)))):
+            return
         for name in ('version', 'tid', 'flow', 'i_tei', 'o_tei', 'peer', 'ms'):
             src = getattr(self, name)
             setattr(self, name, array(src.typecode, map(src.__getitem__, order)))
@@ -199,6 +187,17 @@ class PdpTable:
     def keys(self) -> set:
         """Identity of each row as the kernel sees it: (version, I_TEI or TID)."""
         return {(v, t if v else d) for v, t, d in zip(self.version, self.i_tei, self.tid)}
+
+    def keys_unique(self) -> bool:
+        """True when no two rows share a key (see :meth:`keys`)."""
+        n = len(self.version)
+        if self.count_version(V1) == n:
+            return len(set(self.i_tei)) == n
+        return len(self.keys()) == n
+
+    def count_version(self, version: int) -> int:
+        """Rows of that GTP version (on the column's bytes: no Python int per row)."""
+        return self.version.tobytes().count(version)
 
 
 SOCKET_KERNEL = 'kernel'  # IFLA_GTP_CREATE_SOCKETS: the kernel owns them
@@ -312,11 +311,17 @@ class Snapshot:
     def n_contexts(self) -> int:
         return sum(len(d.contexts) for d in self.devices)
 
-    def normalize(self) -> Snapshot:
-        """Put everything in canonical order so equal states compare equal."""
+    def normalize(self, contexts: bool = True) -> Snapshot:
+        """Put everything in canonical order so equal states compare equal.
+
+        With ``contexts`` false the PDP contexts keep their order (the kernel's, for a
+        snapshot just taken): :meth:`state` and :meth:`PdpTable.sorted` compare them
+        in canonical order anyway, and sorting 100,000 rows is not free.
+        """
         self.devices.sort(key=lambda d: d.name)
         for d in self.devices:
-            d.contexts.sort()
+            if contexts:
+                d.contexts.sort()
             d.addresses.sort(key=lambda a: (a.family, a.local, a.prefixlen))
         self.routes.sort(key=lambda r: (r.family, r.table, r.dev, r.dst, r.dst_len,
                                         r.priority))

@@ -60,14 +60,14 @@ def validate(snap: Snapshot) -> list[str]:
 def _validate_contexts(dev: Device) -> list[str]:
     t = dev.contexts
     out = []
-    versions = set(t.version)
+    versions = set(t.version.tobytes())
     if versions - {GTP_V0, GTP_V1}:
         out.append(f"device {dev.name}: unknown GTP version(s) {sorted(versions - {0, 1})}")
     if GTP_V1 in versions and dev.sock1.kind == SOCKET_NONE:
         out.append(f"device {dev.name}: has GTPv1 contexts but no GTPv1-U socket")
     if GTP_V0 in versions and dev.sock0.kind == SOCKET_NONE:
         out.append(f"device {dev.name}: has GTPv0 contexts but no GTPv0 socket")
-    if len(t.keys()) != len(t):
+    if not t.keys_unique():
         out.append(f"device {dev.name}: two contexts share a TEI/TID")
     if len(set(t.ms)) != len(t) and not t.v6:
         out.append(f"device {dev.name}: two contexts share an MS address")

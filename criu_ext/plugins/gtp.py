@@ -170,6 +170,8 @@ class GtpPlugin(Plugin):
                          f"v1 socket {dev.sock1.describe()}, v0 socket {dev.sock0.describe()}, "
                          f"{len(dev.contexts)} contexts")
         lines += [f"route {r.cidr()} dev {r.dev}" for r in snap.routes]
+        for dev in snap.devices:
+            dev.contexts.sort()  # the image keeps the kernel's (hash) order
         lines += list(itertools.islice(g.tunnel_lines(snap), 20))
         if snap.n_contexts > 20:
             lines.append(f"... {snap.n_contexts - 20} more contexts")
