@@ -7,12 +7,14 @@ netns. This plugin makes sure of it without adding a second copy:
   pre-dump      (tasks running, outside the freeze window) record the NAT rules
                 that concern the UE pools (the routes through gtp devices) with
                 gtp_util's reader, into criu-ext-netfilter.json.
-  post-restore  (after the gtp plugin) check the chains holding them with one
-                ``nft list chain`` each (counters aside, CRIU's copy reads the
-                same); if something is missing, read the rules with gtp_util and
-                add only the missing ones. Then delete the UE flows' conntrack
-                entries CRIU restored with a NAT mapping it does not apply (see
-                drop_translated_flows). A failure aborts the restore.
+  post-restore  (after the gtp plugin) check that CRIU's own nftables image
+                (nftables-<ns>.img, the text of ``nft list ruleset``) holds
+                them, counters aside: CRIU restored them then; otherwise check
+                the live chains with one ``nft list chain`` each. If something is
+                missing, read the rules with gtp_util and add only the missing
+                ones. Then delete the UE flows' conntrack entries CRIU restored
+                with a NAT mapping it does not apply (see drop_translated_flows).
+                A failure aborts the restore.
 
 Nothing is removed at dump, so there is nothing to roll back.
 """
@@ -48,6 +50,14 @@ def _nft_chain(r) -> tuple[str, str] | None:
     return None
 
 
+def _rule_line(line: str) -> str | None:
+    """A rule line of nft's listing, counters and handle blanked; None for anything else."""
+    s = _HANDLE.sub("", line.strip())
+    if not s or s in ("}", "{") or s.startswith(("table ", "chain ", "type ", "policy ", "#")):
+        return None
+    return _COUNTER.sub("counter", s)
+
+
 def nft_rules(netns: str | None, table: str, chain: str) -> list[str] | None:
     """The rules of an nftables chain as ``nft list chain`` prints them, counters and
     handles blanked; None when the chain does not exist."""
@@ -57,13 +67,60 @@ def nft_rules(netns: str | None, table: str, chain: str) -> list[str] | None:
     p = subprocess.run(argv, capture_output=True, text=True, close_fds=True)
     if p.returncode:
         return None
-    out = []
-    for line in p.stdout.splitlines():
-        s = _HANDLE.sub("", line.strip())
-        if not s or s in ("}", "{") or s.startswith(("table ", "chain ", "type ", "policy ", "#")):
-            continue
-        out.append(_COUNTER.sub("counter", s))
+    return [r for r in map(_rule_line, p.stdout.splitlines()) if r is not None]
+
+
+def ruleset_chains(text: str) -> dict[str, list[str]]:
+    """``{"<family> <table> <chain>": rule lines}`` of an ``nft list ruleset`` text, each
+    line as :func:`nft_rules` gives it (sets, maps and other blocks skipped)."""
+    out: dict[str, list[str]] = {}
+    stack: list[tuple[str, str]] = []  # ("table" | "chain" | "other", name)
+    for line in text.splitlines():
+        s = line.strip()
+        if s.endswith("{"):
+            head = s[:-1].strip()
+            if not stack and head.startswith("table "):
+                stack.append(("table", head[6:].strip()))
+            elif len(stack) == 1 and stack[0][0] == "table" and head.startswith("chain "):
+                key = f"{stack[0][1]} {head[6:].strip()}"
+                out.setdefault(key, [])
+                stack.append(("chain", key))
+            else:
+                stack.append(("other", head))
+        elif s.startswith("}"):
+            if stack:
+                stack.pop()
+        elif stack and stack[-1][0] == "chain":
+            rule = _rule_line(s)
+            if rule is not None:
+                out[stack[-1][1]].append(rule)
     return out
+
+
+def criu_image_chains(images_dir: str) -> dict[str, list[str]]:
+    """The nftables chains CRIU saved in ``images_dir`` (``nftables-<ns>.img`` holds the
+    text of ``nft list ruleset`` of each dumped netns) and restores with it."""
+    out: dict[str, list[str]] = {}
+    try:
+        names = sorted(n for n in os.listdir(images_dir)
+                       if n.startswith("nftables-") and n.endswith(".img"))
+    except OSError:
+        return out
+    for name in names:
+        try:
+            with open(os.path.join(images_dir, name), encoding="utf-8",
+                      errors="replace") as f:
+                chains = ruleset_chains(f.read())
+        except OSError:
+            continue
+        for key, lines in chains.items():
+            out.setdefault(key, []).extend(lines)
+    return out
+
+
+def _held(recorded: dict[str, list[str]], chains: dict[str, list[str]]) -> bool:
+    return all(key in chains and not Counter(lines) - Counter(chains[key])
+               for key, lines in recorded.items())
 
 
 def drop_translated_flows(netns: str | None, pools) -> int:
@@ -110,12 +167,14 @@ def drop_translated_flows(netns: str | None, pools) -> int:
 
 def chains_match(netns: str | None, recorded: dict[str, list[str]]) -> bool:
     """True when every recorded rule line is in its chain again (CRIU brought it back)."""
-    for key, lines in recorded.items():
+    live = {}
+    for key in recorded:
         table, chain = key.rsplit(" ", 1)
-        live = nft_rules(netns, table, chain)
-        if live is None or Counter(lines) - Counter(live):
+        rules = nft_rules(netns, table, chain)
+        if rules is None:
             return False
-    return True
+        live[key] = rules
+    return _held(recorded, live)
 
 
 class NetfilterPlugin(Plugin):
@@ -175,7 +234,11 @@ class NetfilterPlugin(Plugin):
         # No recorded rule (a namespace CRIU restored before holds its nat table in
         # nft's own form, which iptables cannot read) still needs the conntrack
         # clean-up below: the restored UE flows are broken either way.
-        if not saved or (nft and covered and chains_match(ctx.netns_path, nft)):
+        # CRIU's own nftables image holding them means CRIU restored them (it fails the
+        # restore otherwise): a file read, where asking nft would start a process in
+        # the freeze window. The live chains are read only when the image cannot tell.
+        if not saved or (nft and covered and (_held(nft, criu_image_chains(ctx.images_dir))
+                                              or chains_match(ctx.netns_path, nft))):
             missing = []
         else:
             try:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 
@@ -224,3 +225,49 @@ def test_nft_view_ignores_counters_and_handles(monkeypatch):
     assert not netfilter.chains_match(None, {"ip nat POSTROUTING": lines})
     r = snap().nat_rules[0]
     assert netfilter._nft_chain(r) == ("ip nat", "POSTROUTING")
+
+
+RULESET = """table ip filter {
+	chain CRIU {
+		meta mark 0x0000c114 counter packets 0 bytes 0 accept
+	}
+	set pool {
+		type ipv4_addr
+		elements = { 10.128.0.1 }
+	}
+}
+table ip nat {
+	chain PREROUTING {
+		type nat hook prerouting priority dstnat; policy accept;
+	}
+	chain POSTROUTING {
+		type nat hook postrouting priority srcnat; policy accept;
+		oifname "sgi0" ip saddr 10.128.0.0/16 counter packets 12 bytes 1008 masquerade
+	}
+}
+"""
+
+
+def test_rules_found_in_crius_nft_image_need_no_nft_run(tmp_path, monkeypatch):
+    from criu_ext.plugins import netfilter
+
+    chains = netfilter.ruleset_chains(RULESET)
+    assert chains["ip nat POSTROUTING"] == ['oifname "sgi0" ip saddr 10.128.0.0/16 counter '
+                                            'masquerade']
+    assert chains["ip nat PREROUTING"] == [] and "ip filter pool" not in chains
+    recorded = {"ip nat POSTROUTING": chains["ip nat POSTROUTING"]}
+    assert netfilter.criu_image_chains(str(tmp_path)) == {}
+    (tmp_path / "nftables-9.img").write_text(RULESET)
+    assert netfilter._held(recorded, netfilter.criu_image_chains(str(tmp_path)))
+    assert not netfilter._held({"ip nat POSTROUTING": recorded["ip nat POSTROUTING"] * 2},
+                               netfilter.criu_image_chains(str(tmp_path)))
+    r = snap().nat_rules[0]
+    r = type(r)(backend="iptables-nft", family=r.family, table="nat", chain="POSTROUTING",
+                rule=r.rule)
+    (tmp_path / netfilter.IMAGE).write_text(json.dumps(
+        {"pools": ["10.128.0.0/16"], "rules": [vars(r)], "nft_chains": recorded}))
+    monkeypatch.setattr(netfilter.subprocess, "run", lambda *a, **k: pytest.fail("ran nft"))
+    monkeypatch.setattr(netfilter, "drop_translated_flows", lambda netns, pools: 0)
+    s = session(tmp_path, "restore", [NetfilterPlugin()])
+    s.run("post-restore", os.getpid())
+    assert s.timings[-1]["ok"]
