@@ -14,7 +14,12 @@ no netlink code until a function needs it)::
     res.already_present                # True when nothing had to be done
     gtp_util.check(snap, netns)        # list of differences, [] when equal
 
-* ``take_snapshot(netns=None, *, with_nat=True, with_sockets=True) -> Snapshot``
+* ``take_snapshot(netns=None, *, with_nat=True, with_sockets=True, with_contexts=True)
+  -> Snapshot``; PDP contexts come in the kernel's order (``PdpTable.sort()`` sorts).
+* ``watch(netns)`` -> a ``Watch`` whose ``changed()`` says whether links, addresses or
+  routes changed since; ``refresh(base, netns)`` -> ``base`` with its PDP contexts read
+  again (None when ``base`` no longer holds); ``delete_links(netns, ifindexes)``: the
+  quick path of a dump whose netns did not change (the CRIU plugin's).
 * ``remove(snapshot, netns=None, *, nat_rules=True)``
 * ``restore(snapshot, netns=None, *, bind_pid=None, dry_run=False, batch=2048) -> Result``:
   devices whose sockets belonged to a task are re-created on that task's sockets,
@@ -38,14 +43,30 @@ from .model import PdpContext, PdpTable, Snapshot
 
 __all__ = [
     'BadImage', 'Conflict', 'GtpError', 'GtpUnavailable', 'NoPermission', 'NoSuchTarget',
-    'PdpContext', 'PdpTable', 'RestoreFailed', 'Snapshot', 'check', 'dumps', 'load', 'loads',
-    'remove', 'restore', 'save', 'take_snapshot', 'to_json', 'tunnel_lines',
+    'PdpContext', 'PdpTable', 'RestoreFailed', 'Snapshot', 'check', 'delete_links', 'dumps',
+    'load', 'loads', 'refresh', 'remove', 'restore', 'save', 'take_snapshot', 'to_json',
+    'tunnel_lines', 'watch',
 ]
 
 
 def take_snapshot(netns=None, **kw):
     from .dump import take_snapshot as f
     return f(netns, **kw)
+
+
+def refresh(base, netns=None):
+    from .dump import refresh as f
+    return f(base, netns)
+
+
+def watch(netns=None):
+    from .dump import Watch
+    return Watch(netns)
+
+
+def delete_links(netns, ifindexes):
+    from .dump import delete_links as f
+    return f(netns, ifindexes)
 
 
 def remove(snapshot, netns=None, **kw):

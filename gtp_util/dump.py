@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import ipaddress
 import os
 import socket
+import struct
 import time
 
 from criu_ext.linux import CAP_NET_ADMIN, has_cap, in_netns
 
 from . import nat
-from .errors import GtpError, GtpUnavailable, NoPermission, NoSuchTarget
-from .model import Address, Device, Route, Snapshot
+from .errors import GtpError, NoPermission, NoSuchTarget
+from .model import SOCKET_TASK, Address, Device, PdpTable, Route, Snapshot
 from .netlink import PdpChannel, register_link_kind
 
 IFF_UP = 0x1
@@ -19,6 +22,11 @@ RTPROT_KERNEL = 2
 RT_TABLE_LOCAL = 255
 RT_SCOPE_LINK = 253
 SYSCTLS = ('net/ipv4/ip_forward', 'net/ipv6/conf/all/forwarding')
+RTM_DELLINK = 17
+NLM_F_REQUEST = 0x1
+NLM_F_ACK = 0x4
+NLMSG_ERROR = 0x2
+_DELLINK = struct.Struct('<IHHIIBBHiII')  # nlmsghdr + struct ifinfomsg
 
 
 def check_target(netns: str | None) -> None:
@@ -105,8 +113,11 @@ def ue_pools(snap: Snapshot) -> list:
 
 
 def take_snapshot(netns: str | None = None, *, with_nat: bool = True,
-                  with_sockets: bool = True) -> Snapshot:
-    """Snapshot the GTP user plane of the namespace at path ``netns`` (None: our own)."""
+                  with_sockets: bool = True, with_contexts: bool = True) -> Snapshot:
+    """Snapshot the GTP user plane of the namespace at path ``netns`` (None: our own).
+
+    ``with_contexts`` false leaves the PDP contexts out (see :func:`refresh`).
+    """
     check_target(netns)
     from .sockets import assign, discover
     ipr = open_iproute(netns)
@@ -114,12 +125,9 @@ def take_snapshot(netns: str | None = None, *, with_nat: bool = True,
         snap = Snapshot(netns=netns or '', kernel=os.uname().release, created=time.time())
         links = gtp_links(ipr)
         snap.devices = [_device(ipr, link) for link in links]
-        if snap.devices:
-            try:
-                with PdpChannel(netns) as chan:
-                    tables = chan.dump()
-            except GtpUnavailable:
-                raise
+        if snap.devices and with_contexts:
+            with PdpChannel(netns) as chan:
+                tables = chan.dump()
             for dev in snap.devices:
                 tab = tables.pop(dev.ifindex, None)
                 if tab is not None:
@@ -136,6 +144,99 @@ def take_snapshot(netns: str | None = None, *, with_nat: bool = True,
     finally:
         ipr.close()
     return snap.normalize(contexts=False)
+
+
+class Watch:
+    """Tells whether links, addresses or routes of a namespace changed since it was opened.
+
+    A netlink socket of that namespace subscribed to rtnetlink's link, address and
+    route groups: the kernel sends it a message for every such change (or flags an
+    overflow), so nothing to read means nothing changed. Statistics never notify.
+    """
+
+    GROUPS = 0x1 | 0x10 | 0x40 | 0x100 | 0x400  # RTMGRP_LINK, IPV4_IFADDR, IPV4_ROUTE,
+    # IPV6_IFADDR, IPV6_ROUTE
+
+    def __init__(self, netns: str | None = None):
+        with in_netns(netns):
+            self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC
+                                      | socket.SOCK_NONBLOCK, socket.NETLINK_ROUTE)
+        try:
+            self.sock.bind((0, self.GROUPS))
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def changed(self) -> bool:
+        try:
+            self.sock.recv(65536)
+        except BlockingIOError:
+            return False
+        except OSError:  # ENOBUFS: so many changes that some were dropped
+            return True
+        return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def refresh(base: Snapshot, netns: str | None = None) -> Snapshot | None:
+    """``base`` (taken with or without contexts) with the PDP contexts read again now.
+
+    The quick way to snapshot a namespace whose links, addresses and routes are
+    known not to have changed since ``base`` (a :class:`Watch` says so): one GETPDP
+    dump and the sysctls. Returns None when ``base`` no longer describes the
+    namespace: a task socket it names is not at its fd any more, or the dump shows
+    a gtp device ``base`` does not have. Then take a full snapshot.
+    """
+    check_target(netns)
+    for dev in base.devices:
+        for ref in (dev.sock0, dev.sock1):
+            if ref.kind == SOCKET_TASK:
+                try:
+                    if os.stat(f'/proc/{ref.pid}/fd/{ref.fd}').st_ino != ref.inode:
+                        return None
+                except OSError:
+                    return None
+    tables = {}
+    if base.devices:
+        with PdpChannel(netns) as chan:
+            tables = chan.dump()
+    by_index = {d.ifindex: d for d in base.devices}
+    if tables.keys() - by_index.keys():
+        return None
+    snap = Snapshot(netns=netns or '', kernel=base.kernel, created=time.time(),
+                    routes=list(base.routes), nat_rules=list(base.nat_rules),
+                    sysctls=read_sysctls(netns))
+    for dev in base.devices:
+        snap.devices.append(dataclasses.replace(dev, addresses=list(dev.addresses),
+                                                contexts=tables.get(dev.ifindex, PdpTable())))
+    return snap.normalize(contexts=False)
+
+
+def delete_links(netns: str | None, ifindexes) -> None:
+    """Delete links by ifindex with one RTM_DELLINK each on a plain netlink socket.
+
+    For indexes just read from the same namespace (a snapshot taken in the freeze
+    window): no pyroute2 session to set up, which costs more than the deletions.
+    """
+    with in_netns(netns):
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                             socket.NETLINK_ROUTE)
+    with sock:
+        sock.bind((0, 0))
+        for seq, idx in enumerate(ifindexes, 1):
+            # nlmsghdr, then ifinfomsg (family, pad, type, index, flags, change)
+            sock.send(_DELLINK.pack(_DELLINK.size, RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK,
+                                    seq, 0, 0, 0, 0, idx, 0, 0))
+            while True:
+                data = sock.recv(65536)
+                mtype, _flags, rseq = struct.unpack_from('<HHI', data, 4)
+                if mtype == NLMSG_ERROR and rseq == seq:
+                    err = -struct.unpack_from('<i', data, 16)[0]
+                    if err and err != errno.ENODEV:
+                        raise GtpError(f"deleting link {idx}: {os.strerror(err)}")
+                    break
 
 
 def remove(snap: Snapshot, netns: str | None = None, *, nat_rules: bool = True) -> None:

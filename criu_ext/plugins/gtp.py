@@ -3,11 +3,17 @@
 warm            (RPC mode, before CRIU starts) import gtp_util's netlink code, so
                 the freeze window does not pay for it.
 dump
+  pre-dump      (RPC mode, tasks still running) read the devices, their
+                addresses, routes and task sockets (no PDP contexts), and start
+                watching the netns's links, addresses and routes (gtp_util.dump.Watch).
   network-lock  (tasks frozen) snapshot every gtp device of the tree's netns:
                 attributes, PDP contexts, routes through it, which task socket
                 backs it; save it as criu-ext-gtp.img; delete the devices (CRIU
                 refuses to dump a netns holding a gtp link). NAT rules are left
                 alone: CRIU dumps them, the netfilter plugin checks them.
+                When the watch saw no change since pre-dump and every task socket
+                is still at its fd, only the PDP contexts are read here
+                (gtp_util.dump.refresh); otherwise everything is.
   rollback      (the source goes on running: failed dump or --leave-running)
                 re-create what the snapshot holds and is missing, bound again
                 to the live task's sockets.
@@ -91,14 +97,58 @@ class GtpPlugin(Plugin):
 
     # -- dump --------------------------------------------------------------------------
 
+    def __init__(self) -> None:
+        self._base = None  # RPC mode: (netns, Watch, snapshot without contexts) of pre-dump
+
     def warm(self, action: str) -> None:
         _warm()
+
+    def pre_dump(self, ctx) -> None:
+        # Script mode runs every phase in a new process: nothing would carry over.
+        if ctx.mode != "rpc" or ctx.netns_path is None:
+            return
+        g = _gtp()
+        self._take_base()
+        watch = g.watch(ctx.netns_path)  # first: a change while we read is seen too
+        try:
+            base = g.take_snapshot(ctx.netns_path, with_nat=False, with_contexts=False)
+        except Exception as exc:  # noqa: BLE001 - network-lock reads everything then
+            watch.close()
+            ctx.log.debug(f"pre-dump read failed ({exc}); network-lock reads everything")
+            return
+        self._base = (ctx.netns_path, watch, base)
+
+    def _take_base(self):
+        """Pre-dump's (netns, snapshot, changed since?) once, its watch closed; or None."""
+        base, self._base = self._base, None
+        if base is None:
+            return None
+        netns, watch, snap = base
+        try:
+            return netns, snap, watch.changed()
+        finally:
+            watch.close()
+
+    def _snapshot(self, ctx):
+        """The netns's gtp state now: contexts only on top of pre-dump's read when it holds."""
+        g = _gtp()
+        base = self._take_base()
+        if base is not None and base[0] == ctx.netns_path:
+            netns, snap, changed = base
+            if not changed:
+                fresh = g.refresh(snap, netns)
+                if fresh is not None:
+                    ctx.log.debug("links, addresses, routes and sockets as at pre-dump: "
+                                  "read the PDP contexts only")
+                    return fresh, True
+            ctx.log.debug("the netns changed since pre-dump: reading everything")
+        return g.take_snapshot(ctx.netns_path, with_nat=False), False
 
     def network_lock(self, ctx) -> None:
         g = _gtp()
         path = ctx.image_path(IMAGE)
         try:
-            snap = g.take_snapshot(ctx.netns_path, with_nat=False)
+            snap, fresh = self._snapshot(ctx)
         except g.GtpError as exc:
             raise PluginError(f"cannot read the gtp state of {ctx.netns_path}: {exc}") from exc
         if not snap.devices:
@@ -115,7 +165,10 @@ class GtpPlugin(Plugin):
         ctx.state["saved"] = True
         ctx.state["dump_init_pid"] = ctx.init_pid
         try:
-            g.remove(snap, ctx.netns_path, nat_rules=False)
+            if fresh:  # ifindexes known good (the watch saw no link change): no lookup
+                g.delete_links(ctx.netns_path, [d.ifindex for d in snap.devices])
+            else:
+                g.remove(snap, ctx.netns_path, nat_rules=False)
         finally:
             ctx.state["removed"] = True  # maybe partly: rollback re-creates what is missing
         ctx.log.info(f"saved {_summary(snap)}; devices removed for the dump")

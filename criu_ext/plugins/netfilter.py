@@ -193,7 +193,7 @@ class NetfilterPlugin(Plugin):
 
         path = ctx.image_path(IMAGE)
         try:
-            snap = gtp_util.take_snapshot(ctx.netns_path, with_sockets=False)
+            snap = gtp_util.take_snapshot(ctx.netns_path, with_sockets=False, with_contexts=False)
         except gtp_util.GtpError as exc:
             raise PluginError(f"cannot read the NAT rules of {ctx.netns_path}: {exc}") from exc
         if not snap.routes:

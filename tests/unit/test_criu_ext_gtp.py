@@ -36,6 +36,7 @@ class Kernel:
         self.live = s
         self.calls = []
         self.fail_restore = None
+        self.changed = False  # what the watch opened at pre-dump says at network-lock
 
     def take_snapshot(self, netns, **kw):
         self.calls.append(("snapshot", netns, kw))
@@ -43,6 +44,25 @@ class Kernel:
 
     def remove(self, s, netns, **kw):
         self.calls.append(("remove", netns, kw))
+        self.live = None
+
+    def watch(self, netns):
+        kernel = self
+
+        class W:
+            def changed(self):
+                return kernel.changed
+
+            def close(self):
+                pass
+        return W()
+
+    def refresh(self, base, netns):
+        self.calls.append(("refresh", netns, {}))
+        return self.live
+
+    def delete_links(self, netns, ifindexes):
+        self.calls.append(("delete_links", netns, {"ifindexes": list(ifindexes)}))
         self.live = None
 
     def restore(self, s, netns, **kw):
@@ -61,7 +81,7 @@ class Kernel:
 @pytest.fixture
 def kernel(monkeypatch):
     k = Kernel(snap())
-    for name in ("take_snapshot", "remove", "restore"):
+    for name in ("take_snapshot", "remove", "restore", "watch", "refresh", "delete_links"):
         monkeypatch.setattr(gtp_util, name, getattr(k, name))
     monkeypatch.setattr(gtp_plugin, "_warm", lambda: None)
     return k
@@ -75,7 +95,6 @@ def session(tmp_path, action, plugins=None):
 
 def test_network_lock_saves_then_removes_and_keeps_nat(kernel, tmp_path):
     s = session(tmp_path, "dump")
-    s.run("pre-dump")
     s.run("network-lock")
     assert [c[0] for c in kernel.calls] == ["snapshot", "remove"]
     assert kernel.calls[0][2] == {"with_nat": False}  # no iptables runs in the freeze window
@@ -83,6 +102,36 @@ def test_network_lock_saves_then_removes_and_keeps_nat(kernel, tmp_path):
     saved = gtp_util.load(str(tmp_path / "criu-ext-gtp.img"))
     assert saved.n_contexts == 3 and saved.devices[0].sock1.pid == os.getpid()
     assert s.state["gtp"]["removed"] is True
+
+
+def test_rpc_pre_dump_leaves_only_the_contexts_to_the_freeze(kernel, tmp_path):
+    s = session(tmp_path, "dump")
+    s.run("pre-dump")
+    assert kernel.calls == [("snapshot", f"/proc/{os.getpid()}/ns/net",
+                             {"with_nat": False, "with_contexts": False})]
+    s.run("network-lock")
+    assert [c[0] for c in kernel.calls[1:]] == ["refresh", "delete_links"]
+    assert kernel.calls[2][2] == {"ifindexes": [7]}
+    saved = gtp_util.load(str(tmp_path / "criu-ext-gtp.img"))
+    assert saved.n_contexts == 3 and saved.devices[0].sock1.pid == os.getpid()
+    assert s.state["gtp"]["removed"] is True
+
+
+def test_a_change_after_pre_dump_means_a_full_read_in_the_freeze(kernel, tmp_path):
+    s = session(tmp_path, "dump")
+    s.run("pre-dump")
+    kernel.changed = True
+    s.run("network-lock")
+    assert [c[0] for c in kernel.calls] == ["snapshot", "snapshot", "remove"]
+    assert kernel.calls[1][2] == {"with_nat": False}
+
+
+def test_script_mode_reads_everything_at_network_lock(kernel, tmp_path):
+    s = Session("dump", str(tmp_path), [GtpPlugin()], "script", Log(level=0))
+    s.init_pid = os.getpid()
+    s.run("pre-dump")
+    s.run("network-lock")
+    assert [c[0] for c in kernel.calls] == ["snapshot", "remove"]
 
 
 def test_no_device_no_image_and_no_rollback(kernel, tmp_path):
@@ -174,7 +223,7 @@ def test_netfilter_records_at_pre_dump_and_re_adds_only_missing(monkeypatch, tmp
     monkeypatch.setattr(gtp_util, "take_snapshot", k.take_snapshot)
     s = session(tmp_path, "dump", [NetfilterPlugin()])
     s.run("pre-dump")
-    assert k.calls[0][2] == {"with_sockets": False}
+    assert k.calls[0][2] == {"with_sockets": False, "with_contexts": False}
     shown = NetfilterPlugin().show(str(tmp_path))
     assert shown["pools"] == ["10.128.0.0/16"] and "MASQUERADE" in shown["text"]
 
