@@ -10,6 +10,7 @@ undoes its own work when a step fails). :func:`restore` strings them together;
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, field
 
 from criu_ext.linux import in_netns
@@ -274,17 +275,27 @@ def _fetch_sockets(devs: list[Device], bind_pid: int | None) -> dict[tuple[str, 
     return fds
 
 
+def _ifindex(netns: str | None, name: str) -> int:
+    """ifindex of a link by name (an ioctl: no rtnetlink dump to decode)."""
+    with in_netns(netns):
+        return socket.if_nametoindex(name)
+
+
 def apply_plan(p: Plan, netns: str | None, fds: dict[tuple[str, int], int], *,
-               batch: int = 2048) -> Result:
-    """Do what the plan says; on failure undo it all and raise :class:`RestoreFailed`."""
+               batch: int = 2048, chan: PdpChannel | None = None) -> Result:
+    """Do what the plan says; on failure undo it all and raise :class:`RestoreFailed`.
+
+    ``chan``: an open :class:`PdpChannel` of ``netns`` to use (left open).
+    """
     res = Result(plan=p, applied=True)
     undo: list[tuple[str, object]] = []
     ipr = open_iproute(netns)
-    chan = None
+    own_chan = None
     step = 'start'
     try:
         if p.create:
-            chan = PdpChannel(netns)
+            if chan is None:
+                chan = own_chan = PdpChannel(netns)
             v6 = any(d.contexts.v6 for d in p.create)
             if v6 and not chan.has_ipv6:
                 raise GtpError("the snapshot has IPv6 PDP contexts; this kernel's gtp family "
@@ -298,7 +309,7 @@ def apply_plan(p: Plan, netns: str | None, fds: dict[tuple[str, int], int], *,
                       dev.kernel_sockets)
             undo.append(('device', dev.name))
             res.created_devices.append(dev.name)
-            idx = ipr.link_lookup(ifname=dev.name)[0]
+            idx = _ifindex(netns, dev.name)
             for a in dev.addresses:
                 step = f"adding address {a.cidr()} to {dev.name}"
                 kw = {'address': a.address} if a.address else {}
@@ -317,7 +328,7 @@ def apply_plan(p: Plan, netns: str | None, fds: dict[tuple[str, int], int], *,
                 ipr.link('set', index=idx, state='up')
         for r in p.routes:
             step = f"adding route {r.cidr()} dev {r.dev}"
-            idx = ipr.link_lookup(ifname=r.dev)[0]
+            idx = _ifindex(netns, r.dev)
             kw = dict(dst=r.dst, dst_len=r.dst_len, oif=idx, table=r.table, type=r.type,
                       scope=r.scope, proto=r.proto, family=r.family)
             if r.priority:
@@ -344,8 +355,8 @@ def apply_plan(p: Plan, netns: str | None, fds: dict[tuple[str, int], int], *,
             msg += f" (rollback problems: {'; '.join(notes)})"
         raise RestoreFailed(msg) from e
     finally:
-        if chan is not None:
-            chan.close()
+        if own_chan is not None:
+            own_chan.close()
         ipr.close()
     return res
 
@@ -394,22 +405,26 @@ def restore(snap: Snapshot, netns: str | None = None, *, bind_pid: int | None = 
     if bind_pid is not None and not os.path.exists(f'/proc/{bind_pid}'):
         raise NoSuchTarget(f"no process with PID {bind_pid}")
     register_link_kind()
-    if snap.devices:
-        PdpChannel(netns).close()  # raises GtpUnavailable on a kernel without gtp
-    live = take_snapshot(netns, with_nat=False, with_sockets=bool(snap.devices))
-    live_nat = nat.read_rules(netns, ue_pools(snap)) if snap.nat_rules else []
-    p = plan(snap, live, live_nat)
-    if p.conflicts:
-        raise Conflict(f"nothing restored: {p.conflicts[0]}"
-                       + (f" (and {len(p.conflicts) - 1} more)" if len(p.conflicts) > 1 else ''))
-    if dry_run or p.empty:
-        return Result(plan=p, applied=False)
-    fds = _fetch_sockets(p.create, bind_pid)
+    # opened first: raises GtpUnavailable on a kernel without gtp
+    chan = PdpChannel(netns) if snap.devices else None
     try:
-        return apply_plan(p, netns, fds, batch=batch)
+        live = take_snapshot(netns, with_nat=False, with_sockets=bool(snap.devices))
+        live_nat = nat.read_rules(netns, ue_pools(snap)) if snap.nat_rules else []
+        p = plan(snap, live, live_nat)
+        if p.conflicts:
+            raise Conflict(f"nothing restored: {p.conflicts[0]}" + (
+                f" (and {len(p.conflicts) - 1} more)" if len(p.conflicts) > 1 else ''))
+        if dry_run or p.empty:
+            return Result(plan=p, applied=False)
+        fds = _fetch_sockets(p.create, bind_pid)
+        try:
+            return apply_plan(p, netns, fds, batch=batch, chan=chan)
+        finally:
+            for fd in fds.values():
+                os.close(fd)
     finally:
-        for fd in fds.values():
-            os.close(fd)
+        if chan is not None:
+            chan.close()
 
 
 def check(snap: Snapshot, netns: str | None = None) -> list[str]:
