@@ -1,0 +1,206 @@
+"""Run system calls inside a stopped task, and move file descriptors in and out of it.
+
+The task must be stopped (SIGSTOP, see tasks.py) so that none of its threads
+runs while one of them is borrowed. ``Remote`` seizes one thread, keeps its
+registers and the code word at its instruction pointer, writes ``syscall;
+int3`` there, and runs one system call at a time with the arguments in
+registers; a scratch page mapped in the task carries what needs memory. On
+exit the code, the registers and the page are put back and the thread is
+detached: it goes back to its group stop, and a system call it was blocked in
+is restarted by the kernel when the task is continued, on whatever file the
+descriptor number then holds.
+
+Why not compel (CRIU's parasite library)? It needs C built against CRIU's
+headers and a parasite blob; four system calls per socket do not.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import struct
+import time
+
+from criu_ext import ptrace, tasks
+
+NR_CLOSE = 3
+NR_MMAP = 9
+NR_MUNMAP = 11
+NR_EPOLL_CTL = 233
+NR_DUP3 = 292
+NR_PIPE2 = 293
+NR_PIDFD_OPEN = 434
+NR_PIDFD_GETFD = 438
+
+PROT_READ, PROT_WRITE = 1, 2
+MAP_PRIVATE, MAP_ANONYMOUS = 0x02, 0x20
+EPOLL_CTL_ADD, EPOLL_CTL_DEL = 1, 2
+O_CLOEXEC = 0o2000000
+PAGE = 4096
+SYSCALL_INT3 = 0xCC050F  # bytes 0f 05 cc: syscall; int3
+EPOLL_EVENT = struct.Struct("=IQ")  # struct epoll_event is packed on x86_64
+
+PR_SET_PTRACER = 0x59616D61
+PR_SET_PTRACER_ANY = 0xFFFFFFFFFFFFFFFF
+
+
+class InjectError(Exception):
+    """A system call could not be run in the task, or returned an error."""
+
+
+def allow_tasks_to_fetch_from_us() -> None:
+    """Let any task take a descriptor from this process with pidfd_getfd.
+
+    Only matters under Yama's ptrace_scope 1, which otherwise restricts
+    ptrace-class access to descendants.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PTRACER, ctypes.c_ulong(PR_SET_PTRACER_ANY), 0, 0, 0)
+
+
+class Remote:
+    """One stopped process, borrowed through its first live thread."""
+
+    def __init__(self, pid: int) -> None:
+        why = ptrace.supported()
+        if why:
+            raise InjectError(why)
+        self.pid = pid
+        self.tid = pid
+        self.saved: ptrace.Regs | None = None
+        self.code_addr = 0
+        self.code_word = 0
+        self.scratch = 0
+        self.mem = -1
+        self.attached = False
+
+    # -- setup and teardown -------------------------------------------------------
+
+    def __enter__(self) -> Remote:
+        try:
+            ptrace.seize(self.tid)
+            self.attached = True
+            ptrace.interrupt(self.tid)
+            ptrace.wait_stop(self.tid)
+            self.saved = ptrace.get_regs(self.tid)
+            self.code_addr = self.saved.rip
+            self.code_word = ptrace.peek(self.tid, self.code_addr)
+            ptrace.poke(self.tid, self.code_addr,
+                        (self.code_word & ~0xFFFFFF) | SYSCALL_INT3)
+            self.mem = os.open(f"/proc/{self.pid}/mem", os.O_RDWR | os.O_CLOEXEC)
+            self.scratch = self.syscall(NR_MMAP, 0, PAGE, PROT_READ | PROT_WRITE,
+                                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        except OSError as exc:
+            self._teardown()
+            raise InjectError(f"cannot borrow task {self.pid}: {exc.strerror or exc}") from exc
+        except InjectError:
+            self._teardown()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._teardown()
+
+    def _teardown(self) -> None:
+        try:
+            if self.scratch:
+                self.syscall(NR_MUNMAP, self.scratch, PAGE)
+                self.scratch = 0
+        except (InjectError, OSError):
+            pass
+        finally:
+            if self.mem >= 0:
+                os.close(self.mem)
+                self.mem = -1
+            if self.attached:
+                try:
+                    if self.saved is not None:
+                        ptrace.poke(self.tid, self.code_addr, self.code_word)
+                        ptrace.set_regs(self.tid, self.saved)
+                finally:
+                    self.attached = False
+                    ptrace.detach(self.tid)
+                    self._wait_restopped()
+
+    def _wait_restopped(self, timeout: float = 5.0) -> None:
+        # Detached from a group stop, the thread stops again on its way out of
+        # the kernel: wait for it, so callers see the whole task stopped.
+        deadline = time.monotonic() + timeout
+        while tasks.thread_state(self.pid, self.tid) not in ("T", "t", "") \
+                and time.monotonic() < deadline:
+            time.sleep(0.001)
+
+    # -- system calls -------------------------------------------------------------
+
+    def syscall(self, nr: int, *args: int) -> int:
+        """Run system call ``nr`` in the task; its return value, or InjectError."""
+        if len(args) > 6:
+            raise ValueError("at most six arguments")
+        regs = self.saved.copy()
+        regs.rax = nr
+        regs.orig_rax = 0xFFFFFFFFFFFFFFFF  # not in a system call: no restart logic
+        regs.rip = self.code_addr
+        for name, value in zip(("rdi", "rsi", "rdx", "r10", "r8", "r9"), args):
+            setattr(regs, name, value & 0xFFFFFFFFFFFFFFFF)
+        ptrace.set_regs(self.tid, regs)
+        ptrace.cont(self.tid)
+        while True:
+            sig, _ = ptrace.wait_stop(self.tid)
+            if sig == 5:  # SIGTRAP from our int3
+                break
+            ptrace.cont(self.tid)  # a group-stop report or another signal: go on
+        ret = ptrace.get_regs(self.tid).rax
+        if ret >= 0xFFFFFFFFFFFFF001:  # -4095..-1
+            err = 0x10000000000000000 - ret
+            raise InjectError(f"system call {nr} in task {self.pid}: {os.strerror(err)}",
+                              err)
+        return ret
+
+    def write(self, data: bytes, offset: int = 0) -> int:
+        """Copy ``data`` to the scratch page; its address in the task."""
+        if offset + len(data) > PAGE:
+            raise ValueError("scratch page overflow")
+        os.pwrite(self.mem, data, self.scratch + offset)
+        return self.scratch + offset
+
+    def read(self, size: int, offset: int = 0) -> bytes:
+        return os.pread(self.mem, size, self.scratch + offset)
+
+    # -- descriptor moves -----------------------------------------------------------
+
+    def close(self, fd: int) -> None:
+        self.syscall(NR_CLOSE, fd)
+
+    def pipe(self) -> tuple[int, int]:
+        """A new pipe in the task: (read end, write end), close-on-exec."""
+        self.syscall(NR_PIPE2, self.write(b"\0" * 8), O_CLOEXEC)
+        rfd, wfd = struct.unpack("=ii", self.read(8))
+        return rfd, wfd
+
+    def install(self, fd: int, target: int, cloexec: bool) -> None:
+        """Make descriptor ``target`` of the task refer to what its ``fd`` does; close ``fd``."""
+        self.syscall(NR_DUP3, fd, target, O_CLOEXEC if cloexec else 0)
+        self.close(fd)
+
+    def fetch(self, pid: int, fd: int) -> int:
+        """Copy descriptor ``fd`` of process ``pid`` (usually us) into the task."""
+        pidfd = self.syscall(NR_PIDFD_OPEN, pid, 0)
+        try:
+            return self.syscall(NR_PIDFD_GETFD, pidfd, fd, 0)
+        finally:
+            self.close(pidfd)
+
+    def epoll_del(self, epfd: int, fd: int) -> bool:
+        """Remove ``fd`` from epoll ``epfd``; False if it was not registered."""
+        try:
+            self.syscall(NR_EPOLL_CTL, epfd, EPOLL_CTL_DEL, fd, self.write(bytes(12)))
+        except InjectError as exc:
+            if exc.args[1:] == (errno.ENOENT,):
+                return False
+            raise
+        return True
+
+    def epoll_add(self, epfd: int, fd: int, events: int, data: int) -> None:
+        self.syscall(NR_EPOLL_CTL, epfd, EPOLL_CTL_ADD, fd,
+                     self.write(EPOLL_EVENT.pack(events, data)))
