@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from criu_ext.linux import in_netns
 
 from . import nat
-from .dump import check_target, open_iproute, take_snapshot, ue_pools
+from .dump import check_target, open_iproute, read_sysctls, take_snapshot, ue_pools
 from .errors import Conflict, GtpError, NoPermission, NoSuchTarget, RestoreFailed
 from .model import (SOCKET_KERNEL, SOCKET_NONE, SOCKET_TASK, Device, NatRule, PdpTable,
                     Route, Snapshot, ip4)
@@ -408,7 +408,7 @@ def restore(snap: Snapshot, netns: str | None = None, *, bind_pid: int | None = 
     # opened first: raises GtpUnavailable on a kernel without gtp
     chan = PdpChannel(netns) if snap.devices else None
     try:
-        live = take_snapshot(netns, with_nat=False, with_sockets=bool(snap.devices))
+        live = _live_state(snap, netns)
         live_nat = nat.read_rules(netns, ue_pools(snap)) if snap.nat_rules else []
         p = plan(snap, live, live_nat)
         if p.conflicts:
@@ -425,6 +425,21 @@ def restore(snap: Snapshot, netns: str | None = None, *, bind_pid: int | None = 
     finally:
         if chan is not None:
             chan.close()
+
+
+def _live_state(snap: Snapshot, netns: str | None) -> Snapshot:
+    """What :func:`plan` needs of the live namespace.
+
+    It looks only at live devices named as in ``snap`` and at routes through gtp
+    devices; when no link has one of those names (the usual restore: into a fresh
+    namespace, say the one CRIU restored), that is nothing but the sysctls, read
+    without a rtnetlink session.
+    """
+    with in_netns(netns):
+        names = {n for _, n in socket.if_nameindex()}
+    if snap.devices and not names & {d.name for d in snap.devices}:
+        return Snapshot(netns=netns or '', sysctls=read_sysctls(netns))
+    return take_snapshot(netns, with_nat=False, with_sockets=bool(snap.devices))
 
 
 def check(snap: Snapshot, netns: str | None = None) -> list[str]:

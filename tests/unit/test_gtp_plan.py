@@ -57,3 +57,18 @@ def test_diff_lists_every_difference():
     assert 'device extra is not in the snapshot' in d
     assert 'route 10.0.0.0/8 dev gtp0 table 254 is missing' in d
     assert diff(want, want) == []
+
+
+def test_live_state_reads_only_sysctls_when_no_link_has_a_snapshot_name(monkeypatch):
+    from gtp_util import restorer
+
+    calls = []
+    monkeypatch.setattr(restorer.socket, 'if_nameindex', lambda: [(1, 'lo'), (2, 'sgi0')])
+    monkeypatch.setattr(restorer, 'read_sysctls', lambda ns: {'net.ipv4.ip_forward': '1'})
+    monkeypatch.setattr(restorer, 'take_snapshot', lambda ns, **kw: calls.append(kw) or 'full')
+    live = restorer._live_state(Snapshot(devices=[dev()]), None)
+    assert calls == [] and live.devices == [] and live.sysctls == {'net.ipv4.ip_forward': '1'}
+    # a link named like a snapshot device (a gtp0, or something squatting the name)
+    monkeypatch.setattr(restorer.socket, 'if_nameindex', lambda: [(1, 'lo'), (5, 'gtp0')])
+    assert restorer._live_state(Snapshot(devices=[dev()]), None) == 'full'
+    assert calls == [{'with_nat': False, 'with_sockets': True}]
