@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import threading
 
 from criu_ext.linux import in_netns
 from criu_ext.plugin import Plugin
@@ -31,15 +32,31 @@ def garp_frame(mac: bytes, ip: str) -> bytes:
     return BROADCAST + mac + struct.pack("!H", ETH_P_ARP) + arp
 
 
-def announce(netns_path: str | None) -> list[tuple[str, str]]:
-    """Send the gratuitous ARPs in ``netns_path``; returns (link, address) pairs announced."""
+def announce(netns_path: str | None, close_later: bool = False) -> list[tuple[str, str]]:
+    """Send the gratuitous ARPs in ``netns_path``; returns (link, address) pairs announced.
+
+    Closing a packet socket waits for an RCU grace period (synchronize_net), tens
+    of milliseconds under emulation: with ``close_later`` a thread of its own
+    closes it and the caller returns at once.
+    """
     from pyroute2 import IPRoute
 
     with in_netns(netns_path):
         ipr = IPRoute()
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
     sent = []
-    with ipr, sock:
+    try:
+        _send(ipr, sock, sent)
+    finally:
+        if close_later:
+            threading.Thread(target=sock.close, name="announce-close", daemon=True).start()
+        else:
+            sock.close()
+    return sent
+
+
+def _send(ipr, sock, sent: list) -> None:
+    with ipr:
         links = {}
         for link in ipr.get_links():
             mac = link.get_attr("IFLA_ADDRESS")
@@ -53,7 +70,6 @@ def announce(netns_path: str | None) -> list[tuple[str, str]]:
             ip = addr.get_attr("IFA_LOCAL") or addr.get_attr("IFA_ADDRESS")
             sock.sendto(garp_frame(mac, ip), (ifname, ETH_P_ARP))
             sent.append((ifname, ip))
-    return sent
 
 
 class AnnouncePlugin(Plugin):
@@ -63,6 +79,7 @@ class AnnouncePlugin(Plugin):
     images = ()
 
     def post_restore(self, ctx) -> None:
-        sent = announce(ctx.netns_path)
+        # RPC mode: the process lives on, the socket's close need not hold the tasks
+        sent = announce(ctx.netns_path, close_later=ctx.mode == "rpc")
         ctx.log.info("announced " + (", ".join(f"{ip} on {dev}" for dev, ip in sent) or
                                      "nothing (no Ethernet link with an IPv4 address)"))
