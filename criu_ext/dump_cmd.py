@@ -11,8 +11,12 @@ from criu_ext.rpc_cli import criu_options, fail, images_dir_abs, load_plugins, p
 @click.option("-t", "--tree", "pid", type=int, required=True, help="PID of the tree's root task")
 @click.option("-R", "--leave-running", is_flag=True,
               help="leave the tasks running after the dump (plugins put the source back)")
+@click.option("--sctp-fallback", type=click.Choice(["restart"]),
+              help="on a kernel without SCTP repair mode, carry established associations by "
+                   "restarting them from the destination (the peer sees an SCTP restart); "
+                   "without it such a dump is refused")
 @criu_options
-def dump(pid, leave_running, images_dir, shell_job, tcp_established, external, log_file,
+def dump(pid, leave_running, sctp_fallback, images_dir, shell_job, tcp_established, external, log_file,
          log_level, config_file, extra, plugin_spec, criu_bin, as_json, quiet):
     """Dump the tree rooted at PID into the image directory.
 
@@ -33,7 +37,8 @@ def dump(pid, leave_running, images_dir, shell_job, tcp_established, external, l
                        extra=parse_extra(extra))
     except ValueError as exc:
         fail(exc)
-    session = Session(ph.DUMP, images_dir, plugins, "rpc", log)
+    session = Session(ph.DUMP, images_dir, plugins, "rpc", log,
+                      {"sctp_fallback": sctp_fallback} if sctp_fallback else None)
     try:
         result = run(ph.DUMP, opts, session, criu_bin)
     except (CriuError, ValueError) as exc:

@@ -30,6 +30,7 @@ ENTRY_POINT_GROUP = "criu_ext.plugins"
 # name -> reference of the built-in plugins. Those in NOT_DEFAULT run only when
 # selected by name (see select()).
 BUILTIN = {
+    "sctp": "criu_ext.plugins.sctp:SctpPlugin",
     "gtp": "criu_ext.plugins.gtp:GtpPlugin",
     "netfilter": "criu_ext.plugins.netfilter:NetfilterPlugin",
     "announce": "criu_ext.plugins.announce:AnnouncePlugin",
@@ -51,7 +52,7 @@ class Plugin:
 
     Class attributes:
       name     short unique name, also the stem of its image files
-      order    lower runs first (built-ins: gtp 100, netfilter 200, trace 900)
+      order    lower runs first (built-ins: sctp 50, gtp 100, netfilter 200, trace 900)
       summary  one line for ``criu-ext plugins``
       images   names of the files the plugin writes to the image directory;
                they must start with ``criu-ext-``
@@ -63,6 +64,12 @@ class Plugin:
     summary: str = ""
     images: tuple[str, ...] = ()
     default: bool = True
+
+    def idle(self, ctx: Context) -> bool:
+        """After the first phase (pre-dump, pre-restore): True if no later phase of this
+        dump or restore needs the plugin, so the action-script launcher can skip
+        starting Python for it. Optional; the default is to be asked every time."""
+        return False
 
     def warm(self, action: str) -> None:
         """Import what the phases of ``action`` will need (RPC mode calls this before

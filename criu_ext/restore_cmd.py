@@ -33,6 +33,11 @@ def restore(pidfile, images_dir, shell_job, tcp_established, external, log_file,
     except (CriuError, ValueError) as exc:
         fail(exc)
     pid = result.resp.restore.pid
+    # CRIU only logs failures after the tasks were restored (post-resume...); say them here.
+    late = [t for t in session.timings if not t["ok"]]
+    if late:
+        fail(f"restore: plugin {late[0]['plugin']} failed at {late[0]['phase']} "
+             f"(restored PID {pid}); see the messages above")
     if pidfile:
         with open(pidfile, "w", encoding="ascii") as f:
             f.write(f"{pid}\n")

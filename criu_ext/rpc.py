@@ -250,15 +250,21 @@ def run(action: str, o: Options, session: Session | None, criu: str = "criu",
             os.close(work_fd)
     result = Result(ok=bool(resp is not None and resp.success), resp=resp, seconds=seconds,
                     notify=notify, log_path=log_path, swrk_status=status)
-    if session is not None and session.mode == "rpc":
-        session.write_manifest()
+    if session is not None:
+        if not result.ok and action == ph.DUMP and not session.rolled_back:
+            # CRIU failed without a network-unlock: the source goes on running, make it whole
+            for err in session.rollback():
+                session.log.error(str(err))
+        late = session.finish()
+        for err in late:
+            session.log.error(str(err))
+        if session.mode == "rpc":
+            session.write_manifest()
+        if late and result.ok and action == ph.DUMP:
+            result.ok = False
+            failure = failure or late[0]
     if result.ok:
         return result
-    # CRIU failed. At dump the source goes on running: make sure it is whole.
-    if session is not None and action == ph.DUMP and not session.rolled_back:
-        for err in session.rollback():
-            session.log.error(str(err))
-        session.write_manifest()
     if resp is None:
         what = failure_msg or f"criu swrk ended without an answer (exit status {status})"
         raise CriuError(f"{action} failed: {what}; see {log_path}", errno.ECONNRESET, log_path,

@@ -65,10 +65,19 @@ class Session:
         wanted = ph.DUMP_PHASES if self.action == ph.DUMP else ph.RESTORE_PHASES
         acting = set()
         for p in self.plugins:
+            if self._idle(p):
+                continue
             acting.update(x for x in ph.ALL_PHASES if handles(p, x))
             if self.action == ph.DUMP and callable(getattr(p, "rollback", None)):
                 acting.add("network-unlock")  # rollback runs there
         return [p for p in wanted if p in acting]
+
+    def _idle(self, plugin: Any) -> bool:
+        """A plugin that says, after the first phase ran, that it has nothing more to do."""
+        idle = getattr(plugin, "idle", None)
+        if not callable(idle) or not self.phases_seen:
+            return False
+        return bool(idle(self.context(plugin, self.phases_seen[-1])))
 
     def check_restore(self) -> None:
         """At restore: every plugin that wrote images at dump must be here."""
@@ -148,6 +157,18 @@ class Session:
         else:
             ctx.log.debug(f"{label} done in {dt * 1000:.1f} ms")
         return err
+
+    def finish(self) -> list[PhaseFailed]:
+        """After CRIU ended (RPC mode): plugins' ``finish`` (work that had to wait for
+        CRIU to let go of the tasks)."""
+        errors = []
+        for plugin in self.plugins:
+            fn = getattr(plugin, "finish", None)
+            if callable(fn):
+                err = self._call(plugin, "finish", fn, ctx_phase="network-unlock")
+                if err:
+                    errors.append(err)
+        return errors
 
     def plugin_seconds(self, phases: frozenset[str] | None = None) -> float:
         """Time spent in plugin code, optionally only in some phases."""

@@ -45,3 +45,20 @@ def netns():
         for pid in pids:
             subprocess.run(["kill", "-9", pid], capture_output=True)
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+@pytest.fixture
+def lab_factory(tmp_path):
+    """SCTP labs (tests.lab.sctp_lab) started on demand, torn down after the test."""
+    from tests.lab.sctp_lab import SctpLab
+
+    labs = []
+
+    def make(mode: str = "mme", **kw) -> SctpLab:
+        lab = SctpLab(tmp_path, mode, **kw)
+        labs.append(lab)
+        return lab.start()
+
+    yield make
+    for lab in labs:
+        lab.stop()

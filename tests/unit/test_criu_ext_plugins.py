@@ -175,9 +175,9 @@ def test_selection_syntax():
 
 def test_select_defaults_skip_trace_and_names_select():
     names = [p.name for p in select(None, Quiet())]
-    assert names[:2] == ["gtp", "netfilter"] and "trace" not in names
+    assert names[:3] == ["sctp", "gtp", "netfilter"] and "trace" not in names
     assert [p.name for p in select("trace")] == ["trace"]
-    assert [p.name for p in select("-netfilter")] == ["gtp", "announce"]
+    assert [p.name for p in select("-netfilter")] == ["sctp", "gtp", "announce"]
     with pytest.raises(PluginError, match="no plugin named"):
         select("nosuch")
 
@@ -197,7 +197,7 @@ def test_file_plugins_load_and_check_names(tmp_path):
             name = "badimg"
             images = ("mine.bin",)
     """))
-    plugins = select(f"-gtp,-netfilter,-announce,{f}:Mine")
+    plugins = select(f"-sctp,-gtp,-netfilter,-announce,{f}:Mine")
     assert [p.name for p in plugins] == ["mine"]
     with pytest.raises(PluginError, match="valid name"):
         load(f"{f}:Bad")

@@ -1,0 +1,423 @@
+"""Carry the SCTP sockets of a task tree around CRIU, which refuses them.
+
+Dump (before CRIU seizes the tree, docs/sctp-criu.md has the why):
+1. find every SCTP socket of every process (a copy of each through
+   pidfd_getfd); refuse what cannot be carried before touching anything;
+2. drain: drop incoming DATA/INIT, wait until nothing is unread or unacked;
+3. stop the tree (SIGSTOP), hold: drop every packet of the carried ports;
+4. save each association in repair mode, each socket's options and addresses;
+5. swap: in each process, the socket's descriptor becomes the read end of a
+   pipe (same number, same epoll registrations), which CRIU dumps happily;
+6. close the copies silently: the associations are now only in the image.
+CRIU then dumps the tree as stopped.
+
+Put back (on the destination after CRIU's restore, or on the source when the
+dump fails or leaves the tree running): create the sockets from the image in
+the task's netns (repaired associations first, then listeners), swap them in
+for the pipes, lift the rules, SIGCONT the tree.
+
+A failure at any step before the copies are closed puts the original sockets
+back and lets the tree go on: the associations never noticed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import socket
+import time
+from dataclasses import dataclass, field
+
+from criu_ext import inject, sctp_fence, tasks
+from criu_ext.linux import in_netns, pidfd_getfd
+from sctp_repair import abi, sockopts
+from sctp_repair.state import AssocState
+
+IMAGE = "criu-ext-sctp.json"
+FORMAT = 1
+LISTENER, ASSOC, RESTART, IDLE = "listener", "association", "restart", "idle"
+
+
+class CarryError(Exception):
+    """An SCTP socket cannot be carried, or putting it back failed; one line, says why."""
+
+
+@dataclass
+class Carried:
+    """One SCTP socket at one descriptor of one process."""
+
+    pid: int
+    vpid: int  # the pid inside its pid namespace (what CRIU restores)
+    fd: int
+    cloexec: bool
+    role: str
+    setup: sockopts.SocketSetup
+    epoll: list[tasks.EpollWatch] = field(default_factory=list)
+    assoc: AssocState | None = None
+    peer: tuple[str, int] | None = None
+    sock: socket.socket | None = None  # our live copy (dump side)
+
+    @property
+    def where(self) -> str:
+        return f"fd {self.fd} of pid {self.pid}"
+
+    def describe(self) -> str:
+        local = ",".join(f"[{a}]:{p}" for a, p in self.setup.local_addrs) or "unbound"
+        peer = f" <-> [{self.peer[0]}]:{self.peer[1]}" if self.peer else ""
+        return f"{self.role} {local}{peer} ({self.where})"
+
+    def to_dict(self) -> dict:
+        return {"pid": self.pid, "vpid": self.vpid, "fd": self.fd, "cloexec": self.cloexec,
+                "role": self.role, "setup": self.setup.to_dict(),
+                "epoll": [w.to_dict() for w in self.epoll],
+                "assoc": self.assoc.to_bytes().hex() if self.assoc else None,
+                "peer": list(self.peer) if self.peer else None}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Carried:
+        return cls(pid=int(d["pid"]), vpid=int(d["vpid"]), fd=int(d["fd"]),
+                   cloexec=bool(d["cloexec"]), role=str(d["role"]),
+                   setup=sockopts.SocketSetup.from_dict(d["setup"]),
+                   epoll=[tasks.EpollWatch(int(w["epfd"]), int(d["fd"]), int(w["events"]),
+                                           int(w["data"]), 0) for w in d["epoll"]],
+                   assoc=AssocState.from_bytes(bytes.fromhex(d["assoc"])) if d["assoc"] else None,
+                   peer=tuple(d["peer"]) if d["peer"] else None)
+
+
+def vpid_of(pid: int) -> int:
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("NSpid:"):
+                return int(line.split()[-1])
+    return pid
+
+
+def netns_of(pid: int) -> str:
+    return f"/proc/{pid}/ns/net"
+
+
+# -- finding and judging -----------------------------------------------------------
+
+
+def discover(root: int, fallback: str | None, repair: bool) -> list[Carried]:
+    """Every SCTP socket of the tree, judged; raises CarryError (nothing touched) if one
+    cannot be carried. The returned items hold a live copy of their socket."""
+    found: list[Carried] = []
+    seen: dict[int, str] = {}
+    try:
+        for pid in tasks.tree(root):
+            links = tasks.fds(pid)
+            socks = {fd: tasks.socket_inode(link) for fd, link in links.items()}
+            socks = {fd: ino for fd, ino in socks.items() if ino is not None}
+            if not socks:
+                continue
+            watches = None
+            pidfd = os.pidfd_open(pid)
+            try:
+                for fd, ino in sorted(socks.items()):
+                    try:
+                        copy = socket.socket(fileno=pidfd_getfd(pidfd, fd))
+                    except OSError as exc:
+                        raise CarryError(f"cannot look at fd {fd} of pid {pid}: "
+                                         f"{exc.strerror or exc}") from exc
+                    if copy.proto != abi.IPPROTO_SCTP:
+                        copy.close()
+                        continue
+                    if ino in seen:
+                        copy.close()
+                        raise CarryError(f"SCTP socket at fd {fd} of pid {pid} is also {seen[ino]}: "
+                                         "shared SCTP sockets are not supported")
+                    seen[ino] = f"fd {fd} of pid {pid}"
+                    if watches is None:
+                        watches = tasks.epoll_watches(pid, links)
+                    item = _judge(pid, fd, copy, fallback, repair)
+                    item.epoll = [w for w in watches if w.fd == fd and w.ino in (ino, 0)]
+                    found.append(item)
+            finally:
+                os.close(pidfd)
+    except (CarryError, OSError) as exc:
+        close_copies(found)
+        if isinstance(exc, CarryError):
+            raise
+        raise CarryError(f"cannot read the task tree of pid {root}: {exc}") from exc
+    return found
+
+
+def _judge(pid: int, fd: int, copy: socket.socket, fallback: str | None,
+           repair: bool) -> Carried:
+    def refuse(why: str) -> CarryError:
+        copy.close()
+        return CarryError(f"SCTP socket at fd {fd} of pid {pid}: {why}; nothing was changed")
+
+    stype = copy.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
+    if stype != socket.SOCK_STREAM:
+        raise refuse("one-to-many style (SOCK_SEQPACKET) sockets are not supported, "
+                     "only one-to-one style (SOCK_STREAM)")
+    setup = sockopts.read_setup(copy)
+    item = Carried(pid, vpid_of(pid), fd, tasks.cloexec(pid, fd), IDLE, setup, sock=copy)
+    if setup.listening:
+        item.role = LISTENER
+        return item
+    state = sockopts.assoc_state(copy)
+    if state in (None, abi.State.EMPTY, abi.State.CLOSED):
+        return item
+    if state != abi.State.ESTABLISHED:
+        raise refuse(f"its association is in state {state.name}, neither established nor "
+                     "closed; try again in a moment")
+    item.peer = tuple(copy.getpeername()[:2])
+    if repair:
+        item.role = ASSOC
+    elif fallback == "restart":
+        item.role = RESTART
+    else:
+        raise refuse(f"established association with [{item.peer[0]}]:{item.peer[1]} and this "
+                     "kernel has no SCTP repair mode (boot a kernel with kernel-patches/); "
+                     "or ask for the restart fallback, which the peer sees as a restart")
+    return item
+
+
+def close_copies(items: list[Carried]) -> None:
+    for it in items:
+        if it.sock is not None:
+            it.sock.close()
+            it.sock = None
+
+
+# -- dump side ------------------------------------------------------------------------
+
+
+def drain(items: list[Carried], timeout: float, stopped: bool) -> None:
+    """Wait until no association has data unread, unacknowledged or undelivered."""
+    deadline = time.monotonic() + timeout
+    busy: list[str] = []
+    while True:
+        busy = []
+        for it in items:
+            if it.role in (ASSOC, RESTART):
+                unacked, pending, inq = sockopts.queued(it.sock)
+                if unacked or pending or inq:
+                    busy.append(f"{it.describe()}: {unacked} unacked, {pending} undelivered, "
+                                f"{inq} bytes unread")
+        if not busy or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    if busy:
+        who = "the stopped task cannot read it" if stopped else "the task does not read it"
+        raise CarryError(f"SCTP queues did not drain in {timeout:.1f} s ({who}): {busy[0]}")
+
+
+def save(items: list[Carried], wait: float) -> None:
+    from sctp_repair import repair
+    for it in items:
+        if it.role == ASSOC:
+            try:
+                it.assoc = repair.save(it.sock, wait=wait)
+            except repair.RepairError as exc:
+                raise CarryError(f"{it.describe()}: {exc}") from exc
+
+
+def unrepair(items: list[Carried]) -> None:
+    from sctp_repair import repair
+    for it in items:
+        if it.role == ASSOC and it.sock is not None:
+            try:
+                repair.resume(it.sock)
+            except repair.RepairError:
+                pass
+
+
+def by_process(items: list[Carried]) -> dict[int, list[Carried]]:
+    out: dict[int, list[Carried]] = {}
+    for it in items:
+        out.setdefault(it.pid, []).append(it)
+    return out
+
+
+def swap_out(pid: int, items: list[Carried]) -> list[Carried]:
+    """Replace each socket of ``pid`` by a pipe's read end; the ones done, even on error."""
+    done: list[Carried] = []
+    try:
+        with inject.Remote(pid) as r:
+            for it in items:
+                for w in it.epoll:
+                    r.epoll_del(w.epfd, it.fd)
+                rfd, wfd = r.pipe()
+                r.close(wfd)
+                r.install(rfd, it.fd, it.cloexec)
+                done.append(it)
+                for w in it.epoll:
+                    r.epoll_add(w.epfd, it.fd, w.events, w.data)
+    except inject.InjectError as exc:
+        raise CarryError(f"swapping the SCTP sockets of pid {pid} out: {exc}") from exc
+    return done
+
+
+def swap_in(pid: int, items: list[Carried], socks: dict[int, socket.socket]) -> None:
+    """Install ``socks[fd]`` at each item's descriptor of ``pid``, with its epoll registrations."""
+    inject.allow_tasks_to_fetch_from_us()
+    me = os.getpid()
+    try:
+        with inject.Remote(pid) as r:
+            for it in items:
+                for w in it.epoll:
+                    r.epoll_del(w.epfd, it.fd)
+                r.install(r.fetch(me, socks[it.fd].fileno()), it.fd, it.cloexec)
+                for w in it.epoll:
+                    r.epoll_add(w.epfd, it.fd, w.events, w.data)
+    except inject.InjectError as exc:
+        raise CarryError(f"putting the SCTP sockets of pid {pid} back: {exc}") from exc
+
+
+def take(root: int, items: list[Carried], drain_timeout: float) -> list[int]:
+    """Steps 2-6 of the dump. Returns the stopped tree. On failure the tree runs on as before."""
+    pids = tasks.tree(root)
+    netns = netns_of(root)
+    ports = {it.setup.port for it in items if it.setup.port}
+    swapped: dict[int, list[Carried]] = {}
+    stopped = False
+    try:
+        if ports:
+            sctp_fence.drain(netns, ports)
+        drain(items, drain_timeout, stopped=False)
+        tasks.stop(pids)
+        stopped = True
+        if ports:
+            sctp_fence.hold(netns, ports)
+        drain(items, drain_timeout, stopped=True)
+        save(items, wait=drain_timeout)
+        for pid, group in by_process(items).items():
+            swapped[pid] = []
+            swapped[pid] = swap_out(pid, group)
+    except (CarryError, sctp_fence.FenceError, TimeoutError, OSError) as exc:
+        _undo_take(items, swapped, pids, netns, stopped)
+        raise CarryError(str(exc)) from exc
+    close_copies(items)  # repair mode is on: the associations end without a word
+    return pids
+
+
+def _undo_take(items, swapped, pids, netns, stopped) -> None:
+    for pid, done in swapped.items():
+        if done:
+            try:
+                swap_in(pid, done, {it.fd: it.sock for it in done})
+            except CarryError:
+                pass
+    unrepair(items)
+    close_copies(items)
+    try:
+        sctp_fence.lift(netns)
+    except sctp_fence.FenceError:
+        pass
+    if stopped:
+        tasks.cont(pids)
+
+
+# -- image ------------------------------------------------------------------------------
+
+
+def write_image(path: str, root: int, pids: list[int], items: list[Carried]) -> None:
+    data = {"format": FORMAT, "root_vpid": vpid_of(root),
+            "tree_vpids": [vpid_of(p) for p in pids],
+            "sockets": [it.to_dict() for it in items]}
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def read_image(path: str) -> tuple[list[int], list[Carried]]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise CarryError(f"{path} is missing: the dump carried no SCTP image") from None
+    except (OSError, ValueError) as exc:
+        raise CarryError(f"{path} is unreadable: {exc}") from exc
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CarryError(f"{path}: unknown format {data.get('format') if isinstance(data, dict) else data!r}"
+                         f" (this version reads {FORMAT})")
+    try:
+        return [int(v) for v in data["tree_vpids"]], [Carried.from_dict(d) for d in data["sockets"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CarryError(f"{path} is corrupt: {type(exc).__name__}: {exc}") from exc
+
+
+# -- put back ---------------------------------------------------------------------------
+
+
+def pid_map(root: int) -> dict[int, int]:
+    """vpid -> real pid over the restored tree."""
+    return {vpid_of(p): p for p in tasks.tree(root)}
+
+
+def needs_repair(items: list[Carried]) -> bool:
+    return any(it.role == ASSOC for it in items)
+
+
+def _create(item: Carried, netns: str) -> socket.socket:
+    from sctp_repair import repair
+    with in_netns(netns):
+        sock = sockopts.new_socket(item.setup)
+    try:
+        sockopts.apply_setup(sock, item.setup)
+        if item.role == ASSOC:
+            sock.setblocking(True)
+            repair.restore(sock, item.assoc)
+            sock.setblocking(not item.setup.nonblocking)
+        else:
+            sockopts.bind_and_listen(sock, item.setup)
+    except (sockopts.SetupError, repair.RepairError) as exc:
+        sock.close()
+        raise CarryError(f"re-creating {item.describe()}: {exc}") from exc
+    return sock
+
+
+def _connect_restart(item: Carried, sock: socket.socket, timeout: float) -> None:
+    """The stock-kernel fallback: a new INIT from the same addresses, which the peer
+    treats as a restart of the association (RFC 9260 5.2.4)."""
+    blocking = sock.getblocking()
+    sock.setblocking(False)
+    err = sock.connect_ex(item.peer)
+    if err not in (0, 115):  # EINPROGRESS
+        raise CarryError(f"restarting {item.describe()}: {os.strerror(err)}")
+    _, w, _ = select.select([], [sock], [], timeout)
+    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    sock.setblocking(blocking)
+    if not w or err:
+        raise CarryError(f"restarting {item.describe()}: "
+                         f"{os.strerror(err) if err else 'no answer'}")
+
+
+def put_back(root: int, pids: list[int], items: list[Carried], log=None,
+             connect_timeout: float = 10.0) -> None:
+    """Create the sockets, swap them in, lift the rules, continue the tree.
+
+    ``pids`` is the tree to continue; item pids are mapped through ``vpid``.
+    """
+    order = {ASSOC: 0, RESTART: 1, IDLE: 2, LISTENER: 3}  # bind conflicts: listeners last
+    real = pid_map(root)
+    socks: dict[tuple[int, int], socket.socket] = {}
+    try:
+        tasks.stop(pids)
+        for it in sorted(items, key=lambda i: order[i.role]):
+            pid = real.get(it.vpid)
+            if pid is None:
+                raise CarryError(f"pid {it.vpid} of the dump is not in the restored tree")
+            it.pid = pid
+            socks[(pid, it.fd)] = _create(it, netns_of(pid))
+        for pid, group in by_process(items).items():
+            swap_in(pid, group, {it.fd: socks[(pid, it.fd)] for it in group})
+        sctp_fence.lift(netns_of(root))
+        for it in items:
+            if it.role == RESTART:
+                _connect_restart(it, socks[(it.pid, it.fd)], connect_timeout)
+                if log:
+                    log.warning(f"{it.describe()}: restarted; the peer sees an SCTP restart")
+    except (sctp_fence.FenceError, TimeoutError, OSError) as exc:
+        raise CarryError(str(exc)) from exc
+    finally:
+        for s in socks.values():
+            s.close()
+    tasks.cont(pids)

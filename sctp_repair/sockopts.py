@@ -1,0 +1,233 @@
+"""What makes an SCTP socket what it is, apart from its association: options and bind addresses.
+
+A socket re-created elsewhere must behave as the old one for its program:
+same notifications subscribed, same blocking mode, same defaults for new
+associations, same buffers. ``read_setup`` takes them from a live socket
+(any kernel: stock getsockopt calls only), ``apply_setup`` puts them on a new
+socket before it is bound. Options are kept as the raw bytes the kernel gave,
+since getsockopt and setsockopt share their layouts for all of them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import socket
+import struct
+from dataclasses import dataclass, field
+
+from . import abi
+
+SO_ACCEPTCONN = 30
+SO_PROTOCOL = 38
+SCTP_FRAGMENT_INTERLEAVE = 18
+SCTP_PARTIAL_DELIVERY_POINT = 19
+SCTP_RECVRCVINFO = 32
+SCTP_RECVNXTINFO = 33
+SCTP_SOCKOPT_BINDX_ADD = 100
+LISTEN_BACKLOG = 128  # the kernel does not report it through getsockopt
+
+# (level, option, size): read whole, written back as read. Buffer sizes are
+# handled apart (the kernel doubles what it is given).
+CARRIED = (
+    (socket.SOL_SOCKET, socket.SO_REUSEADDR, 4),
+    (socket.SOL_SOCKET, socket.SO_LINGER, 8),
+    (socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16),
+    (socket.SOL_SOCKET, socket.SO_SNDTIMEO, 16),
+    (socket.SOL_SOCKET, socket.SO_PRIORITY, 4),
+    (abi.SOL_SCTP, abi.SCTP_NODELAY, 4),
+    (abi.SOL_SCTP, abi.SCTP_INITMSG, 8),
+    (abi.SOL_SCTP, abi.SCTP_DEFAULT_SEND_PARAM, 32),
+    (abi.SOL_SCTP, SCTP_FRAGMENT_INTERLEAVE, 4),
+    (abi.SOL_SCTP, SCTP_PARTIAL_DELIVERY_POINT, 4),
+    (abi.SOL_SCTP, SCTP_RECVRCVINFO, 4),
+    (abi.SOL_SCTP, SCTP_RECVNXTINFO, 4),
+)
+BUFFERS = (socket.SO_RCVBUF, socket.SO_SNDBUF)
+# SCTP_ASSOC_CHANGE .. SCTP_SEND_FAILED_EVENT, what SCTP_EVENT accepts in Linux 6.1
+EVENT_TYPES = range(abi.SCTP_SN_TYPE_BASE + 1, abi.SCTP_SN_TYPE_BASE + 14)
+
+
+class SetupError(Exception):
+    """The socket's setup could not be read or applied."""
+
+
+@dataclass
+class SocketSetup:
+    family: int
+    type: int
+    nonblocking: bool
+    listening: bool
+    local_addrs: list[tuple[str, int]] = field(default_factory=list)
+    options: list[tuple[int, int, bytes]] = field(default_factory=list)
+    buffers: dict[int, int] = field(default_factory=dict)
+    events: list[int] = field(default_factory=list)  # subscribed notification types
+
+    @property
+    def port(self) -> int:
+        return self.local_addrs[0][1] if self.local_addrs else 0
+
+    def to_dict(self) -> dict:
+        return {"family": self.family, "type": self.type, "nonblocking": self.nonblocking,
+                "listening": self.listening,
+                "local_addrs": [list(a) for a in self.local_addrs],
+                "options": [[lv, opt, val.hex()] for lv, opt, val in self.options],
+                "buffers": {str(k): v for k, v in self.buffers.items()},
+                "events": self.events}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SocketSetup:
+        return cls(family=int(d["family"]), type=int(d["type"]),
+                   nonblocking=bool(d["nonblocking"]), listening=bool(d["listening"]),
+                   local_addrs=[(str(a), int(p)) for a, p in d["local_addrs"]],
+                   options=[(int(lv), int(opt), bytes.fromhex(val))
+                            for lv, opt, val in d["options"]],
+                   buffers={int(k): int(v) for k, v in d["buffers"].items()},
+                   events=[int(e) for e in d["events"]])
+
+
+def is_sctp(sock: socket.socket) -> bool:
+    return sock.getsockopt(socket.SOL_SOCKET, SO_PROTOCOL) == abi.IPPROTO_SCTP
+
+
+def is_listening(sock: socket.socket) -> bool:
+    return bool(sock.getsockopt(socket.SOL_SOCKET, SO_ACCEPTCONN))
+
+
+def _unpack_addrs(raw: bytes, count: int) -> list[tuple[str, int]]:
+    out, off = [], 0
+    for _ in range(count):
+        fam, = struct.unpack_from("=H", raw, off)
+        size = 16 if fam == socket.AF_INET else 28
+        ss = abi.SockaddrStorage.from_buffer_copy(raw[off:off + size].ljust(128, b"\0"))
+        out.append(abi.sockaddr_to_tuple(ss))
+        off += size
+    return out
+
+
+def local_addrs(sock: socket.socket) -> list[tuple[str, int]]:
+    """Addresses the socket is bound to (the endpoint's, or its association's)."""
+    try:
+        raw = sock.getsockopt(abi.SOL_SCTP, abi.SCTP_GET_LOCAL_ADDRS, 8 + 28 * 64)
+    except OSError:
+        raw = b""
+    if len(raw) >= 8:
+        _, count = struct.unpack_from("=iI", raw)
+        if count:
+            return _unpack_addrs(raw[8:], count)
+    name = sock.getsockname()
+    return [(name[0], name[1])] if name[1] else []
+
+
+def read_setup(sock: socket.socket) -> SocketSetup:
+    flags = fcntl.fcntl(sock.fileno(), fcntl.F_GETFL)
+    setup = SocketSetup(family=sock.family, type=sock.getsockopt(socket.SOL_SOCKET,
+                                                                 socket.SO_TYPE),
+                        nonblocking=bool(flags & os.O_NONBLOCK), listening=is_listening(sock),
+                        local_addrs=local_addrs(sock))
+    for level, opt, size in CARRIED:
+        try:
+            setup.options.append((level, opt, _getsockopt_zeroed(sock, level, opt, size)))
+        except OSError as exc:
+            if exc.errno not in (errno.ENOPROTOOPT, errno.EINVAL):
+                raise SetupError(f"getsockopt({level}, {opt}): {exc.strerror}") from exc
+    for opt in BUFFERS:
+        setup.buffers[opt] = sock.getsockopt(socket.SOL_SOCKET, opt)
+    for etype in EVENT_TYPES:
+        ev = abi.SctpEvent(0, etype, 0)
+        try:
+            _getsockopt_in(sock, abi.SOL_SCTP, abi.SCTP_EVENT, ev)
+        except OSError:
+            continue
+        if ev.se_on:
+            setup.events.append(etype)
+    return setup
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _getsockopt_zeroed(sock: socket.socket, level: int, opt: int, size: int) -> bytes:
+    """getsockopt into a zeroed buffer: bytes the kernel leaves alone read as 0."""
+    buf = ctypes.create_string_buffer(size)
+    length = ctypes.c_uint32(size)
+    if _libc.getsockopt(sock.fileno(), level, opt, buf, ctypes.byref(length)):
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return buf.raw[:length.value]
+
+
+def _getsockopt_in(sock: socket.socket, level: int, opt: int, value: ctypes.Structure) -> None:
+    """getsockopt whose value is also an input (Python's socket.getsockopt cannot pass one)."""
+    size = ctypes.c_uint32(ctypes.sizeof(value))
+    if _libc.getsockopt(sock.fileno(), level, opt, ctypes.byref(value), ctypes.byref(size)):
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def new_socket(setup: SocketSetup) -> socket.socket:
+    return socket.socket(setup.family, socket.SOCK_STREAM, abi.IPPROTO_SCTP)
+
+
+def apply_setup(sock: socket.socket, setup: SocketSetup) -> None:
+    """Options and notification subscriptions of ``setup`` on a new, unbound socket."""
+    what = ""
+    try:
+        for opt, value in setup.buffers.items():
+            what = f"SOL_SOCKET/{opt}"
+            sock.setsockopt(socket.SOL_SOCKET, opt, max(value // 2, 1))
+        for level, opt, value in setup.options:
+            what = f"{level}/{opt}"
+            sock.setsockopt(level, opt, value)
+        for etype in EVENT_TYPES:
+            what = f"SCTP_EVENT {etype:#x}"
+            sock.setsockopt(abi.SOL_SCTP, abi.SCTP_EVENT,
+                            bytes(abi.SctpEvent(0, etype, int(etype in setup.events))))
+    except OSError as exc:
+        raise SetupError(f"setsockopt {what} on the new socket: {exc.strerror}") from exc
+    sock.setblocking(not setup.nonblocking)
+
+
+def bind_and_listen(sock: socket.socket, setup: SocketSetup) -> None:
+    """Bind to every saved address (sctp_bindx for the extra ones); listen if it did."""
+    if not setup.local_addrs:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(setup.local_addrs[0])
+        for addr, port in setup.local_addrs[1:]:
+            ss = abi.tuple_to_sockaddr(addr, port)
+            size = 16 if ss.ss_family == socket.AF_INET else 28
+            sock.setsockopt(abi.SOL_SCTP, SCTP_SOCKOPT_BINDX_ADD, bytes(ss)[:size])
+        if setup.listening:
+            sock.listen(LISTEN_BACKLOG)
+    except OSError as exc:
+        where = ", ".join(f"[{a}]:{p}" for a, p in setup.local_addrs)
+        raise SetupError(f"bind/listen on {where}: {exc.strerror}") from exc
+    finally:
+        reuse = dict(((lv, o), v) for lv, o, v in setup.options).get(
+            (socket.SOL_SOCKET, socket.SO_REUSEADDR))
+        if reuse is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, reuse)
+
+
+def queued(sock: socket.socket) -> tuple[int, int, int]:
+    """(unacknowledged chunks, chunks awaiting delivery, bytes of the next unread message)."""
+    st = abi.SctpStatus.from_buffer_copy(
+        sock.getsockopt(abi.SOL_SCTP, abi.SCTP_STATUS, 176).ljust(176, b"\0"))
+    inq = struct.unpack("i", fcntl.ioctl(sock.fileno(), 0x541B, b"\0" * 4))[0]  # SIOCINQ
+    return st.sstat_unackdata, st.sstat_penddata, inq
+
+
+def assoc_state(sock: socket.socket) -> abi.State | None:
+    """The association's state, None when the socket has none."""
+    try:
+        raw = sock.getsockopt(abi.SOL_SCTP, abi.SCTP_STATUS, 176)
+    except OSError as exc:
+        if exc.errno in (errno.EINVAL, errno.ENOTCONN):
+            return None
+        raise
+    st = abi.SctpStatus.from_buffer_copy(raw.ljust(176, b"\0"))
+    return abi.State(st.sstat_state)

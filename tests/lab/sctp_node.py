@@ -1,0 +1,197 @@
+"""The SCTP programs that get migrated: an MME-like server and a client-side variant.
+
+``mme``: one-to-one listening socket and every accepted association in one
+epoll loop; answers ``REQ n`` with ``ACK n`` and checks each peer's numbers.
+
+``client``: three associations to a peer server, each driven differently:
+a thread blocked in ``recv`` on pushed ``PUSH n`` messages, a ``select`` loop
+and a ``poll`` loop each sending ``REQ n`` every 100 ms and expecting ``ACK n``.
+
+Both write their own verdict (sequence errors, notifications after start-up,
+interrupted calls) to ``--status`` as JSON. Started with stdin/stdout on
+/dev/null so CRIU can dump them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import select
+import signal
+import socket
+import threading
+import time
+
+from tests.lab.sctp_wire import (INTERVAL, MSG_NOTIFICATION, STATUS_EVERY, Sequence, addr,
+                                 new_socket, notification, parse, subscribe, write_status)
+
+
+class Node:
+    def __init__(self, status: str) -> None:
+        self.status = status
+        self.lock = threading.Lock()
+        self.flows: dict[str, Sequence] = {}
+        self.notes: list[str] = []
+        self.errors: list[str] = []
+        self.eintr = 0
+        self.last_write = 0.0
+
+    def flow(self, name: str) -> Sequence:
+        with self.lock:
+            return self.flows.setdefault(name, Sequence())
+
+    def note(self, who: str, data: bytes) -> None:
+        text = notification(data)
+        with self.lock:
+            self.notes.append(f"{who}: {text}")
+
+    def report(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last_write < STATUS_EVERY:
+            return
+        self.last_write = now
+        with self.lock:
+            write_status(self.status, {
+                "flows": {k: v.to_dict() for k, v in self.flows.items()},
+                "notifications": self.notes, "errors": self.errors, "eintr": self.eintr})
+
+
+def run_mme(node: Node, listen: tuple[str, int]) -> None:
+    ls = new_socket()
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    subscribe(ls)
+    ls.bind(listen)
+    ls.listen(16)
+    ep = select.epoll()
+    ep.register(ls.fileno(), select.EPOLLIN)
+    conns: dict[int, tuple[socket.socket, str]] = {}
+    node.report(force=True)
+    while True:
+        try:
+            events = ep.poll(STATUS_EVERY)
+        except InterruptedError:  # Python retries; kept for clarity
+            node.eintr += 1
+            continue
+        for fd, ev in events:
+            if fd == ls.fileno():
+                conn, peer = ls.accept()
+                conn.setblocking(False)
+                conns[conn.fileno()] = (conn, f"{peer[0]}:{peer[1]}")
+                ep.register(conn.fileno(), select.EPOLLIN)
+                continue
+            conn, who = conns[fd]
+            try:
+                data, _, flags, _ = conn.recvmsg(4096)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                node.errors.append(f"{who}: {exc}")
+                ep.unregister(fd)
+                del conns[fd]
+                continue
+            if not data:
+                node.errors.append(f"{who}: association closed")
+                ep.unregister(fd)
+                del conns[fd]
+                conn.close()
+            elif flags & MSG_NOTIFICATION:
+                node.note(who, data)
+            else:
+                for line in data.splitlines():
+                    kind, n = parse(line)
+                    if kind == "REQ":
+                        node.flow(who).got(n)
+                        conn.send(f"ACK {n}\n".encode())
+        node.report()
+
+
+def _blocked_receiver(node: Node, sock: socket.socket) -> None:
+    sock.send(b"HELLO push\n")
+    while True:
+        data, _, flags, _ = sock.recvmsg(4096)  # blocks: the thread CRIU finds in recvmsg
+        if not data:
+            node.errors.append("push: association closed")
+            return
+        if flags & MSG_NOTIFICATION:
+            node.note("push", data)
+            continue
+        for line in data.splitlines():
+            kind, n = parse(line)
+            if kind == "PUSH":
+                node.flow("push").got(n)
+
+
+def _requester(node: Node, sock: socket.socket, name: str, use_poll: bool) -> None:
+    sock.setblocking(False)
+    poller = select.poll() if use_poll else None
+    if poller:
+        poller.register(sock.fileno(), select.POLLIN)
+    n, next_send = 0, time.monotonic()
+    while True:
+        if time.monotonic() >= next_send:
+            n += 1
+            try:
+                sock.send(f"REQ {n}\n".encode())
+            except BlockingIOError:
+                n -= 1
+            next_send += INTERVAL
+        timeout = max(0.0, next_send - time.monotonic())
+        if poller:
+            ready = poller.poll(timeout * 1000)
+        else:
+            ready, _, _ = select.select([sock], [], [], timeout)
+        if not ready:
+            continue
+        try:
+            data, _, flags, _ = sock.recvmsg(4096)
+        except BlockingIOError:
+            continue
+        if not data:
+            node.errors.append(f"{name}: association closed")
+            return
+        if flags & MSG_NOTIFICATION:
+            node.note(name, data)
+            continue
+        for line in data.splitlines():
+            kind, k = parse(line)
+            if kind == "ACK":
+                node.flow(name).got(k)
+
+
+def run_client(node: Node, peer: tuple[str, int]) -> None:
+    socks = []
+    for _ in range(3):
+        s = new_socket()
+        subscribe(s)
+        s.connect(peer)
+        socks.append(s)
+    # COMM_UP notifications of the connects are read by each loop first
+    threads = [threading.Thread(target=_blocked_receiver, args=(node, socks[0]), daemon=True),
+               threading.Thread(target=_requester, args=(node, socks[1], "select", False),
+                                daemon=True),
+               threading.Thread(target=_requester, args=(node, socks[2], "poll", True),
+                                daemon=True)]
+    for t in threads:
+        t.start()
+    while True:
+        time.sleep(STATUS_EVERY)
+        node.report(force=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("mode", choices=["mme", "client"])
+    ap.add_argument("--listen", type=addr, help="mme: ADDR:PORT to listen on")
+    ap.add_argument("--peer", type=addr, help="client: ADDR:PORT of the peer server")
+    ap.add_argument("--status", required=True, help="JSON status file")
+    args = ap.parse_args()
+    node = Node(args.status)
+    signal.signal(signal.SIGTERM, lambda *_: (node.report(force=True), os._exit(0)))
+    if args.mode == "mme":
+        run_mme(node, args.listen)
+    else:
+        run_client(node, args.peer)
+
+
+if __name__ == "__main__":
+    main()

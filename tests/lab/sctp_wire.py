@@ -1,0 +1,89 @@
+"""What the SCTP lab programs share: sockets, notifications, numbered messages, status files.
+
+Messages are ASCII lines ``KIND N`` (``REQ 17``, ``ACK 17``, ``PUSH 3``); every
+program checks its own sequence numbers (no gap, no duplicate, no reordering)
+and counts the notifications it gets after the association came up, the way
+CRIU's ZDTM tests check their own state. Status is a JSON file written whole
+(by rename) every ``STATUS_EVERY`` seconds and on exit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import time
+
+IPPROTO_SCTP = SOL_SCTP = 132
+SCTP_EVENT = 127
+ASSOC_CHANGE, PEER_ADDR_CHANGE, SHUTDOWN_EVENT = 0x8001, 0x8002, 0x8005
+MSG_NOTIFICATION = 0x8000
+ASSOC_STATES = {0: "COMM_UP", 1: "COMM_LOST", 2: "RESTART", 3: "SHUTDOWN_COMP",
+                4: "CANT_STR_ASSOC"}
+ADDR_STATES = {0: "AVAILABLE", 1: "UNREACHABLE", 2: "REMOVED", 3: "ADDED", 4: "MADE_PRIM",
+               5: "CONFIRMED", 6: "POTENTIALLY_FAILED"}
+STATUS_EVERY = 0.5
+INTERVAL = 0.1
+
+
+def new_socket() -> socket.socket:
+    return socket.socket(socket.AF_INET, socket.SOCK_STREAM, IPPROTO_SCTP)
+
+
+def subscribe(sock: socket.socket) -> None:
+    for etype in (ASSOC_CHANGE, PEER_ADDR_CHANGE, SHUTDOWN_EVENT):
+        sock.setsockopt(SOL_SCTP, SCTP_EVENT, struct.pack("=iHBx", 0, etype, 1))
+
+
+def addr(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host, int(port)
+
+
+def notification(data: bytes) -> str:
+    """A notification as text: ``ASSOC_CHANGE:RESTART``, ``SHUTDOWN_EVENT``..."""
+    etype, = struct.unpack_from("=H", data)
+    if etype == ASSOC_CHANGE:
+        state, = struct.unpack_from("=H", data, 8)
+        return f"ASSOC_CHANGE:{ASSOC_STATES.get(state, state)}"
+    if etype == PEER_ADDR_CHANGE:  # struct sctp_paddr_change: state after the address
+        state, = struct.unpack_from("=i", data, 8 + 128)
+        return f"PEER_ADDR_CHANGE:{ADDR_STATES.get(state, state)}"
+    return {SHUTDOWN_EVENT: "SHUTDOWN_EVENT"}.get(etype, f"0x{etype:x}")
+
+
+class Sequence:
+    """One numbered flow as its receiver sees it."""
+
+    def __init__(self) -> None:
+        self.last = 0
+        self.errors: list[str] = []
+        self.times: list[float] = []
+
+    def got(self, n: int) -> None:
+        if n != self.last + 1:
+            self.errors.append(f"expected {self.last + 1}, got {n}")
+        self.last = max(self.last, n)
+        self.times.append(time.monotonic())
+
+    def max_gap(self, since: float = 0.0) -> float:
+        ts = [t for t in self.times if t >= since]
+        return max((b - a for a, b in zip(ts, ts[1:])), default=0.0)
+
+    def to_dict(self) -> dict:
+        return {"last": self.last, "errors": self.errors[:10],
+                "max_gap_s": round(self.max_gap(), 3)}
+
+
+def parse(line: bytes) -> tuple[str, int]:
+    kind, _, n = line.decode("ascii", "replace").strip().partition(" ")
+    return kind, int(n or 0)
+
+
+def write_status(path: str, data: dict) -> None:
+    data = dict(data, pid=os.getpid(), at=time.time())
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)
