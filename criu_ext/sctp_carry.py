@@ -3,9 +3,11 @@
 Dump (before CRIU seizes the tree, docs/sctp-criu.md has the why):
 1. find every SCTP socket of every process (a copy of each through
    pidfd_getfd); refuse what cannot be carried before touching anything;
-2. drain: drop incoming DATA/INIT, wait until nothing is unread or unacked;
-3. stop the tree (SIGSTOP), hold: drop every packet of the carried ports;
-4. save each association in repair mode, each socket's options and addresses;
+2. drain: repair mode on (the kernel drops incoming DATA, takes SACKs), new
+   INITs dropped; wait until nothing is unread, unacked or undelivered;
+3. stop the tree (SIGSTOP), wait for the last SACKs, hold: drop every packet
+   of the carried ports;
+4. save each association, each socket's options and addresses;
 5. swap: in each process, the socket's descriptor becomes the read end of a
    pipe (same number, same epoll registrations), which CRIU dumps happily;
 6. close the copies silently: the associations are now only in the image.
@@ -194,7 +196,7 @@ def drain(items: list[Carried], timeout: float, stopped: bool) -> None:
     while True:
         busy = []
         for it in items:
-            if it.role in (ASSOC, RESTART):
+            if it.role == ASSOC:  # a restart fails what is queued anyway: no wait for it
                 unacked, pending, inq = sockopts.queued(it.sock)
                 if unacked or pending or inq:
                     busy.append(f"{it.describe()}: {unacked} unacked, {pending} undelivered, "
@@ -205,6 +207,16 @@ def drain(items: list[Carried], timeout: float, stopped: bool) -> None:
     if busy:
         who = "the stopped task cannot read it" if stopped else "the task does not read it"
         raise CarryError(f"SCTP queues did not drain in {timeout:.1f} s ({who}): {busy[0]}")
+
+
+def pause(items: list[Carried]) -> None:
+    from sctp_repair import repair
+    for it in items:
+        if it.role == ASSOC:
+            try:
+                repair.pause(it.sock)
+            except repair.RepairError as exc:
+                raise CarryError(f"{it.describe()}: {exc}") from exc
 
 
 def save(items: list[Carried], wait: float) -> None:
@@ -234,23 +246,22 @@ def by_process(items: list[Carried]) -> dict[int, list[Carried]]:
     return out
 
 
-def swap_out(pid: int, items: list[Carried]) -> list[Carried]:
-    """Replace each socket of ``pid`` by a pipe's read end; the ones done, even on error."""
-    done: list[Carried] = []
+def swap_out(pid: int, items: list[Carried], done: list[Carried]) -> None:
+    """Replace each socket of ``pid`` by a pipe's read end. ``done`` gets every item this
+    touched, before touching it: putting those back undoes a failure half-way."""
     try:
         with inject.Remote(pid) as r:
             for it in items:
+                done.append(it)
                 for w in it.epoll:
                     r.epoll_del(w.epfd, it.fd)
                 rfd, wfd = r.pipe()
                 r.close(wfd)
                 r.install(rfd, it.fd, it.cloexec)
-                done.append(it)
                 for w in it.epoll:
                     r.epoll_add(w.epfd, it.fd, w.events, w.data)
     except inject.InjectError as exc:
         raise CarryError(f"swapping the SCTP sockets of pid {pid} out: {exc}") from exc
-    return done
 
 
 def swap_in(pid: int, items: list[Carried], socks: dict[int, socket.socket]) -> None:
@@ -279,16 +290,16 @@ def take(root: int, items: list[Carried], drain_timeout: float) -> list[int]:
     try:
         if ports:
             sctp_fence.drain(netns, ports)
+        pause(items)  # repair mode: no more DATA comes in, SACKs still do
         drain(items, drain_timeout, stopped=False)
         tasks.stop(pids)
         stopped = True
+        drain(items, drain_timeout, stopped=True)  # what it sent just before the stop
         if ports:
             sctp_fence.hold(netns, ports)
-        drain(items, drain_timeout, stopped=True)
         save(items, wait=drain_timeout)
         for pid, group in by_process(items).items():
-            swapped[pid] = []
-            swapped[pid] = swap_out(pid, group)
+            swap_out(pid, group, swapped.setdefault(pid, []))
     except (CarryError, sctp_fence.FenceError, TimeoutError, OSError) as exc:
         _undo_take(items, swapped, pids, netns, stopped)
         raise CarryError(str(exc)) from exc

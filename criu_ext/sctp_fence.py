@@ -2,9 +2,11 @@
 
 Two stages, one nftables table (``inet criu_ext_sctp``) in the task's netns:
 
-* ``drain``: drop incoming packets that carry DATA, I-DATA or INIT chunks
-  for the carried ports. SACKs still come in, so what the task sent gets
-  acknowledged and its queues empty; the peer retransmits what was dropped.
+* ``drain``: drop incoming INIT chunks for the carried ports, so that no new
+  association starts while the sockets are being saved (the peer retries).
+  DATA of the carried associations is dropped by the kernel itself once
+  their sockets are in repair mode, which still lets SACKs in: a rule could
+  not, since a peer that keeps sending bundles its SACKs with new DATA.
 * ``hold``: drop every SCTP packet of those ports, both ways. From the moment
   the socket leaves its task until it is back, the peer's packets meet no
   association: without this the kernel would answer them with an ABORT.
@@ -37,10 +39,7 @@ def _script(stage: str, ports) -> str:
             f"flush chain inet {TABLE} in\n"
             f"flush chain inet {TABLE} out\n")
     if stage == "drain":
-        # nft has no name for I-DATA (chunk type 64): match it as the first chunk, by offset
-        return head + "".join(f"add rule inet {TABLE} in sctp dport {p} {match} drop\n"
-                              for match in ("sctp chunk data exists", "@th,96,8 64",
-                                            "sctp chunk init exists"))
+        return head + f"add rule inet {TABLE} in sctp dport {p} sctp chunk init exists drop\n"
     if stage == "hold":
         return head + (f"add rule inet {TABLE} in sctp dport {p} drop\n"
                        f"add rule inet {TABLE} out sctp sport {p} drop\n")

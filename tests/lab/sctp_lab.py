@@ -148,9 +148,12 @@ class SctpLab:
             time.sleep(0.1)
         raise AssertionError(f"{name} wrote no status in {timeout} s")
 
-    def flows_at_least(self, name: str, n: int) -> bool:
-        flows = self.status(name).get("flows", {})
-        return bool(flows) and all(f["last"] >= n for f in flows.values())
+    def wait_until(self, cond, what: str, timeout: float = 240.0) -> None:
+        end = time.monotonic() + timeout
+        while not cond():
+            if time.monotonic() > end:
+                raise AssertionError(f"not reached in {timeout:.0f} s: {what}{self.diagnose()}")
+            time.sleep(0.1)
 
     def wait_flowing(self, names: list[str], count: int, timeout: float = 240.0) -> None:
         """Until every flow of every named program got ``count`` more numbers."""

@@ -78,7 +78,7 @@ class Sequence:
 
 def parse(line: bytes) -> tuple[str, int]:
     kind, _, n = line.decode("ascii", "replace").strip().partition(" ")
-    return kind, int(n or 0)
+    return kind, int(n) if n.isdigit() else 0
 
 
 def write_status(path: str, data: dict) -> None:

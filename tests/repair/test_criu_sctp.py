@@ -53,9 +53,9 @@ def test_mme_moves_and_its_base_stations_notice_nothing(mode, lab_factory, tmp_p
 
 def test_client_with_a_thread_blocked_in_recvmsg_moves(lab_factory, tmp_path):
     lab = lab_factory("client")
-    lab.wait_status("node")
+    lab.wait_until(lambda: sorted(lab.status("node").get("flows", {})) ==
+                   ["poll", "push", "select"], "all three loops of the client running")
     lab.wait_flowing(["node"], 10)
-    assert sorted(lab.status("node")["flows"]) == ["poll", "push", "select"]
     notes = {n: st.get("notifications") for n, st in verdicts(lab).items()}
     rec = migrate("script", lab, tmp_path)
     lab.wait_flowing(["node", "far"], 20)
@@ -103,4 +103,30 @@ def test_leave_running_dump_keeps_the_associations(lab_factory, tmp_path):
     assert d.returncode == 0, d.stdout + d.stderr + log_of(images, "dump.log")
     assert lab.node.poll() is None
     lab.wait_flowing(["node", "p1", "p2"], 10)
+    assert_clean(lab, notes)
+
+
+def test_unread_data_fails_the_dump_before_anything_is_touched(lab_factory, tmp_path):
+    """A program that does not read what it received cannot be carried (repair mode does
+    not carry queues): the dump fails in one line after CRIU_EXT_SCTP_DRAIN seconds and
+    the associations go on as before."""
+    import os
+    import signal
+
+    lab = lab_factory("mme", peers=("p1",))
+    lab.wait_flowing(["node", "p1"], 5)
+    notes = {n: st.get("notifications") for n, st in verdicts(lab).items()}
+    os.kill(lab.node.pid, signal.SIGSTOP)  # p1's requests pile up unread
+    try:
+        images = tmp_path / "img"
+        images.mkdir()
+        d = lab.in_host(lab.a, dump_cmd("rpc", lab, images, tmp_path),
+                        env=env_for(tmp_path, CRIU_EXT_SCTP_DRAIN="1"))
+    finally:
+        os.kill(lab.node.pid, signal.SIGCONT)
+    assert d.returncode != 0
+    assert "did not drain" in d.stderr and "bytes unread" in d.stderr, d.stderr
+    assert not (images / "criu-ext-sctp.json").exists()
+    assert "criu_ext_sctp" not in lab.in_host(lab.node_ns, ["nft", "list", "ruleset"]).stdout
+    lab.wait_flowing(["node", "p1"], 10)
     assert_clean(lab, notes)
