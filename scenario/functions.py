@@ -25,6 +25,7 @@ from scenario.pinger import READY as PINGER_READY
 from scenario.pinger import read_status
 from scenario.report import gaps
 from tests.lab.netns import NetnsSet, sh
+from tests.lab.sctp_lab import PATIENCE
 from tests.lab.topology import ENB_IP, GW_S1U_IP, GW_SGI_IP, PDN_IP, UE_POOL
 
 REPO = Path(__file__).resolve().parents[1]
@@ -187,3 +188,101 @@ class Hss:
 
     def timeline_data(self, t0: float) -> dict:
         return {"MME client": [round(t - t0, 3) for t in self.client.replies]}
+
+
+class Mme:
+    """An MME-like SCTP server (tests.lab.sctp_node) with base stations sending an
+    S1AP-like request every 100 ms each on one association (tests.lab.sctp_peer).
+
+    Its associations move through the sctp plugin, which needs SCTP repair mode
+    (the kernel built from kernel-patches/). All namespaces get short SCTP timers
+    (RTO 100 ms..1 s, see tests.lab.sctp_lab.PATIENCE): with Linux's defaults
+    (RTO up to 60 s) a peer's next retransmission after a pause of a few seconds
+    would come many seconds after the MME is back, and the figure would measure
+    the peer's backoff, not the migration.
+    """
+
+    name = "mme"
+    links = ["eth0"]
+    tcp_established = False
+    ADDR, PORT = "172.31.0.30", 36412
+
+    def __init__(self, fabric: Fabric, workdir: Path, enbs: int = 3):
+        self.fabric, self.workdir, self.enbs = fabric, workdir, enbs
+        self.peers: dict[str, subprocess.Popen] = {}
+
+    @property
+    def note(self) -> str:
+        return f"{self.enbs} base stations, one SCTP association and a request every 100 ms each"
+
+    def _status(self, name: str) -> dict:
+        try:
+            return json.loads((self.workdir / f"{name}.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def start(self) -> int:
+        self.ns = self.fabric.function("mme", {"eth0": f"{self.ADDR}/24"})
+        sh("sysctl", "-qw", *PATIENCE, ns=self.ns)
+        node = spawn(self.ns, [sys.executable, "-m", "tests.lab.sctp_node", "mme", "--listen",
+                               f"{self.ADDR}:{self.PORT}", "--status",
+                               str(self.workdir / "mme.json")], self.workdir / "mme.log")
+        self.pid = node.pid
+        end = time.monotonic() + 120
+        while not self._status("mme"):
+            if node.poll() is not None or time.monotonic() > end:
+                raise RuntimeError(f"the MME did not start: {(self.workdir / 'mme.log').read_text()}")
+            time.sleep(0.1)
+        for i in range(self.enbs):
+            addr = f"172.31.0.{40 + i}"
+            ns = self.fabric.peer(f"enb{i}", "eth0", f"{addr}/24")
+            sh("sysctl", "-qw", *PATIENCE, ns=ns)
+            self.peers[f"enb{i}"] = spawn(ns, [
+                sys.executable, "-m", "tests.lab.sctp_peer", "client", "--server",
+                f"{self.ADDR}:{self.PORT}", "--bind", addr, "--status",
+                str(self.workdir / f"enb{i}.json")], self.workdir / f"enb{i}.log")
+        return self.pid
+
+    def _acks(self, name: str) -> list[float]:
+        return self._status(name).get("ack_times", {}).get("ack", [])
+
+    def serving(self, since: float) -> bool:
+        """Every base station got an answer after ``since`` and saw nothing wrong."""
+        for name in self.peers:
+            st = self._status(name)
+            acks = self._acks(name)
+            if st.get("errors") or not acks or acks[-1] <= since:
+                return False
+        return True
+
+    def diagnose(self) -> str:
+        out = [f"{n}: {self._status(n)}" for n in ["mme", *self.peers]]
+        res = sh("cat", "/proc/net/sctp/assocs", ns=self.ns, check=False)
+        return "\n".join(out + [res.stdout])
+
+    def stop(self) -> dict:
+        self.acks = {n: self._acks(n) for n in self.peers}
+        verdict = {}
+        for name, proc in self.peers.items():
+            st = self._status(name)
+            flow = st.get("flows", {}).get("ack", {})
+            verdict[name] = {"acks": flow.get("last", 0), "sequence_errors": flow.get("errors"),
+                             "errors": st.get("errors"),
+                             "notifications": st.get("notifications")}
+            proc.send_signal(signal.SIGTERM)
+        mme = self._status("mme")
+        verdict["mme"] = {"errors": mme.get("errors"),
+                          "sequence_errors": {k: v["errors"] for k, v in
+                                              mme.get("flows", {}).items() if v["errors"]}}
+        return verdict
+
+    def figures(self, m: Migration) -> dict:
+        merged = sorted(t for ts in self.acks.values() for t in ts)
+        per_peer = [g for g in (gaps(ts, m.t_dump_start, m.t_restored)
+                                for ts in self.acks.values()) if g is not None]
+        return {"downtime_s": gaps(merged, m.t_dump_start, m.t_restored),
+                "downtime_max_s": max(per_peer) if per_peer else None}
+
+    def timeline_data(self, t0: float) -> dict:
+        return {f"base station {n[3:]}": [round(t - t0, 3) for t in ts]
+                for n, ts in self.acks.items()}

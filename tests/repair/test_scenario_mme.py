@@ -1,0 +1,34 @@
+"""The main job's MME at a small size, on the repair-mode kernel: migrated from host A to B
+and back, its base stations notice nothing.
+
+Each base station checks its own numbered requests and answers (no gap, no
+duplicate), and records every SCTP notification after COMM_UP: none may come.
+The MME checks each base station's numbers from its side.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from scenario.report import summarize, table
+from scenario.run import run
+
+pytestmark = pytest.mark.repair
+
+
+def test_mme_migrates_there_and_back_with_its_base_stations_attached(tmp_path):
+    results = run(tmp_path, ues=4, repeat=1, subscribers=2000, functions=["mme"], moves=2)
+    mme = results["mme"]
+    assert [(r["from"], r["to"]) for r in mme["runs"]] == [("a", "b"), ("b", "a")]
+    verdict = mme["peers"][0]
+    assert verdict["mme"] == {"errors": [], "sequence_errors": {}}
+    enbs = {k: v for k, v in verdict.items() if k != "mme"}
+    assert len(enbs) == 3
+    for name, v in enbs.items():
+        assert v["errors"] == [] and v["sequence_errors"] == [], (name, v)
+        assert v["notifications"] == ["ASSOC_CHANGE:COMM_UP"], (name, v)
+        assert v["acks"] > 20
+    for r in mme["runs"]:
+        assert r["checkpoint_s"] > 0 and r["restore_s"] > 0 and r["transfer_s"] > 0
+        assert r["downtime_s"] is not None and r["downtime_s"] > 0
+    print(table("mme", summarize(mme["runs"]), mme["note"]))
