@@ -2,7 +2,9 @@
 
 One verb per step, like CRIU's soccr for TCP:
 
-* ``pause(sock)``   turn repair mode on: close() becomes silent from now on;
+* ``pause(sock)``   turn repair mode on: close() becomes silent from now on, and
+  incoming DATA is dropped (the peer retransmits it later) while SACKs are
+  still taken, so the queues can drain while the peer keeps sending;
 * ``save(sock)``    read the association's state (``AssocState``);
 * ``release(sock)`` close silently (no SHUTDOWN, no ABORT to the peer);
 * ``restore(sock, state)`` on a fresh one-to-one socket: bind, set the state,
@@ -12,8 +14,8 @@ One verb per step, like CRIU's soccr for TCP:
 Repair mode needs the patched kernel (``kernel-patches/``) and CAP_NET_ADMIN
 in the socket's network namespace. Queues are not carried: ``save`` fails with
 ``QueuesNotEmpty`` while anything is unacknowledged, unread or unreassembled;
-the caller stops the traffic (a netfilter rule, as CRIU does for TCP), lets
-the queues drain, then saves.
+the caller pauses, lets the queues drain, stops the traffic (a netfilter
+rule, as CRIU does for TCP), then saves.
 """
 
 from __future__ import annotations
