@@ -128,7 +128,7 @@ def script_phase_costs(log: str) -> dict[str, float]:
     return out
 
 
-def run_once(mode: str, n: int, tmp: Path) -> dict:
+def run_once(mode: str, n: int, tmp: Path, keep_logs: Path | None = None) -> dict:
     from criu_ext import launcher
 
     gw = Gateway(n, tmp)
@@ -181,8 +181,13 @@ def run_once(mode: str, n: int, tmp: Path) -> dict:
                 sum(x["seconds"] for x in dn if x["phase"] in DUMP_FROZEN)
                 + sum(x["seconds"] for x in rn if x["phase"] in RESTORE_FROZEN), 4)
         else:
-            dcost = script_phase_costs((images / "dump.log").read_text())
-            rcost = script_phase_costs((images / "restore.log").read_text())
+            dlog, rlog = (images / "dump.log").read_text(), (images / "restore.log").read_text()
+            if keep_logs is not None:
+                keep_logs.mkdir(parents=True, exist_ok=True)
+                (keep_logs / "script-dump.log").write_text(dlog)
+                (keep_logs / "script-restore.log").write_text(rlog)
+            dcost = script_phase_costs(dlog)
+            rcost = script_phase_costs(rlog)
             res["script_phase_costs"] = {"dump": dcost, "restore": rcost}
             in_dump = sum(v for k, v in dcost.items() if k in DUMP_FROZEN)
             in_restore = sum(v for k, v in rcost.items() if k in RESTORE_FROZEN)
@@ -210,7 +215,7 @@ def main(argv=None) -> int:
         for mode in args.modes.split(","):
             d = Path(tmp) / mode
             d.mkdir()
-            out[mode] = run_once(mode, args.contexts, d)
+            out[mode] = run_once(mode, args.contexts, d, args.out.with_suffix(".logs"))
             r = out[mode]
             print(f"{mode}: {r['contexts_restored']} contexts back; frozen {r['criu_frozen_s']:.2f} s "
                   f"+ restore {r['criu_restore_s']:.2f} s; plugins {r['plugin_frozen_dump_s']:.3f} s "
