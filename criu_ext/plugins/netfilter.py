@@ -237,8 +237,11 @@ class NetfilterPlugin(Plugin):
         # CRIU's own nftables image holding them means CRIU restored them (it fails the
         # restore otherwise): a file read, where asking nft would start a process in
         # the freeze window. The live chains are read only when the image cannot tell.
-        if not saved or (nft and covered and (_held(nft, criu_image_chains(ctx.images_dir))
-                                              or chains_match(ctx.netns_path, nft))):
+        in_image = bool(saved and nft and covered
+                        and _held(nft, criu_image_chains(ctx.images_dir)))
+        ctx.log.debug("recorded rules " + ("found in CRIU's nftables image" if in_image else
+                                           "not all in CRIU's nftables image"))
+        if not saved or in_image or (nft and covered and chains_match(ctx.netns_path, nft)):
             missing = []
         else:
             try:
