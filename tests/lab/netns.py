@@ -47,6 +47,27 @@ class NetnsSet:
             sh('ip', '-n', ns, 'addr', 'add', addr, 'dev', ifname)
             sh('ip', '-n', ns, 'link', 'set', ifname, 'up')
 
+    def hosts(self) -> tuple[str, str]:
+        """Two hosts, each a namespace with a bridge br0, joined by a veth "trunk"."""
+        a, b = self.add('host-a'), self.add('host-b')
+        for h in (a, b):
+            sh('ip', '-n', h, 'link', 'add', 'br0', 'type', 'bridge')
+            sh('ip', '-n', h, 'link', 'set', 'br0', 'up')
+        sh('ip', '-n', a, 'link', 'add', 'trunk', 'type', 'veth', 'peer', 'name', 'trunk',
+           'netns', b)
+        for h in (a, b):
+            sh('ip', '-n', h, 'link', 'set', 'trunk', 'master', 'br0', 'up')
+        return a, b
+
+    @staticmethod
+    def leg(inner_ns: str, inner: str, addr: str, host: str, outer: str) -> None:
+        """A veth from ``inner_ns`` (``inner``, addressed, up) to ``host``'s br0 (``outer``)."""
+        sh('ip', '-n', host, 'link', 'add', outer, 'type', 'veth', 'peer', 'name', inner,
+           'netns', inner_ns)
+        sh('ip', '-n', host, 'link', 'set', outer, 'master', 'br0', 'up')
+        sh('ip', '-n', inner_ns, 'addr', 'add', addr, 'dev', inner)
+        sh('ip', '-n', inner_ns, 'link', 'set', inner, 'up')
+
     def cleanup(self) -> None:
         for name in reversed(self.names):
             pids = sh('ip', 'netns', 'pids', name, check=False).stdout.split()

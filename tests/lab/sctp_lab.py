@@ -51,14 +51,8 @@ class SctpLab:
 
     def start(self) -> SctpLab:
         ns = self.ns
-        self.a, self.b, self.node_ns = ns.add("host-a"), ns.add("host-b"), ns.add("node")
-        for h in (self.a, self.b):
-            sh("ip", "-n", h, "link", "add", "br0", "type", "bridge")
-            sh("ip", "-n", h, "link", "set", "br0", "up")
-        sh("ip", "-n", self.a, "link", "add", "trunk", "type", "veth", "peer", "name", "trunk",
-           "netns", self.b)
-        for h in (self.a, self.b):
-            sh("ip", "-n", h, "link", "set", "trunk", "master", "br0", "up")
+        self.a, self.b = ns.hosts()
+        self.node_ns = ns.add("node")
         self._leg(self.node_ns, f"{NODE_IP}/24", self.a, "nodea")
         self.peer_ns = {}
         for name in self.peer_names:
@@ -90,11 +84,7 @@ class SctpLab:
                 "--bind", PEER_IPS[name]])
 
     def _leg(self, inner_ns: str, address: str, host: str, outer: str) -> None:
-        sh("ip", "-n", host, "link", "add", outer, "type", "veth", "peer", "name", "eth0",
-           "netns", inner_ns)
-        sh("ip", "-n", host, "link", "set", outer, "master", "br0", "up")
-        sh("ip", "-n", inner_ns, "addr", "add", address, "dev", "eth0")
-        sh("ip", "-n", inner_ns, "link", "set", "eth0", "up")
+        self.ns.leg(inner_ns, "eth0", address, host, outer)
         sh("sysctl", "-qw", *PATIENCE, ns=inner_ns)
 
     def status_path(self, name: str) -> Path:

@@ -8,53 +8,27 @@ checks of the programs' own verdicts, the figures.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
+from tests.lab import criu_cmds
+from tests.lab.criu_cmds import log_of
 from tests.lab.sctp_lab import SctpLab
 
-ROOT = Path(__file__).resolve().parents[2]
-VENV_BIN = ROOT / ".venv" / "bin"
 # association endings or beginnings at a peer; a restart or an abort moves one of them
 MIB_KEYS = ("SctpActiveEstabs", "SctpPassiveEstabs", "SctpAborteds", "SctpShutdowns")
 
 
-def hook_script(tmp: Path) -> str:
-    from criu_ext import launcher
-
-    return launcher.install(str(tmp / "criu-ext-hook.sh"))
-
-
 def env_for(tmp: Path, **extra) -> dict:
-    env = dict(os.environ, CRIU_EXT_RUN_DIR=str(tmp / "run"), CRIU_EXT_LOG_LEVEL="4",
-               CRIU_EXT_PLUGINS="sctp,announce,trace")
-    env.pop("CRIU_EXT_TRACE_FAIL", None)
-    env.update(extra)
-    return env
+    return criu_cmds.env_for(tmp, "sctp,announce,trace", **extra)
 
 
 def dump_cmd(mode: str, lab: SctpLab, images: Path, tmp: Path, extra=()) -> list[str]:
-    if mode == "script":
-        return ["criu", "dump", "-t", str(lab.pid), "-D", str(images), "-o", "dump.log", "-v4",
-                "--action-script", hook_script(tmp), *extra]
-    return [str(VENV_BIN / "criu-ext"), "dump", "-t", str(lab.pid), "-D", str(images),
-            "-v", "4", "--json", *extra]
+    return criu_cmds.dump_cmd(mode, lab.pid, images, tmp, extra)
 
 
 def restore_cmd(mode: str, images: Path, tmp: Path) -> list[str]:
-    ext = ["--external", "veth[eth0]:nodeb@br0"]
-    if mode == "script":
-        return ["criu", "restore", "-D", str(images), "-o", "restore.log", "-v4",
-                "--restore-detached", "--pidfile", str(tmp / "pid"),
-                "--action-script", hook_script(tmp), *ext]
-    return [str(VENV_BIN / "criu-ext"), "restore", "-D", str(images), "-v", "4", "--json",
-            "--pidfile", str(tmp / "pid"), *ext]
-
-
-def log_of(images: Path, name: str) -> str:
-    p = images / name
-    return p.read_text()[-12000:] if p.exists() else ""
+    return criu_cmds.restore_cmd(mode, images, tmp, ["veth[eth0]:nodeb@br0"])
 
 
 def verdicts(lab: SctpLab) -> dict:

@@ -4,8 +4,9 @@
 epoll loop; answers ``REQ n`` with ``ACK n`` and checks each peer's numbers.
 
 ``client``: three associations to a peer server, each driven differently:
-a thread blocked in ``recv`` on pushed ``PUSH n`` messages, a ``select`` loop
-and a ``poll`` loop each sending ``REQ n`` every 100 ms and expecting ``ACK n``.
+a thread blocked in ``recvmsg`` on pushed ``PUSH n`` messages, a ``select``
+loop and a ``poll`` loop each sending ``REQ n`` every 100 ms and expecting
+``ACK n``.
 
 Both write their own verdict (sequence errors, notifications after start-up,
 interrupted calls) to ``--status`` as JSON. Started with stdin/stdout on
@@ -22,46 +23,25 @@ import socket
 import threading
 import time
 
-from tests.lab.sctp_wire import (INTERVAL, MSG_NOTIFICATION, STATUS_EVERY, Sequence, addr,
-                                 new_socket, notification, parse, subscribe, write_status)
+from tests.lab.sctp_wire import (INTERVAL, STATUS_EVERY, Recorder, addr, listener, new_socket,
+                                 parse, subscribe)
 
 
-class Node:
+class Node(Recorder):
     def __init__(self, status: str) -> None:
-        self.status = status
-        self.lock = threading.Lock()
-        self.flows: dict[str, Sequence] = {}
-        self.notes: list[str] = []
-        self.errors: list[str] = []
+        super().__init__(status)
         self.eintr = 0
         self.last_write = 0.0
 
-    def flow(self, name: str) -> Sequence:
-        with self.lock:
-            return self.flows.setdefault(name, Sequence())
-
-    def note(self, who: str, data: bytes) -> None:
-        text = notification(data)
-        with self.lock:
-            self.notes.append(f"{who}: {text}")
-
     def report(self, force: bool = False) -> None:
         now = time.monotonic()
-        if not force and now - self.last_write < STATUS_EVERY:
-            return
-        self.last_write = now
-        with self.lock:
-            write_status(self.status, {
-                "flows": {k: v.to_dict() for k, v in self.flows.items()},
-                "notifications": self.notes, "errors": self.errors, "eintr": self.eintr})
+        if force or now - self.last_write >= STATUS_EVERY:
+            self.last_write = now
+            self.write(eintr=self.eintr)
 
 
 def run_mme(node: Node, listen: tuple[str, int]) -> None:
-    ls = new_socket()
-    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    subscribe(ls)
-    ls.bind(listen)
-    ls.listen(16)
+    ls = listener(listen)
     ep = select.epoll()
     ep.register(ls.fileno(), select.EPOLLIN)
     conns: dict[int, tuple[socket.socket, str]] = {}
@@ -72,7 +52,7 @@ def run_mme(node: Node, listen: tuple[str, int]) -> None:
         except InterruptedError:  # Python retries; kept for clarity
             node.eintr += 1
             continue
-        for fd, ev in events:
+        for fd, _ in events:
             if fd == ls.fileno():
                 conn, peer = ls.accept()
                 conn.setblocking(False)
@@ -80,45 +60,30 @@ def run_mme(node: Node, listen: tuple[str, int]) -> None:
                 ep.register(conn.fileno(), select.EPOLLIN)
                 continue
             conn, who = conns[fd]
-            try:
-                data, _, flags, _ = conn.recvmsg(4096)
-            except BlockingIOError:
-                continue
-            except OSError as exc:
-                node.errors.append(f"{who}: {exc}")
-                ep.unregister(fd)
-                del conns[fd]
-                continue
-            if not data:
-                node.errors.append(f"{who}: association closed")
+            lines = node.receive(conn, who)
+            if lines is None:
                 ep.unregister(fd)
                 del conns[fd]
                 conn.close()
-            elif flags & MSG_NOTIFICATION:
-                node.note(who, data)
-            else:
-                for line in data.splitlines():
-                    kind, n = parse(line)
-                    if kind == "REQ":
-                        node.flow(who).got(n)
-                        conn.send(f"ACK {n}\n".encode())
+                continue
+            for line in lines:
+                kind, n = parse(line)
+                if kind == "REQ":
+                    node.got(who, n)
+                    conn.send(f"ACK {n}\n".encode())
         node.report()
 
 
 def _blocked_receiver(node: Node, sock: socket.socket) -> None:
     sock.send(b"HELLO push\n")
     while True:
-        data, _, flags, _ = sock.recvmsg(4096)  # blocks: the thread CRIU finds in recvmsg
-        if not data:
-            node.errors.append("push: association closed")
+        lines = node.receive(sock, "push")  # blocks: the thread CRIU finds in recvmsg
+        if lines is None:
             return
-        if flags & MSG_NOTIFICATION:
-            node.note("push", data)
-            continue
-        for line in data.splitlines():
+        for line in lines:
             kind, n = parse(line)
             if kind == "PUSH":
-                node.flow("push").got(n)
+                node.got("push", n)
 
 
 def _requester(node: Node, sock: socket.socket, name: str, use_poll: bool) -> None:
@@ -129,11 +94,11 @@ def _requester(node: Node, sock: socket.socket, name: str, use_poll: bool) -> No
     n, next_send = 0, time.monotonic()
     while True:
         if time.monotonic() >= next_send:
-            n += 1
             try:
-                sock.send(f"REQ {n}\n".encode())
+                sock.send(f"REQ {n + 1}\n".encode())
+                n += 1
             except BlockingIOError:
-                n -= 1
+                pass
             next_send += INTERVAL
         timeout = max(0.0, next_send - time.monotonic())
         if poller:
@@ -142,20 +107,13 @@ def _requester(node: Node, sock: socket.socket, name: str, use_poll: bool) -> No
             ready, _, _ = select.select([sock], [], [], timeout)
         if not ready:
             continue
-        try:
-            data, _, flags, _ = sock.recvmsg(4096)
-        except BlockingIOError:
-            continue
-        if not data:
-            node.errors.append(f"{name}: association closed")
+        lines = node.receive(sock, name)
+        if lines is None:
             return
-        if flags & MSG_NOTIFICATION:
-            node.note(name, data)
-            continue
-        for line in data.splitlines():
+        for line in lines:
             kind, k = parse(line)
             if kind == "ACK":
-                node.flow(name).got(k)
+                node.got(name, k)
 
 
 def run_client(node: Node, peer: tuple[str, int]) -> None:
@@ -165,7 +123,6 @@ def run_client(node: Node, peer: tuple[str, int]) -> None:
         subscribe(s)
         s.connect(peer)
         socks.append(s)
-    # COMM_UP notifications of the connects are read by each loop first
     threads = [threading.Thread(target=_blocked_receiver, args=(node, socks[0]), daemon=True),
                threading.Thread(target=_requester, args=(node, socks[1], "select", False),
                                 daemon=True),

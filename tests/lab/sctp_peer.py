@@ -22,30 +22,40 @@ import socket
 import threading
 import time
 
-from tests.lab.sctp_wire import (INTERVAL, MSG_NOTIFICATION, STATUS_EVERY, Sequence, addr,
-                                 new_socket, notification, parse, subscribe, write_status)
+from tests.lab.sctp_wire import (INTERVAL, STATUS_EVERY, Recorder, addr, listener, new_socket,
+                                 parse, subscribe)
 
 
-class Peer:
+class Peer(Recorder):
     def __init__(self, status: str) -> None:
-        self.status = status
-        self.lock = threading.Lock()
-        self.flows: dict[str, Sequence] = {}
-        self.notes: list[str] = []
-        self.errors: list[str] = []
+        super().__init__(status)
         self.sent = 0
 
     def report(self) -> None:
         with self.lock:
-            write_status(self.status, {
-                "flows": {k: v.to_dict() for k, v in self.flows.items()},
-                "ack_times": {k: v.times[-2000:] for k, v in self.flows.items()},
-                "notifications": self.notes, "errors": self.errors, "sent": self.sent})
+            ack_times = {k: v.times[-2000:] for k, v in self.flows.items()}
+        self.write(ack_times=ack_times, sent=self.sent)
 
     def reporter(self) -> None:
         while True:
             time.sleep(STATUS_EVERY)
             self.report()
+
+
+def _ticker(peer: Peer, sock: socket.socket, kind: str, who: str, next_at: float,
+            n: int) -> tuple[float, int, bool]:
+    """Send ``KIND n+1`` if it is time; (next time, last number sent, still alive)."""
+    if time.monotonic() < next_at:
+        return next_at, n, True
+    try:
+        sock.send(f"{kind} {n + 1}\n".encode())
+        n += 1
+    except BlockingIOError:
+        pass
+    except OSError as exc:
+        peer.error(f"{who}: send: {exc}" if who else f"send: {exc}")
+        return next_at, n, False
+    return next_at + INTERVAL, n, True
 
 
 def run_client(peer: Peer, server: tuple[str, int], bind: str | None) -> None:
@@ -55,93 +65,40 @@ def run_client(peer: Peer, server: tuple[str, int], bind: str | None) -> None:
         s.bind((bind, 0))
     s.connect(server)
     s.setblocking(False)
-    seq = peer.flows.setdefault("ack", Sequence())
-    n, next_send = 0, time.monotonic()
-    while True:
-        if time.monotonic() >= next_send:
-            try:
-                s.send(f"REQ {n + 1}\n".encode())
-                n += 1
-                peer.sent = n
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                peer.errors.append(f"send: {exc}")
-                return
-            next_send += INTERVAL
+    next_send, alive = time.monotonic(), True
+    while alive:
+        next_send, peer.sent, alive = _ticker(peer, s, "REQ", "", next_send, peer.sent)
         ready, _, _ = select.select([s], [], [], max(0.0, next_send - time.monotonic()))
-        if not ready:
-            continue
-        try:
-            data, _, flags, _ = s.recvmsg(4096)
-        except BlockingIOError:
-            continue
-        except OSError as exc:
-            peer.errors.append(f"recv: {exc}")
+        lines = peer.receive(s, "") if ready else []
+        if lines is None:
             return
-        if not data:
-            peer.errors.append("association closed")
-            return
-        if flags & MSG_NOTIFICATION:
-            with peer.lock:
-                peer.notes.append(notification(data))
-            continue
-        for line in data.splitlines():
+        for line in lines:
             kind, k = parse(line)
             if kind == "ACK":
-                with peer.lock:
-                    seq.got(k)
+                peer.got("ack", k)
 
 
 def _serve(peer: Peer, conn: socket.socket, who: str) -> None:
-    pushing = False
-    n = 0
-    next_push = time.monotonic()
+    pushing, n, next_push, alive = False, 0, time.monotonic(), True
     conn.setblocking(False)
-    while True:
-        if pushing and time.monotonic() >= next_push:
-            try:
-                conn.send(f"PUSH {n + 1}\n".encode())
-                n += 1
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                peer.errors.append(f"{who}: push: {exc}")
-                return
-            next_push += INTERVAL
+    while alive:
+        if pushing:
+            next_push, n, alive = _ticker(peer, conn, "PUSH", who, next_push, n)
         ready, _, _ = select.select([conn], [], [], 0.05)
-        if not ready:
-            continue
-        try:
-            data, _, flags, _ = conn.recvmsg(4096)
-        except BlockingIOError:
-            continue
-        except OSError as exc:
-            peer.errors.append(f"{who}: recv: {exc}")
+        lines = peer.receive(conn, who) if ready else []
+        if lines is None:
             return
-        if not data:
-            peer.errors.append(f"{who}: association closed")
-            return
-        if flags & MSG_NOTIFICATION:
-            with peer.lock:
-                peer.notes.append(f"{who}: {notification(data)}")
-            continue
-        for line in data.splitlines():
+        for line in lines:
             kind, k = parse(line)
             if kind == "HELLO":
                 pushing, next_push = True, time.monotonic()
             elif kind == "REQ":
-                with peer.lock:
-                    peer.flows.setdefault(who, Sequence()).got(k)
+                peer.got(who, k)
                 conn.send(f"ACK {k}\n".encode())
 
 
 def run_server(peer: Peer, listen: tuple[str, int]) -> None:
-    ls = new_socket()
-    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    subscribe(ls)
-    ls.bind(listen)
-    ls.listen(16)
+    ls = listener(listen)
     while True:
         conn, who = ls.accept()
         threading.Thread(target=_serve, args=(peer, conn, f"{who[0]}:{who[1]}"),

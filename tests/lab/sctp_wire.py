@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import struct
+import threading
 import time
 
 IPPROTO_SCTP = SOL_SCTP = 132
@@ -29,6 +30,16 @@ INTERVAL = 0.1
 
 def new_socket() -> socket.socket:
     return socket.socket(socket.AF_INET, socket.SOCK_STREAM, IPPROTO_SCTP)
+
+
+def listener(where: tuple[str, int], backlog: int = 16) -> socket.socket:
+    """A one-to-one listening socket on ``where``, subscribed to notifications."""
+    ls = new_socket()
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    subscribe(ls)
+    ls.bind(where)
+    ls.listen(backlog)
+    return ls
 
 
 def subscribe(sock: socket.socket) -> None:
@@ -87,3 +98,50 @@ def write_status(path: str, data: dict) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f)
     os.replace(tmp, path)
+
+
+class Recorder:
+    """What one program saw: its numbered flows, notifications and errors, as status JSON."""
+
+    def __init__(self, status: str) -> None:
+        self.status = status
+        self.lock = threading.Lock()
+        self.flows: dict[str, Sequence] = {}
+        self.notes: list[str] = []
+        self.errors: list[str] = []
+
+    def got(self, flow: str, n: int) -> None:
+        with self.lock:
+            self.flows.setdefault(flow, Sequence()).got(n)
+
+    def note(self, who: str, data: bytes) -> None:
+        with self.lock:
+            self.notes.append(f"{who}: {notification(data)}" if who else notification(data))
+
+    def error(self, text: str) -> None:
+        with self.lock:
+            self.errors.append(text)
+
+    def write(self, **extra) -> None:
+        with self.lock:
+            write_status(self.status, {
+                "flows": {k: v.to_dict() for k, v in self.flows.items()},
+                "notifications": self.notes, "errors": self.errors, **extra})
+
+    def receive(self, sock: socket.socket, who: str) -> list[bytes] | None:
+        """The message lines waiting on ``sock`` ([] if none or a notification),
+        None once the association is gone (recorded as an error)."""
+        try:
+            data, _, flags, _ = sock.recvmsg(4096)
+        except BlockingIOError:
+            return []
+        except OSError as exc:
+            self.error(f"{who}: recv: {exc}" if who else f"recv: {exc}")
+            return None
+        if not data:
+            self.error(f"{who}: association closed" if who else "association closed")
+            return None
+        if flags & MSG_NOTIFICATION:
+            self.note(who, data)
+            return []
+        return data.splitlines()

@@ -39,6 +39,8 @@ import pytest
 from tests.lab.enb import GTPU_PORT, gtpu, icmp_echo, parse_reply
 from tests.lab.gateway import I_TEI_BASE, O_TEI_BASE, UE_BASE
 from scenario.migration import image_bytes as image_size
+from tests.lab import criu_cmds
+from tests.lab.criu_cmds import env_for
 from tests.lab.files import record_json
 from tests.lab.procs import gone, state
 from tests.lab.netns import NetnsSet, sh
@@ -157,15 +159,8 @@ class TwoHosts:
 
     def start(self) -> TwoHosts:
         ns = self.ns
-        self.a, self.b = ns.add("host-a"), ns.add("host-b")
+        self.a, self.b = ns.hosts()
         self.enb, self.pdn, self.gw = ns.add("enb"), ns.add("pdn"), ns.add("gw")
-        for h in (self.a, self.b):
-            sh("ip", "-n", h, "link", "add", "br0", "type", "bridge")
-            sh("ip", "-n", h, "link", "set", "br0", "up")
-        sh("ip", "-n", self.a, "link", "add", "trunk", "type", "veth", "peer", "name", "trunk",
-           "netns", self.b)
-        for h in (self.a, self.b):
-            sh("ip", "-n", h, "link", "set", "trunk", "master", "br0", "up")
         self._leg(self.enb, "s1u0", f"{ENB_IP}/24", self.a, "enb")
         self._leg(self.pdn, "eth0", f"{PDN_IP}/24", self.b, "pdn")
         self._leg(self.gw, "s1u0", f"{GW_S1U_IP}/24", self.a, "gwa-s1u")
@@ -188,11 +183,7 @@ class TwoHosts:
         return self
 
     def _leg(self, inner_ns, inner, addr, host, outer):
-        sh("ip", "-n", host, "link", "add", outer, "type", "veth", "peer", "name", inner,
-           "netns", inner_ns)
-        sh("ip", "-n", host, "link", "set", outer, "master", "br0", "up")
-        sh("ip", "-n", inner_ns, "addr", "add", addr, "dev", inner)
-        sh("ip", "-n", inner_ns, "link", "set", inner, "up")
+        self.ns.leg(inner_ns, inner, addr, host, outer)
 
     @property
     def pid(self) -> int:
@@ -279,39 +270,13 @@ def record(key: str, value) -> None:
     record_json(RESULTS, key, value)
 
 
-def hook_script(tmp: Path) -> str:
-    from criu_ext import launcher
-
-    return launcher.install(str(tmp / "criu-ext-hook.sh"))
-
-
-def env_for(tmp: Path, plugins: str = "", **extra) -> dict:
-    env = dict(os.environ, CRIU_EXT_RUN_DIR=str(tmp / "run"), CRIU_EXT_LOG_LEVEL="4")
-    env.pop("CRIU_EXT_TRACE_FAIL", None)
-    if plugins:
-        env["CRIU_EXT_PLUGINS"] = plugins
-    else:
-        env.pop("CRIU_EXT_PLUGINS", None)
-    env.update(extra)
-    return env
-
-
 def dump_cmd(mode: str, h: TwoHosts, images: Path, tmp: Path, extra=()) -> list[str]:
-    if mode == "script":
-        return ["criu", "dump", "-t", str(h.pid), "-D", str(images), "-o", "dump.log", "-v4",
-                "--action-script", hook_script(tmp), *extra]
-    return [str(VENV_BIN / "criu-ext"), "dump", "-t", str(h.pid), "-D", str(images), "-v", "4",
-            "--json", *extra]
+    return criu_cmds.dump_cmd(mode, h.pid, images, tmp, extra)
 
 
 def restore_cmd(mode: str, images: Path, tmp: Path) -> list[str]:
-    ext = ["--external", "veth[s1u0]:gwb-s1u@br0", "--external", "veth[sgi0]:gwb-sgi@br0"]
-    if mode == "script":
-        return ["criu", "restore", "-D", str(images), "-o", "restore.log", "-v4",
-                "--restore-detached", "--pidfile", str(tmp / "pid"),
-                "--action-script", hook_script(tmp), *ext]
-    return [str(VENV_BIN / "criu-ext"), "restore", "-D", str(images), "-v", "4", "--json",
-            "--pidfile", str(tmp / "pid"), *ext]
+    return criu_cmds.restore_cmd(mode, images, tmp, ["veth[s1u0]:gwb-s1u@br0",
+                                                     "veth[sgi0]:gwb-sgi@br0"])
 
 
 def manifest_seconds(images: Path, action: str, phases=None) -> float:

@@ -16,7 +16,8 @@ import pytest
 
 from sctp_repair import probe
 from tests.lab.files import record_json
-from tests.lab.sctp_migrate import ROOT, dump_cmd, env_for, log_of, migrate, verdicts
+from tests.lab.criu_cmds import ROOT, log_of
+from tests.lab.sctp_migrate import dump_cmd, env_for, migrate, verdicts
 
 pytestmark = pytest.mark.vm
 

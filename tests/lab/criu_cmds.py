@@ -1,0 +1,54 @@
+"""The command lines the migration tests run: CRIU with the action script, or criu-ext (RPC).
+
+Both interfaces take the same images directory and write CRIU's log there
+(dump.log, restore.log); the restored root's PID goes to ``tmp/pid``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = ROOT / ".venv" / "bin"
+
+
+def hook_script(tmp: Path) -> str:
+    from criu_ext import launcher
+
+    return launcher.install(str(tmp / "criu-ext-hook.sh"))
+
+
+def env_for(tmp: Path, plugins: str = "", **extra) -> dict:
+    """The environment of one run: its own session directory, debug messages, the plugin
+    selection (all defaults when empty), no failure injected unless ``extra`` says so."""
+    env = dict(os.environ, CRIU_EXT_RUN_DIR=str(tmp / "run"), CRIU_EXT_LOG_LEVEL="4")
+    env.pop("CRIU_EXT_TRACE_FAIL", None)
+    env.pop("CRIU_EXT_PLUGINS", None)
+    if plugins:
+        env["CRIU_EXT_PLUGINS"] = plugins
+    env.update(extra)
+    return env
+
+
+def dump_cmd(mode: str, pid: int, images: Path, tmp: Path, extra=()) -> list[str]:
+    if mode == "script":
+        return ["criu", "dump", "-t", str(pid), "-D", str(images), "-o", "dump.log", "-v4",
+                "--action-script", hook_script(tmp), *extra]
+    return [str(VENV_BIN / "criu-ext"), "dump", "-t", str(pid), "-D", str(images), "-v", "4",
+            "--json", *extra]
+
+
+def restore_cmd(mode: str, images: Path, tmp: Path, external: list[str]) -> list[str]:
+    ext = [a for e in external for a in ("--external", e)]
+    if mode == "script":
+        return ["criu", "restore", "-D", str(images), "-o", "restore.log", "-v4",
+                "--restore-detached", "--pidfile", str(tmp / "pid"),
+                "--action-script", hook_script(tmp), *ext]
+    return [str(VENV_BIN / "criu-ext"), "restore", "-D", str(images), "-v", "4", "--json",
+            "--pidfile", str(tmp / "pid"), *ext]
+
+
+def log_of(images: Path, name: str, tail: int = 12000) -> str:
+    p = images / name
+    return p.read_text()[-tail:] if p.exists() else ""
