@@ -132,6 +132,7 @@ def take_snapshot(netns: str | None = None, *, with_nat: bool = True,
                 tab = tables.pop(dev.ifindex, None)
                 if tab is not None:
                     dev.contexts = tab
+        if snap.devices:  # routes too when contexts are left out: refresh() keeps them
             names = {d.ifindex: d.name for d in snap.devices}
             snap.routes = read_routes(ipr, names)
         if with_sockets and snap.devices:

@@ -15,8 +15,9 @@ from tests.lab import criu_cmds
 from tests.lab.criu_cmds import log_of
 from tests.lab.sctp_lab import SctpLab
 
-# association endings or beginnings at a peer; a restart or an abort moves one of them
-MIB_KEYS = ("SctpActiveEstabs", "SctpPassiveEstabs", "SctpAborteds", "SctpShutdowns")
+# a peer's associations: a restart or a new association moves the first two, an ended
+# one the last two
+MIB_KEYS = ("SctpActiveEstabs", "SctpPassiveEstabs", "SctpCurrEstab", "SctpShutdowns")
 
 
 def env_for(tmp: Path, **extra) -> dict:

@@ -41,9 +41,12 @@ def test_mme_moves_and_its_base_stations_notice_nothing(mode, lab_factory, tmp_p
     lab.wait_flowing(["node", "p1", "p2"], 20)
     darn_before = lab.darn_sent
     rec["path_notifications"] = assert_clean(lab, notes)
+    aborted = {}
     for n in lab.peer_names:
         after = lab.snmp(n)
         assert {k: after[k] for k in MIB_KEYS} == {k: mib[n][k] for k in MIB_KEYS}, n
+        aborted[n] = after["SctpAborteds"] - mib[n]["SctpAborteds"]
+    rec["peer_mib_aborteds"] = aborted  # seen once at 1 with the association alive: recorded
     assert lab.node.pid == lab.restored_pid
     rec["downtime_s"] = peer_gap(lab, rec.pop("t0") - 1)  # CLOCK_MONOTONIC is machine-wide
     rec["darn_lines_sent"] = darn_before
