@@ -6,17 +6,22 @@
   before anything is touched: the association carries on as if nothing happened.
 * With the restart fallback asked for, it moves, says the peer will see a
   restart, and the peer does see one (SCTP_ASSOC_CHANGE / RESTART) and goes on.
+* A one-to-many style socket is refused in one line; the task is left as it was.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
 from sctp_repair import probe
 from tests.lab.files import record_json
+from tests.lab import criu_cmds
 from tests.lab.criu_cmds import ROOT, log_of
+from tests.lab.files import wait_for
 from tests.lab.sctp_migrate import dump_cmd, env_for, migrate, verdicts
 
 pytestmark = pytest.mark.vm
@@ -88,3 +93,42 @@ def test_the_restart_fallback_warns_and_the_peer_sees_a_restart(lab_factory, tmp
     assert "ASSOC_CHANGE:RESTART" in notes, notes
     record_json(RESULTS, "stock-restart-fallback", {"peer_notifications": notes,
                                                     "dump": json.loads(d.stdout)["seconds"]})
+
+
+ONE_TO_MANY = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_SEQPACKET, 132)
+s.bind(("127.0.0.1", 36412))
+s.listen(4)
+open(sys.argv[1], "w").write("ready")
+while True:
+    time.sleep(0.2)
+"""
+
+
+def test_a_one_to_many_socket_is_refused_before_anything_is_touched(netns, tmp_path):
+    ns = netns("otm")
+    ready = tmp_path / "ready"
+    p = subprocess.Popen(["nsenter", f"--net=/run/netns/{ns}", "--", sys.executable, "-c",
+                          ONE_TO_MANY, str(ready)], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True, close_fds=True)
+    try:
+        wait_for(ready, 120)
+        before = subprocess.run(["ls", "-l", f"/proc/{p.pid}/fd"], capture_output=True,
+                                text=True).stdout
+        images = tmp_path / "img"
+        images.mkdir()
+        d = subprocess.run(criu_cmds.dump_cmd("rpc", p.pid, images, tmp_path), capture_output=True,
+                           text=True, env=env_for(tmp_path))
+        assert d.returncode != 0
+        assert "one-to-many style (SOCK_SEQPACKET) sockets are not supported" in d.stderr
+        assert "nothing was changed" in d.stderr
+        assert p.poll() is None
+        assert subprocess.run(["ls", "-l", f"/proc/{p.pid}/fd"], capture_output=True,
+                              text=True).stdout == before
+        with open(f"/proc/{p.pid}/stat") as f:
+            assert f.read().rsplit(")", 1)[1].split()[0] in ("S", "R")  # not left stopped
+    finally:
+        p.kill()
+        p.wait()
