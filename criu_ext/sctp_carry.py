@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 
 from criu_ext import inject, sctp_fence, tasks
-from criu_ext.linux import in_netns, pidfd_getfd
+from criu_ext.linux import in_netns, netns_path, pidfd_getfd
 from sctp_repair import abi, sockopts
 from sctp_repair.state import AssocState
 
@@ -93,10 +93,6 @@ def vpid_of(pid: int) -> int:
             if line.startswith("NSpid:"):
                 return int(line.split()[-1])
     return pid
-
-
-def netns_of(pid: int) -> str:
-    return f"/proc/{pid}/ns/net"
 
 
 # -- finding and judging -----------------------------------------------------------
@@ -283,7 +279,7 @@ def swap_in(pid: int, items: list[Carried], socks: dict[int, socket.socket]) -> 
 def take(root: int, items: list[Carried], drain_timeout: float) -> list[int]:
     """Steps 2-6 of the dump. Returns the stopped tree. On failure the tree runs on as before."""
     pids = tasks.tree(root)
-    netns = netns_of(root)
+    netns = netns_path(pid=root)
     ports = {it.setup.port for it in items if it.setup.port}
     swapped: dict[int, list[Carried]] = {}
     stopped = False
@@ -417,10 +413,10 @@ def put_back(root: int, pids: list[int], items: list[Carried], log=None,
             if pid is None:
                 raise CarryError(f"pid {it.vpid} of the dump is not in the restored tree")
             it.pid = pid
-            socks[(pid, it.fd)] = _create(it, netns_of(pid))
+            socks[(pid, it.fd)] = _create(it, netns_path(pid=pid))
         for pid, group in by_process(items).items():
             swap_in(pid, group, {it.fd: socks[(pid, it.fd)] for it in group})
-        sctp_fence.lift(netns_of(root))
+        sctp_fence.lift(netns_path(pid=root))
         for it in items:
             if it.role == RESTART:
                 _connect_restart(it, socks[(it.pid, it.fd)], connect_timeout)

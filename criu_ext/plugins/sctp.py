@@ -153,7 +153,7 @@ class SctpPlugin(Plugin):
         if not os.path.exists(path):
             return
         from criu_ext import tasks
-        pids = _tree(ctx.init_pid)
+        pids = tasks.tree(ctx.init_pid)
         try:
             _, items = c.read_image(path)
             tasks.wait_untraced(pids, timeout=10)  # CRIU has detached by post-resume
@@ -173,8 +173,3 @@ class SctpPlugin(Plugin):
             return None
         _, items = _carry().read_image(path)
         return {"sockets": [it.describe() for it in items]}
-
-
-def _tree(root: int) -> list[int]:
-    from criu_ext import tasks
-    return tasks.tree(root)
