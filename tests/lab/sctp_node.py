@@ -23,7 +23,7 @@ import socket
 import threading
 import time
 
-from tests.lab.sctp_wire import (INTERVAL, STATUS_EVERY, Recorder, addr, listener, new_socket,
+from tests.lab.sctp_wire import (STATUS_EVERY, Recorder, addr, listener, new_socket,
                                  parse, subscribe)
 
 
@@ -91,15 +91,9 @@ def _requester(node: Node, sock: socket.socket, name: str, use_poll: bool) -> No
     poller = select.poll() if use_poll else None
     if poller:
         poller.register(sock.fileno(), select.POLLIN)
-    n, next_send = 0, time.monotonic()
-    while True:
-        if time.monotonic() >= next_send:
-            try:
-                sock.send(f"REQ {n + 1}\n".encode())
-                n += 1
-            except BlockingIOError:
-                pass
-            next_send += INTERVAL
+    n, next_send, alive = 0, time.monotonic(), True
+    while alive:
+        next_send, n, alive = node.tick(sock, "REQ", name, next_send, n)
         timeout = max(0.0, next_send - time.monotonic())
         if poller:
             ready = poller.poll(timeout * 1000)

@@ -22,7 +22,7 @@ import socket
 import threading
 import time
 
-from tests.lab.sctp_wire import (INTERVAL, STATUS_EVERY, Recorder, addr, listener, new_socket,
+from tests.lab.sctp_wire import (STATUS_EVERY, Recorder, addr, listener, new_socket,
                                  parse, subscribe)
 
 
@@ -42,22 +42,6 @@ class Peer(Recorder):
             self.report()
 
 
-def _ticker(peer: Peer, sock: socket.socket, kind: str, who: str, next_at: float,
-            n: int) -> tuple[float, int, bool]:
-    """Send ``KIND n+1`` if it is time; (next time, last number sent, still alive)."""
-    if time.monotonic() < next_at:
-        return next_at, n, True
-    try:
-        sock.send(f"{kind} {n + 1}\n".encode())
-        n += 1
-    except BlockingIOError:
-        pass
-    except OSError as exc:
-        peer.error(f"{who}: send: {exc}" if who else f"send: {exc}")
-        return next_at, n, False
-    return next_at + INTERVAL, n, True
-
-
 def run_client(peer: Peer, server: tuple[str, int], bind: str | None) -> None:
     s = new_socket()
     subscribe(s)
@@ -67,7 +51,7 @@ def run_client(peer: Peer, server: tuple[str, int], bind: str | None) -> None:
     s.setblocking(False)
     next_send, alive = time.monotonic(), True
     while alive:
-        next_send, peer.sent, alive = _ticker(peer, s, "REQ", "", next_send, peer.sent)
+        next_send, peer.sent, alive = peer.tick(s, "REQ", "", next_send, peer.sent)
         ready, _, _ = select.select([s], [], [], max(0.0, next_send - time.monotonic()))
         lines = peer.receive(s, "") if ready else []
         if lines is None:
@@ -83,7 +67,7 @@ def _serve(peer: Peer, conn: socket.socket, who: str) -> None:
     conn.setblocking(False)
     while alive:
         if pushing:
-            next_push, n, alive = _ticker(peer, conn, "PUSH", who, next_push, n)
+            next_push, n, alive = peer.tick(conn, "PUSH", who, next_push, n)
         ready, _, _ = select.select([conn], [], [], 0.05)
         lines = peer.receive(conn, who) if ready else []
         if lines is None:

@@ -128,6 +128,21 @@ class Recorder:
                 "flows": {k: v.to_dict() for k, v in self.flows.items()},
                 "notifications": self.notes, "errors": self.errors, **extra})
 
+    def tick(self, sock: socket.socket, kind: str, who: str, next_at: float,
+             n: int) -> tuple[float, int, bool]:
+        """Send ``KIND n+1`` if it is time; (next time, last number sent, still alive)."""
+        if time.monotonic() < next_at:
+            return next_at, n, True
+        try:
+            sock.send(f"{kind} {n + 1}\n".encode())
+            n += 1
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            self.error(f"{who}: send: {exc}" if who else f"send: {exc}")
+            return next_at, n, False
+        return next_at + INTERVAL, n, True
+
     def receive(self, sock: socket.socket, who: str) -> list[bytes] | None:
         """The message lines waiting on ``sock`` ([] if none or a notification),
         None once the association is gone (recorded as an error)."""
