@@ -197,6 +197,11 @@ def run(action: str, o: Options, session: Session | None, criu: str = "criu",
             warm = getattr(plugin, "warm", None)
             if callable(warm):
                 warm(action)
+        try:
+            session.prepare()
+        except PhaseFailed as exc:  # CRIU not started: nothing to undo
+            raise CriuError(f"{action} not started: plugin {exc.plugin}: {exc.message}",
+                            errno.EINVAL, None, exc) from None
     images_fd, work_fd, log_name, log_path = _open_dirs(o)
     try:
         req = rpc.criu_req()

@@ -158,6 +158,17 @@ class Session:
             ctx.log.debug(f"{label} done in {dt * 1000:.1f} ms")
         return err
 
+    def prepare(self) -> None:
+        """RPC mode, before CRIU starts: plugins' ``prepare`` (work that needs the
+        images but not the tasks: read and check them, encode requests). The first
+        failure raises PhaseFailed: nothing has been touched yet."""
+        for plugin in self.plugins:
+            fn = getattr(plugin, "prepare", None)
+            if callable(fn):
+                err = self._call(plugin, "prepare", fn)
+                if err:
+                    raise err
+
     def finish(self) -> list[PhaseFailed]:
         """After CRIU ended (RPC mode): plugins' ``finish`` (work that had to wait for
         CRIU to let go of the tasks)."""

@@ -162,6 +162,28 @@ def test_restore_gets_the_pid_and_a_failure_aborts(fake, tmp_path, monkeypatch):
     assert "rollback" not in [c[0] for c in p2.calls]
 
 
+class Prep(Rec):
+    name = "prep"
+
+    def prepare(self, ctx):
+        self.calls.append(("prepare", ctx.init_pid, ctx.mode))
+        if "prepare" in self.fail:
+            raise PluginError("image unreadable")
+
+
+def test_prepare_runs_before_criu_and_its_failure_starts_nothing(fake, tmp_path, monkeypatch):
+    p = Prep()
+    s, res = go(fake, tmp_path, monkeypatch, "restore", "pre-restore,post-restore", p)
+    assert res.ok and [c[0] for c in p.calls] == ["prepare", "post-restore"]
+    assert [t["phase"] for t in s.timings] == ["prepare", "post-restore"]
+    os.unlink(tmp_path / "req.json")
+    p2 = Prep(fail={"prepare"})
+    with pytest.raises(driver.CriuError, match="restore not started: plugin prep: image unread"):
+        go(fake, tmp_path, monkeypatch, "restore", "pre-restore,post-restore", p2)
+    assert [c[0] for c in p2.calls] == ["prepare"]
+    assert not (tmp_path / "req.json").exists()  # CRIU was never asked
+
+
 def test_log_file_path_becomes_work_dir(fake, tmp_path, monkeypatch):
     logdir = tmp_path / "logs"
     logdir.mkdir()
