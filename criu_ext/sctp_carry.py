@@ -359,6 +359,11 @@ def pid_map(root: int) -> dict[int, int]:
     return {vpid_of(p): p for p in tasks.tree(root)}
 
 
+def peers(items: list[Carried]) -> list[tuple[str, int]]:
+    """(address, port) of the far end of every carried association."""
+    return sorted({tuple(it.peer) for it in items if it.peer})
+
+
 def needs_repair(items: list[Carried]) -> bool:
     return any(it.role == ASSOC for it in items)
 

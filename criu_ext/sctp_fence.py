@@ -13,6 +13,14 @@ Two stages, one nftables table (``inet criu_ext_sctp``) in the task's netns:
 
 CRIU carries the table with the netns (3.17 dumps the nftables ruleset), and
 the restore side installs it again in case it did not.
+
+``seal`` (the source, once the dump is written): routing rules that blackhole
+SCTP towards the carried associations' peers. A netns that is deleted after
+the dump unregisters its nftables hooks first (nf_tables' pre_exit) and its
+interfaces only later; a peer's retransmission arriving in between would meet
+no association and draw an ABORT, which ends the association the destination
+is about to take over. Routing rules last until the interfaces are gone, and an
+ABORT without a route is never sent.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 import subprocess
 
 TABLE = "criu_ext_sctp"
+SEAL_PREF = 10  # before the main table (32766), after local (0)
 
 
 class FenceError(Exception):
@@ -60,6 +69,35 @@ def drain(netns: str, ports) -> None:
 
 def hold(netns: str, ports) -> None:
     _nft(netns, _script("hold", ports), "SCTP hold rules")
+
+
+def _seal_batches(verb: str, peers) -> dict[str, str]:
+    """``ip -batch`` input per address family ({"-4": ..., "-6": ...})."""
+    out: dict[str, list[str]] = {}
+    for addr, port in sorted(set(peers)):
+        out.setdefault("-6" if ":" in addr else "-4", []).append(
+            f"rule {verb} to {addr} ipproto sctp dport {port} blackhole pref {SEAL_PREF}")
+    return {fam: "\n".join(lines) + "\n" for fam, lines in out.items()}
+
+
+def _ip_batch(netns: str, verb: str, peers, what: str, force: bool = False) -> None:
+    for fam, script in _seal_batches(verb, peers).items():
+        argv = ["nsenter", f"--net={netns}", "ip", fam, *(["-force"] if force else []),
+                "-batch", "-"]
+        proc = subprocess.run(argv, input=script, text=True, capture_output=True)
+        if proc.returncode and not force:
+            msg = (proc.stderr.strip().splitlines() or ["ip failed"])[0]
+            raise FenceError(f"{what} in {netns}: {msg}")
+
+
+def seal(netns: str, peers) -> None:
+    """Blackhole SCTP towards ``peers`` ([(address, port)]) from ``netns``."""
+    _ip_batch(netns, "add", peers, "SCTP seal rules")
+
+
+def unseal(netns: str, peers) -> None:
+    """Remove what :func:`seal` added; no error for rules that are not there."""
+    _ip_batch(netns, "del", peers, "removing the SCTP seal rules", force=True)
 
 
 def lift(netns: str) -> None:

@@ -7,6 +7,9 @@ dump
                 the restart fallback was asked for); drain, stop the tree, save
                 the associations in repair mode, swap each socket for a pipe at
                 the same fd; save criu-ext-sctp.json. CRIU dumps a stopped tree.
+  post-dump     (images written, the source about to go) seal the source netns:
+                SCTP towards the carried peers is blackholed, so the netns does
+                not ABORT their retransmissions while it is being torn down.
   rollback      (failed dump, --leave-running) put the sockets back from the
                 image on the source and continue the tree; CRIU still traces
                 the tree then, so a child does it once CRIU has let go (in RPC
@@ -84,6 +87,18 @@ class SctpPlugin(Plugin):
             if it.role == c.RESTART:
                 ctx.log.warning(f"{it.describe()}: no repair mode, the peer will see a restart")
 
+    def post_dump(self, ctx) -> None:
+        if not ctx.state.get("taken"):
+            return
+        from criu_ext import sctp_fence
+        c = _carry()
+        try:
+            _, items = c.read_image(ctx.image_path(IMAGE))
+            ctx.state["sealed"] = True  # first: the rollback undoes a partial seal too
+            sctp_fence.seal(ctx.netns_path, c.peers(items))
+        except (c.CarryError, sctp_fence.FenceError) as exc:
+            raise PluginError(str(exc)) from exc
+
     def rollback(self, ctx) -> None:
         if not ctx.state.get("taken"):
             return
@@ -110,9 +125,12 @@ class SctpPlugin(Plugin):
         ctx.log.info(f"the SCTP sockets go back once CRIU lets go of the tree (worker {pid})")
 
     def _put_back_on_source(self, ctx, pids: list[int]) -> None:
+        from criu_ext import sctp_fence
         c = _carry()
         try:
             _, items = c.read_image(ctx.image_path(IMAGE))
+            if ctx.state.get("sealed"):
+                sctp_fence.unseal(ctx.netns_path, c.peers(items))
             c.put_back(ctx.init_pid, pids, items, ctx.log)
         except (c.CarryError, TimeoutError) as exc:
             raise PluginError(f"putting the SCTP sockets back on the source: {exc}") from exc

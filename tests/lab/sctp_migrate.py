@@ -70,7 +70,8 @@ def peer_gap(lab: SctpLab, since: float) -> float:
     return round(max(gaps, default=0.0), 3)
 
 
-def migrate(mode: str, lab: SctpLab, tmp: Path) -> dict:
+def migrate(mode: str, lab: SctpLab, tmp: Path, after_dump=None) -> dict:
+    """Dump the node on host A, restore it on host B; ``after_dump()`` runs between."""
     images = tmp / "img"
     images.mkdir()
     t0 = time.monotonic()
@@ -79,6 +80,8 @@ def migrate(mode: str, lab: SctpLab, tmp: Path) -> dict:
     assert d.returncode == 0, d.stdout + d.stderr + log_of(images, "dump.log") + lab.diagnose()
     lab.node.wait(timeout=10)
     assert (images / "criu-ext-sctp.json").exists()
+    if after_dump is not None:
+        after_dump()
     # the source host lets go of the node (as it would once it is gone)
     lab.in_host(lab.a, ["ip", "link", "del", "nodea"])
     r = lab.in_host(lab.b, restore_cmd(mode, images, tmp), env=env_for(tmp))

@@ -14,6 +14,7 @@ socket back and keep the associations. Figures go to out/criu-sctp.json.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,35 @@ def test_failed_dump_puts_every_socket_back(failure, mode, lab_factory, tmp_path
     assert m["dump"]["rolled_back"] is True
     ruleset = lab.in_host(lab.node_ns, ["nft", "list", "ruleset"]).stdout
     assert "criu_ext_sctp" not in ruleset  # the fence was lifted
+    assert "blackhole" not in lab.in_host(lab.node_ns, ["ip", "rule"]).stdout  # unsealed
+
+
+def test_source_left_behind_sends_no_abort(lab_factory, tmp_path):
+    """A source netns deleted after the dump loses its nftables hooks before its
+    interfaces (nf_tables' pre_exit comes first): the peers' retransmissions that
+    reach it then must not draw an ABORT, or the association the destination takes
+    over is gone. Here the netns is kept, its whole ruleset (the plugin's hold
+    rules, CRIU's network lock) flushed by hand and the peers (on host A, beside
+    it) left to retransmit for a few RTOs. Without the plugin's seal this ends
+    p1's association (seen: SctpAborteds +1, flows stalled)."""
+    lab = lab_factory("mme", peers=("p1", "p2"))
+    lab.wait_flowing(["node", "p1", "p2"], 10)
+    mib = {n: lab.snmp(n) for n in lab.peer_names}
+    notes = {n: st.get("notifications") for n, st in verdicts(lab).items()}
+
+    def without_rules() -> None:
+        d = lab.in_host(lab.node_ns, ["nft", "flush", "ruleset"])
+        assert d.returncode == 0, d.stderr
+        assert "blackhole" in lab.in_host(lab.node_ns, ["ip", "rule"]).stdout
+        time.sleep(4)  # RTO at most 1 s (PATIENCE): several retransmissions each
+
+    migrate("rpc", lab, tmp_path, after_dump=without_rules)
+    lab.wait_flowing(["node", "p1", "p2"], 10)
+    assert_clean(lab, notes)
+    for n in lab.peer_names:
+        after = lab.snmp(n)
+        assert after["SctpAborteds"] == mib[n]["SctpAborteds"], f"{n} saw an ABORT"
+        assert after["SctpCurrEstab"] == mib[n]["SctpCurrEstab"]
 
 
 def test_leave_running_dump_keeps_the_associations(lab_factory, tmp_path):
