@@ -82,7 +82,7 @@ def migrate_function(name: str, make, workdir: Path, repeat: int, moves: int = 1
             res = migrate_once(fn, fabric, rep, moves)
         finally:
             fabric.cleanup()
-        runs += res["runs"]
+        runs += [dict(run, rep=r + 1) for run in res["runs"]]
         peers.append(res["peers"])
         timeline = timeline or res["timeline"]
     say(f"{name}: done; peers: {json.dumps(peers)}")

@@ -20,9 +20,11 @@ def render(timelines: dict, results: dict, path: Path) -> None:
         for y, (label, times) in enumerate(rows.items()):
             ax.plot(times, [y] * len(times), "|", markersize=4, color="tab:blue")
         for run in results[fn]["runs"]:
-            ax.axvspan(run["t_dump_start"], run["t_restored"], color="tab:red", alpha=0.15)
-        ax.set_yticks(range(len(rows)))
-        ax.set_yticklabels(list(rows), fontsize=6 if len(rows) > 10 else 8)
+            if run.get("rep", 1) == 1:  # the timeline is the first repetition's
+                ax.axvspan(run["t_dump_start"], run["t_restored"], color="tab:red", alpha=0.15)
+        step = max(1, len(rows) // 20)  # at most about 20 labels
+        ax.set_yticks(range(0, len(rows), step))
+        ax.set_yticklabels(list(rows)[::step], fontsize=6 if len(rows) > 10 else 8)
         ax.set_title(f"{fn.upper()}: replies seen by its peers; red: dump -> transfer -> restore")
         ax.set_xlabel("seconds since the first migration began (minus warm-up)")
     fig.tight_layout()
