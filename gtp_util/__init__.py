@@ -16,10 +16,12 @@ no netlink code until a function needs it)::
 
 * ``take_snapshot(netns=None, *, with_nat=True, with_sockets=True, with_contexts=True)
   -> Snapshot``; PDP contexts come in the kernel's order (``PdpTable.sort()`` sorts).
-* ``watch(netns)`` -> a ``Watch`` whose ``changed()`` says whether links, addresses or
-  routes changed since; ``refresh(base, netns)`` -> ``base`` with its PDP contexts read
-  again (None when ``base`` no longer holds); ``delete_links(netns, ifindexes)``: the
-  quick path of a dump whose netns did not change (the CRIU plugin's).
+* ``watch(netns, contexts=False)`` -> a ``Watch`` whose ``changed()`` says whether
+  links, addresses or routes changed since, and ``contexts_changed()`` whether PDP
+  contexts did (the gtp family's notifications); ``refresh(base, netns, contexts=True)``
+  -> ``base`` with its PDP contexts read again, or kept (None when ``base`` no longer
+  holds); ``delete_links(netns, ifindexes)``: the quick path of a dump whose netns did
+  not change (the CRIU plugin's).
 * ``remove(snapshot, netns=None, *, nat_rules=True)``
 * ``restore(snapshot, netns=None, *, bind_pid=None, dry_run=False, batch=2048) -> Result``:
   devices whose sockets belonged to a task are re-created on that task's sockets,
@@ -54,14 +56,14 @@ def take_snapshot(netns=None, **kw):
     return f(netns, **kw)
 
 
-def refresh(base, netns=None):
+def refresh(base, netns=None, **kw):
     from .dump import refresh as f
-    return f(base, netns)
+    return f(base, netns, **kw)
 
 
-def watch(netns=None):
+def watch(netns=None, **kw):
     from .dump import Watch
-    return Watch(netns)
+    return Watch(netns, **kw)
 
 
 def delete_links(netns, ifindexes):

@@ -13,7 +13,7 @@ import time
 from criu_ext.linux import CAP_NET_ADMIN, has_cap, in_netns
 
 from . import nat
-from .errors import GtpError, NoPermission, NoSuchTarget
+from .errors import GtpError, GtpUnavailable, NoPermission, NoSuchTarget
 from .model import SOCKET_TASK, Address, Device, PdpTable, Route, Snapshot
 from .netlink import PdpChannel, register_link_kind
 
@@ -148,27 +148,41 @@ def take_snapshot(netns: str | None = None, *, with_nat: bool = True,
 
 
 class Watch:
-    """Tells whether links, addresses or routes of a namespace changed since it was opened.
+    """Tells whether links, addresses, routes (and PDP contexts) of a namespace changed
+    since it was opened.
 
     A netlink socket of that namespace subscribed to rtnetlink's link, address and
     route groups: the kernel sends it a message for every such change (or flags an
     overflow), so nothing to read means nothing changed. Statistics never notify.
+    With ``contexts``, a generic netlink socket in the gtp family's multicast group
+    does the same for PDP contexts (``contexts_changed``).
     """
 
     GROUPS = 0x1 | 0x10 | 0x40 | 0x100 | 0x400  # RTMGRP_LINK, IPV4_IFADDR, IPV4_ROUTE,
     # IPV6_IFADDR, IPV6_ROUTE
 
-    def __init__(self, netns: str | None = None):
+    def __init__(self, netns: str | None = None, *, contexts: bool = False):
+        self.pdp: PdpChannel | None = None
         with in_netns(netns):
             self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC
                                       | socket.SOCK_NONBLOCK, socket.NETLINK_ROUTE)
         try:
             self.sock.bind((0, self.GROUPS))
+            if contexts:
+                try:
+                    self.pdp = PdpChannel(netns, rcvbuf=4 << 20)
+                except GtpUnavailable:  # no gtp family: a device appearing is a link change
+                    self.contexts_watched = True
+                else:
+                    self.contexts_watched = self.pdp.subscribe()
+            else:
+                self.contexts_watched = False
         except BaseException:
-            self.sock.close()
+            self.close()
             raise
 
     def changed(self) -> bool:
+        """Links, addresses or routes changed."""
         try:
             self.sock.recv(65536)
         except BlockingIOError:
@@ -177,16 +191,26 @@ class Watch:
             return True
         return True
 
+    def contexts_changed(self) -> bool:
+        """PDP contexts added or deleted (True when they were not watched)."""
+        if not self.contexts_watched:
+            return True
+        return self.pdp is not None and self.pdp.changes_pending()
+
     def close(self) -> None:
         self.sock.close()
+        if self.pdp is not None:
+            self.pdp.close()
 
 
-def refresh(base: Snapshot, netns: str | None = None) -> Snapshot | None:
+def refresh(base: Snapshot, netns: str | None = None, *,
+            contexts: bool = True) -> Snapshot | None:
     """``base`` (taken with or without contexts) with the PDP contexts read again now.
 
     The quick way to snapshot a namespace whose links, addresses and routes are
     known not to have changed since ``base`` (a :class:`Watch` says so): one GETPDP
-    dump and the sysctls. Returns None when ``base`` no longer describes the
+    dump and the sysctls; ``contexts`` false keeps ``base``'s contexts (the watch
+    saw none change). Returns None when ``base`` no longer describes the
     namespace: a task socket it names is not at its fd any more, or the dump shows
     a gtp device ``base`` does not have. Then take a full snapshot.
     """
@@ -199,10 +223,13 @@ def refresh(base: Snapshot, netns: str | None = None) -> Snapshot | None:
                         return None
                 except OSError:
                     return None
-    tables = {}
-    if base.devices:
+    if not contexts:
+        tables = {d.ifindex: d.contexts for d in base.devices}
+    elif base.devices:
         with PdpChannel(netns) as chan:
             tables = chan.dump()
+    else:
+        tables = {}
     by_index = {d.ifindex: d for d in base.devices}
     if tables.keys() - by_index.keys():
         return None

@@ -130,6 +130,7 @@ GTPA_IPV6_MIN = GTPA['GTPA_PEER_ADDR6']
 SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10
 NETLINK_EXT_ACK = 11
+NETLINK_ADD_MEMBERSHIP = 1
 NLM_F_CAPPED = 0x100
 NLM_F_ACK_TLVS = 0x200
 NLMSGERR_ATTR_MSG = 1
@@ -208,7 +209,7 @@ class PdpChannel:
             self.sock.bind((0, 0))
             self.seq = 1
             self.buf = bytearray(64 << 10)
-            self.family, self.maxattr = self._resolve()
+            self.family, self.maxattr, self.groups = self._resolve()
         except BaseException:
             self.sock.close()
             raise
@@ -243,7 +244,42 @@ class PdpChannel:
             raise GtpError(f"looking up the gtp netlink family: {os.strerror(err)}")
         reply = ctrlmsg(data[:length])
         reply.decode()
-        return reply.get_attr('CTRL_ATTR_FAMILY_ID'), reply.get_attr('CTRL_ATTR_MAXATTR')
+        groups = {}
+        for grp in reply.get_attr('CTRL_ATTR_MCAST_GROUPS') or ():
+            groups[grp.get_attr('CTRL_ATTR_MCAST_GRP_NAME')] = grp.get_attr('CTRL_ATTR_MCAST_GRP_ID')
+        return (reply.get_attr('CTRL_ATTR_FAMILY_ID'), reply.get_attr('CTRL_ATTR_MAXATTR'),
+                groups)
+
+    # -- change notifications (the family's multicast group, Linux 5.18+) --
+    def subscribe(self) -> bool:
+        """Join the family's multicast group: the kernel then copies every PDP context
+        added or deleted in this namespace to this socket. False when the kernel has
+        no such group (nothing can be watched). The socket becomes non-blocking."""
+        group = self.groups.get(GTP_GENL_NAME)
+        if group is None:
+            return False
+        self.sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
+        self.sock.setblocking(False)
+        return True
+
+    def changes_pending(self) -> bool:
+        """After :meth:`subscribe`: True if a context was added or deleted since (or
+        notifications were lost); echo requests, which the group also carries, do not
+        count. Reads what is queued."""
+        buf = self.buf
+        while True:
+            try:
+                n = self.sock.recv_into(buf)
+            except BlockingIOError:
+                return False
+            except OSError:  # ENOBUFS: so many that some were dropped
+                return True
+            off = 0
+            while off + 20 <= n:
+                length = _NLMSGHDR.unpack_from(buf, off)[0]
+                if buf[off + 16] != GTP_CMD_ECHOREQ:
+                    return True
+                off += (length + 3) & ~3
 
     @property
     def has_ipv6(self) -> bool:

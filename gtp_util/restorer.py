@@ -21,6 +21,8 @@ from .errors import Conflict, GtpError, NoPermission, NoSuchTarget, RestoreFaile
 from .model import (SOCKET_KERNEL, SOCKET_NONE, SOCKET_TASK, Device, NatRule, PdpTable,
                     Route, Snapshot, ip4)
 from .netlink import GTP_V0, GTP_V1, PdpChannel, PdpFailure, register_link_kind
+from .rtnl import Rtnl
+from .rtnl import warm as rtnl_warm
 from .sockets import find_in_task
 
 IFNAMSIZ = 16
@@ -233,22 +235,6 @@ class Result:
         return self.plan.empty and not self.plan.conflicts
 
 
-def _new_link(ipr, dev: Device, fd0: int | None, fd1: int | None, kernel_sockets: bool) -> None:
-    kw = dict(ifname=dev.name, kind='gtp', pdp_hashsize=dev.hashsize, role=dev.role)
-    if dev.restart_count:
-        kw['restart_count'] = dev.restart_count
-    if kernel_sockets:
-        kw['create_sockets'] = 1
-    else:
-        if fd0 is not None:
-            kw['fd0'] = fd0
-        if fd1 is not None:
-            kw['fd1'] = fd1
-    if dev.mtu and dev.mtu != DEFAULT_MTU:
-        kw['mtu'] = dev.mtu
-    ipr.link('add', **kw)
-
-
 def _fetch_sockets(devs: list[Device], bind_pid: int | None) -> dict[tuple[str, int], int]:
     """Our copies of the task sockets the devices need: {(device, version): fd}."""
     fds: dict[tuple[str, int], int] = {}
@@ -289,7 +275,7 @@ def apply_plan(p: Plan, netns: str | None, fds: dict[tuple[str, int], int], *,
     """
     res = Result(plan=p, applied=True)
     undo: list[tuple[str, object]] = []
-    ipr = open_iproute(netns)
+    rt = Rtnl(netns)
     own_chan = None
     step = 'start'
     try:
@@ -305,16 +291,14 @@ def apply_plan(p: Plan, netns: str | None, fds: dict[tuple[str, int], int], *,
                                "implemented yet")
         for dev in p.create:
             step = f"creating device {dev.name}"
-            _new_link(ipr, dev, fds.get((dev.name, 0)), fds.get((dev.name, 1)),
-                      dev.kernel_sockets)
+            rt.add_gtp_link(dev, fds.get((dev.name, 0)), fds.get((dev.name, 1)),
+                            mtu=dev.mtu if dev.mtu and dev.mtu != DEFAULT_MTU else None)
             undo.append(('device', dev.name))
             res.created_devices.append(dev.name)
             idx = _ifindex(netns, dev.name)
             for a in dev.addresses:
                 step = f"adding address {a.cidr()} to {dev.name}"
-                kw = {'address': a.address} if a.address else {}
-                ipr.addr('add', index=idx, local=a.local, prefixlen=a.prefixlen,
-                         family=a.family, **({'address': a.local} | kw))
+                rt.add_address(idx, a)
             step = f"adding {len(dev.contexts)} PDP contexts to {dev.name}"
             try:
                 res.contexts += chan.add(idx, dev.contexts, batch=batch)
@@ -323,22 +307,10 @@ def apply_plan(p: Plan, netns: str | None, fds: dict[tuple[str, int], int], *,
                 raise GtpError(f"device {dev.name}: PDP context #{i} "
                                f"({_ctx_text(dev.contexts[i])}): {os.strerror(err)}"
                                + (f" ({msg})" if msg else '')) from None
-            if dev.up:
-                step = f"setting {dev.name} up"
-                ipr.link('set', index=idx, state='up')
         for r in p.routes:
             step = f"adding route {r.cidr()} dev {r.dev}"
-            idx = _ifindex(netns, r.dev)
-            kw = dict(dst=r.dst, dst_len=r.dst_len, oif=idx, table=r.table, type=r.type,
-                      scope=r.scope, proto=r.proto, family=r.family)
-            if r.priority:
-                kw['priority'] = r.priority
-            if r.prefsrc:
-                kw['prefsrc'] = r.prefsrc
-            if r.gateway:
-                kw['gateway'] = r.gateway
-            ipr.route('add', **kw)
-            undo.append(('route', kw))
+            rt.add_route(_ifindex(netns, r.dev), r)
+            undo.append(('route', r))
         for k, (old, new) in p.sysctls.items():
             step = f"setting {k} = {new}"
             _write_sysctl(netns, k, new)
@@ -348,7 +320,7 @@ def apply_plan(p: Plan, netns: str | None, fds: dict[tuple[str, int], int], *,
             nat.add(netns, n)
             undo.append(('nat', n))
     except Exception as e:
-        notes = _rollback(ipr, netns, undo)
+        notes = _rollback(netns, undo)
         what = f"{e}" if isinstance(e, GtpError) else f"{step}: {e}"
         msg = f"restore failed: {what}; rolled back {len(undo)} change(s)"
         if notes:
@@ -357,7 +329,7 @@ def apply_plan(p: Plan, netns: str | None, fds: dict[tuple[str, int], int], *,
     finally:
         if own_chan is not None:
             own_chan.close()
-        ipr.close()
+        rt.close()
     return res
 
 
@@ -367,37 +339,61 @@ def _write_sysctl(netns: str | None, name: str, value: str) -> None:
             f.write(value)
 
 
-def _rollback(ipr, netns, undo) -> list[str]:
+def _rollback(netns, undo) -> list[str]:
+    if not undo:
+        return []
     notes = []
-    for kind, what in reversed(undo):
-        try:
-            if kind == 'device':
-                for idx in ipr.link_lookup(ifname=what):
-                    ipr.link('del', index=idx)
-            elif kind == 'route':
-                ipr.route('del', **what)
-            elif kind == 'sysctl':
-                _write_sysctl(netns, *what)
-            elif kind == 'nat':
-                nat.delete(netns, what)
-        except Exception as e:  # keep undoing the rest
-            if kind == 'route' and 'No such' in str(e):
-                continue  # went away with its device
-            notes.append(f"{kind} {what}: {e}")
+    ipr = open_iproute(netns)
+    try:
+        for kind, what in reversed(undo):
+            try:
+                if kind == 'device':
+                    for idx in ipr.link_lookup(ifname=what):
+                        ipr.link('del', index=idx)
+                elif kind == 'route':
+                    ipr.route('del', family=what.family, dst=what.dst, dst_len=what.dst_len,
+                              table=what.table, **({'priority': what.priority}
+                                                   if what.priority else {}))
+                elif kind == 'sysctl':
+                    _write_sysctl(netns, *what)
+                elif kind == 'nat':
+                    nat.delete(netns, what)
+            except Exception as e:  # keep undoing the rest
+                if kind == 'route' and 'No such' in str(e):
+                    continue  # went away with its device
+                notes.append(f"{kind} {what}: {e}")
+    finally:
+        ipr.close()
     return notes
 
 
+def warm() -> None:
+    """Pay, in our own namespace and changing nothing, the first-use costs a restore
+    would otherwise pay: the gtp family lookup, the request encoders, the sysctl and
+    interface reads (a CRIU plugin calls this before CRIU starts, so that the freeze
+    window does not)."""
+    try:
+        PdpChannel(None).close()
+    except GtpError:
+        pass  # no gtp here: restore() will say so where it matters
+    Rtnl(None).close()
+    rtnl_warm()
+    read_sysctls(None)
+    socket.if_nameindex()
+
+
 def restore(snap: Snapshot, netns: str | None = None, *, bind_pid: int | None = None,
-            dry_run: bool = False, batch: int = 2048) -> Result:
+            dry_run: bool = False, batch: int = 2048, validated: bool = False) -> Result:
     """Restore ``snap`` into the namespace at path ``netns``.
 
     Validates everything first (snapshot, target, the task sockets it must bind
     to), then creates what is missing. Raises :class:`Conflict` (nothing applied)
     when live state contradicts the snapshot, :class:`RestoreFailed` (all undone)
     when a step fails. When everything is already present nothing changes and
-    ``result.already_present`` is true.
+    ``result.already_present`` is true. ``validated``: :func:`validate` found
+    nothing wrong with ``snap`` already (skip it).
     """
-    problems = validate(snap)
+    problems = [] if validated else validate(snap)
     if problems:
         raise Conflict(f"snapshot cannot be restored: {problems[0]}"
                        + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ''))
@@ -448,4 +444,5 @@ def check(snap: Snapshot, netns: str | None = None) -> list[str]:
     return diff(snap, live)
 
 
-__all__ = ['Plan', 'Result', 'apply_plan', 'check', 'diff', 'plan', 'restore', 'validate']
+__all__ = ['Plan', 'Result', 'apply_plan', 'check', 'diff', 'plan', 'restore', 'validate',
+           'warm']

@@ -78,6 +78,17 @@ class AnnouncePlugin(Plugin):
     summary = "after a restore, gratuitous ARP for every IPv4 address so switches learn the new port"
     images = ()
 
+    def warm(self, action: str) -> None:
+        if action != "restore":
+            return
+        # pyroute2's first session and first link/address dumps cost several times
+        # what later ones do: pay that here, in our own netns, before CRIU starts
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            ipr.get_links()
+            ipr.get_addr(family=socket.AF_INET)
+
     def post_restore(self, ctx) -> None:
         # RPC mode: the process lives on, the socket's close need not hold the tasks
         sent = announce(ctx.netns_path, close_later=ctx.mode == "rpc")

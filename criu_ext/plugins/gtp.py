@@ -4,16 +4,19 @@ warm            (RPC mode, before CRIU starts) import gtp_util's netlink code, s
                 the freeze window does not pay for it.
 dump
   pre-dump      (RPC mode, tasks still running) read the devices, their
-                addresses, routes and task sockets (no PDP contexts), and start
-                watching the netns's links, addresses and routes (gtp_util.dump.Watch).
+                addresses, routes, task sockets and PDP contexts, and start
+                watching the netns's links, addresses, routes and contexts
+                (gtp_util.dump.Watch: rtnetlink groups, the gtp family's
+                multicast group).
   network-lock  (tasks frozen) snapshot every gtp device of the tree's netns:
                 attributes, PDP contexts, routes through it, which task socket
                 backs it; save it as criu-ext-gtp.img; delete the devices (CRIU
                 refuses to dump a netns holding a gtp link). NAT rules are left
                 alone: CRIU dumps them, the netfilter plugin checks them.
                 When the watch saw no change since pre-dump and every task socket
-                is still at its fd, only the PDP contexts are read here
-                (gtp_util.dump.refresh); otherwise everything is.
+                is still at its fd, nothing is read again here; when only
+                contexts changed, only they are (gtp_util.dump.refresh);
+                otherwise everything is.
   rollback      (the source goes on running: failed dump or --leave-running)
                 re-create what the snapshot holds and is missing, bound again
                 to the live task's sockets.
@@ -41,11 +44,15 @@ def _gtp():
     return gtp_util
 
 
-def _warm() -> None:
-    # The heavy imports (pyroute2, the genl family, protobuf) done ahead of the freeze.
+def _warm(action: str) -> None:
+    # The heavy imports (pyroute2, the genl family, protobuf) done ahead of the freeze,
+    # and at restore the first-use costs of the calls post-restore makes.
     import gtp_util.dump  # noqa: F401
     import gtp_util.image  # noqa: F401
-    import gtp_util.restorer  # noqa: F401
+    import gtp_util.restorer
+
+    if action == "restore":
+        gtp_util.restorer.warm()
 
 
 def _task_pids(snap) -> set[int]:
@@ -98,10 +105,11 @@ class GtpPlugin(Plugin):
     # -- dump --------------------------------------------------------------------------
 
     def __init__(self) -> None:
-        self._base = None  # RPC mode: (netns, Watch, snapshot without contexts) of pre-dump
+        self._base = None  # RPC mode: (netns, Watch, snapshot) of pre-dump
+        self._loaded = None  # RPC mode: (image path, validated snapshot) of prepare
 
     def warm(self, action: str) -> None:
-        _warm()
+        _warm(action)
 
     def pre_dump(self, ctx) -> None:
         # Script mode runs every phase in a new process: nothing would carry over.
@@ -109,9 +117,10 @@ class GtpPlugin(Plugin):
             return
         g = _gtp()
         self._take_base()
-        watch = g.watch(ctx.netns_path)  # first: a change while we read is seen too
+        # the watch first: a change while we read is seen too
+        watch = g.watch(ctx.netns_path, contexts=True)
         try:
-            base = g.take_snapshot(ctx.netns_path, with_nat=False, with_contexts=False)
+            base = g.take_snapshot(ctx.netns_path, with_nat=False)
         except Exception as exc:  # noqa: BLE001 - network-lock reads everything then
             watch.close()
             ctx.log.debug(f"pre-dump read failed ({exc}); network-lock reads everything")
@@ -119,27 +128,29 @@ class GtpPlugin(Plugin):
         self._base = (ctx.netns_path, watch, base)
 
     def _take_base(self):
-        """Pre-dump's (netns, snapshot, changed since?) once, its watch closed; or None."""
+        """Pre-dump's (netns, snapshot, links changed?, contexts changed?) once, its
+        watch closed; or None."""
         base, self._base = self._base, None
         if base is None:
             return None
         netns, watch, snap = base
         try:
-            return netns, snap, watch.changed()
+            return netns, snap, watch.changed(), watch.contexts_changed()
         finally:
             watch.close()
 
     def _snapshot(self, ctx):
-        """The netns's gtp state now: contexts only on top of pre-dump's read when it holds."""
+        """The netns's gtp state now: pre-dump's read, refreshed as little as it can be."""
         g = _gtp()
         base = self._take_base()
         if base is not None and base[0] == ctx.netns_path:
-            netns, snap, changed = base
+            netns, snap, changed, contexts_changed = base
             if not changed:
-                fresh = g.refresh(snap, netns)
+                fresh = g.refresh(snap, netns, contexts=contexts_changed)
                 if fresh is not None:
-                    ctx.log.debug("links, addresses, routes and sockets as at pre-dump: "
-                                  "read the PDP contexts only")
+                    ctx.log.debug("links, addresses, routes and sockets as at pre-dump; "
+                                  + ("PDP contexts read again" if contexts_changed
+                                     else "PDP contexts too (no notification)"))
                     return fresh, True
             ctx.log.debug("the netns changed since pre-dump: reading everything")
         return g.take_snapshot(ctx.netns_path, with_nat=False), False
@@ -191,19 +202,38 @@ class GtpPlugin(Plugin):
 
     # -- restore -------------------------------------------------------------------------
 
+    def _load(self, path: str):
+        """The image's snapshot, validated (bad images: PluginError)."""
+        g = _gtp()
+        from gtp_util.restorer import validate
+        try:
+            snap = g.load(path)
+        except g.GtpError as exc:
+            raise PluginError(str(exc)) from exc
+        problems = validate(snap)
+        if problems:
+            raise PluginError(f"{path} cannot be restored: {problems[0]}"
+                              + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+        return snap
+
+    def prepare(self, ctx) -> None:
+        """RPC restore, before CRIU starts: read and check the image (a bad one stops
+        the restore before anything is created), outside the window."""
+        path = ctx.image_path(IMAGE)
+        if ctx.action == "restore" and os.path.exists(path):
+            self._loaded = (path, self._load(path))
+
     def post_restore(self, ctx) -> None:
         path = ctx.image_path(IMAGE)
         if not os.path.exists(path):
             ctx.log.debug("no gtp image: nothing to restore")
             return
         g = _gtp()
-        try:
-            snap = g.load(path)
-        except g.GtpError as exc:
-            raise PluginError(str(exc)) from exc
+        loaded, self._loaded = self._loaded, None
+        snap = loaded[1] if loaded and loaded[0] == path else self._load(path)
         bind = bind_pid_for(snap, ctx.init_pid)
         try:
-            res = g.restore(snap, ctx.netns_path, bind_pid=bind)
+            res = g.restore(snap, ctx.netns_path, bind_pid=bind, validated=True)
         except g.GtpError as exc:
             raise PluginError(f"cannot re-create the gtp devices in the restored netns: {exc}") \
                 from exc

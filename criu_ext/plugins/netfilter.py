@@ -186,7 +186,10 @@ class NetfilterPlugin(Plugin):
     def warm(self, action: str) -> None:
         import gtp_util.dump  # noqa: F401
         import gtp_util.nat  # noqa: F401
-        import pyroute2.conntrack  # noqa: F401
+        from pyroute2 import Conntrack
+
+        if action == "restore":  # the first conntrack socket costs more than the rest
+            Conntrack().close()
 
     def pre_dump(self, ctx) -> None:
         import gtp_util

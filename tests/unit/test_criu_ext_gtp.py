@@ -37,6 +37,7 @@ class Kernel:
         self.calls = []
         self.fail_restore = None
         self.changed = False  # what the watch opened at pre-dump says at network-lock
+        self.contexts_changed = False
 
     def take_snapshot(self, netns, **kw):
         self.calls.append(("snapshot", netns, kw))
@@ -46,19 +47,22 @@ class Kernel:
         self.calls.append(("remove", netns, kw))
         self.live = None
 
-    def watch(self, netns):
+    def watch(self, netns, contexts=False):
         kernel = self
 
         class W:
             def changed(self):
                 return kernel.changed
 
+            def contexts_changed(self):
+                return kernel.contexts_changed or not contexts
+
             def close(self):
                 pass
         return W()
 
-    def refresh(self, base, netns):
-        self.calls.append(("refresh", netns, {}))
+    def refresh(self, base, netns, contexts=True):
+        self.calls.append(("refresh", netns, {"contexts": contexts}))
         return self.live
 
     def delete_links(self, netns, ifindexes):
@@ -83,7 +87,7 @@ def kernel(monkeypatch):
     k = Kernel(snap())
     for name in ("take_snapshot", "remove", "restore", "watch", "refresh", "delete_links"):
         monkeypatch.setattr(gtp_util, name, getattr(k, name))
-    monkeypatch.setattr(gtp_plugin, "_warm", lambda: None)
+    monkeypatch.setattr(gtp_plugin, "_warm", lambda action: None)
     return k
 
 
@@ -104,13 +108,15 @@ def test_network_lock_saves_then_removes_and_keeps_nat(kernel, tmp_path):
     assert s.state["gtp"]["removed"] is True
 
 
-def test_rpc_pre_dump_leaves_only_the_contexts_to_the_freeze(kernel, tmp_path):
+@pytest.mark.parametrize("contexts_changed", [False, True])
+def test_rpc_pre_dump_leaves_the_freeze_only_what_changed(contexts_changed, kernel, tmp_path):
     s = session(tmp_path, "dump")
     s.run("pre-dump")
-    assert kernel.calls == [("snapshot", f"/proc/{os.getpid()}/ns/net",
-                             {"with_nat": False, "with_contexts": False})]
+    assert kernel.calls == [("snapshot", f"/proc/{os.getpid()}/ns/net", {"with_nat": False})]
+    kernel.contexts_changed = contexts_changed
     s.run("network-lock")
     assert [c[0] for c in kernel.calls[1:]] == ["refresh", "delete_links"]
+    assert kernel.calls[1][2] == {"contexts": contexts_changed}  # re-read only if notified
     assert kernel.calls[2][2] == {"ifindexes": [7]}
     saved = gtp_util.load(str(tmp_path / "criu-ext-gtp.img"))
     assert saved.n_contexts == 3 and saved.devices[0].sock1.pid == os.getpid()
@@ -180,7 +186,24 @@ def test_post_restore_binds_to_the_restored_task(kernel, tmp_path):
     s.run("post-restore", os.getpid())
     (name, netns, kw) = kernel.calls[-1]
     assert name == "restore" and netns == f"/proc/{os.getpid()}/ns/net"
-    assert kw == {"bind_pid": None}  # the recorded holder is alive in that netns
+    assert kw == {"bind_pid": None, "validated": True}  # the holder is alive in that netns
+
+
+def test_prepare_reads_the_image_before_criu_and_refuses_a_bad_one(kernel, tmp_path):
+    path = tmp_path / "criu-ext-gtp.img"
+    gtp_util.save(snap(), str(path))
+    kernel.live = None
+    s = session(tmp_path, "restore")
+    s.prepare()
+    path.unlink()  # post-restore uses what prepare read
+    gtp_util.save(snap(n=1), str(path))
+    s.run("post-restore", os.getpid())
+    assert kernel.live.n_contexts == 3
+    bad = snap()
+    bad.devices[0].role = 7
+    gtp_util.save(bad, str(path))
+    with pytest.raises(PhaseFailed, match="prepare: plugin gtp: .*cannot be restored: .*role 7"):
+        session(tmp_path, "restore").prepare()
 
 
 def test_post_restore_failure_aborts(kernel, tmp_path):

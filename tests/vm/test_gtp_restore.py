@@ -108,6 +108,40 @@ def test_kernel_socket_device_with_v0_and_v1_contexts(netns):
     assert gtp_util.take_snapshot(ns).state() == snap.state()
 
 
+def test_watch_sees_pdp_contexts_come_and_go_and_nothing_else(netns):
+    """The gtp family's multicast group (what lets the CRIU plugin skip re-reading
+    contexts in the freeze window): an added or deleted context is seen, in that
+    netns only; a quiet netns stays quiet."""
+    ns = f'/run/netns/{netns("gw")}'
+    other = f'/run/netns/{netns("gw2")}'
+    ctx = lambda i: PdpTable([PdpContext(1, 0x0A000002, 0x0AA00000 + i, i_tei=i, o_tei=i)])  # noqa: E731
+    for where in (ns, other):
+        gtp_util.restore(Snapshot(devices=[Device('gtpw', 0, sock1=SocketRef(kind='kernel'),
+                                                  contexts=ctx(1), up=True)]), where)
+    idx = gtp_util.take_snapshot(ns).device('gtpw').ifindex
+    idx2 = gtp_util.take_snapshot(other).device('gtpw').ifindex
+    w = gtp_util.watch(ns, contexts=True)
+    try:
+        assert w.contexts_watched
+        assert not w.contexts_changed() and not w.changed()
+        with PdpChannel(other) as chan:
+            chan.add(idx2, ctx(2))
+        assert not w.contexts_changed()  # another netns's contexts
+        with PdpChannel(ns) as chan:
+            chan.add(idx, ctx(3))
+        assert w.contexts_changed()
+        assert not w.contexts_changed()  # read: quiet again
+        with PdpChannel(ns) as chan:
+            chan.delete(idx, ctx(1))
+        assert w.contexts_changed()
+        assert not w.changed()  # no link, address or route moved
+    finally:
+        w.close()
+    snap = gtp_util.take_snapshot(ns)
+    assert gtp_util.refresh(snap, ns, contexts=False).device('gtpw').contexts.sorted() == \
+        ctx(3).sorted()
+
+
 def test_several_devices_in_one_netns(netns):
     name = netns("gm")
     ns = f'/run/netns/{name}'
