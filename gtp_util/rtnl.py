@@ -12,7 +12,8 @@ import os
 import socket
 import struct
 
-from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NLMSG_ERROR
+from pyroute2.netlink import (NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
+                              NLMSG_DONE, NLMSG_ERROR)
 from pyroute2.netlink.rtnl import RTM_NEWADDR, RTM_NEWLINK, RTM_NEWROUTE
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
@@ -73,6 +74,28 @@ class Rtnl:
                     if err:
                         raise RtnlError(what, err)
                     return
+                off += (length + 3) & ~3
+
+    def dump(self, mtype: int, cls, family: int = socket.AF_UNSPEC) -> list:
+        """A GET dump (RTM_GETLINK, RTM_GETADDR, ...) decoded with pyroute2's ``cls``."""
+        self.seq += 1
+        # nlmsghdr + rtgenmsg (the family, padded to 4)
+        self.sock.send(_HDR.pack(_HDR.size + 4, mtype, NLM_F_REQUEST | NLM_F_DUMP, self.seq, 0)
+                       + bytes((family, 0, 0, 0)))
+        out = []
+        while True:
+            data = self.sock.recv(1 << 16)
+            off = 0
+            while off + _HDR.size <= len(data):
+                length, rtype, _, seq, _ = _HDR.unpack_from(data, off)
+                if seq == self.seq:
+                    if rtype == NLMSG_DONE:
+                        return out
+                    if rtype == NLMSG_ERROR:
+                        raise RtnlError("netlink dump", -_ERR.unpack_from(data, off + 16)[0])
+                    msg = cls(data[off:off + length])
+                    msg.decode()
+                    out.append(msg)
                 off += (length + 3) & ~3
 
     def add_gtp_link(self, dev: Device, fd0: int | None, fd1: int | None, *,

@@ -39,14 +39,16 @@ def announce(netns_path: str | None, close_later: bool = False) -> list[tuple[st
     of milliseconds under emulation: with ``close_later`` a thread of its own
     closes it and the caller returns at once.
     """
-    from pyroute2 import IPRoute
+    from gtp_util.rtnl import Rtnl
 
     with in_netns(netns_path):
-        ipr = IPRoute()
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
     sent = []
     try:
-        _send(ipr, sock, sent)
+        with Rtnl(netns_path) as rt:
+            for ifname, mac, ip in _addresses(rt):
+                sock.sendto(garp_frame(mac, ip), (ifname, ETH_P_ARP))
+                sent.append((ifname, ip))
     finally:
         if close_later:
             threading.Thread(target=sock.close, name="announce-close", daemon=True).start()
@@ -55,21 +57,24 @@ def announce(netns_path: str | None, close_later: bool = False) -> list[tuple[st
     return sent
 
 
-def _send(ipr, sock, sent: list) -> None:
-    with ipr:
-        links = {}
-        for link in ipr.get_links():
-            mac = link.get_attr("IFLA_ADDRESS")
-            if link["ifi_type"] == ARPHRD_ETHER and link["flags"] & IFF_UP and mac:
-                links[link["index"]] = (link.get_attr("IFLA_IFNAME"),
-                                        bytes.fromhex(mac.replace(":", "")))
-        for addr in ipr.get_addr(family=socket.AF_INET):
-            if addr["index"] not in links:
-                continue
-            ifname, mac = links[addr["index"]]
-            ip = addr.get_attr("IFA_LOCAL") or addr.get_attr("IFA_ADDRESS")
-            sock.sendto(garp_frame(mac, ip), (ifname, ETH_P_ARP))
-            sent.append((ifname, ip))
+def _addresses(rt) -> list[tuple[str, bytes, str]]:
+    """(link, MAC, IPv4 address) of every address of every Ethernet link that is up."""
+    from pyroute2.netlink.rtnl import RTM_GETADDR, RTM_GETLINK
+    from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+    links, out = {}, []
+    for link in rt.dump(RTM_GETLINK, ifinfmsg):
+        mac = link.get_attr("IFLA_ADDRESS")
+        if link["ifi_type"] == ARPHRD_ETHER and link["flags"] & IFF_UP and mac:
+            links[link["index"]] = (link.get_attr("IFLA_IFNAME"),
+                                    bytes.fromhex(mac.replace(":", "")))
+    for addr in rt.dump(RTM_GETADDR, ifaddrmsg, socket.AF_INET):
+        if addr["index"] not in links:
+            continue
+        ifname, mac = links[addr["index"]]
+        out.append((ifname, mac, addr.get_attr("IFA_LOCAL") or addr.get_attr("IFA_ADDRESS")))
+    return out
 
 
 class AnnouncePlugin(Plugin):
@@ -81,13 +86,11 @@ class AnnouncePlugin(Plugin):
     def warm(self, action: str) -> None:
         if action != "restore":
             return
-        # pyroute2's first session and first link/address dumps cost several times
-        # what later ones do: pay that here, in our own netns, before CRIU starts
-        from pyroute2 import IPRoute
+        # the first dumps build pyroute2's decoders: pay that in our own netns, before CRIU
+        from gtp_util.rtnl import Rtnl
 
-        with IPRoute() as ipr:
-            ipr.get_links()
-            ipr.get_addr(family=socket.AF_INET)
+        with Rtnl(None) as rt:
+            _addresses(rt)
 
     def post_restore(self, ctx) -> None:
         # RPC mode: the process lives on, the socket's close need not hold the tasks

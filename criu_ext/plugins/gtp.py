@@ -48,9 +48,10 @@ def _warm(action: str) -> None:
     # The heavy imports (pyroute2, the genl family, protobuf) done ahead of the freeze,
     # and at restore the first-use costs of the calls post-restore makes.
     import gtp_util.dump  # noqa: F401
-    import gtp_util.image  # noqa: F401
+    import gtp_util.image
     import gtp_util.restorer
 
+    gtp_util.image.warm()
     if action == "restore":
         gtp_util.restorer.warm()
 
