@@ -235,11 +235,6 @@ def kernel_floor(n: int) -> dict:
     return {"add_contexts_s": round(t1 - t0, 4), "delete_device_s": round(t2 - t1, 4)}
 
 
-def median(xs):
-    xs = sorted(xs)
-    return xs[len(xs) // 2]
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--contexts", type=int, default=10000)

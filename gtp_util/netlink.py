@@ -255,7 +255,7 @@ class PdpChannel:
         """Join the family's multicast group: the kernel then copies every PDP context
         added or deleted in this namespace to this socket. False when the kernel has
         no such group (nothing can be watched). The socket becomes non-blocking."""
-        group = self.groups.get(GTP_GENL_NAME)
+        group = self.groups.get(GTP_GENL_MCGRP_NAME)
         if group is None:
             return False
         self.sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
