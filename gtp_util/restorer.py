@@ -77,6 +77,14 @@ def _validate_contexts(dev: Device) -> list[str]:
     return out
 
 
+def require_valid(snap: Snapshot) -> None:
+    """Raise :class:`Conflict` naming the first problem :func:`validate` finds."""
+    problems = validate(snap)
+    if problems:
+        raise Conflict(f"snapshot cannot be restored: {problems[0]}"
+                       + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ''))
+
+
 # --- planning (pure) -----------------------------------------------------------------------
 
 @dataclass
@@ -393,10 +401,8 @@ def restore(snap: Snapshot, netns: str | None = None, *, bind_pid: int | None = 
     ``result.already_present`` is true. ``validated``: :func:`validate` found
     nothing wrong with ``snap`` already (skip it).
     """
-    problems = [] if validated else validate(snap)
-    if problems:
-        raise Conflict(f"snapshot cannot be restored: {problems[0]}"
-                       + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ''))
+    if not validated:
+        require_valid(snap)
     check_target(netns)
     if bind_pid is not None and not os.path.exists(f'/proc/{bind_pid}'):
         raise NoSuchTarget(f"no process with PID {bind_pid}")
@@ -444,5 +450,5 @@ def check(snap: Snapshot, netns: str | None = None) -> list[str]:
     return diff(snap, live)
 
 
-__all__ = ['Plan', 'Result', 'apply_plan', 'check', 'diff', 'plan', 'restore', 'validate',
-           'warm']
+__all__ = ['Plan', 'Result', 'apply_plan', 'check', 'diff', 'plan', 'require_valid', 'restore',
+           'validate', 'warm']

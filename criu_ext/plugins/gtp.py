@@ -206,15 +206,15 @@ class GtpPlugin(Plugin):
     def _load(self, path: str):
         """The image's snapshot, validated (bad images: PluginError)."""
         g = _gtp()
-        from gtp_util.restorer import validate
+        from gtp_util.restorer import require_valid
         try:
-            snap = g.load(path)
+            snap = g.load(path)  # its errors name the file
         except g.GtpError as exc:
             raise PluginError(str(exc)) from exc
-        problems = validate(snap)
-        if problems:
-            raise PluginError(f"{path} cannot be restored: {problems[0]}"
-                              + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+        try:
+            require_valid(snap)
+        except g.GtpError as exc:
+            raise PluginError(f"{path}: {exc}") from exc
         return snap
 
     def prepare(self, ctx) -> None:
