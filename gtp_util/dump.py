@@ -7,7 +7,6 @@ import errno
 import ipaddress
 import os
 import socket
-import struct
 import time
 
 from criu_ext.linux import CAP_NET_ADMIN, has_cap, in_netns
@@ -22,11 +21,6 @@ RTPROT_KERNEL = 2
 RT_TABLE_LOCAL = 255
 RT_SCOPE_LINK = 253
 SYSCTLS = ('net/ipv4/ip_forward', 'net/ipv6/conf/all/forwarding')
-RTM_DELLINK = 17
-NLM_F_REQUEST = 0x1
-NLM_F_ACK = 0x4
-NLMSG_ERROR = 0x2
-_DELLINK = struct.Struct('<IHHIIBBHiII')  # nlmsghdr + struct ifinfomsg
 
 
 def check_target(netns: str | None) -> None:
@@ -247,24 +241,17 @@ def delete_links(netns: str | None, ifindexes) -> None:
 
     For indexes just read from the same namespace (a snapshot taken in the freeze
     window): no pyroute2 session to set up, which costs more than the deletions.
+    A link already gone is fine.
     """
-    with in_netns(netns):
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                             socket.NETLINK_ROUTE)
-    with sock:
-        sock.bind((0, 0))
-        for seq, idx in enumerate(ifindexes, 1):
-            # nlmsghdr, then ifinfomsg (family, pad, type, index, flags, change)
-            sock.send(_DELLINK.pack(_DELLINK.size, RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK,
-                                    seq, 0, 0, 0, 0, idx, 0, 0))
-            while True:
-                data = sock.recv(65536)
-                mtype, _flags, rseq = struct.unpack_from('<HHI', data, 4)
-                if mtype == NLMSG_ERROR and rseq == seq:
-                    err = -struct.unpack_from('<i', data, 16)[0]
-                    if err and err != errno.ENODEV:
-                        raise GtpError(f"deleting link {idx}: {os.strerror(err)}")
-                    break
+    from .rtnl import Rtnl, RtnlError
+
+    with Rtnl(netns) as rt:
+        for idx in ifindexes:
+            try:
+                rt.delete_link(idx)
+            except RtnlError as exc:
+                if exc.errno != errno.ENODEV:
+                    raise
 
 
 def remove(snap: Snapshot, netns: str | None = None, *, nat_rules: bool = True) -> None:

@@ -1,5 +1,5 @@
-"""The few rtnetlink requests a restore makes (a gtp link, its addresses, its routes),
-sent on a plain netlink socket.
+"""The few rtnetlink requests gtp_util makes in a freeze window (a gtp link, its
+addresses and routes at restore; deleting links at dump), sent on a plain netlink socket.
 
 pyroute2's message classes encode them; no pyroute2 session is opened: setting one
 up and its request machinery cost more than the requests themselves, and a CRIU
@@ -14,7 +14,7 @@ import struct
 
 from pyroute2.netlink import (NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
                               NLMSG_DONE, NLMSG_ERROR)
-from pyroute2.netlink.rtnl import RTM_NEWADDR, RTM_NEWLINK, RTM_NEWROUTE
+from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWROUTE
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
@@ -57,10 +57,10 @@ class Rtnl:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _request(self, msg, mtype: int, what: str) -> None:
+    def _request(self, msg, mtype: int, what: str, flags: int = _CREATE) -> None:
         self.seq += 1
         msg['header']['type'] = mtype
-        msg['header']['flags'] = _CREATE
+        msg['header']['flags'] = flags
         msg['header']['sequence_number'] = self.seq
         msg.encode()
         self.sock.send(msg.data)
@@ -103,6 +103,11 @@ class Rtnl:
         """RTM_NEWLINK of kind gtp, up at once when ``dev.up`` (IFF_UP in the request)."""
         self._request(gtp_link_msg(dev, fd0, fd1, mtu), RTM_NEWLINK,
                       f"creating device {dev.name}")
+
+    def delete_link(self, index: int) -> None:
+        msg = ifinfmsg()
+        msg['index'] = index
+        self._request(msg, RTM_DELLINK, f"deleting link {index}", NLM_F_REQUEST | NLM_F_ACK)
 
     def add_address(self, index: int, a: Address) -> None:
         self._request(address_msg(index, a), RTM_NEWADDR, f"adding address {a.cidr()}")
