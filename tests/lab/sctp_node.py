@@ -76,14 +76,8 @@ def run_mme(node: Node, listen: tuple[str, int]) -> None:
 
 def _blocked_receiver(node: Node, sock: socket.socket) -> None:
     sock.send(b"HELLO push\n")
-    while True:
-        lines = node.receive(sock, "push")  # blocks: the thread CRIU finds in recvmsg
-        if lines is None:
-            return
-        for line in lines:
-            kind, n = parse(line)
-            if kind == "PUSH":
-                node.got("push", n)
+    while node.take(sock, "push", "PUSH", "push"):  # blocks: the thread CRIU finds in recvmsg
+        pass
 
 
 def _requester(node: Node, sock: socket.socket, name: str, use_poll: bool) -> None:
@@ -99,15 +93,8 @@ def _requester(node: Node, sock: socket.socket, name: str, use_poll: bool) -> No
             ready = poller.poll(timeout * 1000)
         else:
             ready, _, _ = select.select([sock], [], [], timeout)
-        if not ready:
-            continue
-        lines = node.receive(sock, name)
-        if lines is None:
+        if ready and not node.take(sock, name, "ACK", name):
             return
-        for line in lines:
-            kind, k = parse(line)
-            if kind == "ACK":
-                node.got(name, k)
 
 
 def run_client(node: Node, peer: tuple[str, int]) -> None:

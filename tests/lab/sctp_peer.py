@@ -53,13 +53,8 @@ def run_client(peer: Peer, server: tuple[str, int], bind: str | None) -> None:
     while alive:
         next_send, peer.sent, alive = peer.tick(s, "REQ", "", next_send, peer.sent)
         ready, _, _ = select.select([s], [], [], max(0.0, next_send - time.monotonic()))
-        lines = peer.receive(s, "") if ready else []
-        if lines is None:
+        if ready and not peer.take(s, "", "ACK", "ack"):
             return
-        for line in lines:
-            kind, k = parse(line)
-            if kind == "ACK":
-                peer.got("ack", k)
 
 
 def _serve(peer: Peer, conn: socket.socket, who: str) -> None:

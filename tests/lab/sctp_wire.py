@@ -128,6 +128,18 @@ class Recorder:
                 "flows": {k: v.to_dict() for k, v in self.flows.items()},
                 "notifications": self.notes, "errors": self.errors, **extra})
 
+    def take(self, sock: socket.socket, who: str, kind: str, flow: str) -> bool:
+        """Receive what waits on ``sock`` and record its ``KIND n`` lines as ``flow``;
+        False once the association is gone."""
+        lines = self.receive(sock, who)
+        if lines is None:
+            return False
+        for line in lines:
+            k, n = parse(line)
+            if k == kind:
+                self.got(flow, n)
+        return True
+
     def tick(self, sock: socket.socket, kind: str, who: str, next_at: float,
              n: int) -> tuple[float, int, bool]:
         """Send ``KIND n+1`` if it is time; (next time, last number sent, still alive)."""
