@@ -1,4 +1,5 @@
-"""Restore planning, validation and diffs (pure functions, no kernel)."""
+"""Restore planning, validation and diffs (pure functions, no kernel; the same paths
+against the kernel: tests/vm/test_gtp_restore.py, conflicts, rollback, dry run, check)."""
 
 from gtp_util.model import (Device, NatRule, PdpContext, PdpTable, Route, Snapshot, SocketRef)
 from gtp_util.restorer import diff, plan, validate

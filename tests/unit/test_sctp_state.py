@@ -1,4 +1,5 @@
-"""sctp_repair's layouts and state model, without a kernel."""
+"""sctp_repair's layouts and state model, without a kernel (what the kernel does with
+them: tests/repair/test_move.py, test_errors.py, test_lksctp.py in the VM)."""
 
 from __future__ import annotations
 
