@@ -191,6 +191,7 @@ class Peer:
         self.c = Counters()
         self.interval = interval
         self.sending = threading.Event()
+        self._in_flight = threading.Lock()  # held from the sending check to the count
         self.stop = threading.Event()
         self.fatal: list[str] = []
         self._threads = [threading.Thread(target=self._send, daemon=True),
@@ -202,23 +203,30 @@ class Peer:
             t.start()
         return self
 
+    def pause(self) -> None:
+        """Stop sending; returns once a message already on its way is counted."""
+        self.sending.clear()
+        with self._in_flight:
+            pass
+
     def _send(self) -> None:
         i = 0
         while not self.stop.is_set():
-            if self.sending.is_set():
-                sid, msg = self.c.next_message(i)
-                try:
-                    send_on(self.sock, sid, msg)
-                except TimeoutError:
-                    # The send buffer is full while the endpoint is away (the
-                    # socket's timeout is the receiver's): the message was not
-                    # queued, try it again.
-                    continue
-                except OSError as e:
-                    self.fatal.append(f"peer send: {e}")
-                    return
-                self.c.sent[sid] += 1
-                i += 1
+            with self._in_flight:
+                if self.sending.is_set():
+                    sid, msg = self.c.next_message(i)
+                    try:
+                        send_on(self.sock, sid, msg)
+                    except TimeoutError:
+                        # The send buffer is full while the endpoint is away (the
+                        # socket's timeout is the receiver's): the message was not
+                        # queued, try it again.
+                        continue
+                    except OSError as e:
+                        self.fatal.append(f"peer send: {e}")
+                        return
+                    self.c.sent[sid] += 1
+                    i += 1
             time.sleep(self.interval)
 
     def _recv(self) -> None:

@@ -62,7 +62,7 @@ def establish(net: Net, fam, role: str) -> tuple[Endpoint, Peer]:
 
 def finish(ep: Endpoint, peer: Peer, join: bool = True) -> None:
     """Stop both senders and wait until each side has all the other sent."""
-    peer.sending.clear()
+    peer.pause()  # a message sent after the count would arrive after close(): an ABORT
     wait_until(lambda: ep.c.received == peer.c.sent and peer.c.received == ep.c.sent,
                60, "both sides to receive everything", poll=ep.drain)
     if join:
