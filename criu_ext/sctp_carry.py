@@ -421,12 +421,15 @@ def put_back(root: int, pids: list[int], items: list[Carried], log=None,
             socks[(pid, it.fd)] = _create(it, netns_path(pid=pid))
         for pid, group in by_process(items).items():
             swap_in(pid, group, {it.fd: socks[(pid, it.fd)] for it in group})
-        sctp_fence.lift(netns_path(pid=root))
-        for it in items:
-            if it.role == RESTART:
-                _connect_restart(it, socks[(it.pid, it.fd)], connect_timeout)
-                if log:
-                    log.warning(f"{it.describe()}: restarted; the peer sees an SCTP restart")
+        netns = netns_path(pid=root)
+        restarts = [it for it in items if it.role == RESTART]
+        if restarts:  # the peers still talk to the old association until their INIT
+            sctp_fence.restart(netns, peers(restarts))
+        for it in restarts:
+            _connect_restart(it, socks[(it.pid, it.fd)], connect_timeout)
+            if log:
+                log.warning(f"{it.describe()}: restarted; the peer sees an SCTP restart")
+        sctp_fence.lift(netns)
     except (sctp_fence.FenceError, TimeoutError, OSError) as exc:
         raise CarryError(str(exc)) from exc
     finally:

@@ -10,6 +10,11 @@ Two stages, one nftables table (``inet criu_ext_sctp``) in the task's netns:
 * ``hold``: drop every SCTP packet of those ports, both ways. From the moment
   the socket leaves its task until it is back, the peer's packets meet no
   association: without this the kernel would answer them with an ABORT.
+* ``restart`` (the stock-kernel fallback, on the destination): everything
+  passes except what the restart peers send that is not part of a handshake.
+  Until a re-created socket's INIT is answered, the peer's retransmissions and
+  heartbeats for the old association meet no association; the ABORT they
+  would draw ends the peer's side, and the INIT then meets ECONNREFUSED.
 
 CRIU carries the table with the netns (3.17 dumps the nftables ruleset), and
 the restore side installs it again in case it did not.
@@ -39,20 +44,35 @@ def _ports(ports) -> str:
     return "{ " + ", ".join(str(p) for p in sorted(set(ports))) + " }"
 
 
+# Every stage replaces the one before in one transaction: no gap between them.
+_EMPTY_CHAINS = (f"table inet {TABLE} {{\n"
+                 " chain in { type filter hook input priority -300; policy accept; }\n"
+                 " chain out { type filter hook output priority -300; policy accept; }\n"
+                 "}\n"
+                 f"flush chain inet {TABLE} in\n"
+                 f"flush chain inet {TABLE} out\n")
+
+
 def _script(stage: str, ports) -> str:
     p = _ports(ports)
-    head = (f"table inet {TABLE} {{\n"
-            " chain in { type filter hook input priority -300; policy accept; }\n"
-            " chain out { type filter hook output priority -300; policy accept; }\n"
-            "}\n"
-            f"flush chain inet {TABLE} in\n"
-            f"flush chain inet {TABLE} out\n")
+    head = _EMPTY_CHAINS
     if stage == "drain":
         return head + f"add rule inet {TABLE} in sctp dport {p} sctp chunk init exists drop\n"
     if stage == "hold":
         return head + (f"add rule inet {TABLE} in sctp dport {p} drop\n"
                        f"add rule inet {TABLE} out sctp sport {p} drop\n")
     raise ValueError(stage)
+
+
+def _restart_script(peers) -> str:
+    """The ``restart`` stage: ``peers`` are [(address, port)] of the restarting associations."""
+    rules = [_EMPTY_CHAINS]
+    for addr, port in sorted(set(peers)):
+        fam = "ip6" if ":" in addr else "ip"
+        rules.append(f"add rule inet {TABLE} in {fam} saddr {addr} sctp sport {port} "
+                     "sctp chunk init-ack missing sctp chunk cookie-ack missing "
+                     "sctp chunk abort missing drop\n")
+    return "".join(rules)
 
 
 def _nft(netns: str, script: str, what: str) -> None:
@@ -69,6 +89,11 @@ def drain(netns: str, ports) -> None:
 
 def hold(netns: str, ports) -> None:
     _nft(netns, _script("hold", ports), "SCTP hold rules")
+
+
+def restart(netns: str, peers) -> None:
+    """Replace the hold with the ``restart`` stage for ``peers`` ([(address, port)])."""
+    _nft(netns, _restart_script(peers), "SCTP restart rules")
 
 
 def _seal_batches(verb: str, peers) -> dict[str, str]:

@@ -1,4 +1,8 @@
-"""The sctp plugin's image and rules, as pure logic (no SCTP needed): round trips and bad input."""
+"""The sctp plugin's image and rules, as pure logic (no SCTP needed): round trips and bad input.
+
+The rules against real associations: tests/vm/test_sctp_fence.py and the moves in
+tests/vm/test_criu_sctp_stock.py, tests/repair/test_criu_sctp.py.
+"""
 
 from __future__ import annotations
 
@@ -70,6 +74,17 @@ def test_fence_rules_drain_then_hold():
     hold = sctp_fence._script("hold", [36412])
     assert "in sctp dport { 36412 } drop" in hold and "out sctp sport { 36412 } drop" in hold
     assert "chunk" not in hold
+
+
+def test_fence_restart_stage_drops_only_the_restart_peers_strays():
+    text = sctp_fence._restart_script([("10.0.0.11", 40000), ("fd00::11", 40001)])
+    assert "out sctp" not in text  # the INIT and COOKIE ECHO go out
+    rules = [line for line in text.splitlines() if line.startswith("add rule")]
+    assert rules == [
+        "add rule inet criu_ext_sctp in ip saddr 10.0.0.11 sctp sport 40000 sctp chunk init-ack "
+        "missing sctp chunk cookie-ack missing sctp chunk abort missing drop",
+        "add rule inet criu_ext_sctp in ip6 saddr fd00::11 sctp sport 40001 sctp chunk init-ack "
+        "missing sctp chunk cookie-ack missing sctp chunk abort missing drop"]
 
 
 def test_epoll_fdinfo_fields_parse():
