@@ -68,6 +68,11 @@ class Net:
     def nsexec(self, host: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return sh("nsenter", f"--net={self.path(host)}", *args, check=check)
 
+    def snmp(self, host: str) -> dict[str, int]:
+        """The host's non-zero SCTP MIB counters (/proc/net/sctp/snmp)."""
+        out = self.nsexec(host, "cat", "/proc/net/sctp/snmp").stdout
+        return {k: int(v) for k, v in (line.split() for line in out.splitlines()) if v != "0"}
+
     def up(self) -> Net:
         sh("ip", "link", "add", self.bridge, "type", "bridge")
         sh("ip", "link", "set", self.bridge, "up")
@@ -240,8 +245,12 @@ class Peer:
                 self.fatal.append(f"peer recv: {e}")
                 return
             if not data and not flags & abi.MSG_NOTIFICATION:
-                self.fatal.append("peer recv: end of association")
-                return
+                # Once a SHUTDOWN came in, an empty queue reads as the end even
+                # though SHUTDOWN_COMP is still to be queued: go on reading.
+                if "peer recv: end of association" not in self.fatal:
+                    self.fatal.append("peer recv: end of association")
+                time.sleep(0.05)
+                continue
             self.c.take(data, anc, flags)
 
     def join(self) -> None:

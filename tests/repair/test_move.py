@@ -156,8 +156,12 @@ def test_plain_close_still_shuts_down(net):
     finish(ep, peer, join=False)
     ep.sock.close()
     shutdown_comp = (abi.SCTP_ASSOC_CHANGE, abi.AssocChange.SHUTDOWN_COMP)
-    wait_until(lambda: shutdown_comp in peer.c.notifications, 20,
-               "the peer to see the shutdown complete")
+    try:
+        wait_until(lambda: shutdown_comp in peer.c.notifications, 20,
+                   "the peer to see the shutdown complete")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the peer saw {peer.c.notifications}, fatal {peer.fatal}, "
+                             f"SCTP MIB A {net.snmp('A')}, P {net.snmp('P')}") from None
     peer.join()
     assert peer.c.notifications == [(abi.SCTP_ASSOC_CHANGE, abi.AssocChange.COMM_UP),
                                      (abi.SCTP_SHUTDOWN_EVENT, -1), shutdown_comp]
