@@ -55,13 +55,14 @@ _EMPTY_CHAINS = (f"table inet {TABLE} {{\n"
 
 def _script(stage: str, ports) -> str:
     p = _ports(ports)
-    head = _EMPTY_CHAINS
     if stage == "drain":
-        return head + f"add rule inet {TABLE} in sctp dport {p} sctp chunk init exists drop\n"
-    if stage == "hold":
-        return head + (f"add rule inet {TABLE} in sctp dport {p} drop\n"
-                       f"add rule inet {TABLE} out sctp sport {p} drop\n")
-    raise ValueError(stage)
+        rules = f"add rule inet {TABLE} in sctp dport {p} sctp chunk init exists drop\n"
+    elif stage == "hold":
+        rules = (f"add rule inet {TABLE} in sctp dport {p} drop\n"
+                 f"add rule inet {TABLE} out sctp sport {p} drop\n")
+    else:
+        raise ValueError(stage)
+    return _EMPTY_CHAINS + rules
 
 
 def _restart_script(peers) -> str:
