@@ -1,4 +1,4 @@
-"""Waiting for a test program's output file (written whole, by rename)."""
+"""Waiting in tests: for a program's output file (written whole, by rename), for a condition."""
 
 from __future__ import annotations
 
@@ -14,6 +14,18 @@ def wait_for(path: Path, timeout: float = 30.0) -> str:
             return path.read_text()
         time.sleep(0.05)
     raise AssertionError(f"{path} did not appear within {timeout} s")
+
+
+def wait_until(cond, timeout: float, what: str, poll=None) -> None:
+    """Return once ``cond()`` holds (``poll()`` runs first each round); else AssertionError."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if poll:
+            poll()
+        if cond():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def record_json(path: Path, key: str, value) -> None:

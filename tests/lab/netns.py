@@ -19,6 +19,12 @@ def sh(*argv: str, ns: str | None = None, check: bool = True) -> subprocess.Comp
     return p
 
 
+def sctp_mib(ns: str) -> dict[str, int]:
+    """The SCTP MIB counters of named netns ``ns`` (/proc/net/sctp/snmp)."""
+    out = sh('cat', '/proc/net/sctp/snmp', ns=ns).stdout
+    return {k: int(v) for k, v in (line.split() for line in out.splitlines() if line.strip())}
+
+
 class NetnsSet:
     """Named namespaces with unique names; :meth:`cleanup` kills their tasks and deletes them."""
 

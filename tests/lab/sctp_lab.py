@@ -24,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-from tests.lab.netns import NetnsSet, sh
+from tests.lab.netns import NetnsSet, sctp_mib, sh
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE_IP, FAR_IP, PORT = "10.0.0.1", "10.0.0.100", 36412  # 36412: S1AP's port
@@ -176,8 +176,7 @@ class SctpLab:
 
     def snmp(self, name: str) -> dict[str, int]:
         """The peer netns's SCTP MIB counters (/proc/net/sctp/snmp)."""
-        out = sh("cat", "/proc/net/sctp/snmp", ns=self.peer_ns[name]).stdout
-        return {k: int(v) for k, v in (line.split() for line in out.splitlines() if line.strip())}
+        return sctp_mib(self.peer_ns[name])
 
     def diagnose(self) -> str:
         out = []

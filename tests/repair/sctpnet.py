@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from criu_ext.linux import in_netns
 from sctp_repair import abi, release, restore, save, status
 from sctp_repair.repair import QueuesNotEmpty, new_socket
+from tests.lab.files import wait_until
+from tests.lab.netns import sctp_mib
 
 SCTP_SNDINFO = 2        # cmsg type: struct sctp_sndinfo
 SCTP_RCVINFO = 3        # cmsg type: struct sctp_rcvinfo
@@ -70,8 +72,7 @@ class Net:
 
     def snmp(self, host: str) -> dict[str, int]:
         """The host's non-zero SCTP MIB counters (/proc/net/sctp/snmp)."""
-        out = self.nsexec(host, "cat", "/proc/net/sctp/snmp").stdout
-        return {k: int(v) for k, v in (line.split() for line in out.splitlines()) if v != "0"}
+        return {k: v for k, v in sctp_mib(self.ns[host]).items() if v}
 
     def up(self) -> Net:
         sh("ip", "link", "add", self.bridge, "type", "bridge")
@@ -297,15 +298,6 @@ class Endpoint:
             time.sleep(interval)
 
 
-def wait_until(cond, timeout: float, what: str, poll=None) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if poll:
-            poll()
-        if cond():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @dataclass

@@ -24,6 +24,8 @@ import pytest
 from criu_ext import sctp_fence
 from criu_ext.linux import in_netns
 from tests.lab import sctp_wire
+from tests.lab.files import wait_until
+from tests.lab.netns import sctp_mib
 
 pytestmark = pytest.mark.vm
 
@@ -33,12 +35,6 @@ MAC = "02:00:0a:4d:00:01"
 
 def ip(ns: str, *args: str) -> None:
     subprocess.run(["ip", "-n", ns, *args], check=True)
-
-
-def mib(ns: str) -> dict[str, int]:
-    out = subprocess.run(["ip", "netns", "exec", ns, "cat", "/proc/net/sctp/snmp"],
-                         check=True, capture_output=True, text=True).stdout
-    return {k: int(v) for k, v in (line.split() for line in out.splitlines())}
 
 
 def attach(ns: str, p: str, name: str) -> None:
@@ -55,14 +51,6 @@ def sctp_socket(ns: str) -> socket.socket:
         s = sctp_wire.new_socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     return s
-
-
-def wait(cond, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("stage", ["lift", "restart"])
@@ -99,25 +87,26 @@ def test_restart_window(netns, stage):
     new.bind((SVC, PORT))
 
     # The peer sends on; its message goes unanswered and is retransmitted.
-    rtx = mib(p)["SctpT3RtxExpireds"]
+    # Counted from once the stage is in place, so the retransmission meets it.
     peer.sendall(b"REQ 1\n")
     if stage == "lift":
         sctp_fence.lift(f"/run/netns/{b}")
     else:
         sctp_fence.restart(f"/run/netns/{b}", [(PEER, peer.getsockname()[1])])
-    wait(lambda: mib(p)["SctpT3RtxExpireds"] > rtx, 10, "the peer to retransmit")
+    rtx = sctp_mib(p)["SctpT3RtxExpireds"]
+    wait_until(lambda: sctp_mib(p)["SctpT3RtxExpireds"] > rtx, 10, "the peer to retransmit")
     time.sleep(0.3)  # the retransmission crosses the bridge
 
     new.settimeout(10)
     if stage == "lift":
         # The retransmission met no association on B: B answered it with an
         # ABORT, the peer's side is gone, and the restart's INIT is refused.
-        assert mib(b)["SctpOutOfBlues"] >= 1
+        assert sctp_mib(b)["SctpOutOfBlues"] >= 1
         with pytest.raises(ConnectionRefusedError):
             new.connect((PEER, peer.getsockname()[1]))
         return
 
-    assert mib(b)["SctpOutOfBlues"] == 0
+    assert sctp_mib(b)["SctpOutOfBlues"] == 0
     new.connect((PEER, peer.getsockname()[1]))
     sctp_fence.lift(f"/run/netns/{b}")
     assert sctp_wire.notification(peer.recv(1000)) == "ASSOC_CHANGE:RESTART"
@@ -127,6 +116,6 @@ def test_restart_window(netns, stage):
     got = b""
     while not got.endswith(b"REQ 2\n"):  # REQ 1 may come first: the peer's queue
         got += new.recv(100)
-    assert mib(p)["SctpAborteds"] == 0
+    assert sctp_mib(p)["SctpAborteds"] == 0
     for s in (new, peer):
         s.close()
