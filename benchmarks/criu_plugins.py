@@ -5,7 +5,7 @@ Run inside the test VM (gtp module, CRIU), as root:
     python -m benchmarks.criu_plugins [--contexts 10000] [--repeat 3] [--out FILE]
     python -m tests.vm.runner --exec -- .venv/bin/python -m benchmarks.criu_plugins
 
-A gateway task (tests.lab.gateway) holds UDP 2152 and gtp0 with N PDP contexts and
+A gateway task (lab.gateway) holds UDP 2152 and gtp0 with N PDP contexts and
 the UE-pool route in a namespace of its own. It is dumped and restored with the
 gtp and netfilter plugins, in RPC mode (``criu-ext dump|restore``) and in
 action-script mode (``criu --action-script`` with the shell launcher).
@@ -72,7 +72,7 @@ class Gateway:
         self.out = tmp / "gateway.out"
         self.proc = subprocess.Popen(
             ["nsenter", f"--net=/run/netns/{self.ns}", "--", sys.executable, "-m",
-             "tests.lab.gateway", "--ues", str(n)], cwd=ROOT, stdin=subprocess.DEVNULL,
+             "lab.gateway", "--ues", str(n)], cwd=ROOT, stdin=subprocess.DEVNULL,
             stdout=open(self.out, "w"), stderr=subprocess.STDOUT, start_new_session=True,
             close_fds=True)
         end = time.monotonic() + 300
@@ -213,7 +213,7 @@ def kernel_floor(n: int) -> dict:
     from gtp_util.model import SOCKET_KERNEL, Device, SocketRef
     from gtp_util.netlink import PdpChannel
     from gtp_util.rtnl import Rtnl
-    from tests.lab.gateway import contexts
+    from lab.gateway import contexts
 
     ns = f"cfloor-{os.getpid()}"
     sh("ip", "netns", "add", ns)

@@ -70,11 +70,11 @@ def dump_child(ns: str, path: str) -> None:
 
 def run_size(n: int, baseline_max: int) -> dict:
     import gtp_util
-    from criu_ext.linux import in_netns
+    from procns.netns import in_netns
     from gtp_util.netlink import GtpGenl, PdpChannel
     from gtp_util.model import PdpContext
-    from tests.lab import holder
-    from tests.lab.netns import NetnsSet
+    from lab import holder
+    from lab.netns import NetnsSet
 
     nss = NetnsSet('bench')
     name = nss.add('gw')

@@ -26,9 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from criu_ext.linux import in_netns  # noqa: E402
+from procns.netns import in_netns  # noqa: E402
 from sctp_repair import abi, new_socket, release, restore, save  # noqa: E402
-from tests.repair.sctpnet import (NOTIFY_TYPES, P_HOST, SVC_HOST, V4, Net,  # noqa: E402
+from lab.sctpnet import (NOTIFY_TYPES, P_HOST, SVC_HOST, V4, Net,  # noqa: E402
                                   subscribe)
 
 

@@ -18,7 +18,9 @@ import socket
 import struct
 import subprocess
 
-from criu_ext import linux
+from procns.caps import CAP_NET_ADMIN, has_cap
+from procns.fds import steal_fd
+from procns.syscalls import CLONE_NEWNET, unshare
 
 IPPROTO_SCTP = 132
 NETLINK_SOCK_DIAG = 4
@@ -43,7 +45,7 @@ def probe_kernel() -> Finding:
 
 
 def probe_cap_net_admin() -> Finding:
-    ok = linux.has_cap(linux.CAP_NET_ADMIN)
+    ok = has_cap(CAP_NET_ADMIN)
     return Finding("CAP_NET_ADMIN", ok, "yes" if ok else "no",
                    hint="run as root: gtp devices, PDP contexts and CRIU need it")
 
@@ -52,7 +54,7 @@ def probe_pidfd_getfd() -> Finding:
     """Take a copy of one of our own fds through a pidfd, as restores do with a task's."""
     r, w = os.pipe()
     try:
-        copy = linux.steal_fd(os.getpid(), r)
+        copy = steal_fd(os.getpid(), r)
     except OSError as e:
         hint = ("kernel older than 5.6" if e.errno == errno.ENOSYS
                 else "ptrace permission over the task is needed (root, or CAP_SYS_PTRACE)")
@@ -185,7 +187,7 @@ def probe_in_scratch_netns() -> list[Finding]:
     if pid == 0:  # child: never returns
         os.close(r)
         try:
-            linux.unshare(linux.CLONE_NEWNET)
+            unshare(CLONE_NEWNET)
             found = []
             for probe in SCRATCH_PROBES:
                 try:

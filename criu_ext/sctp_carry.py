@@ -32,7 +32,8 @@ import time
 from dataclasses import dataclass, field
 
 from criu_ext import inject, sctp_fence, tasks
-from criu_ext.linux import in_netns, netns_path, pidfd_getfd
+from procns.netns import in_netns, netns_path
+from procns.syscalls import pidfd_getfd
 from sctp_repair import abi, sockopts
 from sctp_repair.state import AssocState
 

@@ -34,7 +34,7 @@ no netlink code until a function needs it)::
 * Errors derive from ``GtpError`` and carry ``exit_code`` (see ``gtp_util.errors``).
 
 ``netns`` is always a path (``/run/netns/NAME``, ``/proc/PID/ns/net``);
-``criu_ext.linux.netns_path(name=..., pid=...)`` makes one.
+``procns.netns.netns_path(name=..., pid=...)`` makes one.
 """
 
 from __future__ import annotations

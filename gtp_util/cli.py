@@ -15,7 +15,7 @@ from .errors import BadImage, GtpError, NoSuchTarget
 
 
 def _netns(name: str | None, pid: int | None) -> str | None:
-    from criu_ext.linux import netns_path
+    from procns.netns import netns_path
     try:
         return netns_path(name=name, pid=pid)
     except FileNotFoundError as e:

@@ -9,7 +9,8 @@ import os
 import socket
 import time
 
-from criu_ext.linux import CAP_NET_ADMIN, has_cap, in_netns
+from procns.caps import CAP_NET_ADMIN, has_cap
+from procns.netns import in_netns
 
 from . import nat
 from .errors import GtpError, GtpUnavailable, NoPermission, NoSuchTarget

@@ -18,7 +18,7 @@ import shutil
 import socket
 import subprocess
 
-from criu_ext.linux import in_netns
+from procns.netns import in_netns
 
 from .errors import GtpError
 from .model import NatRule

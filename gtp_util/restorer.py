@@ -13,7 +13,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 
-from criu_ext.linux import in_netns
+from procns.netns import in_netns
 
 from . import nat
 from .dump import check_target, open_iproute, read_sysctls, take_snapshot, ue_pools

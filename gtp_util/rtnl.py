@@ -19,7 +19,7 @@ from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
-from criu_ext.linux import in_netns
+from procns.netns import in_netns
 
 from .errors import GtpError
 from .model import Address, Device, Route

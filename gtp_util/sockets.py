@@ -19,7 +19,8 @@ import os
 import socket
 from dataclasses import dataclass, field
 
-from criu_ext.linux import in_netns, steal_fd
+from procns.fds import steal_fd
+from procns.netns import in_netns
 
 from .model import SOCKET_KERNEL, SOCKET_NONE, SOCKET_TASK, SOCKET_UNKNOWN, SocketRef
 

@@ -16,7 +16,7 @@ reaching it through the switch, as in a data-centre fabric.
 
 from __future__ import annotations
 
-from tests.lab.netns import NetnsSet, sh
+from lab.netns import NetnsSet, sh
 
 HOST_ADDR = {"a": "172.30.0.1", "b": "172.30.0.2"}
 BRIDGE = "br0"

@@ -17,16 +17,16 @@ import sys
 import time
 from pathlib import Path
 
-from criu_ext.linux import in_netns
+from procns.netns import in_netns
 from scenario import hss
 from scenario.fabric import Fabric
 from scenario.migration import Migration
 from scenario.pinger import READY as PINGER_READY
 from scenario.pinger import read_status
 from scenario.report import gaps
-from tests.lab.netns import NetnsSet, sh
-from tests.lab.sctp_lab import PATIENCE
-from tests.lab.topology import ENB_IP, GW_S1U_IP, GW_SGI_IP, PDN_IP, UE_POOL
+from lab.netns import NetnsSet, sh
+from lab.sctp_lab import PATIENCE
+from lab.topology import ENB_IP, GW_S1U_IP, GW_SGI_IP, PDN_IP, UE_POOL
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,7 +54,7 @@ def wait_line(log: Path, prefix: str, proc: subprocess.Popen, timeout: float = 1
 
 
 class Spgw:
-    """The GTP gateway (tests.lab.gateway) with N UEs pinging the PDN every 100 ms."""
+    """The GTP gateway (lab.gateway) with N UEs pinging the PDN every 100 ms."""
 
     name = "spgw"
     links = ["s1u0", "sgi0"]
@@ -75,7 +75,7 @@ class Spgw:
         sh("iptables", "-w", "-t", "nat", "-A", "POSTROUTING", "-s", UE_POOL, "-o", "sgi0",
            "-j", "MASQUERADE", ns=self.ns)
         log = self.workdir / "gateway.log"
-        gw = spawn(self.ns, [sys.executable, "-m", "tests.lab.gateway", "--ues", str(self.ues)],
+        gw = spawn(self.ns, [sys.executable, "-m", "lab.gateway", "--ues", str(self.ues)],
                    log)
         self.pid = int(wait_line(log, "READY", gw).split()[1])
         self.enb = f.peer("enb", "s1u0", f"{ENB_IP}/24")
@@ -191,12 +191,12 @@ class Hss:
 
 
 class Mme:
-    """An MME-like SCTP server (tests.lab.sctp_node) with base stations sending an
-    S1AP-like request every 100 ms each on one association (tests.lab.sctp_peer).
+    """An MME-like SCTP server (lab.sctp_node) with base stations sending an
+    S1AP-like request every 100 ms each on one association (lab.sctp_peer).
 
     Its associations move through the sctp plugin, which needs SCTP repair mode
     (the kernel built from kernel-patches/). All namespaces get short SCTP timers
-    (RTO 100 ms..1 s, see tests.lab.sctp_lab.PATIENCE): with Linux's defaults
+    (RTO 100 ms..1 s, see lab.sctp_lab.PATIENCE): with Linux's defaults
     (RTO up to 60 s) a peer's next retransmission after a pause of a few seconds
     would come many seconds after the MME is back, and the figure would measure
     the peer's backoff, not the migration.
@@ -224,7 +224,7 @@ class Mme:
     def start(self) -> int:
         self.ns = self.fabric.function("mme", {"eth0": f"{self.ADDR}/24"})
         sh("sysctl", "-qw", *PATIENCE, ns=self.ns)
-        node = spawn(self.ns, [sys.executable, "-m", "tests.lab.sctp_node", "mme", "--listen",
+        node = spawn(self.ns, [sys.executable, "-m", "lab.sctp_node", "mme", "--listen",
                                f"{self.ADDR}:{self.PORT}", "--status",
                                str(self.workdir / "mme.json")], self.workdir / "mme.log")
         self.pid = node.pid
@@ -238,7 +238,7 @@ class Mme:
             ns = self.fabric.peer(f"enb{i}", "eth0", f"{addr}/24")
             sh("sysctl", "-qw", *PATIENCE, ns=ns)
             self.peers[f"enb{i}"] = spawn(ns, [
-                sys.executable, "-m", "tests.lab.sctp_peer", "client", "--server",
+                sys.executable, "-m", "lab.sctp_peer", "client", "--server",
                 f"{self.ADDR}:{self.PORT}", "--bind", addr, "--status",
                 str(self.workdir / f"enb{i}.json")], self.workdir / f"enb{i}.log")
         return self.pid

@@ -56,7 +56,7 @@ class Client(threading.Thread):
 
     Records when each answer arrived and checks the server's counters; the
     socket is made in the caller's netns (create the Client inside
-    ``criu_ext.linux.in_netns``).
+    ``procns.netns.in_netns``).
     """
 
     def __init__(self, addr: str, port: int = PORT, interval: float = 0.05,

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from criu_ext import phases as ph
-from criu_ext.linux import in_netns
+from procns.netns import in_netns
 from criu_ext.plugin import Log, select
 from criu_ext.rpc import Options, run
 from criu_ext.session import Session

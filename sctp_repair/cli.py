@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from criu_ext import linux
+from procns.fds import steal_fd
 
 from . import abi
 from .repair import RepairError, probe, resume, save
@@ -48,7 +48,7 @@ def dump(pid: int, fd: int, output: str, wait: float, keep_repair: bool) -> None
     if not found.repair:
         raise click.ClickException(found.detail)
     try:
-        copy = linux.steal_fd(pid, fd)
+        copy = steal_fd(pid, fd)
     except OSError as e:
         raise click.ClickException(f"cannot take fd {fd} of process {pid}: {e.strerror}")
     try:

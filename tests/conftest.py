@@ -49,8 +49,8 @@ def netns():
 
 @pytest.fixture
 def lab_factory(tmp_path):
-    """SCTP labs (tests.lab.sctp_lab) started on demand, torn down after the test."""
-    from tests.lab.sctp_lab import SctpLab
+    """SCTP labs (lab.sctp_lab) started on demand, torn down after the test."""
+    from lab.sctp_lab import SctpLab
 
     labs = []
 

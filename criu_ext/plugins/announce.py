@@ -15,7 +15,7 @@ import socket
 import struct
 import threading
 
-from criu_ext.linux import in_netns
+from procns.netns import in_netns
 from criu_ext.plugin import Plugin
 
 ARPHRD_ETHER = 1

@@ -135,7 +135,7 @@ def drop_translated_flows(netns: str | None, pools) -> int:
 
     from pyroute2 import Conntrack
 
-    from criu_ext.linux import in_netns
+    from procns.netns import in_netns
 
     def in_pool(addr) -> bool:
         try:

@@ -14,7 +14,7 @@ import pytest
 
 from sctp_repair import AssocState, probe
 
-from .sctpnet import V4, Net, SVC_HOST
+from lab.sctpnet import V4, Net, SVC_HOST
 
 pytestmark = pytest.mark.repair
 

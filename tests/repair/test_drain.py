@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from criu_ext.linux import in_netns
+from procns.netns import in_netns
 from sctp_repair import abi, pause, resume
 from sctp_repair.sockopts import queued
 

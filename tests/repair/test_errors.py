@@ -14,7 +14,7 @@ import pytest
 from sctp_repair import abi, save, status
 from sctp_repair.repair import QueuesNotEmpty
 
-from .sctpnet import (NOTIFY_TYPES, V4, Net, P_HOST, SVC_HOST, check_errno, send_on,
+from lab.sctpnet import (NOTIFY_TYPES, V4, Net, P_HOST, SVC_HOST, check_errno, send_on,
                       subscribe, wait_until)
 
 pytestmark = pytest.mark.repair

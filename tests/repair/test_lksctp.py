@@ -19,7 +19,7 @@ import time
 import pytest
 
 
-from .sctpnet import NSTREAMS, P_HOST, SVC_HOST, V4, V6, Endpoint, Net, move, send_on
+from lab.sctpnet import NSTREAMS, P_HOST, SVC_HOST, V4, V6, Endpoint, Net, move, send_on
 
 pytestmark = [pytest.mark.repair,
               pytest.mark.skipif(shutil.which("sctp_darn") is None,

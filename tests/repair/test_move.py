@@ -16,7 +16,7 @@ import pytest
 
 from sctp_repair import abi, status
 
-from .sctpnet import (NOTIFY_TYPES, NSTREAMS, V4, V6, Endpoint, Net, Peer, SVC_HOST,
+from lab.sctpnet import (NOTIFY_TYPES, NSTREAMS, V4, V6, Endpoint, Net, Peer, SVC_HOST,
                       P_HOST, move, subscribe, wait_until)
 
 pytestmark = pytest.mark.repair

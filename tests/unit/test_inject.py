@@ -17,7 +17,7 @@ import textwrap
 import pytest
 
 from criu_ext import inject, ptrace, tasks
-from criu_ext.linux import pidfd_getfd
+from procns.syscalls import pidfd_getfd
 
 pytestmark = pytest.mark.skipif(ptrace.supported() is not None, reason="x86_64 only")
 

@@ -19,8 +19,8 @@ import pytest
 
 from criu_ext import criulog, launcher
 from criu_ext import phases as ph
-from tests.lab.files import record_json, wait_for
-from tests.lab.procs import alive, gone, state
+from lab.files import record_json, wait_for
+from lab.procs import alive, gone, state
 
 pytestmark = pytest.mark.vm
 

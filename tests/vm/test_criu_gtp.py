@@ -7,7 +7,7 @@ Topology (all network namespaces inside the VM)::
              s1u0   sgi0
              [ gateway netns: gtp0, UE pool route, MASQUERADE ]
 
-The gateway task (tests.lab.gateway) owns UDP 2152 and gtp0 with one PDP context
+The gateway task (lab.gateway) owns UDP 2152 and gtp0 with one PDP context
 per UE. The eNB sends a GTP-U echo for every UE every 100 ms. CRIU runs in
 host-a's namespace to dump the gateway and in host-b's to restore it, its veths
 re-attached to host-b's bridge (--external veth[...]:...@br0). After the restore
@@ -36,14 +36,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab.enb import GTPU_PORT, gtpu, icmp_echo, parse_reply
-from tests.lab.gateway import I_TEI_BASE, O_TEI_BASE, UE_BASE
+from lab.enb import GTPU_PORT, gtpu, icmp_echo, parse_reply
+from lab.gateway import I_TEI_BASE, O_TEI_BASE, UE_BASE
 from scenario.migration import image_bytes as image_size
-from tests.lab import criu_cmds
-from tests.lab.criu_cmds import env_for
-from tests.lab.files import record_json
-from tests.lab.procs import gone, state
-from tests.lab.netns import NetnsSet, sh
+from lab import criu_cmds
+from lab.criu_cmds import env_for
+from lab.files import record_json
+from lab.procs import gone, state
+from lab.netns import NetnsSet, sh
 
 pytestmark = pytest.mark.vm
 
@@ -80,7 +80,7 @@ class Pinger:
     """The eNB: one GTP-U echo per UE every INTERVAL; records (time, UE, TEID) of replies."""
 
     def __init__(self, netns_path: str, n: int):
-        from criu_ext.linux import in_netns
+        from procns.netns import in_netns
 
         with in_netns(netns_path):
             self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -171,7 +171,7 @@ class TwoHosts:
         self.out = self.tmp / "gateway.out"
         self.gateway = subprocess.Popen(
             ["nsenter", f"--net=/run/netns/{self.gw}", "--", sys.executable, "-m",
-             "tests.lab.gateway", "--ues", str(N_UES)],
+             "lab.gateway", "--ues", str(N_UES)],
             cwd=ROOT, stdin=subprocess.DEVNULL, stdout=open(self.out, "w"),
             stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
         end = time.monotonic() + 300  # Python + pyroute2 under emulation, on a busy host

@@ -18,11 +18,11 @@ import sys
 import pytest
 
 from sctp_repair import probe
-from tests.lab.files import record_json
-from tests.lab import criu_cmds
-from tests.lab.criu_cmds import ROOT, log_of
-from tests.lab.files import wait_for
-from tests.lab.sctp_migrate import dump_cmd, env_for, migrate, verdicts
+from lab.files import record_json
+from lab import criu_cmds
+from lab.criu_cmds import ROOT, log_of
+from lab.files import wait_for
+from lab.sctp_migrate import dump_cmd, env_for, migrate, verdicts
 
 pytestmark = pytest.mark.vm
 
@@ -82,7 +82,7 @@ def test_the_restart_fallback_warns_and_the_peer_sees_a_restart(lab_factory, tmp
     assert "the peer will see a restart" in d.stderr
     lab.node.wait(timeout=10)
     lab.in_host(lab.a, ["ip", "link", "del", "nodea"])
-    from tests.lab.sctp_migrate import restore_cmd
+    from lab.sctp_migrate import restore_cmd
 
     r = lab.in_host(lab.b, restore_cmd("rpc", images, tmp_path), env=env_for(tmp_path))
     assert r.returncode == 0, r.stdout + r.stderr + log_of(images, "restore.log")

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from pyroute2 import IPRoute
 
-from criu_ext.linux import in_netns
+from procns.netns import in_netns
 from gtp_util.netlink import register_link_kind
-from tests.lab.files import wait_for
+from lab.files import wait_for
 
 pytestmark = pytest.mark.vm
 

@@ -14,8 +14,8 @@ import gtp_util
 from gtp_util import image
 from gtp_util.model import (Device, PdpContext, PdpTable, Route, Snapshot, SocketRef)
 from gtp_util.netlink import GtpGenl, PdpChannel
-from tests.lab import GtpLab, holder
-from tests.lab.gateway import contexts
+from lab import GtpLab, holder
+from lab.gateway import contexts
 
 pytestmark = pytest.mark.vm
 
@@ -73,7 +73,7 @@ def test_10k_contexts_dump_wipe_restore_dump_equal(netns):
         first = gtp_util.take_snapshot(ns)
         assert first.n_contexts == 10000
         # the fast dump decodes exactly what pyroute2's decoder sees
-        from criu_ext.linux import in_netns
+        from procns.netns import in_netns
         with in_netns(ns):
             g = GtpGenl()
         slow = sorted(ctx.sort_key() for _, ctx in g.get_pdps())

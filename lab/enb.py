@@ -69,7 +69,7 @@ class Enb:
     """A GTP-U endpoint in the eNB namespace (socket made inside that namespace)."""
 
     def __init__(self, netns_path: str, local: str, gateway: str):
-        from criu_ext.linux import in_netns
+        from procns.netns import in_netns
         with in_netns(netns_path):
             self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((local, GTPU_PORT))

@@ -23,7 +23,7 @@ import socket
 import threading
 import time
 
-from tests.lab.sctp_wire import (STATUS_EVERY, Recorder, addr, listener, new_socket,
+from lab.sctp_wire import (STATUS_EVERY, Recorder, addr, listener, new_socket,
                                  parse, subscribe)
 
 

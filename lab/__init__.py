@@ -1,6 +1,10 @@
-"""Reusable test topology for the GTP user plane (netns helpers, gateway, eNB, PDN).
+"""The lab: hosts as network namespaces and the programs that run on them.
 
-    from tests.lab import GtpLab
+The main job (scenario/), the benchmarks and the tests all build on it: the GTP
+user plane (netns helpers, gateway, eNB, PDN), the SCTP node and its peers, and
+the repair tier's two-host SCTP network (lab.sctpnet).
+
+    from lab import GtpLab
     with GtpLab(n_ues=4) as lab:          # eNB --S1-U-- gateway --SGi-- PDN
         assert lab.ping_ues() == lab.expected_teids()
         lab.gateway_pid                   # the task that owns UDP 2152 and gtp0

@@ -1,6 +1,6 @@
 """The gateway task: owns UDP 2152 in its netns and a gtp device bound to that socket.
 
-Run as ``python -m tests.lab.gateway --ues N [--dev gtp0] [--addr 0.0.0.0]`` inside
+Run as ``python -m lab.gateway --ues N [--dev gtp0] [--addr 0.0.0.0]`` inside
 the gateway namespace (``nsenter --net=...``, fds >= 3 closed). It binds the GTP-U
 socket, creates the device on it with gtp_util (plus N PDP contexts and the UE-pool
 route), prints ``READY <pid> <fd>`` and sleeps until SIGTERM. Like a ZDTM test it

@@ -1,4 +1,4 @@
-"""A task that only holds UDP sockets: ``python -m tests.lab.holder ADDR:PORT ...``.
+"""A task that only holds UDP sockets: ``python -m lab.holder ADDR:PORT ...``.
 
 Prints ``READY <pid> <fd> <fd> ...`` (one fd per socket, in argument order) and
 sleeps until killed. Tests bind gtp devices to its sockets.
@@ -27,9 +27,9 @@ def main() -> None:
 
 def start(netns_path: str, *specs: str) -> tuple[subprocess.Popen, list[int]]:
     """Start a holder inside ``netns_path``; returns the process and its socket fds."""
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     p = subprocess.Popen(['nsenter', f'--net={netns_path}', '--', sys.executable, '-m',
-                          'tests.lab.holder', *specs], cwd=repo, stdout=subprocess.PIPE,
+                          'lab.holder', *specs], cwd=repo, stdout=subprocess.PIPE,
                          stdin=subprocess.DEVNULL, close_fds=True, text=True)
     line = p.stdout.readline().split()
     if not line or line[0] != 'READY':

@@ -4,10 +4,10 @@
                         |
                       eth0 [ node netns: the migrated program, 10.0.0.1 ]
 
-The node runs ``tests.lab.sctp_node`` (``mme`` or ``client``). Peers p1 and p2
-run ``tests.lab.sctp_peer client`` against the MME, ``darn`` is lksctp-tools'
+The node runs ``lab.sctp_node`` (``mme`` or ``client``). Peers p1 and p2
+run ``lab.sctp_peer client`` against the MME, ``darn`` is lksctp-tools'
 ``sctp_darn`` fed numbered lines on its stdin; ``far`` runs
-``tests.lab.sctp_peer server`` for the client variant. CRIU runs in host-a's
+``lab.sctp_peer server`` for the client variant. CRIU runs in host-a's
 netns to dump and in host-b's to restore, re-attaching the node's veth to
 host-b's bridge. Every netns gets patient SCTP timers: under software
 emulation a move takes seconds, and no peer may give up meanwhile.
@@ -24,9 +24,9 @@ import threading
 import time
 from pathlib import Path
 
-from tests.lab.netns import NetnsSet, sctp_mib, sh
+from lab.netns import NetnsSet, sctp_mib, sh
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 NODE_IP, FAR_IP, PORT = "10.0.0.1", "10.0.0.100", 36412  # 36412: S1AP's port
 PEER_IPS = {"p1": "10.0.0.11", "p2": "10.0.0.12", "darn": "10.0.0.13"}
 PATIENCE = ("net.sctp.rto_min=100", "net.sctp.rto_initial=300", "net.sctp.rto_max=1000",
@@ -61,16 +61,16 @@ class SctpLab:
             ip = FAR_IP if name == "far" else PEER_IPS[name]
             self._leg(self.peer_ns[name], f"{ip}/24", host, f"{name}x")
         if self.mode == "mme":
-            self.node = self._spawn("node", self.node_ns, ["-m", "tests.lab.sctp_node", "mme",
+            self.node = self._spawn("node", self.node_ns, ["-m", "lab.sctp_node", "mme",
                                                            "--listen", f"{NODE_IP}:{PORT}"])
             self.wait_status("node")
             for name in self.peer_names if self.start_peers else ():
                 self.start_peer(name)
         else:
             self.procs["far"] = self._spawn("far", self.peer_ns["far"], [
-                "-m", "tests.lab.sctp_peer", "server", "--listen", f"{FAR_IP}:{PORT}"])
+                "-m", "lab.sctp_peer", "server", "--listen", f"{FAR_IP}:{PORT}"])
             self.wait_status("far")
-            self.node = self._spawn("node", self.node_ns, ["-m", "tests.lab.sctp_node", "client",
+            self.node = self._spawn("node", self.node_ns, ["-m", "lab.sctp_node", "client",
                                                            "--peer", f"{FAR_IP}:{PORT}"])
         return self
 
@@ -80,7 +80,7 @@ class SctpLab:
             self._start_darn()
         else:
             self.procs[name] = self._spawn(name, self.peer_ns[name], [
-                "-m", "tests.lab.sctp_peer", "client", "--server", f"{NODE_IP}:{PORT}",
+                "-m", "lab.sctp_peer", "client", "--server", f"{NODE_IP}:{PORT}",
                 "--bind", PEER_IPS[name]])
 
     def _leg(self, inner_ns: str, address: str, host: str, outer: str) -> None:

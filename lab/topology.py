@@ -1,6 +1,6 @@
 """GtpLab: eNB --(S1-U 10.0.0.0/24)-- gateway --(SGi 192.168.50.0/24)-- PDN.
 
-The gateway namespace runs :mod:`tests.lab.gateway` (UDP 2152 + gtp0 + N PDP
+The gateway namespace runs :mod:`lab.gateway` (UDP 2152 + gtp0 + N PDP
 contexts + route of the UE pool 10.128.0.0/16 via gtp0); the lab adds IPv4
 forwarding and a MASQUERADE rule for the UE pool out of ``sgi0``. The PDN host
 answers pings; the eNB sends GTP-U encapsulated echo requests from the UEs.
@@ -17,7 +17,7 @@ from .enb import Enb
 from .gateway import ENB_ADDR, I_TEI_BASE, O_TEI_BASE, UE_BASE
 from .netns import NetnsSet, sh
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENB_IP, GW_S1U_IP = '10.0.0.2', '10.0.0.1'
 GW_SGI_IP, PDN_IP = '192.168.50.1', '192.168.50.2'
 UE_POOL = '10.128.0.0/16'
@@ -59,7 +59,7 @@ class GtpLab:
                    '-j', 'MASQUERADE', ns=self.gw)
             self.gateway = subprocess.Popen(
                 ['nsenter', f'--net={self.gw_ns}', '--', sys.executable, '-m',
-                 'tests.lab.gateway', '--ues', str(self.n_ues)],
+                 'lab.gateway', '--ues', str(self.n_ues)],
                 cwd=REPO, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, close_fds=True,
                 text=True)
             line = self.gateway.stdout.readline().split()

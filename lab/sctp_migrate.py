@@ -11,9 +11,9 @@ import json
 import time
 from pathlib import Path
 
-from tests.lab import criu_cmds
-from tests.lab.criu_cmds import log_of
-from tests.lab.sctp_lab import SctpLab
+from lab import criu_cmds
+from lab.criu_cmds import log_of
+from lab.sctp_lab import SctpLab
 
 # a peer's associations: a restart or a new association moves the first two, an ended
 # one the last two

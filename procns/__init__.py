@@ -1,0 +1,10 @@
+"""Process and namespace helpers that Python 3.11 lacks, below every other package.
+
+``gtp_util``, ``sctp_repair`` and ``criu_ext`` all stand on this package, and it
+stands on nothing of theirs (only the standard library):
+
+* :mod:`procns.syscalls`: ``setns``, ``unshare``, ``pidfd_getfd`` through libc;
+* :mod:`procns.netns`: naming a network namespace and running code inside one;
+* :mod:`procns.fds`: taking a copy of another process's file descriptor;
+* :mod:`procns.caps`: the caller's effective capabilities.
+"""
