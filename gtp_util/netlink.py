@@ -44,7 +44,7 @@ from pyroute2.netlink import (
 from pyroute2.netlink.generic import GenericNetlinkSocket
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
-from criu_ext.linux import in_netns
+from procns.netns import in_netns
 
 from .errors import GtpError, GtpUnavailable
 from .model import PdpTable
@@ -250,7 +250,7 @@ class PdpChannel:
         return (reply.get_attr('CTRL_ATTR_FAMILY_ID'), reply.get_attr('CTRL_ATTR_MAXATTR'),
                 groups)
 
-    # -- change notifications (the family's multicast group, Linux 5.18+) --
+    # -- change notifications (the family's multicast group, Linux 5.10+) --
     def subscribe(self) -> bool:
         """Join the family's multicast group: the kernel then copies every PDP context
         added or deleted in this namespace to this socket. False when the kernel has
@@ -593,7 +593,7 @@ def _ip4int(addr: str) -> int:
 class GtpGenl(GenericNetlinkSocket):
     """pyroute2 generic netlink socket bound to the ``gtp`` family.
 
-    Create it inside :func:`criu_ext.linux.in_netns` to talk to another namespace.
+    Create it inside :func:`procns.netns.in_netns` to talk to another namespace.
     """
 
     def __init__(self, *args, **kwargs):
