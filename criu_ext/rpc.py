@@ -56,6 +56,7 @@ class Options:
     external: list[str] = field(default_factory=list)
     config_file: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    page_server: tuple[str, int] | None = None  # (address, port): memory goes there
 
 
 @dataclass
@@ -126,6 +127,8 @@ def build_opts(o: Options, images_fd: int, work_fd: int | None, log_name: str) -
         opts.config_file = o.config_file
     for k, v in o.extra.items():
         set_opt(opts, k, v)
+    if o.page_server is not None:
+        opts.ps.address, opts.ps.port = o.page_server
     return opts
 
 
