@@ -24,10 +24,10 @@ def tls_options(f):
     return f
 
 
-def host_port(text: str, what: str) -> tuple[str, int]:
+def host_port(text: str, what: str, any_port: bool = False) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not port.isdigit() or not (0 if any_port else 1) <= int(port) < 65536:
         raise click.BadParameter(f"{text!r}: expected HOST:PORT", param_hint=what)
     return host, int(port)
 
@@ -145,7 +145,7 @@ def receive(listen, tls_cacert, tls_cert, tls_key, work_dir, external, plugin_sp
     from criu_ext.migrate.tls import TlsError
     from criu_ext.plugin import Log
 
-    cfg = ReceiveConfig(listen=host_port(listen, "--listen"),
+    cfg = ReceiveConfig(listen=host_port(listen, "--listen", any_port=True),
                         tls=_tls(tls_cacert, tls_cert, tls_key), work_dir=os.path.abspath(work_dir),
                         external=list(external), plugin_spec=plugin_spec, criu=criu_bin,
                         timeout=timeout, log_level=log_level)

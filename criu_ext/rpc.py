@@ -135,13 +135,14 @@ def build_opts(o: Options, images_fd: int, work_fd: int | None, log_name: str) -
 class Swrk:
     """One ``criu swrk`` child talking SOCK_SEQPACKET with us."""
 
-    def __init__(self, criu: str = "criu") -> None:
+    def __init__(self, criu: str = "criu", quiet: bool = False) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.sk = ours
         try:
             self.proc = subprocess.Popen([criu, "swrk", str(theirs.fileno())],
                                          pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL, close_fds=True)
+                                         stdout=subprocess.DEVNULL, close_fds=True,
+                                         stderr=subprocess.DEVNULL if quiet else None)
         except OSError as exc:
             ours.close()
             raise CriuError(f"cannot start {criu} swrk: {exc}") from exc

@@ -127,14 +127,17 @@ class Session:
                 self.round = n
                 self.ps = PageServer(round_dir(self.dir, n), self.addr, self.cfg.tls,
                                      self.cfg.criu)
+                self.log.info(f"round {n}: page server on port {self.ps.port}")
                 self.chan.send("listening", port=self.ps.port)
             elif op == "round-done":
                 self.phase = f"pre-copy round {self.round}"
                 self._end_page_server()
                 self.chan.send("round-ok", round=self.round)
             elif op == "file":
+                if self.phase != "transfer":
+                    self.log.info(f"round {self.round}: receiving images")
                 self.phase = "transfer"
-                if self.ps is None and self.round == 0:
+                if self.round == 0:
                     raise wire.ProtocolError("a file before any round")
                 self.budget -= self.chan.recv_file(msg, os.path.join(self.dir, str(self.round)),
                                                    self.budget)
@@ -158,6 +161,8 @@ class Session:
         from criu_ext.session import Session as PluginSession
 
         self.phase = "restore"
+        self.chan.send("restoring")
+        self.log.info(f"restoring from round {self.round}")
         images = os.path.join(self.dir, str(self.round))
         t0 = time.monotonic()
         handoff = Handoff(self.chan, t0)
@@ -176,6 +181,7 @@ class Session:
         self.result = {"pid": pid, "restore_s": round(time.monotonic() - t0, 6),
                        "plugin_s": round(plugin_s, 6),
                        "criu_restore_s": stats(images).get("restore", {}).get("restore_time", 0) / 1e6}
+        self.log.info(f"restored: PID {pid} runs here")
         self.chan.send("done", **self.result)
         return self.result
 

@@ -39,6 +39,16 @@ def round_dir(work: str, n: int) -> str:
     return path
 
 
+def last_error(log: str) -> str:
+    """CRIU's last ``Error`` line in ``log`` (the log goes with a failed session)."""
+    try:
+        with open(log, encoding="utf-8", errors="replace") as f:
+            lines = [ln.strip() for ln in f if "Error" in ln]
+    except OSError:
+        return ""
+    return lines[-1][:300] if lines else ""
+
+
 def _die_with_parent() -> None:
     # a receiver killed with SIGKILL must not leave a page server listening
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -83,7 +93,7 @@ class PageServer:
         while not _listening(self.proc.pid, self.port):
             if self.proc.poll() is not None:
                 raise CriuError(f"criu page-server exited ({self.proc.returncode}) before "
-                                f"listening; see {self.log}", 0, self.log)
+                                f"listening: {last_error(self.log)}", 0, self.log)
             if time.monotonic() > end:
                 self.kill()
                 raise CriuError(f"criu page-server not listening after {timeout:.0f} s", 0,
@@ -99,8 +109,8 @@ class PageServer:
             raise CriuError(f"criu page-server did not finish within {timeout:.0f} s; "
                             f"see {self.log}", 0, self.log) from None
         if status:
-            raise CriuError(f"criu page-server failed (status {status}); see {self.log}", 0,
-                            self.log)
+            raise CriuError(f"criu page-server failed (status {status}): "
+                            f"{last_error(self.log)}", 0, self.log)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -125,7 +135,7 @@ def pre_dump(o: Options, criu: str = "criu") -> float:
         opts.notify_scripts = False  # pre-dump runs no scripts; nothing to answer
         req = rpc.criu_req(type=rpc.PRE_DUMP)
         req.opts.CopyFrom(opts)
-        swrk = Swrk(criu)
+        swrk = Swrk(criu, quiet=True)  # it complains when we hang up after one request
         t0 = time.perf_counter()
         try:
             swrk.send(req)

@@ -128,6 +128,7 @@ class Handoff:
                     continue
                 self.chan.send_file(path, name)
             self.chan.send("restore")
+            self.chan.recv("restoring")  # every image arrived, the last page server ended well
             t1 = time.monotonic()
             self.rep.times["transfer"] = t1 - t0
             self.phase = "restore"
@@ -144,6 +145,25 @@ class Handoff:
             raise PluginError(f"{exc}") from None
 
 
+def _pre_dump_round(cfg: MigrateConfig, chan: wire.Channel, work: str, n: int,
+                    progress: Progress) -> Round:
+    """Round ``n``: a page server there, ``criu pre-dump`` here into it."""
+    progress.phase(f"pre-copy round {n}: page server")
+    chan.send("page-server", round=n)
+    port = int(chan.recv("listening")["port"])
+    images = round_dir(work, n)
+    o = Options(images_dir=images, pid=cfg.pid, log_file="pre-dump.log",
+                log_level=cfg.log_level, shell_job=cfg.shell_job)
+    page_server_opts(o, cfg.dest[0], port, cfg.tls, n - 1 if n > 1 else None)
+    progress.phase(f"pre-copy round {n}: pre-dump")
+    seconds = pre_dump(o, cfg.criu)
+    chan.send("round-done", round=n)
+    chan.recv("round-ok")
+    st = stats(images).get("dump", {})
+    return Round(n, "pre-dump", int(st.get("pages_written", 0)), seconds,
+                 st.get("frozen_time", 0) / 1e6)
+
+
 def _pre_copy(cfg: MigrateConfig, chan: wire.Channel, work: str, rep: Report,
               progress: Progress) -> int:
     """Pre-dump rounds while the tasks run; returns the number of rounds taken."""
@@ -156,23 +176,15 @@ def _pre_copy(cfg: MigrateConfig, chan: wire.Channel, work: str, rep: Report,
             return n
         n += 1
         phase = f"pre-copy round {n}"
-        progress.phase(f"{phase}: page server")
-        chan.send("page-server", round=n)
-        port = int(chan.recv("listening")["port"])
-        images = round_dir(work, n)
-        o = Options(images_dir=images, pid=cfg.pid, log_file="pre-dump.log",
-                    log_level=cfg.log_level, shell_job=cfg.shell_job)
-        page_server_opts(o, cfg.dest[0], port, cfg.tls, n - 1 if n > 1 else None)
-        progress.phase(f"{phase}: pre-dump")
         try:
-            seconds = pre_dump(o, cfg.criu)
+            r = _pre_dump_round(cfg, chan, work, n, progress)
+        except wire.PeerFailed as exc:
+            raise MigrationFailed(phase, f"the destination failed at {exc.phase}: "
+                                  f"{exc.reason}") from None
+        except wire.ProtocolError as exc:
+            raise MigrationFailed(phase, str(exc)) from None
         except CriuError as exc:
             raise MigrationFailed(phase, _one_line(exc)) from None
-        chan.send("round-done", round=n)
-        chan.recv("round-ok")
-        st = stats(images).get("dump", {})
-        r = Round(n, "pre-dump", int(st.get("pages_written", 0)), seconds,
-                  st.get("frozen_time", 0) / 1e6)
         rep.rounds.append(r)
         progress.round(r)
         pages.append(r.pages)
