@@ -100,7 +100,7 @@ class Hosts:
         port_file = self.tmp / f"{name}.port"
         argv = self.prefix(h) + [CRIU_EXT, "receive", "--listen", f"{HOST_ADDR[h]}:0",
                                  "--port-file", str(port_file), *self.tls[h],
-                                 "--work-dir", str(self.work[h]), "--timeout", "120", "--json",
+                                 "--work-dir", str(self.work[h]), "--timeout", "600", "--json",
                                  *[a for e in external for a in ("--external", e)]]
         err = open(self.tmp / f"{name}.err", "w")
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -126,7 +126,7 @@ class Hosts:
                 wait: bool = True):
         argv = self.prefix(src) + [CRIU_EXT, "migrate", "--pid", str(pid), "--to",
                                    f"{HOST_ADDR[rx.host]}:{rx.port}", *(tls or self.tls[src]),
-                                   "--json", "--timeout", "120", *extra]
+                                   "--json", "--timeout", "600", *extra]
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, close_fds=True, cwd=ROOT)
         return self.finish(proc) if wait else proc

@@ -203,3 +203,21 @@ def test_report_json_counts_rounds_pages_and_bytes():
     assert d["pages_per_round"] == [1000, 100, 10]
     assert d["bytes_sent"] == 1110 * 4096 + 1000
     assert "2 pre-copy round(s), frozen 2.50 s" in summary(rep)
+
+
+# -- dry-run verdict ----------------------------------------------------------------------------
+
+def test_dry_run_verdict_counts_what_the_tree_needs():
+    from criu_ext.check import Finding
+    from criu_ext.migrate.checks import evaluate
+
+    found = [Finding("criu check", True, "Looks good."),
+             Finding("sctp repair mode", False, "no repair mode", required=False),
+             Finding("gtp", True, "ok")]
+    assert evaluate(found, [], None)["ok"]  # an optional miss the tree does not need
+    v = evaluate(found, ["sctp repair mode"], None)
+    assert not v["ok"] and v["problems"] == ["sctp repair mode: no repair mode"]
+    v = evaluate(found, ["sctp"], None)
+    assert v["problems"] == ["sctp: not probed here"]
+    v = evaluate([Finding("criu check", False, "vdso")], [], "nosuchplugin")
+    assert not v["ok"] and len(v["problems"]) == 2
