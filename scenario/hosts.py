@@ -23,6 +23,7 @@ from scenario.fabric import HOST_ADDR, Fabric
 
 ROOT = Path(__file__).resolve().parents[1]
 CRIU_EXT = str(ROOT / ".venv" / "bin" / "criu-ext")
+PID_BASE_B = 20000
 
 
 def _children(pid: int) -> list[int]:
@@ -46,6 +47,10 @@ class Hosts:
             assert time.monotonic() < end, "host B's init did not start"
             time.sleep(0.05)
         self.init_b = _children(self.init.pid)[0]
+        # B's own tasks (receivers, page servers, CRIU) take PIDs far from those the
+        # VM hands out, which migrated tasks keep
+        subprocess.run(self.prefix("b") + ["sh", "-c", f"echo {PID_BASE_B} > "
+                                           "/proc/sys/kernel/ns_last_pid"], check=True)
         self.pidns_b = os.readlink(f"/proc/{self.init_b}/ns/pid")
         pki = make_test_pki(str(tmp / "pki"), {"a": [HOST_ADDR["a"]], "b": [HOST_ADDR["b"]]})
         self.tls = {h: ["--tls-cacert", f.cacert, "--tls-cert", f.cert, "--tls-key", f.key]
