@@ -1,7 +1,7 @@
 """The fabric's two hosts as `criu-ext migrate` / `criu-ext receive` see them.
 
 Host A is a network namespace in the VM's PID namespace; host B a network
-namespace with a PID and a mount namespace of its own (its init: a ``sleep``).
+namespace with a PID and a mount namespace of its own (its init reaps orphans).
 CRIU restores a task with its PID, and the source keeps its task, frozen,
 until the destination has restored it: two hosts sharing one PID namespace
 would collide. Both ends get certificates of one test CA (criu-ext tls-init's
@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -24,6 +25,10 @@ from scenario.fabric import HOST_ADDR, Fabric
 ROOT = Path(__file__).resolve().parents[1]
 CRIU_EXT = str(ROOT / ".venv" / "bin" / "criu-ext")
 PID_BASE_B = 20000
+# Host B's init reaps its orphans, as a host's init does: a restore CRIU abandoned
+# leaves its killed tasks to it, and a zombie would keep their PIDs taken.
+REAPER = ("import os, time\nwhile True:\n    try:\n        os.wait()\n"
+          "    except ChildProcessError:\n        time.sleep(0.2)\n")
 
 
 def _children(pid: int) -> list[int]:
@@ -41,7 +46,7 @@ class Hosts:
         self.fabric, self.tmp = fabric, tmp
         self.init = subprocess.Popen(["nsenter", f"--net={fabric.host_path('b')}", "--",
                                       "unshare", "--pid", "--fork", "--mount", "--mount-proc",
-                                      "sleep", "infinity"], start_new_session=True)
+                                      sys.executable, "-c", REAPER], start_new_session=True)
         end = time.monotonic() + 30
         while not _children(self.init.pid):
             assert time.monotonic() < end, "host B's init did not start"
