@@ -66,25 +66,75 @@ def test_describe_names_role_addresses_and_place():
     assert text == "association [10.0.0.1]:36412 <-> [10.0.0.11]:40000 (fd 5 of pid 10)"
 
 
+def _rules(commands):
+    """The rules of a stage, as (chain, [expression ...]) without the final drop."""
+    out = []
+    for cmd in commands:
+        rule = cmd.get("add", {}).get("rule")
+        if rule:
+            assert rule["table"] == sctp_fence.TABLE and rule["expr"][-1] == {"drop": None}
+            out.append((rule["chain"], rule["expr"][:-1]))
+    return out
+
+
+def _match(left, right):
+    return {"match": {"op": "==", "left": left, "right": right}}
+
+
+def _sctp(field):
+    return {"payload": {"protocol": "sctp", "field": field}}
+
+
 def test_fence_rules_drain_then_hold():
-    drain = sctp_fence._script("drain", [36412, 2905, 36412])
-    assert "in sctp dport { 2905, 36412 } sctp chunk init exists drop" in drain
-    assert "data" not in drain  # the kernel drops DATA in repair mode, letting SACKs in
-    assert "drop" not in drain.split("flush chain")[0]  # the table itself drops nothing
-    hold = sctp_fence._script("hold", [36412])
-    assert "in sctp dport { 36412 } drop" in hold and "out sctp sport { 36412 } drop" in hold
-    assert "chunk" not in hold
+    drain = sctp_fence.stage_commands("drain", [36412, 2905, 36412])
+    # the kernel drops DATA in repair mode, letting SACKs in: only INITs are dropped
+    assert _rules(drain) == [("in", [_match(_sctp("dport"), {"set": [2905, 36412]}),
+                                     _match({"sctp chunk": {"name": "init"}}, True)])]
+    # one transaction: the table and its chains come first, emptied, then the rules
+    assert [next(iter(c)) for c in drain[:5]] == ["add", "add", "add", "flush", "flush"]
+    hold = sctp_fence.stage_commands("hold", [36412])
+    assert _rules(hold) == [("in", [_match(_sctp("dport"), {"set": [36412]})]),
+                            ("out", [_match(_sctp("sport"), {"set": [36412]})])]
 
 
 def test_fence_restart_stage_drops_only_the_restart_peers_strays():
-    text = sctp_fence._restart_script([("10.0.0.11", 40000), ("fd00::11", 40001)])
-    assert "out sctp" not in text  # the INIT and COOKIE ECHO go out
-    rules = [line for line in text.splitlines() if line.startswith("add rule")]
-    assert rules == [
-        "add rule inet criu_ext_sctp in ip saddr 10.0.0.11 sctp sport 40000 sctp chunk init-ack "
-        "missing sctp chunk cookie-ack missing sctp chunk abort missing drop",
-        "add rule inet criu_ext_sctp in ip6 saddr fd00::11 sctp sport 40001 sctp chunk init-ack "
-        "missing sctp chunk cookie-ack missing sctp chunk abort missing drop"]
+    rules = _rules(sctp_fence.restart_commands([("fd00::11", 40001), ("10.0.0.11", 40000)]))
+    assert [chain for chain, _ in rules] == ["in", "in"]  # the INIT and COOKIE ECHO go out
+    missing = [_match({"sctp chunk": {"name": n}}, False)
+               for n in ("init-ack", "cookie-ack", "abort")]
+    assert rules[0][1] == [_match({"payload": {"protocol": "ip", "field": "saddr"}}, "10.0.0.11"),
+                           _match(_sctp("sport"), 40000), *missing]
+    assert rules[1][1][0] == _match({"payload": {"protocol": "ip6", "field": "saddr"}},
+                                    "fd00::11")
+
+
+@pytest.mark.parametrize("peer, message", [
+    (("10.0.0.1\nadd table inet x", 36412), "not an IP address"),
+    (("10.0.0.1 ; flush ruleset", 36412), "not an IP address"),
+    (("10.0.0.1", 0), "not an SCTP port"),
+    (("10.0.0.1", 65536), "not an SCTP port"),
+    (("10.0.0.1", "36412"), "not an SCTP port"),
+    (("10.0.0.1", True), "not an SCTP port"),
+])
+def test_fence_and_seal_refuse_what_is_not_an_address_and_port(peer, message):
+    """Peers come from images: text never reaches a rule, and nothing is applied."""
+    with pytest.raises(sctp_fence.FenceError, match=message):
+        sctp_fence.restart_commands([peer])
+    with pytest.raises(sctp_fence.FenceError, match=message):
+        sctp_fence.seal_messages([peer])
+
+
+def test_seal_is_one_blackhole_fib_rule_per_peer():
+    msgs = sctp_fence.seal_messages([("10.0.0.11", 40000), ("fd00::11", 40001),
+                                     ("10.0.0.11", 40000)])
+    assert len(msgs) == 2
+    for msg, (family, plen, dst, port) in zip(msgs, [(2, 32, "10.0.0.11", 40000),
+                                                     (10, 128, "fd00::11", 40001)]):
+        assert (msg["family"], msg["dst_len"], msg["action"]) == (family, plen, 6)
+        attrs = dict(msg["attrs"])
+        assert attrs == {"FRA_DST": dst, "FRA_PRIORITY": sctp_fence.SEAL_PREF,
+                         "FRA_IP_PROTO": 132, "FRA_DPORT_RANGE": f"{port}:{port}"}
+        msg.encode()  # pyroute2 can put it on the wire
 
 
 def test_epoll_fdinfo_fields_parse():
