@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: GPL-2.0-only
 # Regenerate gtp_image_pb2.py from gtp_image.proto. Needs protoc 3.21
 # (Debian 12: apt-get install protobuf-compiler), the match of the protobuf 4.21
 # runtime the project pins.
