@@ -8,6 +8,7 @@ import click
 
 from criu_ext.plugin import NOT_DEFAULT, PluginError, discover, load, plugin_phases
 
+
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def plugins(as_json):

@@ -485,8 +485,8 @@ class _VectorV1:
         self.family = family
         self.template = (68, 0, 0, 0, GTP_CMD_NEWPDP, h[0], GTP_V1, h[1], 0, h[2], 0, h[3], 0,
                          h[4], 0, h[5], 0)
-        self.checks = {0: 68, 1: family | NLM_F_MULTI << 16, 5: h[0], 6: GTP_V1, 7: h[1], 9: h[2], 11: h[3], 13: h[4],
-                       15: h[5]}
+        self.checks = {0: 68, 1: family | NLM_F_MULTI << 16, 5: h[0], 6: GTP_V1, 7: h[1], 9: h[2],
+                       11: h[3], 13: h[4], 15: h[5]}
         self._const: dict[tuple[int, int], array] = {}
 
     def _col(self, value: int, k: int) -> array:

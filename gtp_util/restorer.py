@@ -18,8 +18,17 @@ from procns.netns import in_netns
 from . import nat
 from .dump import check_target, open_iproute, read_sysctls, take_snapshot, ue_pools
 from .errors import Conflict, GtpError, NoPermission, NoSuchTarget, RestoreFailed
-from .model import (SOCKET_KERNEL, SOCKET_NONE, SOCKET_TASK, Device, NatRule, PdpTable,
-                    Route, Snapshot, ip4)
+from .model import (
+    SOCKET_KERNEL,
+    SOCKET_NONE,
+    SOCKET_TASK,
+    Device,
+    NatRule,
+    PdpTable,
+    Route,
+    Snapshot,
+    ip4,
+)
 from .netlink import GTP_V0, GTP_V1, PdpChannel, PdpFailure, register_link_kind
 from .rtnl import Rtnl
 from .rtnl import warm as rtnl_warm

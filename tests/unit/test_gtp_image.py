@@ -8,8 +8,16 @@ import pytest
 
 from gtp_util import image
 from gtp_util.errors import BadImage
-from gtp_util.model import (Address, Device, NatRule, PdpContext, PdpTable, Route, Snapshot,
-                            SocketRef)
+from gtp_util.model import (
+    Address,
+    Device,
+    NatRule,
+    PdpContext,
+    PdpTable,
+    Route,
+    Snapshot,
+    SocketRef,
+)
 
 
 def sample(n=5, devices=2) -> Snapshot:

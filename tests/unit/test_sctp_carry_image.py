@@ -11,7 +11,7 @@ import json
 import pytest
 
 from criu_ext import sctp_carry, sctp_fence
-from criu_ext.tasks import EpollWatch, _FIELD
+from criu_ext.tasks import _FIELD, EpollWatch
 from sctp_repair.sockopts import SocketSetup
 from sctp_repair.state import AssocState, Stream
 
