@@ -254,7 +254,7 @@ def loads(data: bytes) -> Snapshot:
     if m1 != GTP_MAGIC:
         raise BadImage(f"not a gtp image: CRIU image of another type (magic 0x{m1:08x})")
     view = memoryview(data)
-    entries = []
+    entries: list[tuple[int, memoryview]] = []
     off = 8
     while off < len(data):
         if off + 4 > len(data):

@@ -180,6 +180,7 @@ class PdpFailure(GtpError):
 
     def __init__(self, what: str, failures: list[tuple[int, int, str]]):
         self.failures = failures
+        self.created = 0  # contexts of the request that were created (set by the sender)
         idx, err, msg = failures[0]
         more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ''
         text = f"{what}: context #{idx}: {os.strerror(err)}"
@@ -224,7 +225,7 @@ class PdpChannel:
         self.close()
 
     # -- family lookup (pyroute2's ctrlmsg does the encoding) --
-    def _resolve(self) -> tuple[int, int]:
+    def _resolve(self) -> tuple[int, int, dict[str, int]]:
         msg = ctrlmsg()
         msg['cmd'] = CTRL_CMD_GETFAMILY
         msg['version'] = 1
@@ -244,7 +245,7 @@ class PdpChannel:
             raise GtpError(f"looking up the gtp netlink family: {os.strerror(err)}")
         reply = ctrlmsg(data[:length])
         reply.decode()
-        groups = {}
+        groups: dict[str, int] = {}
         for grp in reply.get_attr('CTRL_ATTR_MCAST_GROUPS') or ():
             groups[grp.get_attr('CTRL_ATTR_MCAST_GRP_NAME')] = grp.get_attr('CTRL_ATTR_MCAST_GRP_ID')
         return (reply.get_attr('CTRL_ATTR_FAMILY_ID'), reply.get_attr('CTRL_ATTR_MAXATTR'),
@@ -682,7 +683,7 @@ def decode_dump_buffer(data: bytes) -> dict[int, PdpTable]:
             buf[:len(part)] = part
             return len(part)
 
-    chan.sock = _FakeSock()
+    chan.sock = _FakeSock()  # type: ignore[assignment]  # has what dump() calls of a socket
     chan.seq = 1
     chan.family = 0
     return chan.dump()

@@ -89,7 +89,7 @@ class Rtnl:
         # nlmsghdr + rtgenmsg (the family, padded to 4)
         self.sock.send(_HDR.pack(_HDR.size + 4, mtype, NLM_F_REQUEST | NLM_F_DUMP, self.seq, 0)
                        + bytes((family, 0, 0, 0)))
-        out = []
+        out: list = []
         while True:
             data = self.sock.recv(1 << 16)
             off = 0
