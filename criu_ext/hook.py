@@ -95,9 +95,8 @@ def _run(phase: str, criu_pid: int, sdir: str) -> int:
     log = Log(sys.stdout, level)
     # CRTOOLS_IMAGE_DIR is /proc/<criu>/fd/<n>; CRIU closes that fd before post-resume,
     # so work with the directory it points to, remembered in the session.
-    images_dir = os.path.realpath(os.environ.get("CRTOOLS_IMAGE_DIR", "."))
-    if not os.path.isdir(images_dir):
-        images_dir = None
+    real = os.path.realpath(os.environ.get("CRTOOLS_IMAGE_DIR", "."))
+    images_dir = real if os.path.isdir(real) else None
     pid_s = os.environ.get("CRTOOLS_INIT_PID")
     init_pid = int(pid_s) if pid_s and pid_s.isdigit() else None
     state_path = os.path.join(sdir, "session.json")

@@ -137,6 +137,8 @@ class Remote:
         """Run system call ``nr`` in the task; its return value, or InjectError."""
         if len(args) > 6:
             raise ValueError("at most six arguments")
+        if self.saved is None:
+            raise InjectError(f"pid {self.pid}: not attached (use Remote as a context manager)")
         regs = self.saved.copy()
         regs.rax = nr
         regs.orig_rax = 0xFFFFFFFFFFFFFFFF  # not in a system call: no restart logic

@@ -77,7 +77,7 @@ def set_opt(opts: Any, name: str, value: Any) -> None:
     if fd is None:
         raise ValueError(f"CRIU RPC has no option {name!r} (see criu_opts in images/rpc.proto)")
     values = value if isinstance(value, (list, tuple)) else [value]
-    conv = []
+    conv: list[bool | int | str] = []
     for v in values:
         if fd.type == fd.TYPE_BOOL:
             if isinstance(v, str):
@@ -244,7 +244,7 @@ def run(action: str, o: Options, session: Session | None, criu: str = "criu",
                 swrk.send(ans)
         except (ConnectionError, OSError) as exc:
             resp = None
-            failure_msg = f"lost the connection to criu swrk: {exc}"
+            failure_msg: str | None = f"lost the connection to criu swrk: {exc}"
         else:
             failure_msg = None
         seconds = time.perf_counter() - t0

@@ -24,6 +24,7 @@ back and lets the tree go on: the associations never noticed.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import select
@@ -65,6 +66,12 @@ class Carried:
     def where(self) -> str:
         return f"fd {self.fd} of pid {self.pid}"
 
+    def live(self) -> socket.socket:
+        """The live copy of the socket (dump side)."""
+        if self.sock is None:
+            raise CarryError(f"{self.describe()}: its socket copy is already closed")
+        return self.sock
+
     def describe(self) -> str:
         local = ",".join(f"[{a}]:{p}" for a, p in self.setup.local_addrs) or "unbound"
         peer = f" <-> [{self.peer[0]}]:{self.peer[1]}" if self.peer else ""
@@ -79,13 +86,37 @@ class Carried:
 
     @classmethod
     def from_dict(cls, d: dict) -> Carried:
-        return cls(pid=int(d["pid"]), vpid=int(d["vpid"]), fd=int(d["fd"]),
+        """Read from an image: ValueError (or KeyError, TypeError) if it does not make sense."""
+        item = cls(pid=int(d["pid"]), vpid=int(d["vpid"]), fd=int(d["fd"]),
                    cloexec=bool(d["cloexec"]), role=str(d["role"]),
                    setup=sockopts.SocketSetup.from_dict(d["setup"]),
                    epoll=[tasks.EpollWatch(int(w["epfd"]), int(d["fd"]), int(w["events"]),
                                            int(w["data"]), 0) for w in d["epoll"]],
                    assoc=AssocState.from_bytes(bytes.fromhex(d["assoc"])) if d["assoc"] else None,
-                   peer=tuple(d["peer"]) if d["peer"] else None)
+                   peer=_peer(d["peer"]) if d["peer"] else None)
+        if item.role not in (LISTENER, ASSOC, RESTART, IDLE):
+            raise ValueError(f"unknown role {item.role!r}")
+        if item.role == ASSOC and item.assoc is None:
+            raise ValueError(f"{item.where}: an association without its state")
+        if item.role == RESTART and item.peer is None:
+            raise ValueError(f"{item.where}: a restart without a peer")
+        return item
+
+
+def _peer(v: object) -> tuple[str, int]:
+    """[address, port] from an image as a checked pair: it ends up in nft rules."""
+    if not isinstance(v, list) or len(v) != 2:
+        raise ValueError(f"peer {v!r} is not [address, port]")
+    addr, port = v
+    try:
+        ip = ipaddress.ip_address(addr) if isinstance(addr, str) and "%" not in addr else None
+    except ValueError:
+        ip = None
+    if ip is None:
+        raise ValueError(f"peer address {addr!r} is not a plain IP address")
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+        raise ValueError(f"peer port {port!r} is not a port number")
+    return str(ip), port
 
 
 def vpid_of(pid: int) -> int:
@@ -107,8 +138,8 @@ def discover(root: int, fallback: str | None, repair: bool) -> list[Carried]:
     try:
         for pid in tasks.tree(root):
             links = tasks.fds(pid)
-            socks = {fd: tasks.socket_inode(link) for fd, link in links.items()}
-            socks = {fd: ino for fd, ino in socks.items() if ino is not None}
+            inodes = {fd: tasks.socket_inode(link) for fd, link in links.items()}
+            socks = {fd: ino for fd, ino in inodes.items() if ino is not None}
             if not socks:
                 continue
             watches = None
@@ -194,7 +225,7 @@ def drain(items: list[Carried], timeout: float, stopped: bool) -> None:
         busy = []
         for it in items:
             if it.role == ASSOC:  # a restart fails what is queued anyway: no wait for it
-                unacked, pending, inq = sockopts.queued(it.sock)
+                unacked, pending, inq = sockopts.queued(it.live())
                 if unacked or pending or inq:
                     busy.append(f"{it.describe()}: {unacked} unacked, {pending} undelivered, "
                                 f"{inq} bytes unread")
@@ -211,7 +242,7 @@ def pause(items: list[Carried]) -> None:
     for it in items:
         if it.role == ASSOC:
             try:
-                repair.pause(it.sock)
+                repair.pause(it.live())
             except repair.RepairError as exc:
                 raise CarryError(f"{it.describe()}: {exc}") from exc
 
@@ -221,7 +252,7 @@ def save(items: list[Carried], wait: float) -> None:
     for it in items:
         if it.role == ASSOC:
             try:
-                it.assoc = repair.save(it.sock, wait=wait)
+                it.assoc = repair.save(it.live(), wait=wait)
             except repair.RepairError as exc:
                 raise CarryError(f"{it.describe()}: {exc}") from exc
 
@@ -362,7 +393,7 @@ def pid_map(root: int) -> dict[int, int]:
 
 def peers(items: list[Carried]) -> list[tuple[str, int]]:
     """(address, port) of the far end of every carried association."""
-    return sorted({tuple(it.peer) for it in items if it.peer})
+    return sorted({it.peer for it in items if it.peer})
 
 
 def needs_repair(items: list[Carried]) -> bool:
@@ -371,11 +402,13 @@ def needs_repair(items: list[Carried]) -> bool:
 
 def _create(item: Carried, netns: str) -> socket.socket:
     from sctp_repair import repair
+    if item.role == ASSOC and item.assoc is None:  # read_image refuses that
+        raise CarryError(f"{item.describe()}: no association state to restore")
     with in_netns(netns):
         sock = sockopts.new_socket(item.setup)
     try:
         sockopts.apply_setup(sock, item.setup)
-        if item.role == ASSOC:
+        if item.role == ASSOC and item.assoc is not None:
             sock.setblocking(True)
             repair.restore(sock, item.assoc)
             sock.setblocking(not item.setup.nonblocking)
@@ -390,6 +423,8 @@ def _create(item: Carried, netns: str) -> socket.socket:
 def _connect_restart(item: Carried, sock: socket.socket, timeout: float) -> None:
     """The stock-kernel fallback: a new INIT from the same addresses, which the peer
     treats as a restart of the association (RFC 9260 5.2.4)."""
+    if item.peer is None:  # read_image refuses that
+        raise CarryError(f"restarting {item.describe()}: no peer address")
     blocking = sock.getblocking()
     sock.setblocking(False)
     err = sock.connect_ex(item.peer)

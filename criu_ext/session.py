@@ -63,7 +63,7 @@ class Session:
     def phases(self) -> list[str]:
         """Phases in which at least one plugin acts, for this action."""
         wanted = ph.DUMP_PHASES if self.action == ph.DUMP else ph.RESTORE_PHASES
-        acting = set()
+        acting: set[str] = set()
         for p in self.plugins:
             if self._idle(p):
                 continue

@@ -22,7 +22,7 @@ from array import array
 from google.protobuf.message import DecodeError
 
 from .errors import BadImage
-from .model import Address, Device, NatRule, Route, SocketRef, Snapshot
+from .model import Address, Device, NatRule, Route, Snapshot, SocketRef
 from .proto import gtp_image_pb2 as pb
 
 IMG_SERVICE_MAGIC = 0x55105940  # CRIU's magic for images that are not per-object
@@ -254,7 +254,7 @@ def loads(data: bytes) -> Snapshot:
     if m1 != GTP_MAGIC:
         raise BadImage(f"not a gtp image: CRIU image of another type (magic 0x{m1:08x})")
     view = memoryview(data)
-    entries = []
+    entries: list[tuple[int, memoryview]] = []
     off = 8
     while off < len(data):
         if off + 4 > len(data):

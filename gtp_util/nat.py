@@ -86,7 +86,7 @@ def parse_nft_ruleset(text: str, pools: list) -> list[NatRule]:
             chain, spec = m.group(1), ''
             continue
         s = line.strip()
-        if chain is None or not s or s == '}':
+        if table is None or chain is None or not s or s == '}':
             continue
         if s.startswith('type ') and not spec:
             spec = _NFT_HANDLE.sub('', s)

@@ -92,7 +92,7 @@ def show(path: str, as_json: bool) -> None:
     click.echo(f"tsn    next {state.next_tsn} acked-by-peer {state.ctsn_ack_point} "
                f"acked-to-peer {state.peer_ctsn}")
     click.echo(f"rwnd   peer {state.peer_rwnd} ours {state.rwnd}")
-    caps = ",".join(c.name for c in abi.Cap if c & state.peer_caps) or "-"
+    caps = ",".join(str(c.name) for c in abi.Cap if c & state.peer_caps) or "-"
     click.echo(f"caps   {caps}")
     click.echo(f"rto    initial {state.rto_initial} min {state.rto_min} max {state.rto_max} "
                f"now {state.rto} ms; hb {state.hbinterval} ms; pathmtu {state.pathmtu}")

@@ -178,9 +178,9 @@ def apply_setup(sock: socket.socket, setup: SocketSetup) -> None:
         for opt, value in setup.buffers.items():
             what = f"SOL_SOCKET/{opt}"
             sock.setsockopt(socket.SOL_SOCKET, opt, max(value // 2, 1))
-        for level, opt, value in setup.options:
+        for level, opt, raw in setup.options:
             what = f"{level}/{opt}"
-            sock.setsockopt(level, opt, value)
+            sock.setsockopt(level, opt, raw)
         for etype in EVENT_TYPES:
             what = f"SCTP_EVENT {etype:#x}"
             sock.setsockopt(abi.SOL_SCTP, abi.SCTP_EVENT,

@@ -15,8 +15,8 @@ import socket
 import struct
 import threading
 
-from procns.netns import in_netns
 from criu_ext.plugin import Plugin
+from procns.netns import in_netns
 
 ARPHRD_ETHER = 1
 ETH_P_ARP = 0x0806

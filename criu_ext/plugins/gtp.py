@@ -30,8 +30,13 @@ from __future__ import annotations
 
 import itertools
 import os
+from typing import TYPE_CHECKING
 
 from criu_ext.plugin import Plugin, PluginError
+
+if TYPE_CHECKING:  # gtp_util itself is imported when first needed (see _gtp)
+    from gtp_util.dump import Watch
+    from gtp_util.model import Snapshot
 
 IMAGE = "criu-ext-gtp.img"
 
@@ -106,8 +111,8 @@ class GtpPlugin(Plugin):
     # -- dump --------------------------------------------------------------------------
 
     def __init__(self) -> None:
-        self._base = None  # RPC mode: (netns, Watch, snapshot) of pre-dump
-        self._loaded = None  # RPC mode: (image path, validated snapshot) of prepare
+        self._base: tuple[str, Watch, Snapshot] | None = None  # RPC mode: pre-dump's
+        self._loaded: tuple[str, Snapshot] | None = None  # RPC mode: prepare's (image path)
 
     def warm(self, action: str) -> None:
         _warm(action)

@@ -184,9 +184,10 @@ class NetfilterPlugin(Plugin):
     images = (IMAGE,)
 
     def warm(self, action: str) -> None:
+        from pyroute2 import Conntrack
+
         import gtp_util.dump  # noqa: F401
         import gtp_util.nat  # noqa: F401
-        from pyroute2 import Conntrack
 
         if action == "restore":  # the first conntrack socket costs more than the rest
             Conntrack().close()

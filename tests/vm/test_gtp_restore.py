@@ -12,7 +12,7 @@ import pytest
 
 import gtp_util
 from gtp_util import image
-from gtp_util.model import (Device, PdpContext, PdpTable, Route, Snapshot, SocketRef)
+from gtp_util.model import Device, PdpContext, PdpTable, Route, Snapshot, SocketRef
 from gtp_util.netlink import GtpGenl, PdpChannel
 from lab import GtpLab, holder
 from lab.gateway import contexts

@@ -1,0 +1,3 @@
+from typing import IO, Any
+
+def load(f: IO[bytes], pretty: bool = ..., no_payload: bool = ...) -> dict[str, Any]: ...
