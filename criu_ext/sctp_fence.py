@@ -76,7 +76,7 @@ def _peers(peers: Iterable[tuple[str, int]]) -> list[Peer]:
 # -- nftables, as libnftables JSON commands --
 
 def _chain(name: str, hook: str | None = None) -> dict:
-    chain = {"family": "inet", "table": TABLE, "name": name}
+    chain: dict[str, str | int] = {"family": "inet", "table": TABLE, "name": name}
     if hook:
         chain.update(type="filter", hook=hook, prio=-300, policy="accept")
     return {"chain": chain}
