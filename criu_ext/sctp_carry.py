@@ -24,6 +24,7 @@ back and lets the tree go on: the associations never noticed.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import select
@@ -32,6 +33,7 @@ import time
 from dataclasses import dataclass, field
 
 from criu_ext import inject, sctp_fence, tasks
+from procns.files import MiB, UnsafeFile, atomic_file, read_json
 from procns.netns import in_netns, netns_path
 from procns.syscalls import pidfd_getfd
 from sctp_repair import abi, sockopts
@@ -40,6 +42,11 @@ from sctp_repair.state import AssocState
 IMAGE = "criu-ext-sctp.json"
 FORMAT = 1
 LISTENER, ASSOC, RESTART, IDLE = "listener", "association", "restart", "idle"
+ROLES = (LISTENER, ASSOC, RESTART, IDLE)
+PID_MAX = 1 << 22  # PID_MAX_LIMIT on 64-bit
+FD_MAX = (1 << 31) - 1
+MAX_IMAGE = 16 * MiB  # criu-ext-sctp.json
+MAX_SOCKETS = 4096
 
 
 class CarryError(Exception):
@@ -79,13 +86,49 @@ class Carried:
 
     @classmethod
     def from_dict(cls, d: dict) -> Carried:
-        return cls(pid=int(d["pid"]), vpid=int(d["vpid"]), fd=int(d["fd"]),
-                   cloexec=bool(d["cloexec"]), role=str(d["role"]),
-                   setup=sockopts.SocketSetup.from_dict(d["setup"]),
-                   epoll=[tasks.EpollWatch(int(w["epfd"]), int(d["fd"]), int(w["events"]),
-                                           int(w["data"]), 0) for w in d["epoll"]],
-                   assoc=AssocState.from_bytes(bytes.fromhex(d["assoc"])) if d["assoc"] else None,
-                   peer=tuple(d["peer"]) if d["peer"] else None)
+        """From :meth:`to_dict`'s form, every field checked (it comes from an image);
+        ValueError, TypeError or KeyError when a field is missing, mistyped or out
+        of range, or the role is not one this version knows."""
+        pid, vpid, fd = (_int(d[k], k, PID_MAX if k != "fd" else FD_MAX)
+                         for k in ("pid", "vpid", "fd"))
+        role = d["role"]
+        if role not in ROLES:
+            raise ValueError(f"role {role!r:.40} is not one of {', '.join(ROLES)}")
+        if type(d["cloexec"]) is not bool:
+            raise ValueError("cloexec must be true or false")
+        watches = d["epoll"]
+        if not isinstance(watches, list) or len(watches) > 64:
+            raise ValueError("epoll: not a list of at most 64 registrations")
+        epoll = [tasks.EpollWatch(_int(w["epfd"], "epfd", FD_MAX), fd,
+                                  _int(w["events"], "events", 0xFFFFFFFF),
+                                  _int(w["data"], "data", 0xFFFFFFFFFFFFFFFF), 0)
+                 for w in watches]
+        assoc = None
+        if d["assoc"] is not None:
+            if not isinstance(d["assoc"], str):
+                raise ValueError("assoc is not a hex string")
+            assoc = AssocState.from_bytes(bytes.fromhex(d["assoc"]))
+        if (role == ASSOC) != (assoc is not None):
+            raise ValueError(f"a socket of role {role} {'needs' if role == ASSOC else 'has'} "
+                             "a saved association")
+        peer = None
+        if d["peer"] is not None:
+            addr, port = d["peer"]
+            if not isinstance(addr, str):
+                raise ValueError("peer address is not a string")
+            ipaddress.ip_address(addr)
+            peer = (addr, _int(port, "peer port", 0xFFFF))
+        if role in (ASSOC, RESTART) and peer is None:
+            raise ValueError(f"a socket of role {role} needs its peer")
+        return cls(pid=pid, vpid=vpid, fd=fd, cloexec=d["cloexec"], role=role,
+                   setup=sockopts.SocketSetup.from_dict(d["setup"]), epoll=epoll,
+                   assoc=assoc, peer=peer)
+
+
+def _int(v: object, what: str, top: int) -> int:
+    if type(v) is not int or not 0 <= v <= top:
+        raise ValueError(f"{what} {v!r:.40} is not an integer in [0, {top}]")
+    return v
 
 
 def vpid_of(pid: int) -> int:
@@ -328,28 +371,40 @@ def write_image(path: str, root: int, pids: list[int], items: list[Carried]) -> 
     data = {"format": FORMAT, "root_vpid": vpid_of(root),
             "tree_vpids": [vpid_of(p) for p in pids],
             "sockets": [it.to_dict() for it in items]}
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_file(path, "w", 0o600) as f:  # O_EXCL|O_NOFOLLOW: no planted link followed
         json.dump(data, f, indent=1)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 def read_image(path: str) -> tuple[list[int], list[Carried]]:
+    """(tree vpids, carried sockets) of the image, every field checked; CarryError
+    (one line) when it is missing, not a regular file, too large or malformed."""
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = read_json(path, MAX_IMAGE)
     except FileNotFoundError:
         raise CarryError(f"{path} is missing: the dump carried no SCTP image") from None
+    except UnsafeFile as exc:
+        raise CarryError(str(exc)) from None
     except (OSError, ValueError) as exc:
-        raise CarryError(f"{path} is unreadable: {exc}") from exc
+        raise CarryError(f"{path} is unreadable: {exc}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise CarryError(f"{path}: unknown format {data.get('format') if isinstance(data, dict) else data!r}"
+        raise CarryError(f"{path}: unknown format {data.get('format') if isinstance(data, dict) else data!r:.40}"
                          f" (this version reads {FORMAT})")
     try:
-        return [int(v) for v in data["tree_vpids"]], [Carried.from_dict(d) for d in data["sockets"]]
+        vpids, socks = data["tree_vpids"], data["sockets"]
+        if not isinstance(vpids, list) or not isinstance(socks, list) \
+                or len(vpids) > MAX_SOCKETS or len(socks) > MAX_SOCKETS:
+            raise ValueError(f"tree_vpids and sockets must be lists of at most {MAX_SOCKETS}")
+        tree = [_int(v, "tree vpid", PID_MAX) for v in vpids]
+        items = []
+        for i, d in enumerate(socks):
+            try:
+                items.append(Carried.from_dict(d))
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise ValueError(f"socket #{i}: {type(exc).__name__}: {exc}") from None
+        return tree, items
     except (KeyError, TypeError, ValueError) as exc:
-        raise CarryError(f"{path} is corrupt: {type(exc).__name__}: {exc}") from exc
+        raise CarryError(f"{path} is corrupt: {str(exc)[:200]}") from None
 
 
 # -- put back ---------------------------------------------------------------------------
