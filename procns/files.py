@@ -34,6 +34,9 @@ JSON_DEPTH = 64  # deeper JSON nesting is refused (none of our formats needs 10 
 class UnsafeFile(OSError):
     """A file that must not be read or written as asked; the message is one line."""
 
+    def __str__(self) -> str:
+        return str(self.strerror)
+
 
 def _kind(mode: int) -> str:
     for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),

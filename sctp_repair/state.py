@@ -133,9 +133,15 @@ class AssocState:
     def from_bytes(cls, data: bytes) -> AssocState:
         """Decode a saved state and check every field; ValueError (one line) if it is
         not one (an image is untrusted: it may come from anywhere)."""
+        import warnings
+
         from google.protobuf.message import DecodeError
         try:
-            msg = pb.SctpAssocState.FromString(bytes(data))
+            with warnings.catch_warnings(record=True) as warned:  # garbage makes it warn
+                warnings.simplefilter("always")
+                msg = pb.SctpAssocState.FromString(bytes(data))
+            if warned:
+                raise DecodeError(str(warned[0].message))
         except (DecodeError, RuntimeError) as exc:
             raise ValueError(f"not a saved SCTP association (protobuf: {exc})") from None
         return cls.from_proto(msg).check()
