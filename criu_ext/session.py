@@ -273,9 +273,9 @@ def check_manifest(data: object) -> None:
     if not isinstance(data, dict) or type(data.get("format")) is not int:
         raise ValueError("not an object with an integer format")
     for action in (ph.DUMP, ph.RESTORE):
-        rec = data.get(action)
-        if rec is None:
+        if action not in data:
             continue
+        rec = data[action]
         if not isinstance(rec, dict):
             raise ValueError(f"{action} is not an object")
         if not _is_text(rec.get("mode", "")) or not (rec.get("init_pid") is None or
