@@ -369,3 +369,12 @@ def test_a_session_file_cannot_choose_the_code_that_runs(tmp_path, monkeypatch):
     monkeypatch.setenv('CRIU_EXT_PLUGINS', f'{evil}:P')  # the operator's own choice
     data['plugins'] = [{'name': 'gtp', 'target': f'{evil}:P'}]
     assert Session.from_json(data).plugins[0].name == 'gtp'
+
+
+def test_dump_with_a_log_in_a_missing_directory_gives_one_line(tmp_path):
+    from criu_ext.cli import main
+    r = CliRunner().invoke(main, ['dump', '-t', '999999', '-D', str(tmp_path), '-o',
+                                  str(tmp_path / 'missing' / 'dump.log'), '--plugins', 'trace',
+                                  '--criu', '/bin/false'])
+    assert r.exit_code == 1 and one_line(r.stderr), (r.stderr, r.exception)
+    assert 'log directory (-o)' in r.stderr and 'No such file' in r.stderr
