@@ -33,9 +33,9 @@ from sctp_repair.state import AssocState
 from test_gtp_image import sample  # tests/unit is on sys.path (rootdir-less modules)
 from test_sctp_carry_image import item
 
-SETTINGS = settings(max_examples=60, derandomize=True, deadline=None, database=None,
+SETTINGS = settings(max_examples=40, derandomize=True, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow])
-FEW = settings(SETTINGS, max_examples=15)  # through a command line: slower per example
+FEW = settings(SETTINGS, max_examples=10)  # through a command line: slower per example
 
 IMAGE = image.dumps(sample(n=3, devices=2))
 SNAPSHOT = json.loads(json.dumps(sample(n=2, devices=1).to_dict()))
