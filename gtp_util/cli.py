@@ -113,7 +113,10 @@ def _load(path: str):
     except OSError as e:
         raise BadImage(f"{path}: cannot read: {e.strerror}") from None
     if data[:1] == b'{':
-        from .format import from_json
+        from .format import MAX_JSON, from_json
+        if len(data) > MAX_JSON:  # parsed JSON costs tens of times its size in memory
+            raise BadImage(f"{path}: JSON snapshot of {len(data)} bytes, more than the "
+                           f"{MAX_JSON} accepted (use the binary image)")
         try:
             text = data.decode('utf-8')
         except UnicodeDecodeError as e:

@@ -10,6 +10,8 @@ from .errors import BadImage
 from .fields import check_snapshot
 from .model import V1, Snapshot, ip4
 
+MAX_JSON = 32 << 20  # a JSON snapshot (about 200,000 contexts); larger: use the image
+
 
 def tunnel_lines(snap: Snapshot):
     """One line per PDP context, as ``gtp-tunnel list`` prints them:
