@@ -208,6 +208,20 @@ def load(ref: PluginRef | str) -> Any:
     return obj
 
 
+def load_registered(name: str, target: str, log: Log | None = None) -> Any:
+    """Load plugin ``name`` only if ``target`` is where it is registered here (built-in
+    or entry point), or is named by ``$CRIU_EXT_PLUGINS``: a file written between
+    phases (the script mode's session) may name plugins, never choose code."""
+    allowed = {r.target: r for r in discover(log)}
+    extra = parse_selection(os.environ.get("CRIU_EXT_PLUGINS"))[2]
+    if target in allowed and allowed[target].name == name:
+        return load(allowed[target])
+    if target in extra:
+        return load(target)
+    raise PluginError(f"the session names plugin {name!r} at {target!r:.120}, which is not "
+                      "registered here nor given in CRIU_EXT_PLUGINS: refused")
+
+
 def _import_file(path: str):
     modname = "criu_ext_file_plugin_" + re.sub(r"\W", "_", os.path.abspath(path))
     if modname in sys.modules:

@@ -165,13 +165,24 @@ class Swrk:
             return self.proc.wait()
 
 
+def _open_dir(path: str, what: str) -> int:
+    try:
+        return os.open(path, os.O_DIRECTORY | os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise CriuError(f"{what} {path}: {exc.strerror}") from None
+
+
 def _open_dirs(o: Options) -> tuple[int, int | None, str, str]:
-    images_fd = os.open(o.images_dir, os.O_DIRECTORY | os.O_RDONLY)
+    images_fd = _open_dir(o.images_dir, "image directory")
     work_fd = None
     log_name = o.log_file or ""
     if "/" in log_name:
         work = os.path.dirname(os.path.abspath(log_name))
-        work_fd = os.open(work, os.O_DIRECTORY | os.O_RDONLY)
+        try:
+            work_fd = _open_dir(work, "log directory (-o)")
+        except CriuError:
+            os.close(images_fd)
+            raise
         log_name = os.path.basename(log_name)
         log_path = os.path.join(work, log_name)
     else:

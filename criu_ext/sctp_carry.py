@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass, field
 
 from criu_ext import inject, sctp_fence, tasks
+from procns.files import MiB, UnsafeFile, atomic_file, read_json
 from procns.netns import in_netns, netns_path
 from procns.syscalls import pidfd_getfd
 from sctp_repair import abi, sockopts
@@ -41,6 +42,11 @@ from sctp_repair.state import AssocState
 IMAGE = "criu-ext-sctp.json"
 FORMAT = 1
 LISTENER, ASSOC, RESTART, IDLE = "listener", "association", "restart", "idle"
+ROLES = (LISTENER, ASSOC, RESTART, IDLE)
+PID_MAX = 1 << 22  # PID_MAX_LIMIT on 64-bit
+FD_MAX = (1 << 31) - 1
+MAX_IMAGE = 16 * MiB  # criu-ext-sctp.json
+MAX_SOCKETS = 4096
 
 
 class CarryError(Exception):
@@ -86,37 +92,60 @@ class Carried:
 
     @classmethod
     def from_dict(cls, d: dict) -> Carried:
-        """Read from an image: ValueError (or KeyError, TypeError) if it does not make sense."""
-        item = cls(pid=int(d["pid"]), vpid=int(d["vpid"]), fd=int(d["fd"]),
-                   cloexec=bool(d["cloexec"]), role=str(d["role"]),
-                   setup=sockopts.SocketSetup.from_dict(d["setup"]),
-                   epoll=[tasks.EpollWatch(int(w["epfd"]), int(d["fd"]), int(w["events"]),
-                                           int(w["data"]), 0) for w in d["epoll"]],
-                   assoc=AssocState.from_bytes(bytes.fromhex(d["assoc"])) if d["assoc"] else None,
-                   peer=_peer(d["peer"]) if d["peer"] else None)
-        if item.role not in (LISTENER, ASSOC, RESTART, IDLE):
-            raise ValueError(f"unknown role {item.role!r}")
-        if item.role == ASSOC and item.assoc is None:
-            raise ValueError(f"{item.where}: an association without its state")
-        if item.role == RESTART and item.peer is None:
-            raise ValueError(f"{item.where}: a restart without a peer")
-        return item
+        """From :meth:`to_dict`'s form, every field checked (it comes from an image);
+        ValueError, TypeError or KeyError when a field is missing, mistyped or out
+        of range, or the role is not one this version knows."""
+        pid, vpid, fd = (_int(d[k], k, PID_MAX if k != "fd" else FD_MAX)
+                         for k in ("pid", "vpid", "fd"))
+        role = d["role"]
+        if role not in ROLES:
+            raise ValueError(f"role {role!r:.40} is not one of {', '.join(ROLES)}")
+        if type(d["cloexec"]) is not bool:
+            raise ValueError("cloexec must be true or false")
+        watches = d["epoll"]
+        if not isinstance(watches, list) or len(watches) > 64:
+            raise ValueError("epoll: not a list of at most 64 registrations")
+        epoll = [tasks.EpollWatch(_int(w["epfd"], "epfd", FD_MAX), fd,
+                                  _int(w["events"], "events", 0xFFFFFFFF),
+                                  _int(w["data"], "data", 0xFFFFFFFFFFFFFFFF), 0)
+                 for w in watches]
+        assoc = None
+        if d["assoc"] is not None:
+            if not isinstance(d["assoc"], str):
+                raise ValueError("assoc is not a hex string")
+            assoc = AssocState.from_bytes(bytes.fromhex(d["assoc"]))
+        if (role == ASSOC) != (assoc is not None):
+            raise ValueError(f"a socket of role {role} {'needs' if role == ASSOC else 'has'} "
+                             "a saved association")
+        peer = _peer(d["peer"]) if d["peer"] is not None else None
+        if role in (ASSOC, RESTART) and peer is None:
+            raise ValueError(f"a socket of role {role} needs its peer")
+        return cls(pid=pid, vpid=vpid, fd=fd, cloexec=d["cloexec"], role=role,
+                   setup=sockopts.SocketSetup.from_dict(d["setup"]), epoll=epoll,
+                   assoc=assoc, peer=peer)
 
 
 def _peer(v: object) -> tuple[str, int]:
-    """[address, port] from an image as a checked pair: it ends up in nft rules."""
+    """[address, port] as a checked pair: it ends up in nft rules and connect()."""
     if not isinstance(v, list) or len(v) != 2:
-        raise ValueError(f"peer {v!r} is not [address, port]")
+        raise ValueError(f"peer {v!r:.60} is not [address, port]")
     addr, port = v
     try:
+        # a scoped address (fe80::1%eth0) names an interface of the source host
         ip = ipaddress.ip_address(addr) if isinstance(addr, str) and "%" not in addr else None
     except ValueError:
         ip = None
     if ip is None:
-        raise ValueError(f"peer address {addr!r} is not a plain IP address")
-    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
-        raise ValueError(f"peer port {port!r} is not a port number")
+        raise ValueError(f"peer address {addr!r:.60} is not a plain IP address")
+    if type(port) is not int or not 0 < port < 65536:
+        raise ValueError(f"peer port {port!r:.40} is not a port number")
     return str(ip), port
+
+
+def _int(v: object, what: str, top: int) -> int:
+    if type(v) is not int or not 0 <= v <= top:
+        raise ValueError(f"{what} {v!r:.40} is not an integer in [0, {top}]")
+    return v
 
 
 def vpid_of(pid: int) -> int:
@@ -359,28 +388,40 @@ def write_image(path: str, root: int, pids: list[int], items: list[Carried]) -> 
     data = {"format": FORMAT, "root_vpid": vpid_of(root),
             "tree_vpids": [vpid_of(p) for p in pids],
             "sockets": [it.to_dict() for it in items]}
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_file(path, "w", 0o600) as f:  # O_EXCL|O_NOFOLLOW: no planted link followed
         json.dump(data, f, indent=1)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 def read_image(path: str) -> tuple[list[int], list[Carried]]:
+    """(tree vpids, carried sockets) of the image, every field checked; CarryError
+    (one line) when it is missing, not a regular file, too large or malformed."""
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = read_json(path, MAX_IMAGE)
     except FileNotFoundError:
         raise CarryError(f"{path} is missing: the dump carried no SCTP image") from None
+    except UnsafeFile as exc:
+        raise CarryError(str(exc)) from None
     except (OSError, ValueError) as exc:
-        raise CarryError(f"{path} is unreadable: {exc}") from exc
+        raise CarryError(f"{path} is unreadable: {exc}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise CarryError(f"{path}: unknown format {data.get('format') if isinstance(data, dict) else data!r}"
-                         f" (this version reads {FORMAT})")
+        found = data.get("format") if isinstance(data, dict) else data
+        raise CarryError(f"{path}: unknown format {found!r:.40} (this version reads {FORMAT})")
     try:
-        return [int(v) for v in data["tree_vpids"]], [Carried.from_dict(d) for d in data["sockets"]]
+        vpids, socks = data["tree_vpids"], data["sockets"]
+        if not isinstance(vpids, list) or not isinstance(socks, list) \
+                or len(vpids) > MAX_SOCKETS or len(socks) > MAX_SOCKETS:
+            raise ValueError(f"tree_vpids and sockets must be lists of at most {MAX_SOCKETS}")
+        tree = [_int(v, "tree vpid", PID_MAX) for v in vpids]
+        items = []
+        for i, d in enumerate(socks):
+            try:
+                items.append(Carried.from_dict(d))
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise ValueError(f"socket #{i}: {type(exc).__name__}: {exc}") from None
+        return tree, items
     except (KeyError, TypeError, ValueError) as exc:
-        raise CarryError(f"{path} is corrupt: {type(exc).__name__}: {exc}") from exc
+        raise CarryError(f"{path} is corrupt: {str(exc)[:200]}") from None
 
 
 # -- put back ---------------------------------------------------------------------------

@@ -24,10 +24,12 @@ import time
 from typing import Any
 
 from criu_ext import phases as ph
-from criu_ext.plugin import Context, Log, PluginError, handles, load, reference
+from criu_ext.plugin import Context, Log, PluginError, handles, load_registered, reference
+from procns.files import MiB, UnsafeFile, atomic_file, read_json
 
 MANIFEST = "criu-ext.json"
 FORMAT = 1
+MAX_MANIFEST = 4 * MiB
 
 
 class PhaseFailed(Exception):
@@ -200,7 +202,9 @@ class Session:
 
     @classmethod
     def from_json(cls, data: dict, log: Log | None = None, images_dir: str | None = None) -> Session:
-        plugins = [load(p["target"]) for p in data["plugins"]]
+        # only plugins registered here (or named by this run's own selection) are
+        # imported: a session file never decides what code runs
+        plugins = [load_registered(p["name"], p["target"]) for p in data["plugins"]]
         s = cls(data["action"], images_dir or data["images_dir"], plugins, data["mode"], log,
                 data.get("options"))
         s.init_pid = data.get("init_pid")
@@ -231,20 +235,71 @@ class Session:
                              "phases": self.phases_seen, "timings": self.timings,
                              "rolled_back": self.rolled_back}
         try:
-            tmp = path + ".tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
+            with atomic_file(path, "w", 0o644) as f:  # O_EXCL|O_NOFOLLOW temporary file
                 json.dump(data, f, indent=1, sort_keys=True)
                 f.write("\n")
-            os.replace(tmp, path)
         except OSError as exc:
             self.log.warning(f"cannot write {MANIFEST}: {exc}")
 
 
 def read_manifest(images_dir: str) -> dict | None:
+    """The manifest of ``images_dir``, its shape checked; None when there is none.
+
+    PluginError (one line) when it is a link, not a regular file, larger than
+    :data:`MAX_MANIFEST`, not JSON, or not of the shape :meth:`Session.write_manifest`
+    writes."""
+    path = os.path.join(images_dir, MANIFEST)
     try:
-        with open(os.path.join(images_dir, MANIFEST), encoding="utf-8") as f:
-            return json.load(f)
+        data = read_json(path, MAX_MANIFEST)
     except FileNotFoundError:
         return None
+    except UnsafeFile as exc:
+        raise PluginError(str(exc)) from None
     except (OSError, ValueError) as exc:
-        raise PluginError(f"{images_dir}/{MANIFEST} is unreadable: {exc}") from exc
+        raise PluginError(f"{path} is unreadable: {exc}") from None
+    try:
+        check_manifest(data)
+    except (ValueError, TypeError) as exc:
+        raise PluginError(f"{path} is malformed: {exc}") from None
+    return data
+
+
+def _is_text(v: object) -> bool:
+    return isinstance(v, str) and len(v) <= 4096 and not any(ord(c) < 32 for c in v)
+
+
+def check_manifest(data: object) -> None:
+    """ValueError unless ``data`` has the manifest's shape (what show and restore read)."""
+    if not isinstance(data, dict) or type(data.get("format")) is not int:
+        raise ValueError("not an object with an integer format")
+    for action in (ph.DUMP, ph.RESTORE):
+        if action not in data:
+            continue
+        rec = data[action]
+        if not isinstance(rec, dict):
+            raise ValueError(f"{action} is not an object")
+        if not _is_text(rec.get("mode", "")) or not (rec.get("init_pid") is None or
+                                                     type(rec.get("init_pid")) is int):
+            raise ValueError(f"{action}: mode or init_pid of the wrong type")
+        for p in _list(rec, "plugins", action):
+            if not isinstance(p, dict) or not _is_text(p.get("name")) \
+                    or not _is_text(p.get("target", "")):
+                raise ValueError(f"{action}: a plugin entry without a name")
+            for img in _list(p, "images", action):
+                if not isinstance(img, dict) or not _is_text(img.get("name")) \
+                        or type(img.get("size", 0)) is not int:
+                    raise ValueError(f"{action}: plugin {p['name']}: a bad image entry")
+        for t in _list(rec, "timings", action):
+            if not isinstance(t, dict) or not _is_text(t.get("phase")) \
+                    or not _is_text(t.get("plugin")) or type(t.get("ok")) is not bool \
+                    or type(t.get("seconds")) not in (int, float):
+                raise ValueError(f"{action}: a bad timing entry")
+        if not all(_is_text(x) for x in _list(rec, "phases", action)):
+            raise ValueError(f"{action}: phases is not a list of names")
+
+
+def _list(rec: dict, key: str, where: str) -> list:
+    v = rec.get(key, [])
+    if not isinstance(v, list) or len(v) > 10000:
+        raise ValueError(f"{where}: {key} is not a list")
+    return v

@@ -64,7 +64,9 @@ def thread_state(pid: int, tid: int) -> str:
 
 
 def all_stopped(pids: list[int]) -> bool:
-    return all(thread_state(p, t) in ("T", "t", "") for p in pids for t in threads(p))
+    """Every thread stopped, or a zombie (a thread group leader that exited before its
+    siblings stays one until they do: it never runs again)."""
+    return all(thread_state(p, t) in ("T", "t", "Z", "X", "") for p in pids for t in threads(p))
 
 
 def stop(pids: list[int], timeout: float = 10.0) -> None:

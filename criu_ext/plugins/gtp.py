@@ -249,7 +249,7 @@ class GtpPlugin(Plugin):
 
     def show(self, images_dir: str) -> dict | None:
         path = os.path.join(images_dir, IMAGE)
-        if not os.path.exists(path):
+        if not os.path.lexists(path):  # a link is there: the reader refuses it
             return None
         g = _gtp()
         snap = g.load(path)
