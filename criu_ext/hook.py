@@ -42,7 +42,22 @@ class HookError(Exception):
         self.status = status
 
 
+def _stdio_open() -> None:
+    """CRIU runs the script with stdin closed: hold fds 0-2 with /dev/null first, or the
+    pidfd and pipes opened below would take them (and the session process, which puts
+    /dev/null on 0-2, would lose them)."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+
+
 def main() -> int:
+    _stdio_open()
     try:
         rc = _main()
     except HookError as exc:

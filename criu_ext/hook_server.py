@@ -290,6 +290,7 @@ def run_detached(sdir: str, criu_pid: int, pidfd: int, ready_fd: int, action: st
                  images_dir: str | None, resume: dict | None) -> None:
     """Body of the session process (called in the forked grandchild; never returns)."""
     code = 1
+    late = None
     try:
         late = _detach_stdio({pidfd, ready_fd})
         try:
@@ -310,11 +311,18 @@ def run_detached(sdir: str, criu_pid: int, pidfd: int, ready_fd: int, action: st
         server.serve()
         code = 0
     except BaseException as exc:  # noqa: BLE001 - the process must end here
-        if ready_fd >= 0:
-            try:
-                os.write(ready_fd, f"error {type(exc).__name__}: {exc}\n".encode())
-            except OSError:
-                pass
+        why = f"{type(exc).__name__}: {exc}"
+        try:
+            if ready_fd >= 0:
+                os.write(ready_fd, f"error {why}\n".encode())
+            elif late is not None:  # the client sees only an end of file: say why in CRIU's log
+                import traceback
+
+                where = traceback.extract_tb(exc.__traceback__)[-1]
+                os.write(late, proto.encode_message(0, f"error: the session process failed: {why} "
+                                                       f"({where.filename}:{where.lineno})")[2:])
+        except OSError:
+            pass
     finally:
         shutil.rmtree(sdir, ignore_errors=True)
         os._exit(code)

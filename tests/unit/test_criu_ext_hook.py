@@ -10,11 +10,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
 from criu_ext import launcher
+from lab.procs import wait_no_criu_ext
 
 HOOK = [sys.executable, "-c", "import sys; from criu_ext.hook import main; sys.exit(main())"]
 
@@ -23,7 +23,7 @@ def run_phases(cmd, phases, env, after="", between=""):
     """Run ``cmd`` once per phase from one shell, so every run has the same parent PID
     (the hook keys the session by its parent: CRIU), then ``after``; ``between`` runs
     after the first phase."""
-    script = "".join(f'CRTOOLS_SCRIPT_ACTION={p} "$@" </dev/null; echo "rc {p} $?"\n'
+    script = "".join(f'CRTOOLS_SCRIPT_ACTION={p} "$@" <&-; echo "rc {p} $?"\n'
                      + (between + "\n" if i == 0 and between else "")
                      for i, p in enumerate(phases)) + after + "\n"
     out = subprocess.run(["sh", "-c", script, "sh"] + cmd, env=env, capture_output=True,
@@ -130,33 +130,8 @@ def test_installed_hook_is_the_shell_script():
 
 # -- one warm session process per dump or restore ---------------------------------------
 
-def sessions(run_dir) -> list[int]:
-    """Live session processes started under ``run_dir`` (their environment names it)."""
-    out = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/comm", "rb") as f:
-                if f.read().strip() != b"criu-ext-sess":
-                    continue
-            with open(f"/proc/{name}/environ", "rb") as f:
-                if f"CRIU_EXT_RUN_DIR={run_dir}".encode() not in f.read().split(b"\0"):
-                    continue
-            with open(f"/proc/{name}/stat", "rb") as f:
-                if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
-                    continue
-        except OSError:
-            continue
-        out.append(int(name))
-    return out
-
-
 def wait_no_sessions(run_dir, timeout=20.0) -> list[int]:
-    end = time.monotonic() + timeout
-    while (left := sessions(run_dir)) and time.monotonic() < end:
-        time.sleep(0.05)
-    return left
+    return wait_no_criu_ext(run_dir, timeout=timeout)
 
 
 @pytest.mark.parametrize("kind", ["python", "shell"])
