@@ -121,8 +121,8 @@ class Context:
     """What a plugin method gets.
 
     ``state`` is this plugin's own dict, kept from phase to phase of one dump or
-    one restore (in script mode it is stored as JSON between the hook's runs,
-    so keep it JSON-able and small; big data goes to an image file).
+    one restore (in script mode it is also saved as JSON after each phase, so
+    keep it JSON-able and small; big data goes to an image file).
     ``options`` holds what is known of CRIU's options (RPC mode knows them all,
     script mode none).
     """
@@ -136,6 +136,9 @@ class Context:
     log: Log
     state: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)
+    # True when this plugin object lives on to the next phase (RPC mode, and the
+    # action-script session process): what it keeps in memory is there next time.
+    resident: bool = False
 
     @property
     def netns_path(self) -> str | None:

@@ -1,9 +1,9 @@
 """One dump or one restore as the plugins see it: phase dispatch, state, timings.
 
 The same class serves both modes. In RPC mode one Session object lives in the
-``criu-ext dump|restore`` process for the whole run. In action-script mode every
-phase is a new process: the session is saved to a small JSON file between
-phases (see hook.py) and rebuilt from it.
+``criu-ext dump|restore`` process for the whole run. In action-script mode one
+session process answers the phases (see hook_server.py); it saves the session
+to a small JSON file after each phase, from which another process can take over.
 
 Rules (docs/criu-ext.md has the long form):
 * plugins run in ascending (order, name);
@@ -51,6 +51,8 @@ class Session:
         self.images_dir = images_dir
         self.plugins = list(plugins)
         self.mode = mode
+        # the plugin objects live from phase to phase (RPC mode, the action-script session process)
+        self.resident = mode == "rpc"
         self.log = log or Log()
         self.options = dict(options or {})
         self.init_pid: int | None = None
@@ -98,7 +100,7 @@ class Session:
         return Context(phase=phase, action=self.action, images_dir=self.images_dir,
                        init_pid=self.init_pid, mode=self.mode, plugin=plugin.name,
                        log=self.log.child(plugin.name), state=self.state.setdefault(plugin.name, {}),
-                       options=self.options)
+                       options=self.options, resident=self.resident)
 
     def run(self, phase: str, init_pid: int | None = None) -> None:
         """Run the plugins of ``phase``; raise PhaseFailed if CRIU must stop."""

@@ -3,7 +3,8 @@
 warm            (RPC mode, before CRIU starts) import gtp_util's netlink code, so
                 the freeze window does not pay for it.
 dump
-  pre-dump      (RPC mode, tasks still running) read the devices, their
+  pre-dump      (resident: RPC mode and the action-script session process;
+                tasks still running) read the devices, their
                 addresses, routes, task sockets and PDP contexts, and start
                 watching the netns's links, addresses, routes and contexts
                 (gtp_util.dump.Watch: rtnetlink groups, the gtp family's
@@ -118,8 +119,8 @@ class GtpPlugin(Plugin):
         _warm(action)
 
     def pre_dump(self, ctx) -> None:
-        # Script mode runs every phase in a new process: nothing would carry over.
-        if ctx.mode != "rpc" or ctx.netns_path is None:
+        # Only a process that lives on to network-lock can use what is read here.
+        if not ctx.resident or ctx.netns_path is None:
             return
         g = _gtp()
         self._take_base()
