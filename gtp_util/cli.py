@@ -96,22 +96,10 @@ def dump_main(netns_name, pid, output, as_json, tunnels, no_nat):
 
 def _load(path: str):
     """An image file, an image directory, or a JSON snapshot (a file starting with '{')."""
-    import os
-
     import gtp_util
-    from procns.files import UnsafeFile, read_bytes
 
-    from .image import IMAGE_NAME, MAX_IMAGE
-    if os.path.isdir(path):
-        path = os.path.join(path, IMAGE_NAME)
-    try:
-        data = read_bytes(path, MAX_IMAGE)
-    except FileNotFoundError:
-        raise BadImage(f"{path}: no such file") from None
-    except UnsafeFile as e:
-        raise BadImage(str(e)) from None
-    except OSError as e:
-        raise BadImage(f"{path}: cannot read: {e.strerror}") from None
+    from .image import read_file
+    path, data = read_file(path)
     if data[:1] == b'{':
         from .format import MAX_JSON, from_json
         if len(data) > MAX_JSON:  # parsed JSON costs tens of times its size in memory

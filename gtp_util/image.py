@@ -143,18 +143,26 @@ def save(snap: Snapshot, path: str) -> str:
     return path
 
 
-def load(path: str) -> Snapshot:
-    """Read an image file (or ``gtp.img`` of an image directory)."""
+def read_file(path: str) -> tuple[str, bytes]:
+    """The bytes of an image file (or ``gtp.img`` of an image directory) and its path.
+
+    Regular files only, at most MAX_IMAGE bytes; anything else is BadImage.
+    """
     if os.path.isdir(path):
         path = os.path.join(path, IMAGE_NAME)
     try:
-        data = read_bytes(path, MAX_IMAGE)
+        return path, read_bytes(path, MAX_IMAGE)
     except FileNotFoundError:
         raise BadImage(f"{path}: no such file") from None
     except UnsafeFile as e:
         raise BadImage(str(e)) from None
     except OSError as e:
         raise BadImage(f"{path}: cannot read: {e.strerror}") from None
+
+
+def load(path: str) -> Snapshot:
+    """Read an image file (or ``gtp.img`` of an image directory)."""
+    path, data = read_file(path)
     try:
         return loads(data)
     except BadImage as e:
