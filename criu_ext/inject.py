@@ -63,14 +63,7 @@ def allow_tasks_to_fetch_from_us() -> None:
 
 def seccomp_mode(pid: int, tid: int) -> int:
     """The ``Seccomp:`` field of a thread's status (0 none, 1 strict, 2 filter)."""
-    try:
-        with open(f"/proc/{pid}/task/{tid}/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Seccomp:"):
-                    return int(line.split()[1])
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return 0
+    return tasks.status_number(f"/proc/{pid}/task/{tid}/status", "Seccomp")
 
 
 class Remote:
