@@ -8,15 +8,17 @@ root, so: directories are made 0700 and, before use, must be real directories
 (not links) owned by us and not writable by group or others; files are
 written through a temporary made with O_EXCL|O_NOFOLLOW and renamed into
 place, and read with O_NOFOLLOW, as regular files, with a bounded size.
-Standard library only (the hook imports it in every phase it starts Python for).
+Standard library and procns only (the hook imports it in every phase it starts Python for);
+the reads and writes are procns.files', with RunDirError for what they refuse.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import stat
+
+from procns.files import UnsafeFile, read_bytes, write_atomic
 
 RUN_DIR_DEFAULT = "/run/criu-ext"
 PLAN = "phases"
@@ -102,50 +104,16 @@ def existing_session(base_dir: str, criu_pid: int) -> str | None:
 
 def write_file(path: str, data: bytes) -> None:
     """Replace ``path`` with ``data``: a fresh temporary (never through a link), renamed."""
-    tmp = path + ".tmp"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        fd = os.open(tmp, flags, 0o600)
-    except FileExistsError:  # left by a process that died while writing
-        os.unlink(tmp)
-        fd = os.open(tmp, flags, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_atomic(path, data)
 
 
 def read_file(path: str, limit: int = READ_MAX) -> bytes:
     """A regular file's bytes (not through a link, at most ``limit``); RunDirError otherwise.
     FileNotFoundError passes through."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise RunDirError(f"{path} is a symbolic link") from None
-        raise
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise RunDirError(f"{path} is not a regular file")
-        if st.st_size > limit:
-            raise RunDirError(f"{path} is {st.st_size} bytes, more than the {limit} allowed")
-        chunks, left = [], limit + 1
-        while left > 0:
-            b = os.read(fd, min(left, 65536))
-            if not b:
-                break
-            chunks.append(b)
-            left -= len(b)
-    finally:
-        os.close(fd)
-    data = b"".join(chunks)
-    if len(data) > limit:
-        raise RunDirError(f"{path} grew beyond the {limit} bytes allowed")
-    return data
+        return read_bytes(path, limit)
+    except UnsafeFile as exc:
+        raise RunDirError(str(exc)) from None
 
 
 def open_fifo(path: str, flags: int) -> int:
