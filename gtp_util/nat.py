@@ -169,7 +169,7 @@ def _checked(rule: NatRule) -> natrule.Masq:
         raise GtpError(f"NAT rule refused: {e}") from None
 
 
-def _nft(netns: str | None, cmds: list[dict], check: bool = True) -> tuple[int, object, str]:
+def nft_json(netns: str | None, cmds: list[dict], check: bool = True) -> tuple[int, object, str]:
     """Run libnftables JSON commands inside ``netns``: no nft script, no process.
 
     The library's netlink socket belongs to the namespace current when the
@@ -192,7 +192,7 @@ def _nft(netns: str | None, cmds: list[dict], check: bool = True) -> tuple[int, 
 def _nft_chain_rules(netns: str | None, rule: NatRule) -> list[tuple[int, natrule.Masq | None]]:
     """(handle, typed rule or None) of every rule of ``rule``'s chain; [] if it has none."""
     fam, name = natrule.nft_table(rule.table)
-    rc, out, _ = _nft(netns, [{'list': {'chain': {'family': fam, 'table': name,
+    rc, out, _ = nft_json(netns, [{'list': {'chain': {'family': fam, 'table': name,
                                                   'name': rule.chain}}}], check=False)
     if rc != 0 or not isinstance(out, dict):
         return []
@@ -219,7 +219,7 @@ def add(netns: str | None, rule: NatRule) -> None:
         return
     fam, name = natrule.nft_table(rule.table)
     where = {'family': fam, 'table': name, 'chain': rule.chain}
-    rc, _, _ = _nft(netns, [{'list': {'chain': {'family': fam, 'table': name,
+    rc, _, _ = nft_json(netns, [{'list': {'chain': {'family': fam, 'table': name,
                                                 'name': rule.chain}}}], check=False)
     cmds: list[dict] = []
     if rc != 0:
@@ -228,7 +228,7 @@ def add(netns: str | None, rule: NatRule) -> None:
                  {'add': {'chain': {'family': fam, 'table': name, 'name': rule.chain,
                                     **spec.nft_json()}}}]
     cmds.append({'add': {'rule': {**where, 'expr': masq.nft_expr()}}})
-    _nft(netns, cmds)
+    nft_json(netns, cmds)
 
 
 def delete(netns: str | None, rule: NatRule) -> None:
@@ -240,6 +240,6 @@ def delete(netns: str | None, rule: NatRule) -> None:
     fam, name = natrule.nft_table(rule.table)
     for handle, m in _nft_chain_rules(netns, rule):
         if masq.same(m):
-            _nft(netns, [{'delete': {'rule': {'family': fam, 'table': name, 'chain': rule.chain,
+            nft_json(netns, [{'delete': {'rule': {'family': fam, 'table': name, 'chain': rule.chain,
                                               'handle': handle}}}])
             return
