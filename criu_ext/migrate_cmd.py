@@ -78,7 +78,9 @@ def migrate(pid, dest, tls_cacert, tls_cert, tls_key, no_pre_copy, max_rounds, m
     """
     from criu_ext.migrate.policy import Policy
     from criu_ext.migrate.report import Progress, summary
-    from criu_ext.migrate.source import MigrateConfig, MigrationFailed, dry_run as check, migrate as go
+    from criu_ext.migrate.source import MigrateConfig, MigrationFailed
+    from criu_ext.migrate.source import dry_run as check
+    from criu_ext.migrate.source import migrate as go
     from criu_ext.plugin import Log
 
     cfg = MigrateConfig(pid=pid, dest=host_port(dest, "--to"),
@@ -144,6 +146,7 @@ def receive(listen, tls_cacert, tls_cert, tls_key, work_dir, external, plugin_sp
     from criu_ext.migrate.destination import ReceiveConfig, ReceiveFailed, serve
     from criu_ext.migrate.tls import TlsError
     from criu_ext.plugin import Log
+    from procns.files import write_atomic
 
     cfg = ReceiveConfig(listen=host_port(listen, "--listen", any_port=True),
                         tls=_tls(tls_cacert, tls_cert, tls_key), work_dir=os.path.abspath(work_dir),
@@ -153,10 +156,7 @@ def receive(listen, tls_cacert, tls_cert, tls_key, work_dir, external, plugin_sp
 
     def ready(port: int) -> None:
         if port_file:
-            tmp = port_file + ".tmp"
-            with open(tmp, "w", encoding="ascii") as f:
-                f.write(f"{port}\n")
-            os.replace(tmp, port_file)
+            write_atomic(port_file, f"{port}\n", 0o644)
 
     try:
         res = serve(cfg, log, once=not keep_going, ready=ready)

@@ -126,7 +126,7 @@ class Hosts:
         port = int(port_file.read_text())
         proc.name, proc.port, proc.host = name, port, h  # type: ignore[attr-defined]
         # the receiver itself (host B: nsenter forked it into the PID namespace)
-        proc.rx_pid = proc.pid if h == "a" else _children(proc.pid)[0]  # type: ignore
+        proc.rx_pid = proc.pid if h == "a" else _children(proc.pid)[0]  # type: ignore[attr-defined]
         return proc
 
     def log(self, rx) -> str:

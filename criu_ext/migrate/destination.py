@@ -34,6 +34,7 @@ from criu_ext.migrate import wire
 from criu_ext.migrate.pagesrv import PageServer, round_dir
 from criu_ext.migrate.tls import TlsFiles
 from criu_ext.plugin import Log, PluginError, select
+from procns.files import read_text, write_atomic
 
 DEFAULT_BUDGET = 4 << 30  # bytes of non-page images one migration may send
 
@@ -113,8 +114,7 @@ class Session:
             return {"dry_run": True, **report}
         plugins = select(self.cfg.plugin_spec, self.log)  # a bad selection fails now
         os.makedirs(self.dir, 0o700)
-        with open(os.path.join(self.dir, "owner"), "w", encoding="ascii") as f:
-            f.write(f"{os.getpid()}\n")
+        write_atomic(os.path.join(self.dir, "owner"), f"{os.getpid()}\n")
         self.chan.send("welcome", plugins=[p.name for p in plugins])
         while True:
             msg = self.chan.recv("page-server", "round-done", "file", "restore", "abort")
@@ -203,8 +203,7 @@ def remove_stale(work_dir: str, log: Log) -> None:
         if not name.startswith("session-") or os.path.islink(path):
             continue
         try:
-            with open(os.path.join(path, "owner"), encoding="ascii") as f:
-                owner = int(f.read().strip())
+            owner = int(read_text(os.path.join(path, "owner"), 32).strip())
             os.kill(owner, 0)
             continue  # its receiver still runs
         except (OSError, ValueError):

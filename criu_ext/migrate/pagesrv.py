@@ -20,14 +20,15 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
 
 import pycriu.rpc_pb2 as rpc
 
 from criu_ext.migrate.tls import TlsFiles
 from criu_ext.rpc import CriuError, Options, Swrk, build_opts
+from procns.files import MiB, read_bytes
 
 PR_SET_PDEATHSIG = 1
+LOG_LIMIT = 256 * MiB  # a CRIU log larger than this is not searched for its last error
 
 
 def round_dir(work: str, n: int) -> str:
@@ -42,10 +43,10 @@ def round_dir(work: str, n: int) -> str:
 def last_error(log: str) -> str:
     """CRIU's last ``Error`` line in ``log`` (the log goes with a failed session)."""
     try:
-        with open(log, encoding="utf-8", errors="replace") as f:
-            lines = [ln.strip() for ln in f if "Error" in ln]
-    except OSError:
+        text = read_bytes(log, LOG_LIMIT).decode("utf-8", errors="replace")
+    except OSError:  # gone, a link, or larger than any log of ours
         return ""
+    lines = [ln.strip() for ln in text.splitlines() if "Error" in ln]
     return lines[-1][:300] if lines else ""
 
 

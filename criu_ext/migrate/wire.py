@@ -14,8 +14,11 @@ import json
 import os
 import re
 import socket
+import stat
 import struct
 from typing import Any
+
+from procns.files import loads_json
 
 MAX_MESSAGE = 1 << 20
 CHUNK = 1 << 16
@@ -78,8 +81,8 @@ class Channel:
         if size > MAX_MESSAGE:
             raise ProtocolError(f"message of {size} bytes refused (limit {MAX_MESSAGE})")
         try:
-            msg = json.loads(self._recv_exact(size))
-        except ValueError as exc:
+            msg = loads_json(self._recv_exact(size).decode("utf-8"), "message", depth=16)
+        except ValueError as exc:  # UnicodeDecodeError too
             raise ProtocolError(f"malformed message: {exc}") from None
         if not isinstance(msg, dict) or not isinstance(msg.get("op"), str):
             raise ProtocolError("malformed message: no op")
@@ -91,9 +94,11 @@ class Channel:
 
     def send_file(self, path: str, name: str) -> int:
         """Send the regular file ``path`` as ``name``; returns its size."""
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
             st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise ProtocolError(f"{path}: not a regular file, not sent")
             self.send("file", name=name, size=st.st_size)
             left = st.st_size
             while left:

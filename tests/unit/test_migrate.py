@@ -16,7 +16,6 @@ from criu_ext.migrate.policy import Policy, next_round
 from criu_ext.migrate.report import Report, Round, summary
 from criu_ext.migrate.tls import TlsFiles, make_test_pki
 
-
 # -- policy ---------------------------------------------------------------------------------
 
 def test_policy_takes_a_first_round_and_goes_on_while_the_dirty_set_shrinks():

@@ -31,8 +31,8 @@ import pytest
 from lab.files import record_json, wait_for
 from lab.procs import alive
 from scenario.fabric import BRIDGE, Fabric, outer_name
-from scenario.hosts import Hosts
 from scenario.functions import Hss, Spgw
+from scenario.hosts import Hosts
 from scenario.run import recover
 
 pytestmark = pytest.mark.vm
