@@ -113,6 +113,10 @@ class Session:
             self.chan.send("checked", **report)
             return {"dry_run": True, **report}
         plugins = select(self.cfg.plugin_spec, self.log)  # a bad selection fails now
+        for plugin in plugins:  # imports and first sockets now: the restore runs while
+            warm = getattr(plugin, "warm", None)  # the source is frozen
+            if callable(warm):
+                warm("restore")
         os.makedirs(self.dir, 0o700)
         write_atomic(os.path.join(self.dir, "owner"), f"{os.getpid()}\n")
         self.chan.send("welcome", plugins=[p.name for p in plugins])
