@@ -44,6 +44,7 @@ class Hosts:
 
     def __init__(self, fabric: Fabric, tmp: Path) -> None:
         self.fabric, self.tmp = fabric, tmp
+        tmp.mkdir(parents=True, exist_ok=True)
         self.init = subprocess.Popen(["nsenter", f"--net={fabric.host_path('b')}", "--",
                                       "unshare", "--pid", "--fork", "--mount", "--mount-proc",
                                       sys.executable, "-c", REAPER], start_new_session=True)

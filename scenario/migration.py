@@ -1,18 +1,27 @@
-"""One migration of one function: CRIU dump on the source host, the images sent to the
-destination host over the fabric, CRIU restore there. Timed phase by phase.
+"""One migration of one function from one host of the fabric to the other, timed.
 
-CRIU is driven through its RPC (criu_ext.rpc) with the toolkit's plugins
-answering its callbacks in this process, the way ``criu-ext dump|restore`` does.
-``criu swrk`` is started from inside the host's namespace, so CRIU runs "on"
-that host: the function's veth outer ends are found there at dump and made
-there, on the host's bridge, at restore.
+Two ways:
+
+* :func:`migrate_cli`, the SPGW's and the HSS's: ``criu-ext receive`` on the
+  destination host and ``criu-ext migrate`` on the source host, separate
+  processes talking over the fabric (mutual TLS, pre-copy through CRIU's page
+  server; scenario.hosts starts them). Its figures come from migrate's JSON report.
+* :func:`migrate`, the MME's: CRIU dump on the source host, the images sent as a
+  tar over the fabric, CRIU restore there, through CRIU's RPC (criu_ext.rpc) with
+  the plugins answering in this process, as ``criu-ext dump|restore`` do.
+  ``criu swrk`` is started from inside the host's namespace, so CRIU runs "on"
+  that host: the function's veth outer ends are found there at dump and made
+  there, on the host's bridge, at restore. (`criu-ext migrate` has not been
+  run with established SCTP associations yet: the MME keeps this way.)
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import socket
+import subprocess
 import tarfile
 import threading
 import time
@@ -24,6 +33,7 @@ from criu_ext.rpc import Options, run
 from criu_ext.session import Session
 from procns.netns import in_netns
 from scenario.fabric import BRIDGE, HOST_ADDR, Fabric, outer_name
+from scenario.hosts import Hosts
 
 # Our own images: extract as they are. Python 3.11.4 added the filter argument (and
 # 3.14 will want it); Debian 12's 3.11.2 does not know it.
@@ -44,10 +54,10 @@ class Migration:
     plugin_frozen_s: float
     t_dump_start: float
     t_restored: float
-
-    @property
-    def total_s(self) -> float:
-        return self.checkpoint_s + self.transfer_s + self.restore_s
+    total_s: float
+    pre_copy_rounds: int | None = None  # criu-ext migrate only
+    frozen_s: float | None = None  # from the final dump's start to the task running there
+    ns_pid: int | None = None  # the task's PID in the destination host's PID namespace
 
 
 def image_bytes(path: Path) -> int:
@@ -118,4 +128,41 @@ def migrate(fabric: Fabric, fn_ns: str, role: str, pid: int, links: list[str], s
     new_pid = res.resp.restore.pid
     fabric.adopt(fn_ns, new_pid)
     return Migration(src, dst, new_pid, t1 - t0, t2 - t1, t3 - t2, image_bytes(src_dir),
-                     dump_session.plugin_seconds(ph.FROZEN), t0, t3)
+                     dump_session.plugin_seconds(ph.FROZEN), t0, t3, t3 - t0)
+
+
+def migrate_cli(hosts: Hosts, fn_ns: str, role: str, pid: int, links: list[str], src: str,
+                dst: str, *, tcp_established: bool = False) -> Migration:
+    """Move ``pid`` (its PID in host ``src``'s PID namespace) with ``criu-ext migrate``
+    on host ``src`` and ``criu-ext receive`` on host ``dst``.
+
+    checkpoint: pre-copy and the final dump, the images' transfer and the restore
+    on the destination taken out (they run inside the final dump's post-dump);
+    transfer: the non-page images after the dump; image size: every byte sent.
+    """
+    external = [f"veth[{ifname}]:{outer_name(role, ifname)}@{BRIDGE}" for ifname in links]
+    rx = hosts.receiver(dst, external)
+    t0 = time.monotonic()
+    rc, rep, err = hosts.migrate(src, pid, rx,
+                                 extra=["--tcp-established"] if tcp_established else [])
+    t1 = time.monotonic()
+    try:
+        out, _ = rx.communicate(timeout=120 if rc == 0 else 5)
+    except subprocess.TimeoutExpired:  # a failed source: the receiver may wait on
+        rx.kill()
+        out, _ = rx.communicate()
+    if rc != 0 or rx.returncode != 0:
+        last = [ln for ln in err.splitlines() if ln.strip()][-1:] or [f"exit status {rc}"]
+        raise RuntimeError(f"criu-ext migrate from host {src} to host {dst}: {last[0]}\n"
+                           f"receiver: {hosts.log(rx)[-2000:]}")
+    ns_pid = int(json.loads(out)["pid"])
+    new_pid = hosts.global_pid(dst, ns_pid)
+    fabric = hosts.fabric
+    fabric.retire(fn_ns)
+    fabric.adopt(fn_ns, new_pid)
+    t = rep["times"]
+    checkpoint = t["pre_copy"] + t["final_dump"] - t["transfer"] - t["restore_until_ready"]
+    return Migration(src, dst, new_pid, checkpoint, t["transfer"], t["dest_restore"],
+                     rep["bytes_sent"], t["plugins_source"], t0, t1, t["total"],
+                     pre_copy_rounds=rep["pre_copy_rounds"], frozen_s=t["frozen"],
+                     ns_pid=ns_pid)
