@@ -71,8 +71,11 @@ def b_empty(hosts: Hosts, timeout: float = 30) -> None:
 def moved(hosts: Hosts, fn_ns: str | None, rx, rc: int, rep: dict, err: str) -> int:
     """After a migration that must have worked: the receiver says where the task runs;
     the function's netns name follows it. Returns the task's PID on the destination."""
-    out, rx_err = rx.communicate(timeout=120)
+    if rc != 0:  # say why before waiting for a receiver that may wait on
+        rx.kill()
+        rx.wait()
     assert rc == 0, f"migrate: {err}\nreceiver: {hosts.log(rx)[-3000:]}"
+    out, rx_err = rx.communicate(timeout=120)
     assert rx.returncode == 0, hosts.log(rx)[-3000:]
     got = json.loads(out)
     assert got["pid"] == rep["dest_pid"]
