@@ -130,6 +130,18 @@ class Hosts:
         proc.rx_pid = proc.pid if h == "a" else _children(proc.pid)[0]  # type: ignore[attr-defined]
         return proc
 
+    def net_state(self) -> str:
+        """Addresses, routes, rules, neighbours and packet filters of both hosts: what a
+        test prints when one host cannot reach the other."""
+        out = []
+        for h in "ab":
+            for cmd in (["ip", "-br", "addr"], ["ip", "route"], ["ip", "rule"], ["ip", "neigh"],
+                        ["nft", "list", "ruleset"], ["iptables-save"],
+                        ["ss", "-tanp"]):
+                res = subprocess.run(self.prefix(h) + cmd, capture_output=True, text=True)
+                out.append(f"--- host {h}: {' '.join(cmd)}\n{res.stdout}{res.stderr}")
+        return "\n" + "\n".join(out)
+
     def log(self, rx) -> str:
         return (self.tmp / f"{rx.name}.err").read_text()
 
