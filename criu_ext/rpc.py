@@ -179,6 +179,45 @@ def _open_dirs(o: Options) -> tuple[int, int | None, str, str]:
     return images_fd, work_fd, log_name, log_path
 
 
+def begin(session: Session) -> None:
+    """Before CRIU starts: the plugins' imports and ``prepare`` (PhaseFailed: nothing touched)."""
+    for plugin in session.plugins:  # imports now, not in the freeze window
+        warm = getattr(plugin, "warm", None)
+        if callable(warm):
+            warm(session.action)
+    session.prepare()
+
+
+def answer(session: Session, phase: str, pid: int | None) -> PhaseFailed | None:
+    """One NOTIFY from CRIU: run the phase's plugins; the failure CRIU must act on, if any.
+
+    CRIU also notifies things that are not action-script phases (orphan-pts-master,
+    status-ready): the plugins have nothing to do there.
+    """
+    if phase not in ph.ALL_PHASES:
+        return None
+    try:
+        session.run(phase, pid)
+    except PhaseFailed as exc:
+        return exc
+    return None
+
+
+def conclude(session: Session, ok: bool) -> list[PhaseFailed]:
+    """After CRIU's final answer: rollback of a failed dump CRIU did not unlock, the
+    plugins' ``finish``, the manifest. Returns the failures of ``finish``."""
+    if not ok and session.action == ph.DUMP and not session.rolled_back:
+        # CRIU failed without a network-unlock: the source goes on running, make it whole
+        for err in session.rollback():
+            session.log.error(str(err))
+    late = session.finish()
+    for err in late:
+        session.log.error(str(err))
+    if session.mode == "rpc":
+        session.write_manifest()
+    return late
+
+
 def run(action: str, o: Options, session: Session | None, criu: str = "criu",
         on_notify: Callable[[str, int | None], None] | None = None) -> Result:
     """Run one CRIU dump or restore, answering NOTIFY with ``session``'s plugins.
@@ -193,12 +232,8 @@ def run(action: str, o: Options, session: Session | None, criu: str = "criu",
     if not o.log_file:
         o.log_file = f"{action}.log"
     if session is not None:
-        for plugin in session.plugins:  # imports now, not in the freeze window
-            warm = getattr(plugin, "warm", None)
-            if callable(warm):
-                warm(action)
         try:
-            session.prepare()
+            begin(session)
         except PhaseFailed as exc:  # CRIU not started: nothing to undo
             raise CriuError(f"{action} not started: plugin {exc.plugin}: {exc.message}",
                             errno.EINVAL, None, exc) from None
@@ -230,9 +265,8 @@ def run(action: str, o: Options, session: Session | None, criu: str = "criu",
                 if on_notify:
                     on_notify(phase, pid)
                 if session is not None:
-                    try:
-                        session.run(phase, pid)
-                    except PhaseFailed as exc:
+                    exc = answer(session, phase, pid)
+                    if exc is not None:
                         ok = False
                         failure = failure or exc
                 t2 = time.perf_counter()
@@ -256,15 +290,7 @@ def run(action: str, o: Options, session: Session | None, criu: str = "criu",
     result = Result(ok=bool(resp is not None and resp.success), resp=resp, seconds=seconds,
                     notify=notify, log_path=log_path, swrk_status=status)
     if session is not None:
-        if not result.ok and action == ph.DUMP and not session.rolled_back:
-            # CRIU failed without a network-unlock: the source goes on running, make it whole
-            for err in session.rollback():
-                session.log.error(str(err))
-        late = session.finish()
-        for err in late:
-            session.log.error(str(err))
-        if session.mode == "rpc":
-            session.write_manifest()
+        late = conclude(session, result.ok)
         if late and result.ok and action == ph.DUMP:
             result.ok = False
             failure = failure or late[0]
