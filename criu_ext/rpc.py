@@ -245,6 +245,7 @@ def run(action: str, o: Options, session: Session | None, criu: str = "criu",
         if session is not None:
             session.options.setdefault("leave_running", o.leave_running)
             session.options.setdefault("tcp_established", o.tcp_established)
+            session.options.setdefault("external", list(o.external))
             if action == ph.DUMP:
                 session.init_pid = o.pid
         swrk = Swrk(criu)
