@@ -268,3 +268,28 @@ def test_adopt_peer_fds_rewrites_only_set_fields():
     got = relay.adopt_peer_fds(opts, lambda n: n + 100)
     assert (opts.images_dir_fd, opts.work_dir_fd) == (110, 111)
     assert not opts.HasField("status_fd") and got == [110, 111]
+
+
+def test_standin_relays_a_version_request_to_the_real_criu():
+    """The whole front (console script, fd numbers, exec of the real criu) with a request
+    that needs no kernel support: VERSION."""
+    import subprocess
+    import sys
+
+    standin = os.path.join(os.path.dirname(sys.executable), "criu-ext-criu")  # our venv's
+    if not os.path.exists(standin) or not os.path.exists(relay.real_criu()):
+        pytest.skip("criu-ext-criu or the real criu is not installed")
+    ours, theirs = pair()
+    p = subprocess.Popen([standin, "swrk", str(theirs.fileno())], pass_fds=[theirs.fileno()])
+    theirs.close()
+    try:
+        ours.send(req(rpc.VERSION))
+        answer = parse_resp(ours.recv(relay.RECV_MAX))
+        ours.shutdown(socket.SHUT_WR)
+        assert p.wait(60) == 0
+    finally:
+        ours.close()
+        if p.poll() is None:
+            p.kill()
+    assert answer.type == rpc.VERSION and answer.success
+    assert answer.version.major_number == 3
