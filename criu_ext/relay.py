@@ -122,7 +122,7 @@ def notify_answer(ok: bool) -> bytes:
     return ans.SerializeToString()
 
 
-def failure_response(req_type: int, message: str) -> bytes:
+def failure_response(req_type: rpc.criu_req_type, message: str) -> bytes:
     resp = rpc.criu_resp()
     resp.type = req_type
     resp.success = False

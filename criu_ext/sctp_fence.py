@@ -40,8 +40,6 @@ import ipaddress
 import socket
 from collections.abc import Iterable
 
-from procns.netns import in_netns
-
 TABLE = "criu_ext_sctp"
 SEAL_PREF = 10  # before the main table (32766), after local (0)
 IPPROTO_SCTP = 132
@@ -76,7 +74,7 @@ def _peers(peers: Iterable[tuple[str, int]]) -> list[Peer]:
 # -- nftables, as libnftables JSON commands --
 
 def _chain(name: str, hook: str | None = None) -> dict:
-    chain = {"family": "inet", "table": TABLE, "name": name}
+    chain: dict[str, str | int] = {"family": "inet", "table": TABLE, "name": name}
     if hook:
         chain.update(type="filter", hook=hook, prio=-300, policy="accept")
     return {"chain": chain}
@@ -138,15 +136,13 @@ def lift_commands() -> list[dict]:
 
 
 def _nft(netns: str | None, commands: list[dict], what: str) -> None:
+    from gtp_util.errors import GtpError
+    from gtp_util.nat import nft_json
+
     try:
-        import nftables
-    except ImportError:
-        raise FenceError(f"{what}: libnftables' Python binding is missing "
-                         "(Debian package python3-nftables)") from None
-    # libnftables opens its netlink socket in the namespace of the calling thread.
-    try:
-        with in_netns(netns):
-            rc, _, err = nftables.Nftables().json_cmd({"nftables": commands})
+        rc, _, err = nft_json(netns, commands, check=False)
+    except GtpError as exc:  # libnftables' Python binding is missing
+        raise FenceError(f"{what}: {exc}") from None
     except OSError as exc:
         raise FenceError(f"{what} in {netns}: {exc.strerror or exc}") from None
     if rc:

@@ -12,8 +12,15 @@ import os
 import socket
 import struct
 
-from pyroute2.netlink import (NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
-                              NLMSG_DONE, NLMSG_ERROR)
+from pyroute2.netlink import (
+    NLM_F_ACK,
+    NLM_F_CREATE,
+    NLM_F_DUMP,
+    NLM_F_EXCL,
+    NLM_F_REQUEST,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+)
 from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWROUTE
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
@@ -87,7 +94,7 @@ class Rtnl:
         # nlmsghdr + rtgenmsg (the family, padded to 4)
         self.sock.send(_HDR.pack(_HDR.size + 4, mtype, NLM_F_REQUEST | NLM_F_DUMP, self.seq, 0)
                        + bytes((family, 0, 0, 0)))
-        out = []
+        out: list = []
         while True:
             data = self.sock.recv(1 << 16)
             off = 0

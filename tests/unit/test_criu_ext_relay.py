@@ -6,6 +6,7 @@ session is a real Session with a fake plugin.
 
 from __future__ import annotations
 
+import array
 import os
 import socket
 import threading
@@ -253,7 +254,7 @@ def test_truncated_control_data_is_refused():
     a, b = pair()
     fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(relay.MAX_FDS + 4)]
     try:
-        a.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, bytes(__import__("array").array("i", fds)))])
+        a.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())])
         with pytest.raises(relay.RelayError, match="truncated"):
             relay.Channel(b, "peer").recv()
     finally:

@@ -11,7 +11,7 @@ import json
 import pytest
 
 from criu_ext import sctp_carry, sctp_fence
-from criu_ext.tasks import EpollWatch, _FIELD
+from criu_ext.tasks import _FIELD, EpollWatch
 from sctp_repair.sockopts import SocketSetup
 from sctp_repair.state import AssocState, Stream
 
@@ -54,6 +54,28 @@ def test_bad_images_are_refused_in_one_line(tmp_path, text, message):
     with pytest.raises(sctp_carry.CarryError, match=message) as exc:
         sctp_carry.read_image(str(path))
     assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"peer": ["10.0.0.11 sctp sport 1 accept; flush ruleset #", 40000]}, "not a plain IP"),
+    ({"peer": ["fe80::1%eth0", 40000]}, "not a plain IP"),
+    ({"peer": ["10.0.0.11", 70000]}, "not a port number"),
+    ({"peer": ["10.0.0.11", "40000"]}, "not a port number"),
+    ({"peer": "10.0.0.11:40000"}, "not \\[address, port\\]"),
+    ({"role": "teleport"}, "role 'teleport' is not one of"),
+    ({"assoc": None}, "needs a saved association"),
+    ({"role": "restart", "assoc": None, "peer": None}, "role restart needs its peer"),
+])
+def test_image_fields_are_checked_before_use(tmp_path, monkeypatch, change, message):
+    """The peer ends up in nft rules and connect(): only an address and a port get through."""
+    monkeypatch.setattr(sctp_carry, "vpid_of", lambda pid: pid)
+    path = tmp_path / "criu-ext-sctp.json"
+    sctp_carry.write_image(str(path), 10, [10], [item()])
+    data = json.loads(path.read_text())
+    data["sockets"][0].update(change)
+    path.write_text(json.dumps(data))
+    with pytest.raises(sctp_carry.CarryError, match=f"corrupt: .*ValueError: .*{message}"):
+        sctp_carry.read_image(str(path))
 
 
 def test_a_missing_image_says_so(tmp_path):

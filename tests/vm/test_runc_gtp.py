@@ -36,8 +36,17 @@ from lab import oci
 from lab.files import record_json
 from lab.netns import NetnsSet, sh
 from scenario.migration import image_bytes as image_size
-from tests.vm.test_criu_gtp import (ENB_IP, GW_S1U_IP, GW_SGI_IP, PDN_IP, UE_POOL, Pinger,
-                                    expected, gtp_state, N_UES)
+from tests.vm.test_criu_gtp import (
+    ENB_IP,
+    GW_S1U_IP,
+    GW_SGI_IP,
+    N_UES,
+    PDN_IP,
+    UE_POOL,
+    Pinger,
+    expected,
+    gtp_state,
+)
 
 pytestmark = pytest.mark.vm
 
