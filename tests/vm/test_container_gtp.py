@@ -34,6 +34,7 @@ import json
 import os
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -254,9 +255,14 @@ class PodmanGateway(GatewayLab):
     """Podman with runc as its runtime, storage on a tmpfs, an image imported from a
     root tarball built here (no registry)."""
 
+    def __init__(self, tmp: Path) -> None:
+        super().__init__(tmp)
+        # Podman refuses a run root longer than 50 characters (conmon's socket paths)
+        self.runroot = Path("/run") / self.name
+
     def podman(self, *args: str, criu: str = PLAIN_CRIU) -> list[str]:
         return ["podman", "--root", str(self.base / "storage"), "--runroot",
-                str(self.base / "run"), "--tmpdir", str(self.base / "tmp"),
+                str(self.runroot), "--tmpdir", str(self.base / "tmp"),
                 "--storage-driver", "vfs", "--cgroup-manager", "cgroupfs",
                 "--events-backend", "file", "--runtime", "runc",
                 "--runtime-flag", f"criu={criu}", *args]
@@ -297,6 +303,7 @@ class PodmanGateway(GatewayLab):
 
     def remove_container(self) -> None:
         self.run("rm", "-f", "-t", "0", self.name, check=False, timeout=120)
+        shutil.rmtree(self.runroot, ignore_errors=True)
 
 
 def logs(images: Path) -> str:
