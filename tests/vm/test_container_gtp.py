@@ -132,11 +132,11 @@ class GatewayLab:
         restore cannot be told another (Podman's ``--network ns:PATH`` is in the archive)."""
         macs = {i: json.loads(sh("ip", "-j", "-n", self.gw, "link", "show", i).stdout)[0]["address"]
                 for i in ("s1u0", "sgi0")}
-        if same_path:
-            sh("ip", "netns", "del", self.gw)  # its veths go with it
-            return self.network("gwa", macs)
-        for inner in ("s1u", "sgi"):
+        for inner in ("s1u", "sgi"):  # now, not when the kernel gets round to the netns
             sh("ip", "-n", self.host, "link", "del", f"gwa-{inner}")
+        if same_path:
+            sh("ip", "netns", "del", self.gw)
+            return self.network("gwa", macs)
         return self.network("gwb", macs)
 
     def count(self, *starts: str) -> int:
