@@ -98,8 +98,12 @@ def pytest_command(tier: str, pytest_args: list[str], junit: Path | None) -> lis
     return [str(REPO / ".venv/bin/python"), "-m", "pytest"] + args
 
 
-def guest_script(command: list[str]) -> str:
-    """The shell script the guest runs: load modules, then ``command`` in the repository."""
+def guest_script(command: list[str], kernel: Path | None = None) -> str:
+    """The shell script the guest runs: load modules, then ``command`` in the repository.
+
+    ``CRIU_EXT_KERNEL`` tells the tests which image the guest booted: a kernel
+    built by kernel-patches/build.sh has its headers and selftests beside it.
+    """
     mods = " ".join(MODULES)
     return f"""\
 echo "{GUEST_UP} $(uname -r)"
@@ -111,6 +115,7 @@ if [ -d "/lib/modules/$(uname -r)" ]; then
 fi
 cd {shlex.quote(str(REPO))}
 export CRIU_EXT_VM=1 PYTHONDONTWRITEBYTECODE=1 PATH={shlex.quote(str(REPO / '.venv/bin'))}:$PATH
+export CRIU_EXT_KERNEL={shlex.quote(str(kernel or ''))}
 {' '.join(map(shlex.quote, command))}
 rc=$?
 sleep 1  # let the last output cross the virtio console before the guest powers off
@@ -140,7 +145,7 @@ def run(kernel: Path, command: list[str], *, timeout: float, memory: str = "2G",
     env = dict(os.environ, PATH=f"{REPO / '.venv/bin'}:{os.environ.get('PATH', '')}")
     with tempfile.NamedTemporaryFile("w", prefix="criu-ext-guest-", suffix=".sh",
                                      dir="/tmp", delete=False) as f:
-        f.write(guest_script(command))
+        f.write(guest_script(command, kernel))
         script = Path(f.name)
     cmd = vng_command(kernel, script, kvm=kvm, memory=memory, cpus=cpus)
     print(f"criu-ext-vm: booting {kernel} ({'KVM' if kvm else 'software emulation'}), "
