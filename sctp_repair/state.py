@@ -35,6 +35,8 @@ class AssocState:
     local_port: int = 0
     peer_addr: str = ""
     peer_port: int = 0
+    family: int = 0                  # of the saved socket; 0: from local_addr
+    peer_paths: list[str] = field(default_factory=list)  # other peer addresses
     my_vtag: int = 0
     peer_vtag: int = 0
     my_initial_tsn: int = 0
@@ -109,7 +111,8 @@ class AssocState:
     def to_proto(self) -> pb.SctpAssocState:
         msg = pb.SctpAssocState(kernel_size=self.kernel_size, local_addr=self.local_addr,
                                 local_port=self.local_port, peer_addr=self.peer_addr,
-                                peer_port=self.peer_port,
+                                peer_port=self.peer_port, family=self.family,
+                                peer_paths=self.peer_paths,
                                 **{name: getattr(self, name) for name in SCALARS})
         msg.out_streams.extend(pb.SctpStream(mid=s.mid, mid_uo=s.mid_uo)
                                for s in self.out_streams)
@@ -121,7 +124,8 @@ class AssocState:
     def from_proto(cls, msg: pb.SctpAssocState) -> AssocState:
         return cls(kernel_size=msg.kernel_size, local_addr=msg.local_addr,
                    local_port=msg.local_port, peer_addr=msg.peer_addr,
-                   peer_port=msg.peer_port,
+                   peer_port=msg.peer_port, family=msg.family,
+                   peer_paths=list(msg.peer_paths),
                    out_streams=[Stream(s.mid, s.mid_uo) for s in msg.out_streams],
                    in_streams=[Stream(s.mid, s.mid_uo) for s in msg.in_streams],
                    **{name: getattr(msg, name) for name in SCALARS})
