@@ -136,11 +136,11 @@ def save(sock: socket.socket, wait: float = 0.0) -> AssocState:
     With ``wait``, retry for up to that many seconds while queues are not
     empty (a delayed SACK, data just received), then give up with
     ``QueuesNotEmpty`` (repair mode stays on: the queues drain meanwhile).
-    Any other failure turns repair mode off again if it was off before, so
-    that the association goes on as if nothing had been tried.
+    Any other failure is lasting (the association cannot be saved at all):
+    repair mode is turned off again, so that the association goes on taking
+    DATA as if nothing had been tried.
     """
-    deadline = time.monotonic() + wait
-    was_on = in_repair(sock)
+    deadline = time.monotonic() + wait if wait else 0.0
     while True:
         try:
             return _save(sock)
@@ -149,23 +149,26 @@ def save(sock: socket.socket, wait: float = 0.0) -> AssocState:
                 raise
             time.sleep(0.05)
         except RepairError:
-            if not was_on:
-                try:
-                    resume(sock)
-                except RepairError:
-                    pass
+            try:
+                resume(sock)
+            except RepairError:
+                pass
             raise
+
+
+_ASSOC_SIZE = ctypes.sizeof(abi.SctpRepairAssoc)
+_KEYED = int(abi.Cap.AUTH | abi.Cap.ASCONF)   # capabilities whose keys are not carried
 
 
 def _save(sock: socket.socket) -> AssocState:
     pause(sock)
-    size = ctypes.sizeof(abi.SctpRepairAssoc)
+    size = _ASSOC_SIZE
     try:
         raw = getsockopt_raw(sock, abi.SOL_SCTP, abi.SCTP_REPAIR_ASSOC, size)
     except OSError as e:
         raise _opt_error(e, "SCTP_REPAIR_ASSOC") from e
     sra = abi.SctpRepairAssoc.from_buffer_copy(raw.ljust(size, b"\0"))
-    if sra.sra_peer_caps & (abi.Cap.AUTH | abi.Cap.ASCONF):
+    if sra.sra_peer_caps & _KEYED:
         raise RepairError("the association uses SCTP-AUTH/ASCONF, whose keys repair "
                           "mode does not carry: it could not be restored")
     count = sra.sra_outstreams + sra.sra_instreams
@@ -180,8 +183,9 @@ def _save(sock: socket.socket) -> AssocState:
         raise _opt_error(e, "SCTP_GET_PEER_ADDRS") from e
     state = AssocState.from_kernel(sra, streams)
     state.family = sock.family
-    primary = ipaddress.ip_address(state.peer_addr)
-    state.peer_paths = [a for a, _ in paths if ipaddress.ip_address(a) != primary]
+    if len(paths) > 1:
+        primary = ipaddress.ip_address(state.peer_addr)
+        state.peer_paths = [a for a, _ in paths if ipaddress.ip_address(a) != primary]
     return state
 
 
@@ -208,7 +212,7 @@ def new_socket(state: AssocState) -> socket.socket:
     return socket.socket(family_of(state), socket.SOCK_STREAM, abi.IPPROTO_SCTP)
 
 
-def _enable_extensions(sock: socket.socket, caps: abi.Cap) -> None:
+def _enable_extensions(sock: socket.socket, caps: int) -> None:
     # PR-SCTP and ECN are on by default; RE-CONFIG and I-DATA are off.
     assoc_value = struct.Struct("=iI")
     if caps & abi.Cap.RECONF:
@@ -230,10 +234,10 @@ def restore(sock: socket.socket, state: AssocState, *, bind: bool = True,
     ESTABLISHED when this returns, and no SCTP_COMM_UP is queued. Repair
     mode is turned off again unless ``keep_repair``.
     """
-    if state.caps & (abi.Cap.AUTH | abi.Cap.ASCONF):
+    if state.peer_caps & _KEYED:
         raise RepairError("the association uses SCTP-AUTH/ASCONF, whose keys repair "
                           "mode does not carry: it cannot be restored")
-    _enable_extensions(sock, state.caps)
+    _enable_extensions(sock, state.peer_caps)
     pause(sock)
     if bind:
         try:
