@@ -228,7 +228,8 @@ def restore(sock: socket.socket, state: AssocState, *, bind: bool = True,
     """Make ``sock`` (new, unbound unless ``bind`` is False) the saved association.
 
     Turns repair mode on, binds to the saved local address and port (taken
-    in repair mode even if a listener holds it), sets the state and connects
+    in repair mode even if a listener holds it; SO_REUSEADDR on, for a
+    listener re-created after it), sets the state and connects
     to the saved peer, with its other addresses too if it is multi-homed
     (sctp_connectx, primary first): no INIT is sent, the association is
     ESTABLISHED when this returns, and no SCTP_COMM_UP is queued. Repair
@@ -240,6 +241,9 @@ def restore(sock: socket.socket, state: AssocState, *, bind: bool = True,
     _enable_extensions(sock, state.peer_caps)
     pause(sock)
     if bind:
+        # Repair mode takes the port even beside its listener; SO_REUSEADDR
+        # lets a listener put back after this socket bind the port too.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((state.local_addr, state.local_port))
         except OSError as e:
