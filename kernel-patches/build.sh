@@ -167,7 +167,7 @@ selftests=$tree/tools/testing/selftests
 mkdir -p "$out.tmp/selftests/net"
 cp "$selftests/kselftest_harness.h" "$selftests/kselftest.h" "$out.tmp/selftests/"
 for f in "$selftests"/net/sctp_repair*; do
-    [ -e "$f" ] && cp "$f" "$out.tmp/selftests/net/"
+    if [ -e "$f" ]; then cp "$f" "$out.tmp/selftests/net/"; fi
 done
 cp "$here/series" "$out.tmp/"
 {

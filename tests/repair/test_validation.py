@@ -7,7 +7,6 @@ time; ports differ per test so that no association of one test meets another.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import select
 import socket
@@ -19,7 +18,6 @@ import pytest
 from sctp_repair import abi, release, restore, save, status
 from sctp_repair.repair import (QueuesNotEmpty, RepairError, family_of, in_repair, new_socket,
                                 resume)
-from sctp_repair.sockopts import local_addrs
 from procns.netns import in_netns
 
 from lab.netns import sctp_mib
@@ -302,19 +300,3 @@ def test_restore_beside_the_listener_and_what_repair_mode_refuses(net):
         n.setsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR, ON)
         check_errno(lambda: n.listen(1), errno.EINVAL)
         check_errno(lambda: n.sendto(b"x", (V4.addr(P_HOST), 5000)), errno.ENOTCONN)
-
-
-def test_local_addresses_are_read_whole(net):
-    """Python side: every bound address (through libc), the wildcard kept as it is."""
-    with net.socket("A", socket.AF_INET) as s:
-        s.bind((V4.addr(SVC_HOST), 40010))
-        s.setsockopt(abi.SOL_SCTP, 100,   # SCTP_SOCKOPT_BINDX_ADD
-                     bytes(abi.tuple_to_sockaddr(V4.addr(A_HOST), 40010))[:16])
-        assert sorted(local_addrs(s)) == sorted([(V4.addr(SVC_HOST), 40010),
-                                                 (V4.addr(A_HOST), 40010)])
-    with net.socket("A", socket.AF_INET) as s:
-        s.bind(("0.0.0.0", 40011))
-        assert local_addrs(s) == [("0.0.0.0", 40011)]
-    with net.socket("A", socket.AF_INET) as s:
-        assert local_addrs(s) == []
-    assert ctypes.sizeof(abi.SctpRepairAssoc) == abi.SCTP_REPAIR_ASSOC_SIZE_VER0
