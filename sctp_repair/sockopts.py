@@ -122,7 +122,9 @@ def sctp_addrs(sock: socket.socket, opt: int) -> list[tuple[str, int]]:
     count = 16
     while True:
         try:
-            raw = getsockopt_raw(sock, abi.SOL_SCTP, opt, 8 + 28 * count)
+            # The length the kernel reports leaves out the 8-byte header
+            # (a known quirk it keeps for compatibility): take the buffer whole.
+            raw = getsockopt_raw(sock, abi.SOL_SCTP, opt, 8 + 28 * count, whole=True)
             break
         except OSError as exc:
             if exc.errno != errno.ENOMEM or count >= MAX_ADDRS:
@@ -178,18 +180,20 @@ def read_setup(sock: socket.socket) -> SocketSetup:
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def getsockopt_raw(sock: socket.socket, level: int, opt: int, size: int) -> bytes:
+def getsockopt_raw(sock: socket.socket, level: int, opt: int, size: int,
+                   whole: bool = False) -> bytes:
     """getsockopt into a zeroed buffer of any size, through libc.
 
     Bytes the kernel leaves alone read as 0; unlike socket.getsockopt there
-    is no 1024-byte limit.
+    is no 1024-byte limit. ``whole``: the buffer whatever length the kernel
+    reports.
     """
     buf = ctypes.create_string_buffer(size)
     length = ctypes.c_uint32(size)
     if _libc.getsockopt(sock.fileno(), level, opt, buf, ctypes.byref(length)):
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
-    return buf.raw[:length.value]
+    return buf.raw if whole else buf.raw[:length.value]
 
 
 def _getsockopt_in(sock: socket.socket, level: int, opt: int, value: ctypes.Structure) -> None:
