@@ -33,7 +33,10 @@ REPO = Path(__file__).resolve().parents[2]
 STOCK_KERNEL_GLOB = "vmlinuz-*-amd64"
 CACHE = Path(os.environ.get("CRIU_EXT_CACHE", "/var/cache/criu-ext"))
 GUEST_UP = "criu-ext-vm: guest up"
-MODULES = ("gtp", "sctp", "sctp_diag", "tun", "veth", "bridge")
+# Loaded at boot; CRIU_EXT_VM_MODULES (space-separated) replaces the list, e.g. to
+# leave sctp out and insmod one built elsewhere (a loaded sctp cannot be removed).
+MODULES = tuple(os.environ.get("CRIU_EXT_VM_MODULES",
+                               "gtp sctp sctp_diag tun veth bridge").split())
 TIERS = {"vm": "vm", "repair": "repair"}
 
 
