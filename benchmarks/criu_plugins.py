@@ -8,7 +8,7 @@ Run inside the test VM (gtp module, CRIU), as root:
 A gateway task (lab.gateway) holds UDP 2152 and gtp0 with N PDP contexts and
 the UE-pool route in a namespace of its own. It is dumped and restored with the
 gtp and netfilter plugins, in RPC mode (``criu-ext dump|restore``) and in
-action-script mode (``criu --action-script`` with the shell launcher).
+action-script mode (``criu --action-script`` with the hook script).
 
 The frozen window is CRIU's own measure: ``frozen_time`` of stats-dump (tasks
 frozen until the dump ends) plus ``restore_time`` of stats-restore (until the
@@ -20,8 +20,9 @@ tasks run again). The plugin time inside it:
   before CRIU starts, by the plugins' ``warm``);
 * action-script mode: for each frozen phase, what CRIU waited for the script:
   from its ``Running <phase> scripts`` log line to the hook's exit, i.e. fork,
-  exec, Python start, imports and plugin work (the hook logs its own age when it
-  ends; phases the launcher ends in the shell cost the gap to CRIU's next line).
+  exec of the shell, the round trip to the session process and plugin work (the
+  session process logs the hook's age when it answers; phases the hook ends in
+  the shell cost the gap to CRIU's next line).
 
 Target: at most 5 % in RPC mode. Baseline, measured in the same run: the kernel's
 own share (adding the contexts to a fresh device, deleting a device holding them:
@@ -125,7 +126,7 @@ def script_phase_costs(log: str) -> dict[str, float]:
             ages[m.group(1)] = int(m.group(3)) / 1000
     out = {}
     for c in criulog.phase_costs(log):
-        # a Python run reports its own age; a phase ended in the shell costs CRIU's gap
+        # an answered phase reports the hook's age; a phase ended in the shell costs CRIU's gap
         out[c["phase"]] = ages.get(c["phase"], c["seconds"])
     return out
 

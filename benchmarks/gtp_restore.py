@@ -70,11 +70,10 @@ def dump_child(ns: str, path: str) -> None:
 
 def run_size(n: int, baseline_max: int) -> dict:
     import gtp_util
-    from procns.netns import in_netns
     from gtp_util.netlink import GtpGenl, PdpChannel
-    from gtp_util.model import PdpContext
     from lab import holder
     from lab.netns import NetnsSet
+    from procns.netns import in_netns
 
     nss = NetnsSet('bench')
     name = nss.add('gw')

@@ -30,10 +30,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lab.sctpnet import NOTIFY_TYPES, P_HOST, SVC_HOST, V4, Net, subscribe  # noqa: E402
 from procns.netns import in_netns  # noqa: E402
 from sctp_repair import abi, new_socket, release, restore, save  # noqa: E402
-from lab.sctpnet import (NOTIFY_TYPES, P_HOST, SVC_HOST, V4, Net,  # noqa: E402
-                                  subscribe)
 
 
 def bench(count: int) -> dict:
@@ -134,7 +133,8 @@ def main() -> int:
         print(json.dumps(results[-1]), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
-    ok = all(r["delivered_after_restore"] == r["associations"] and r["peer_notifications_besides_comm_up"] == 0
+    ok = all(r["delivered_after_restore"] == r["associations"]
+             and r["peer_notifications_besides_comm_up"] == 0
              for r in results)
     return 0 if ok else 1
 

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import os
+import stat
+
+from procns.files import MiB, read_bytes
+
+MAX_IMAGE = 64 * MiB  # what show reads of one CRIU image
 
 
 def _load(path: str):
+    """A CRIU image read with pycriu, from a regular file of at most MAX_IMAGE bytes."""
     import pycriu.images
 
-    with open(path, "rb") as f:
-        return pycriu.images.load(f)
+    return pycriu.images.loads(read_bytes(path, MAX_IMAGE))
 
 
 def stats(images_dir: str) -> dict:
@@ -32,7 +37,10 @@ def summary(images_dir: str) -> dict:
     """Process tree, image count and size, and CRIU's timing statistics."""
     files = sorted(os.listdir(images_dir))
     imgs = [f for f in files if f.endswith(".img")]
-    size = sum(os.path.getsize(os.path.join(images_dir, f)) for f in imgs)
+    size = 0
+    for f in imgs:  # lstat: a link (dangling or not) counts as itself, never followed
+        st = os.lstat(os.path.join(images_dir, f))
+        size += st.st_size if stat.S_ISREG(st.st_mode) else 0
     out: dict = {"images": len(imgs), "bytes": size}
     if "inventory.img" not in files:
         out["error"] = "no inventory.img: not a CRIU image directory (or the dump failed)"

@@ -1,170 +1,253 @@
-"""The action-script entry: ``criu dump|restore --action-script criu-ext-hook``.
+"""The action-script entry in Python: ``criu dump|restore --action-script criu-ext-hook``.
 
 CRIU runs the script once per phase (execvp of one path, no arguments, stdin
 closed, stdout and stderr into CRIU's log) with CRTOOLS_SCRIPT_ACTION,
 CRTOOLS_IMAGE_DIR and CRTOOLS_INIT_PID (not at pre-restore) in the environment.
 
-Every phase is a new process, so this module imports only the standard library
-until it knows there is work: ``pre-dump`` / ``pre-restore`` (tasks not frozen
-yet) find the plugins and write the session's plan, keyed by CRIU's PID (our
-parent), under $CRIU_EXT_RUN_DIR (default /run/criu-ext); later phases read the
-one-line-per-phase plan and return at once when no plugin acts in them.
+The installed ``criu-ext-hook`` is a /bin/sh script (criu_ext/criu-ext-hook)
+that answers most phases without Python: it ends those in which no plugin
+acts, and hands the others to the session process (criu_ext.hook_server)
+through its FIFOs. It starts Python, i.e. this module, only at pre-dump /
+pre-restore (outside the freeze window), for input it rejects, and when no
+session process is there. Here: check the input, start the session process
+(a fresh one at pre-*, or one that takes over a saved session), then answer
+the phase through it, as the shell client does, relaying its messages to our
+stdout (CRIU's log) and exiting with its status.
 
 Plugins are selected with $CRIU_EXT_PLUGINS (see plugin.select) and the log
 level with $CRIU_EXT_LOG_LEVEL (1 errors ... 4 debug, default 3). Lines are
 prefixed ``criu-ext: `` so they can be grepped out of CRIU's log.
+Standard library only until the session process loads the plugins.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
-RUN_DIR_DEFAULT = "/run/criu-ext"
-PREFIX = "criu-ext: "
+from criu_ext import hook_proto as proto
+from criu_ext import phases as ph
+from criu_ext import rundir
+
+PREFIX = proto.MESSAGE_PREFIX
+STARTUP_TIMEOUT_MS = 60_000
 
 
-def run_dir() -> str:
-    return os.environ.get("CRIU_EXT_RUN_DIR") or RUN_DIR_DEFAULT
+class HookError(Exception):
+    """Why this phase cannot be answered; one line for CRIU's log."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
 
 
-def session_dir(criu_pid: int) -> str:
-    return os.path.join(run_dir(), str(criu_pid))
-
-
-def _fast_exit(phase: str, sdir: str) -> bool:
-    """True when the plan says no plugin acts in ``phase`` (cheap: one small read)."""
-    try:
-        with open(os.path.join(sdir, "phases"), encoding="ascii") as f:
-            return phase not in f.read().split()
-    except FileNotFoundError:
-        return False
-
-
-def _process_age_ms() -> float | None:
-    """Milliseconds since this process was started (clock-tick resolution)."""
-    try:
-        with open("/proc/self/stat", encoding="ascii") as f:
-            start = int(f.read().rsplit(")", 1)[1].split()[19])
-        with open("/proc/uptime", encoding="ascii") as f:
-            up = float(f.read().split()[0])
-        return (up - start / os.sysconf("SC_CLK_TCK")) * 1000
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _ensure_site() -> None:
-    # The launcher starts Python with -S (no site): add site-packages only now,
-    # when a plugin (pyroute2, pycriu ...) is about to be imported.
-    if sys.flags.no_site and "site" not in sys.modules:
-        import site
-
-        site.main()
+def _stdio_open() -> None:
+    """CRIU runs the script with stdin closed: hold fds 0-2 with /dev/null first, or the
+    pidfd and pipes opened below would take them (and the session process, which puts
+    /dev/null on 0-2, would lose them)."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
 
 
 def main() -> int:
-    phase = os.environ.get("CRTOOLS_SCRIPT_ACTION")
-    if not phase:
-        sys.stderr.write(f"{PREFIX}this is a CRIU action script: give it to criu with "
-                         "--action-script (it reads CRTOOLS_SCRIPT_ACTION)\n")
-        return 2
-    criu_pid = os.getppid()
-    sdir = session_dir(criu_pid)
-    if phase not in ("pre-dump", "pre-restore") and _fast_exit(phase, sdir):
-        return 0
-    _ensure_site()
-    rc = _run(phase, criu_pid, sdir)
-    # Skip the interpreter's teardown: modules like pyroute2 make it cost more than the
-    # work itself, inside CRIU's freeze window. Every file we wrote is closed by now.
+    _stdio_open()
+    try:
+        rc = _main()
+    except HookError as exc:
+        sys.stdout.write(f"{PREFIX}error: {exc}\n")
+        rc = exc.status
+    except (OSError, rundir.RunDirError) as exc:
+        sys.stdout.write(f"{PREFIX}error: {exc}\n")
+        rc = 1
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(rc)
 
 
-def _run(phase: str, criu_pid: int, sdir: str) -> int:
-    import json
-
-    from criu_ext import phases as ph
-    from criu_ext.plugin import Log, PluginError, select
-    from criu_ext.session import PhaseFailed, Session
-
+def _main() -> int:
+    raw = os.environ.get("CRTOOLS_SCRIPT_ACTION")
+    if not raw:
+        sys.stderr.write(f"{PREFIX}this is a CRIU action script: give it to criu with "
+                         "--action-script (it reads CRTOOLS_SCRIPT_ACTION)\n")
+        return 2
     try:
-        level = int(os.environ.get("CRIU_EXT_LOG_LEVEL", "3"))
-    except ValueError:
-        level = 3
-    log = Log(sys.stdout, level)
-    # CRTOOLS_IMAGE_DIR is /proc/<criu>/fd/<n>; CRIU closes that fd before post-resume,
-    # so work with the directory it points to, remembered in the session.
-    images_dir = os.path.realpath(os.environ.get("CRTOOLS_IMAGE_DIR", "."))
-    if not os.path.isdir(images_dir):
-        images_dir = None
-    pid_s = os.environ.get("CRTOOLS_INIT_PID")
-    init_pid = int(pid_s) if pid_s and pid_s.isdigit() else None
-    state_path = os.path.join(sdir, "session.json")
-    try:
-        if phase in ph.FIRST:
-            _prune(log)
-            session = Session(ph.FIRST[phase], images_dir or ".",
-                              select(os.environ.get("CRIU_EXT_PLUGINS"), log), "script", log)
+        phase = proto.parse_phase(raw)
+        if phase in proto.OTHER_CRIU_ACTIONS:
+            return 0
+        init_pid = proto.parse_pid(os.environ.get("CRTOOLS_INIT_PID"))
+    except proto.ProtocolError as exc:
+        raise HookError(str(exc), 2) from None
+    criu_pid = os.getppid()
+    base = rundir.ensure_base()
+    sdir = rundir.existing_session(base, criu_pid)
+    if phase in ph.FIRST:
+        rundir.prune(base)
+        if sdir:
+            from criu_ext import hook_server
+
+            hook_server.stop(sdir)  # only a harness runs two first phases with one parent
+        sdir = rundir.fresh_session(base, criu_pid)
+        _start(sdir, criu_pid, ph.FIRST[phase], None)
+    elif sdir is not None and phase not in _plan(sdir):
+        return 0  # no plugin acts in this phase
+    elif sdir is None or _server(sdir) is None:
+        resume = _saved(sdir, criu_pid) if sdir else None
+        if sdir is None or resume is None:
+            sdir = rundir.fresh_session(base, criu_pid)
+        action = resume["action"] if resume else (ph.action_of(phase) or _action_from_criu(criu_pid))
+        _start(sdir, criu_pid, action, resume)
+        if resume is None:
+            _say(f"warning: {phase}: no session for CRIU {criu_pid} in {os.path.dirname(sdir)} "
+                 f"(was pre-{action} run through this hook?); loading the plugins now")
         else:
-            try:
-                with open(state_path, encoding="utf-8") as f:
-                    session = Session.from_json(json.load(f), log, images_dir)
-            except FileNotFoundError:
-                action = ph.action_of(phase) or _action_from_criu(criu_pid)
-                log.warning(f"{phase}: no session for CRIU {criu_pid} in {sdir} (was "
-                            f"pre-{action} run through this hook?); loading the plugins now")
-                session = Session(action, images_dir or ".",
-                                  select(os.environ.get("CRIU_EXT_PLUGINS"), log), "script", log)
-        before = len(session.timings)
-        session.run(phase, init_pid)
-        failed = None
-    except PhaseFailed as exc:
-        failed = exc
-    except PluginError as exc:
-        log.error(f"{phase}: {exc}")
-        return 1
-    _save(session, sdir, state_path, log, first=phase in ph.FIRST)
-    age = _process_age_ms()
-    spent = sum(t["seconds"] for t in session.timings[before:])
-    log.debug(f"{phase}: {spent * 1000:.1f} ms in plugins"
-              + (f", {age:.0f} ms since exec" if age is not None else ""))
-    if failed:
-        log.error(f"{failed}")
-        return 1
-    return 0
+            _say(f"warning: {phase}: the session process of CRIU {criu_pid} is gone; a new one "
+                 "takes over the saved session")
+    return ask(sdir, proto.Request(os.getpid(), phase, init_pid), sys.stdout)
 
 
-def _save(session, sdir: str, state_path: str, log, first: bool) -> None:
-    import json
-
+def _plan(sdir: str) -> list[str] | tuple[str, ...]:
+    """The phases the session's plan lists (every phase when there is no plan yet)."""
+    path = os.path.join(sdir, rundir.PLAN)
     try:
-        os.makedirs(sdir, mode=0o700, exist_ok=True)
-        if first:
-            with open(os.path.join(sdir, "phases"), "w", encoding="ascii") as f:
-                f.write("\n".join(session.phases()) + "\n")
-        tmp = state_path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(session.to_json(), f)
-        os.replace(tmp, state_path)
-    except OSError as exc:
-        log.warning(f"cannot keep the session in {sdir}: {exc} (later phases load every plugin)")
-    if not first:
-        session.write_manifest()
-
-
-def _prune(log) -> None:
-    """Remove the sessions of CRIU processes that are gone."""
-    base = run_dir()
-    try:
-        names = os.listdir(base)
+        return proto.parse_plan(rundir.read_file(path, 4096).decode("ascii"))
     except FileNotFoundError:
-        return
-    import shutil
+        return ph.ALL_PHASES
+    except (UnicodeDecodeError, proto.ProtocolError) as exc:
+        raise HookError(f"plan {path} is corrupt ({exc}); remove it") from None
 
-    for name in names:
-        if name.isdigit() and not os.path.exists(f"/proc/{name}"):
-            shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+
+def _say(text: str) -> None:
+    sys.stdout.write(f"{PREFIX}{text}\n")
+    sys.stdout.flush()
+
+
+def _server(sdir: str) -> int | None:
+    from criu_ext.hook_server import server_pid
+
+    return server_pid(sdir)
+
+
+def _saved(sdir: str, criu_pid: int) -> dict | None:
+    """The session a session process saved before it died, if it is this CRIU's."""
+    path = os.path.join(sdir, rundir.SESSION)
+    try:
+        data = json.loads(rundir.read_file(path))
+    except FileNotFoundError:
+        return None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HookError(f"session file {path} is corrupt ({exc}); remove it") from None
+    if (not isinstance(data, dict) or data.get("criu_pid") != criu_pid
+            or not isinstance(data.get("session"), dict)):
+        raise HookError(f"session file {path} is corrupt (not a session of CRIU {criu_pid}); "
+                        "remove it")
+    if data.get("criu_start") != rundir.proc_start(criu_pid):
+        return None  # an earlier CRIU that had the same PID
+    try:
+        check_session(data["session"])
+    except ValueError as exc:
+        raise HookError(f"session file {path} is corrupt ({exc}); remove it") from None
+    return data["session"]
+
+
+def check_session(data: dict) -> None:
+    """The shape Session.from_json reads, checked before any plugin is imported from it."""
+    if data.get("action") not in (ph.DUMP, ph.RESTORE):
+        raise ValueError("no valid action")
+    plugins = data.get("plugins")
+    if not isinstance(plugins, list) or not all(
+            isinstance(p, dict) and isinstance(p.get("name"), str)
+            and isinstance(p.get("target"), str) and ":" in p["target"] for p in plugins):
+        raise ValueError("bad plugin list")
+    for key, typ in (("state", dict), ("acted", list), ("timings", list),
+                     ("phases_seen", list), ("options", dict)):
+        if key in data and not isinstance(data[key], typ):
+            raise ValueError(f"{key} is not a {typ.__name__}")
+    if not isinstance(data.get("images_dir"), str) or not isinstance(data.get("mode"), str):
+        raise ValueError("no images directory or mode")
+    pid = data.get("init_pid")
+    if pid is not None and (not isinstance(pid, int) or not 0 < pid < proto.PID_MAX):
+        raise ValueError("bad init_pid")
+
+
+def _images_dir() -> str | None:
+    # CRTOOLS_IMAGE_DIR is /proc/<criu>/fd/<n>; CRIU closes that fd before post-resume,
+    # so the session works with the directory it points to.
+    d = os.path.realpath(os.environ.get("CRTOOLS_IMAGE_DIR", "."))
+    return d if os.path.isdir(d) else None
+
+
+def _start(sdir: str, criu_pid: int, action: str, resume: dict | None) -> None:
+    """Fork the session process off (not a child of CRIU: a grandchild in its own session)
+    and wait until its FIFOs are open."""
+    from criu_ext import hook_server
+
+    try:
+        pidfd = os.pidfd_open(criu_pid)
+    except OSError as exc:
+        raise HookError(f"cannot watch CRIU (PID {criu_pid}): {exc.strerror}") from None
+    if os.getppid() != criu_pid:
+        raise HookError("CRIU is gone")
+    rundir.make_fifos(sdir)
+    images_dir = _images_dir()
+    r, w = os.pipe()
+    sys.stdout.flush()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            os.setsid()
+            if os.fork() == 0:
+                hook_server.run_detached(sdir, criu_pid, pidfd, w, action, images_dir, resume)
+        finally:
+            os._exit(0)
+    os.close(w)
+    os.close(pidfd)
+    os.waitpid(pid, 0)
+    answer = b""
+    while chunk := os.read(r, 4096):
+        answer += chunk
+    os.close(r)
+    if not answer.startswith(b"ok"):
+        why = answer.decode("utf-8", "replace").strip() or "it ended at once"
+        raise HookError(f"cannot start the session process: {why}")
+
+
+def ask(sdir: str, req: proto.Request, out) -> int:
+    """Send ``req`` to the session process and relay its answer to ``out``; its status."""
+    resp = rundir.open_fifo(os.path.join(sdir, rundir.RESP), os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        os.set_blocking(resp, True)  # EOF now means: the session process is gone
+        try:
+            fd = rundir.open_fifo(os.path.join(sdir, rundir.REQ), os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            raise HookError(f"{req.phase}: the session process is gone ({exc.strerror})") from None
+        try:
+            os.write(fd, proto.encode_request(req))
+        finally:
+            os.close(fd)
+        buf = proto.LineBuffer(limit=1 << 16)
+        while True:
+            data = os.read(resp, 65536)
+            if not data:
+                raise HookError(f"{req.phase}: the session process ended without answering")
+            for line in buf.feed(data):
+                got = proto.parse_response(line, req.client)
+                if got is None:
+                    continue
+                kind, value = got
+                if kind == "status":
+                    return int(value)
+                out.write(f"{value}\n")
+                out.flush()
+    finally:
+        os.close(resp)
 
 
 def _action_from_criu(criu_pid: int) -> str:

@@ -1,7 +1,7 @@
 """Run system calls inside a stopped task, and move file descriptors in and out of it.
 
-The task must be stopped (SIGSTOP, see tasks.py) so that none of its threads
-runs while one of them is borrowed. ``Remote`` seizes one thread, keeps its
+The task should be stopped (SIGSTOP, see tasks.py). ``Remote`` seizes every
+thread (held in a ptrace stop, which a SIGCONT does not end), borrows one, keeps its
 registers and the code word at its instruction pointer, writes ``syscall;
 int3`` there, and runs one system call at a time with the arguments in
 registers; a scratch page mapped in the task carries what needs memory. On
@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import signal
 import struct
 import time
 
@@ -40,6 +41,7 @@ O_CLOEXEC = 0o2000000
 PAGE = 4096
 SYSCALL_INT3 = 0xCC050F  # bytes 0f 05 cc: syscall; int3
 EPOLL_EVENT = struct.Struct("=IQ")  # struct epoll_event is packed on x86_64
+FAULTS = (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE)
 
 PR_SET_PTRACER = 0x59616D61
 PR_SET_PTRACER_ANY = 0xFFFFFFFFFFFFFFFF
@@ -59,8 +61,22 @@ def allow_tasks_to_fetch_from_us() -> None:
     libc.prctl(PR_SET_PTRACER, ctypes.c_ulong(PR_SET_PTRACER_ANY), 0, 0, 0)
 
 
+def seccomp_mode(pid: int, tid: int) -> int:
+    """The ``Seccomp:`` field of a thread's status (0 none, 1 strict, 2 filter)."""
+    return tasks.status_number(f"/proc/{pid}/task/{tid}/status", "Seccomp")
+
+
 class Remote:
-    """One stopped process, borrowed through its first live thread."""
+    """One stopped process, borrowed through one of its live threads.
+
+    Every thread of the process is seized and held in a ptrace stop for the whole
+    borrow: none can run into the patched instruction, not even after a SIGCONT.
+    Any live thread can be the borrowed one (the main thread may have exited).
+    Signals that arrive meanwhile are held back and sent again after the detach;
+    only a SIGTRAP from our own int3 (si_code SI_KERNEL, at our address) ends a
+    system call. A task under seccomp is refused: an injected system call could be
+    denied, or kill it.
+    """
 
     def __init__(self, pid: int) -> None:
         why = ptrace.supported()
@@ -68,27 +84,36 @@ class Remote:
             raise InjectError(why)
         self.pid = pid
         self.tid = pid
+        self.threads: list[int] = []  # seized
         self.saved: ptrace.Regs | None = None
         self.code_addr = 0
         self.code_word = 0
         self.scratch = 0
         self.mem = -1
-        self.attached = False
+        self.dead = False
+        self.pending: list[ptrace.SigInfo] = []  # held back, sent again after the detach
 
     # -- setup and teardown -------------------------------------------------------
 
     def __enter__(self) -> Remote:
         try:
-            ptrace.seize(self.tid)
-            self.attached = True
-            ptrace.interrupt(self.tid)
-            ptrace.wait_stop(self.tid)
+            for tid in tasks.threads(self.pid):
+                mode = seccomp_mode(self.pid, tid)
+                if mode:
+                    raise InjectError(
+                        f"task {self.pid} runs under seccomp (Seccomp: {mode} for thread "
+                        f"{tid} in /proc/{self.pid}/task/{tid}/status): a system call run in "
+                        "it could be refused or kill it; not injecting")
+            self._seize_all()
+            if not self.threads:
+                raise OSError(errno.ESRCH, "no live thread")
+            self.tid = self.threads[0]
             self.saved = ptrace.get_regs(self.tid)
             self.code_addr = self.saved.rip
             self.code_word = ptrace.peek(self.tid, self.code_addr)
             ptrace.poke(self.tid, self.code_addr,
                         (self.code_word & ~0xFFFFFF) | SYSCALL_INT3)
-            self.mem = os.open(f"/proc/{self.pid}/mem", os.O_RDWR | os.O_CLOEXEC)
+            self.mem = os.open(f"/proc/{self.pid}/task/{self.tid}/mem", os.O_RDWR | os.O_CLOEXEC)
             self.scratch = self.syscall(NR_MMAP, 0, PAGE, PROT_READ | PROT_WRITE,
                                         MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
         except OSError as exc:
@@ -99,37 +124,85 @@ class Remote:
             raise
         return self
 
+    def _seize_all(self) -> None:
+        """Seize and stop every live thread, until no new one shows up."""
+        while True:
+            new = [t for t in tasks.threads(self.pid) if t not in self.threads
+                   and tasks.thread_state(self.pid, t) not in ("Z", "X", "")]
+            if not new:
+                if not self.threads and not os.path.exists(f"/proc/{self.pid}"):
+                    raise OSError(errno.ESRCH, "No such process")
+                return
+            for tid in new:
+                try:
+                    ptrace.seize(tid)
+                except OSError as exc:
+                    if exc.errno == errno.ESRCH or tasks.thread_state(self.pid, tid) in ("Z", "X", ""):
+                        continue  # exited meanwhile
+                    raise
+                self.threads.append(tid)
+                ptrace.interrupt(tid)
+                self._wait(tid)
+            self.threads.sort()
+
     def __exit__(self, *exc) -> None:
         self._teardown()
 
     def _teardown(self) -> None:
         try:
-            if self.scratch:
+            if self.scratch and not self.dead:
                 self.syscall(NR_MUNMAP, self.scratch, PAGE)
-                self.scratch = 0
+            self.scratch = 0
         except (InjectError, OSError):
             pass
         finally:
             if self.mem >= 0:
                 os.close(self.mem)
                 self.mem = -1
-            if self.attached:
+            if self.threads and not self.dead:
                 try:
                     if self.saved is not None:
                         ptrace.poke(self.tid, self.code_addr, self.code_word)
                         ptrace.set_regs(self.tid, self.saved)
-                finally:
-                    self.attached = False
-                    ptrace.detach(self.tid)
-                    self._wait_restopped()
+                except OSError:
+                    pass  # gone: nothing to put back
+            for tid in self.threads:
+                try:
+                    ptrace.detach(tid)
+                except OSError:
+                    pass  # that thread is gone
+            detached, self.threads = self.threads, []
+            if not self.dead:
+                self._redeliver()
+                self._wait_restopped(detached)
 
-    def _wait_restopped(self, timeout: float = 5.0) -> None:
-        # Detached from a group stop, the thread stops again on its way out of
-        # the kernel: wait for it, so callers see the whole task stopped.
+    def _redeliver(self) -> None:
+        """Send the signals held back during the borrow again, as they were sent."""
+        for info in self.pending:
+            try:
+                if info.si_code == ptrace.SI_TKILL:
+                    ptrace.tgkill(self.pid, self.tid, info.si_signo)
+                else:
+                    os.kill(self.pid, info.si_signo)
+            except OSError:
+                pass
+        self.pending = []
+
+    def _wait_restopped(self, tids: list[int], timeout: float = 5.0) -> None:
+        # Detached from a group stop, a thread stops again on its way out of the
+        # kernel: wait for them, so callers see the whole task stopped.
         deadline = time.monotonic() + timeout
-        while tasks.thread_state(self.pid, self.tid) not in ("T", "t", "") \
+        while any(tasks.thread_state(self.pid, t) not in ("T", "t", "Z", "X", "") for t in tids) \
                 and time.monotonic() < deadline:
             time.sleep(0.001)
+
+    def _wait(self, tid: int) -> tuple[int, int]:
+        try:
+            return ptrace.wait_stop(tid)
+        except OSError as exc:
+            self.dead = True
+            raise InjectError(f"task {self.pid} died during the injection "
+                              f"({exc.strerror or exc})") from None
 
     # -- system calls -------------------------------------------------------------
 
@@ -137,20 +210,40 @@ class Remote:
         """Run system call ``nr`` in the task; its return value, or InjectError."""
         if len(args) > 6:
             raise ValueError("at most six arguments")
+        if self.saved is None:
+            raise InjectError(f"pid {self.pid}: not attached (use Remote as a context manager)")
+        if self.dead:
+            raise InjectError(f"task {self.pid} died during the injection")
         regs = self.saved.copy()
         regs.rax = nr
         regs.orig_rax = 0xFFFFFFFFFFFFFFFF  # not in a system call: no restart logic
         regs.rip = self.code_addr
         for name, value in zip(("rdi", "rsi", "rdx", "r10", "r8", "r9"), args):
             setattr(regs, name, value & 0xFFFFFFFFFFFFFFFF)
-        ptrace.set_regs(self.tid, regs)
-        ptrace.cont(self.tid)
-        while True:
-            sig, _ = ptrace.wait_stop(self.tid)
-            if sig == 5:  # SIGTRAP from our int3
-                break
-            ptrace.cont(self.tid)  # a group-stop report or another signal: go on
-        ret = ptrace.get_regs(self.tid).rax
+        try:
+            ptrace.set_regs(self.tid, regs)
+            ptrace.cont(self.tid)
+            while True:
+                sig, event = self._wait(self.tid)
+                if event:  # a group-stop or interrupt report: not a signal to deliver
+                    ptrace.cont(self.tid)
+                    continue
+                info = ptrace.siginfo(self.tid)
+                rip = ptrace.get_regs(self.tid).rip
+                if sig == signal.SIGTRAP and info.si_code == ptrace.SI_KERNEL \
+                        and rip == self.code_addr + 3:
+                    break  # our int3, just after our syscall
+                if sig in FAULTS and self.code_addr <= rip <= self.code_addr + 3:
+                    raise InjectError(f"system call {nr} in task {self.pid}: the injected "
+                                      f"code faulted ({signal.Signals(sig).name})")
+                self.pending.append(info)  # someone else's: held back, sent again later
+                ptrace.cont(self.tid)
+            ret = ptrace.get_regs(self.tid).rax
+        except OSError as exc:
+            if exc.errno == errno.ESRCH or not os.path.exists(f"/proc/{self.pid}/task/{self.tid}"):
+                self.dead = True
+                raise InjectError(f"task {self.pid} died during the injection") from None
+            raise
         if ret >= 0xFFFFFFFFFFFFF001:  # -4095..-1
             err = 0x10000000000000000 - ret
             raise InjectError(f"system call {nr} in task {self.pid}: {os.strerror(err)}",

@@ -1,11 +1,12 @@
-"""A /bin/sh launcher for the action-script entry that starts Python only when needed.
+"""The action-script hook as a /bin/sh file: the one installed as ``criu-ext-hook``
+(criu_ext/criu-ext-hook, shipped with the package) or a copy written by
+``criu-ext hook-script`` with a given interpreter and source directory.
 
 CRIU execs the action script in every phase. Under emulation a Python start
-with site-packages costs about a second, a shell start a few milliseconds, so
-the launcher reads the session's plan (one phase per line, written at
-pre-dump / pre-restore) and ends phases in which no plugin acts without
-starting Python; otherwise it starts Python with -I -S (no site-packages scan:
-criu_ext.hook adds them only when a plugin is imported).
+with site-packages costs about a second, a shell start a few milliseconds: the
+shell script starts Python only at pre-dump / pre-restore (the session process,
+outside the freeze window) and answers the later phases itself (see
+criu_ext.hook and criu_ext.hook_server).
 """
 
 from __future__ import annotations
@@ -13,43 +14,38 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+from importlib import resources
 
-TEMPLATE = """#!/bin/sh
-# criu-ext action-script launcher (written by `criu-ext hook-script`).
-# Give this file to CRIU: --action-script {path_hint} or `action-script {path_hint}`
-# in a CRIU configuration file. It runs criu_ext.hook with {python}.
-case "$CRTOOLS_SCRIPT_ACTION" in
-pre-dump | pre-restore | "") ;;
-*)
-    plan="${{CRIU_EXT_RUN_DIR:-/run/criu-ext}}/$PPID/phases"
-    if [ -r "$plan" ]; then
-        act=0
-        while read -r p; do
-            [ "$p" = "$CRTOOLS_SCRIPT_ACTION" ] && act=1
-        done <"$plan"
-        [ "$act" = 1 ] || exit 0
-    fi
-    ;;
-esac
-exec {python} -I -S -c {code}
-"""
+SCRIPT = "criu-ext-hook"
+
+
+def template() -> str:
+    """The shipped script: interpreter and source directory found at run time."""
+    return resources.files("criu_ext").joinpath(SCRIPT).read_text(encoding="utf-8")
 
 
 def render(python: str | None = None, root: str | None = None, path_hint: str = "PATH") -> str:
-    """The launcher's text for interpreter ``python`` and the directory holding criu_ext."""
+    """The script with interpreter ``python`` and the directory holding criu_ext written in."""
     python = python or sys.executable
     root = root or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    code = ("import sys; sys.path.insert(0, %r); from criu_ext.hook import main; "
-            "sys.exit(main())" % root)
-    return TEMPLATE.format(python=shlex.quote(python), code=shlex.quote(code), path_hint=path_hint)
+    text = template()
+    for name, value in (("PY", python), ("ROOT", root)):
+        head = f"{name}=''"
+        start = text.index("\n" + head) + 1
+        end = text.index("\n", start)
+        text = text[:start] + f"{name}={shlex.quote(value)}" + text[end:]
+    return text.replace("PATH`", f"{path_hint}`", 2)
 
 
 def install(path: str, python: str | None = None, root: str | None = None) -> str:
-    """Write the launcher to ``path`` (mode 755) and return its absolute path."""
+    """Write the script to ``path`` (mode 755) and return its absolute path."""
     path = os.path.abspath(path)
     text = render(python, root, path)
     tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o755)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
     os.chmod(tmp, 0o755)
     os.replace(tmp, path)

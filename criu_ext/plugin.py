@@ -121,8 +121,8 @@ class Context:
     """What a plugin method gets.
 
     ``state`` is this plugin's own dict, kept from phase to phase of one dump or
-    one restore (in script mode it is stored as JSON between the hook's runs,
-    so keep it JSON-able and small; big data goes to an image file).
+    one restore (in script mode it is also saved as JSON after each phase, so
+    keep it JSON-able and small; big data goes to an image file).
     ``options`` holds what is known of CRIU's options (RPC mode knows them all,
     script mode none).
     """
@@ -136,6 +136,9 @@ class Context:
     log: Log
     state: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)
+    # True when this plugin object lives on to the next phase (RPC mode, and the
+    # action-script session process): what it keeps in memory is there next time.
+    resident: bool = False
 
     @property
     def netns_path(self) -> str | None:
@@ -206,6 +209,20 @@ def load(ref: PluginRef | str) -> Any:
         if not img.startswith(IMAGE_PREFIX) or "/" in img:
             raise PluginError(f"plugin {name!r}: image {img!r} must start with {IMAGE_PREFIX!r}")
     return obj
+
+
+def load_registered(name: str, target: str, log: Log | None = None) -> Any:
+    """Load plugin ``name`` only if ``target`` is where it is registered here (built-in
+    or entry point), or is named by ``$CRIU_EXT_PLUGINS``: a file written between
+    phases (the script mode's session) may name plugins, never choose code."""
+    allowed = {r.target: r for r in discover(log)}
+    extra = parse_selection(os.environ.get("CRIU_EXT_PLUGINS"))[2]
+    if target in allowed and allowed[target].name == name:
+        return load(allowed[target])
+    if target in extra:
+        return load(target)
+    raise PluginError(f"the session names plugin {name!r} at {target!r:.120}, which is not "
+                      "registered here nor given in CRIU_EXT_PLUGINS: refused")
 
 
 def _import_file(path: str):

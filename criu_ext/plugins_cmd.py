@@ -8,11 +8,12 @@ import click
 
 from criu_ext.plugin import NOT_DEFAULT, PluginError, discover, load, plugin_phases
 
+
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def plugins(as_json):
     """List built-in and entry-point plugins: order, phases, images, origin."""
-    rows = []
+    rows: list[dict] = []
     for ref in discover():
         try:
             p = load(ref)

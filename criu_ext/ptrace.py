@@ -17,6 +17,7 @@ PTRACE_CONT = 7
 PTRACE_GETREGS = 12
 PTRACE_SETREGS = 13
 PTRACE_DETACH = 17
+PTRACE_GETSIGINFO = 0x4202
 PTRACE_SEIZE = 0x4206
 PTRACE_INTERRUPT = 0x4207
 PTRACE_EVENT_STOP = 128
@@ -84,6 +85,32 @@ def wait_stop(tid: int) -> tuple[int, int]:
         if os.WIFSTOPPED(status):
             return os.WSTOPSIG(status), (status >> 16) & 0xFF
         raise OSError(errno.ESRCH, f"task {tid} ended while traced (wait status {status:#x})")
+
+
+class SigInfo(ctypes.Structure):
+    """The head of siginfo_t (128 bytes in all); pid/uid for SI_USER and SI_TKILL."""
+
+    _fields_ = [("si_signo", ctypes.c_int), ("si_errno", ctypes.c_int), ("si_code", ctypes.c_int),
+                ("_pad0", ctypes.c_int), ("si_pid", ctypes.c_int), ("si_uid", ctypes.c_uint),
+                ("_rest", ctypes.c_byte * 104)]
+
+
+SI_USER = 0
+SI_KERNEL = 0x80  # what an int3 trap reports
+SI_TKILL = -6
+
+
+def siginfo(tid: int) -> SigInfo:
+    """The signal of the tracee's current signal-delivery-stop."""
+    info = SigInfo()
+    _call(PTRACE_GETSIGINFO, tid, 0, ctypes.c_void_p(ctypes.addressof(info)))
+    return info
+
+
+def tgkill(pid: int, tid: int, sig: int) -> None:
+    if _libc.syscall(234, pid, tid, sig) == -1:  # SYS_tgkill
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
 
 
 def get_regs(tid: int) -> Regs:

@@ -77,7 +77,7 @@ def set_opt(opts: Any, name: str, value: Any) -> None:
     if fd is None:
         raise ValueError(f"CRIU RPC has no option {name!r} (see criu_opts in images/rpc.proto)")
     values = value if isinstance(value, (list, tuple)) else [value]
-    conv = []
+    conv: list[bool | int | str] = []
     for v in values:
         if fd.type == fd.TYPE_BOOL:
             if isinstance(v, str):
@@ -165,13 +165,24 @@ class Swrk:
             return self.proc.wait()
 
 
+def _open_dir(path: str, what: str) -> int:
+    try:
+        return os.open(path, os.O_DIRECTORY | os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise CriuError(f"{what} {path}: {exc.strerror}") from None
+
+
 def _open_dirs(o: Options) -> tuple[int, int | None, str, str]:
-    images_fd = os.open(o.images_dir, os.O_DIRECTORY | os.O_RDONLY)
+    images_fd = _open_dir(o.images_dir, "image directory")
     work_fd = None
     log_name = o.log_file or ""
     if "/" in log_name:
         work = os.path.dirname(os.path.abspath(log_name))
-        work_fd = os.open(work, os.O_DIRECTORY | os.O_RDONLY)
+        try:
+            work_fd = _open_dir(work, "log directory (-o)")
+        except CriuError:
+            os.close(images_fd)
+            raise
         log_name = os.path.basename(log_name)
         log_path = os.path.join(work, log_name)
     else:
@@ -244,7 +255,7 @@ def run(action: str, o: Options, session: Session | None, criu: str = "criu",
                 swrk.send(ans)
         except (ConnectionError, OSError) as exc:
             resp = None
-            failure_msg = f"lost the connection to criu swrk: {exc}"
+            failure_msg: str | None = f"lost the connection to criu swrk: {exc}"
         else:
             failure_msg = None
         seconds = time.perf_counter() - t0

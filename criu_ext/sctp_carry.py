@@ -24,6 +24,7 @@ back and lets the tree go on: the associations never noticed.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import select
@@ -32,6 +33,7 @@ import time
 from dataclasses import dataclass, field
 
 from criu_ext import inject, sctp_fence, tasks
+from procns.files import MiB, UnsafeFile, atomic_file, read_json
 from procns.netns import in_netns, netns_path
 from procns.syscalls import pidfd_getfd
 from sctp_repair import abi, sockopts
@@ -40,6 +42,11 @@ from sctp_repair.state import AssocState
 IMAGE = "criu-ext-sctp.json"
 FORMAT = 1
 LISTENER, ASSOC, RESTART, IDLE = "listener", "association", "restart", "idle"
+ROLES = (LISTENER, ASSOC, RESTART, IDLE)
+PID_MAX = 1 << 22  # PID_MAX_LIMIT on 64-bit
+FD_MAX = (1 << 31) - 1
+MAX_IMAGE = 16 * MiB  # criu-ext-sctp.json
+MAX_SOCKETS = 4096
 
 
 class CarryError(Exception):
@@ -65,6 +72,12 @@ class Carried:
     def where(self) -> str:
         return f"fd {self.fd} of pid {self.pid}"
 
+    def live(self) -> socket.socket:
+        """The live copy of the socket (dump side)."""
+        if self.sock is None:
+            raise CarryError(f"{self.describe()}: its socket copy is already closed")
+        return self.sock
+
     def describe(self) -> str:
         local = ",".join(f"[{a}]:{p}" for a, p in self.setup.local_addrs) or "unbound"
         peer = f" <-> [{self.peer[0]}]:{self.peer[1]}" if self.peer else ""
@@ -79,13 +92,60 @@ class Carried:
 
     @classmethod
     def from_dict(cls, d: dict) -> Carried:
-        return cls(pid=int(d["pid"]), vpid=int(d["vpid"]), fd=int(d["fd"]),
-                   cloexec=bool(d["cloexec"]), role=str(d["role"]),
-                   setup=sockopts.SocketSetup.from_dict(d["setup"]),
-                   epoll=[tasks.EpollWatch(int(w["epfd"]), int(d["fd"]), int(w["events"]),
-                                           int(w["data"]), 0) for w in d["epoll"]],
-                   assoc=AssocState.from_bytes(bytes.fromhex(d["assoc"])) if d["assoc"] else None,
-                   peer=tuple(d["peer"]) if d["peer"] else None)
+        """From :meth:`to_dict`'s form, every field checked (it comes from an image);
+        ValueError, TypeError or KeyError when a field is missing, mistyped or out
+        of range, or the role is not one this version knows."""
+        pid, vpid, fd = (_int(d[k], k, PID_MAX if k != "fd" else FD_MAX)
+                         for k in ("pid", "vpid", "fd"))
+        role = d["role"]
+        if role not in ROLES:
+            raise ValueError(f"role {role!r:.40} is not one of {', '.join(ROLES)}")
+        if type(d["cloexec"]) is not bool:
+            raise ValueError("cloexec must be true or false")
+        watches = d["epoll"]
+        if not isinstance(watches, list) or len(watches) > 64:
+            raise ValueError("epoll: not a list of at most 64 registrations")
+        epoll = [tasks.EpollWatch(_int(w["epfd"], "epfd", FD_MAX), fd,
+                                  _int(w["events"], "events", 0xFFFFFFFF),
+                                  _int(w["data"], "data", 0xFFFFFFFFFFFFFFFF), 0)
+                 for w in watches]
+        assoc = None
+        if d["assoc"] is not None:
+            if not isinstance(d["assoc"], str):
+                raise ValueError("assoc is not a hex string")
+            assoc = AssocState.from_bytes(bytes.fromhex(d["assoc"]))
+        if (role == ASSOC) != (assoc is not None):
+            raise ValueError(f"a socket of role {role} {'needs' if role == ASSOC else 'has'} "
+                             "a saved association")
+        peer = _peer(d["peer"]) if d["peer"] is not None else None
+        if role in (ASSOC, RESTART) and peer is None:
+            raise ValueError(f"a socket of role {role} needs its peer")
+        return cls(pid=pid, vpid=vpid, fd=fd, cloexec=d["cloexec"], role=role,
+                   setup=sockopts.SocketSetup.from_dict(d["setup"]), epoll=epoll,
+                   assoc=assoc, peer=peer)
+
+
+def _peer(v: object) -> tuple[str, int]:
+    """[address, port] as a checked pair: it ends up in nft rules and connect()."""
+    if not isinstance(v, list) or len(v) != 2:
+        raise ValueError(f"peer {v!r:.60} is not [address, port]")
+    addr, port = v
+    try:
+        # a scoped address (fe80::1%eth0) names an interface of the source host
+        ip = ipaddress.ip_address(addr) if isinstance(addr, str) and "%" not in addr else None
+    except ValueError:
+        ip = None
+    if ip is None:
+        raise ValueError(f"peer address {addr!r:.60} is not a plain IP address")
+    if type(port) is not int or not 0 < port < 65536:
+        raise ValueError(f"peer port {port!r:.40} is not a port number")
+    return str(ip), port
+
+
+def _int(v: object, what: str, top: int) -> int:
+    if type(v) is not int or not 0 <= v <= top:
+        raise ValueError(f"{what} {v!r:.40} is not an integer in [0, {top}]")
+    return v
 
 
 def vpid_of(pid: int) -> int:
@@ -107,8 +167,8 @@ def discover(root: int, fallback: str | None, repair: bool) -> list[Carried]:
     try:
         for pid in tasks.tree(root):
             links = tasks.fds(pid)
-            socks = {fd: tasks.socket_inode(link) for fd, link in links.items()}
-            socks = {fd: ino for fd, ino in socks.items() if ino is not None}
+            inodes = {fd: tasks.socket_inode(link) for fd, link in links.items()}
+            socks = {fd: ino for fd, ino in inodes.items() if ino is not None}
             if not socks:
                 continue
             watches = None
@@ -194,7 +254,7 @@ def drain(items: list[Carried], timeout: float, stopped: bool) -> None:
         busy = []
         for it in items:
             if it.role == ASSOC:  # a restart fails what is queued anyway: no wait for it
-                unacked, pending, inq = sockopts.queued(it.sock)
+                unacked, pending, inq = sockopts.queued(it.live())
                 if unacked or pending or inq:
                     busy.append(f"{it.describe()}: {unacked} unacked, {pending} undelivered, "
                                 f"{inq} bytes unread")
@@ -211,7 +271,7 @@ def pause(items: list[Carried]) -> None:
     for it in items:
         if it.role == ASSOC:
             try:
-                repair.pause(it.sock)
+                repair.pause(it.live())
             except repair.RepairError as exc:
                 raise CarryError(f"{it.describe()}: {exc}") from exc
 
@@ -221,7 +281,7 @@ def save(items: list[Carried], wait: float) -> None:
     for it in items:
         if it.role == ASSOC:
             try:
-                it.assoc = repair.save(it.sock, wait=wait)
+                it.assoc = repair.save(it.live(), wait=wait)
             except repair.RepairError as exc:
                 raise CarryError(f"{it.describe()}: {exc}") from exc
 
@@ -328,28 +388,40 @@ def write_image(path: str, root: int, pids: list[int], items: list[Carried]) -> 
     data = {"format": FORMAT, "root_vpid": vpid_of(root),
             "tree_vpids": [vpid_of(p) for p in pids],
             "sockets": [it.to_dict() for it in items]}
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_file(path, "w", 0o600) as f:  # O_EXCL|O_NOFOLLOW: no planted link followed
         json.dump(data, f, indent=1)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 def read_image(path: str) -> tuple[list[int], list[Carried]]:
+    """(tree vpids, carried sockets) of the image, every field checked; CarryError
+    (one line) when it is missing, not a regular file, too large or malformed."""
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = read_json(path, MAX_IMAGE)
     except FileNotFoundError:
         raise CarryError(f"{path} is missing: the dump carried no SCTP image") from None
+    except UnsafeFile as exc:
+        raise CarryError(str(exc)) from None
     except (OSError, ValueError) as exc:
-        raise CarryError(f"{path} is unreadable: {exc}") from exc
+        raise CarryError(f"{path} is unreadable: {exc}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise CarryError(f"{path}: unknown format {data.get('format') if isinstance(data, dict) else data!r}"
-                         f" (this version reads {FORMAT})")
+        found = data.get("format") if isinstance(data, dict) else data
+        raise CarryError(f"{path}: unknown format {found!r:.40} (this version reads {FORMAT})")
     try:
-        return [int(v) for v in data["tree_vpids"]], [Carried.from_dict(d) for d in data["sockets"]]
+        vpids, socks = data["tree_vpids"], data["sockets"]
+        if not isinstance(vpids, list) or not isinstance(socks, list) \
+                or len(vpids) > MAX_SOCKETS or len(socks) > MAX_SOCKETS:
+            raise ValueError(f"tree_vpids and sockets must be lists of at most {MAX_SOCKETS}")
+        tree = [_int(v, "tree vpid", PID_MAX) for v in vpids]
+        items = []
+        for i, d in enumerate(socks):
+            try:
+                items.append(Carried.from_dict(d))
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise ValueError(f"socket #{i}: {type(exc).__name__}: {exc}") from None
+        return tree, items
     except (KeyError, TypeError, ValueError) as exc:
-        raise CarryError(f"{path} is corrupt: {type(exc).__name__}: {exc}") from exc
+        raise CarryError(f"{path} is corrupt: {str(exc)[:200]}") from None
 
 
 # -- put back ---------------------------------------------------------------------------
@@ -362,7 +434,7 @@ def pid_map(root: int) -> dict[int, int]:
 
 def peers(items: list[Carried]) -> list[tuple[str, int]]:
     """(address, port) of the far end of every carried association."""
-    return sorted({tuple(it.peer) for it in items if it.peer})
+    return sorted({it.peer for it in items if it.peer})
 
 
 def needs_repair(items: list[Carried]) -> bool:
@@ -371,11 +443,13 @@ def needs_repair(items: list[Carried]) -> bool:
 
 def _create(item: Carried, netns: str) -> socket.socket:
     from sctp_repair import repair
+    if item.role == ASSOC and item.assoc is None:  # read_image refuses that
+        raise CarryError(f"{item.describe()}: no association state to restore")
     with in_netns(netns):
         sock = sockopts.new_socket(item.setup)
     try:
         sockopts.apply_setup(sock, item.setup)
-        if item.role == ASSOC:
+        if item.role == ASSOC and item.assoc is not None:
             sock.setblocking(True)
             repair.restore(sock, item.assoc)
             sock.setblocking(not item.setup.nonblocking)
@@ -390,6 +464,8 @@ def _create(item: Carried, netns: str) -> socket.socket:
 def _connect_restart(item: Carried, sock: socket.socket, timeout: float) -> None:
     """The stock-kernel fallback: a new INIT from the same addresses, which the peer
     treats as a restart of the association (RFC 9260 5.2.4)."""
+    if item.peer is None:  # read_image refuses that
+        raise CarryError(f"restarting {item.describe()}: no peer address")
     blocking = sock.getblocking()
     sock.setblocking(False)
     err = sock.connect_ex(item.peer)

@@ -1,9 +1,9 @@
 """One dump or one restore as the plugins see it: phase dispatch, state, timings.
 
 The same class serves both modes. In RPC mode one Session object lives in the
-``criu-ext dump|restore`` process for the whole run. In action-script mode every
-phase is a new process: the session is saved to a small JSON file between
-phases (see hook.py) and rebuilt from it.
+``criu-ext dump|restore`` process for the whole run. In action-script mode one
+session process answers the phases (see hook_server.py); it saves the session
+to a small JSON file after each phase, from which another process can take over.
 
 Rules (docs/criu-ext.md has the long form):
 * plugins run in ascending (order, name);
@@ -24,10 +24,12 @@ import time
 from typing import Any
 
 from criu_ext import phases as ph
-from criu_ext.plugin import Context, Log, PluginError, handles, load, reference
+from criu_ext.plugin import Context, Log, PluginError, handles, load_registered, reference
+from procns.files import MiB, UnsafeFile, atomic_file, read_json
 
 MANIFEST = "criu-ext.json"
 FORMAT = 1
+MAX_MANIFEST = 4 * MiB
 
 
 class PhaseFailed(Exception):
@@ -49,6 +51,8 @@ class Session:
         self.images_dir = images_dir
         self.plugins = list(plugins)
         self.mode = mode
+        # the plugin objects live from phase to phase (RPC mode, the action-script session process)
+        self.resident = mode == "rpc"
         self.log = log or Log()
         self.options = dict(options or {})
         self.init_pid: int | None = None
@@ -63,7 +67,7 @@ class Session:
     def phases(self) -> list[str]:
         """Phases in which at least one plugin acts, for this action."""
         wanted = ph.DUMP_PHASES if self.action == ph.DUMP else ph.RESTORE_PHASES
-        acting = set()
+        acting: set[str] = set()
         for p in self.plugins:
             if self._idle(p):
                 continue
@@ -96,7 +100,7 @@ class Session:
         return Context(phase=phase, action=self.action, images_dir=self.images_dir,
                        init_pid=self.init_pid, mode=self.mode, plugin=plugin.name,
                        log=self.log.child(plugin.name), state=self.state.setdefault(plugin.name, {}),
-                       options=self.options)
+                       options=self.options, resident=self.resident)
 
     def run(self, phase: str, init_pid: int | None = None) -> None:
         """Run the plugins of ``phase``; raise PhaseFailed if CRIU must stop."""
@@ -200,7 +204,9 @@ class Session:
 
     @classmethod
     def from_json(cls, data: dict, log: Log | None = None, images_dir: str | None = None) -> Session:
-        plugins = [load(p["target"]) for p in data["plugins"]]
+        # only plugins registered here (or named by this run's own selection) are
+        # imported: a session file never decides what code runs
+        plugins = [load_registered(p["name"], p["target"]) for p in data["plugins"]]
         s = cls(data["action"], images_dir or data["images_dir"], plugins, data["mode"], log,
                 data.get("options"))
         s.init_pid = data.get("init_pid")
@@ -231,20 +237,71 @@ class Session:
                              "phases": self.phases_seen, "timings": self.timings,
                              "rolled_back": self.rolled_back}
         try:
-            tmp = path + ".tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
+            with atomic_file(path, "w", 0o644) as f:  # O_EXCL|O_NOFOLLOW temporary file
                 json.dump(data, f, indent=1, sort_keys=True)
                 f.write("\n")
-            os.replace(tmp, path)
         except OSError as exc:
             self.log.warning(f"cannot write {MANIFEST}: {exc}")
 
 
 def read_manifest(images_dir: str) -> dict | None:
+    """The manifest of ``images_dir``, its shape checked; None when there is none.
+
+    PluginError (one line) when it is a link, not a regular file, larger than
+    :data:`MAX_MANIFEST`, not JSON, or not of the shape :meth:`Session.write_manifest`
+    writes."""
+    path = os.path.join(images_dir, MANIFEST)
     try:
-        with open(os.path.join(images_dir, MANIFEST), encoding="utf-8") as f:
-            return json.load(f)
+        data = read_json(path, MAX_MANIFEST)
     except FileNotFoundError:
         return None
+    except UnsafeFile as exc:
+        raise PluginError(str(exc)) from None
     except (OSError, ValueError) as exc:
-        raise PluginError(f"{images_dir}/{MANIFEST} is unreadable: {exc}") from exc
+        raise PluginError(f"{path} is unreadable: {exc}") from None
+    try:
+        check_manifest(data)
+    except (ValueError, TypeError) as exc:
+        raise PluginError(f"{path} is malformed: {exc}") from None
+    return data
+
+
+def _is_text(v: object) -> bool:
+    return isinstance(v, str) and len(v) <= 4096 and not any(ord(c) < 32 for c in v)
+
+
+def check_manifest(data: object) -> None:
+    """ValueError unless ``data`` has the manifest's shape (what show and restore read)."""
+    if not isinstance(data, dict) or type(data.get("format")) is not int:
+        raise ValueError("not an object with an integer format")
+    for action in (ph.DUMP, ph.RESTORE):
+        if action not in data:
+            continue
+        rec = data[action]
+        if not isinstance(rec, dict):
+            raise ValueError(f"{action} is not an object")
+        if not _is_text(rec.get("mode", "")) or not (rec.get("init_pid") is None or
+                                                     type(rec.get("init_pid")) is int):
+            raise ValueError(f"{action}: mode or init_pid of the wrong type")
+        for p in _list(rec, "plugins", action):
+            if not isinstance(p, dict) or not _is_text(p.get("name")) \
+                    or not _is_text(p.get("target", "")):
+                raise ValueError(f"{action}: a plugin entry without a name")
+            for img in _list(p, "images", action):
+                if not isinstance(img, dict) or not _is_text(img.get("name")) \
+                        or type(img.get("size", 0)) is not int:
+                    raise ValueError(f"{action}: plugin {p['name']}: a bad image entry")
+        for t in _list(rec, "timings", action):
+            if not isinstance(t, dict) or not _is_text(t.get("phase")) \
+                    or not _is_text(t.get("plugin")) or type(t.get("ok")) is not bool \
+                    or type(t.get("seconds")) not in (int, float):
+                raise ValueError(f"{action}: a bad timing entry")
+        if not all(_is_text(x) for x in _list(rec, "phases", action)):
+            raise ValueError(f"{action}: phases is not a list of names")
+
+
+def _list(rec: dict, key: str, where: str) -> list:
+    v = rec.get(key, [])
+    if not isinstance(v, list) or len(v) > 10000:
+        raise ValueError(f"{where}: {key} is not a list")
+    return v

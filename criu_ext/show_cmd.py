@@ -1,19 +1,34 @@
-"""``criu-ext show DIR``: our images in a CRIU image directory, and a summary of CRIU's."""
+"""``criu-ext show DIR``: our images in a CRIU image directory, and a summary of CRIU's.
+
+Exit status 0 when everything could be read, 3 when the manifest or a plugin's
+image was refused (not a regular file, too large, malformed): what could be read
+is still printed, and each refusal is one line on stderr.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 
 import click
 
 from criu_ext.plugin import PluginError, discover, load
 from criu_ext.session import read_manifest
 
+BAD_IMAGE = 3
+
 
 def collect(images_dir: str) -> dict:
-    manifest = read_manifest(images_dir)
-    out: dict = {"images_dir": os.path.abspath(images_dir), "manifest": manifest, "plugins": {}}
+    """What ``show`` prints; ``errors`` lists the files that were refused, one line each."""
+    errors: list[str] = []
+    try:
+        manifest = read_manifest(images_dir)
+    except PluginError as exc:
+        manifest = None
+        errors.append(str(exc))
+    out: dict = {"images_dir": os.path.abspath(images_dir), "manifest": manifest, "plugins": {},
+                 "errors": errors}
     names = set()
     if manifest:
         for action in ("dump", "restore"):
@@ -29,10 +44,11 @@ def collect(images_dir: str) -> dict:
             continue
         try:
             out["plugins"][name] = load(refs[name]).show(images_dir)
-        except PluginError as exc:
-            out["plugins"][name] = {"error": str(exc)}
         except Exception as exc:  # noqa: BLE001 - a broken image must not hide the others
-            out["plugins"][name] = {"error": f"{type(exc).__name__}: {exc}"}
+            why = str(exc) if isinstance(exc, PluginError) else f"{type(exc).__name__}: {exc}"
+            why = " ".join(why.split())  # one line, whatever the image held
+            out["plugins"][name] = {"error": why}
+            errors.append(f"plugin {name}: {why}")
     try:
         from criu_ext.criu_images import summary
 
@@ -88,6 +104,14 @@ def _text(data: dict) -> str:
 @click.argument("images_dir", type=click.Path(file_okay=False, exists=True))
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def show(images_dir, as_json):
-    """Show what criu-ext plugins stored in IMAGES_DIR, and a summary of CRIU's images."""
+    """Show what criu-ext plugins stored in IMAGES_DIR, and a summary of CRIU's images.
+
+    Exit status 3 (after printing what could be read) when the manifest or a
+    plugin's image was refused: a link, not a regular file, too large, malformed.
+    """
     data = collect(images_dir)
     click.echo(json.dumps(data, indent=1, default=str) if as_json else _text(data))
+    for err in data["errors"]:
+        click.echo(f"criu-ext show: {err}", err=True)
+    if data["errors"]:
+        sys.exit(BAD_IMAGE)

@@ -64,7 +64,9 @@ def thread_state(pid: int, tid: int) -> str:
 
 
 def all_stopped(pids: list[int]) -> bool:
-    return all(thread_state(p, t) in ("T", "t", "") for p in pids for t in threads(p))
+    """Every thread stopped, or a zombie (a thread group leader that exited before its
+    siblings stays one until they do: it never runs again)."""
+    return all(thread_state(p, t) in ("T", "t", "Z", "X", "") for p in pids for t in threads(p))
 
 
 def stop(pids: list[int], timeout: float = 10.0) -> None:
@@ -78,16 +80,21 @@ def stop(pids: list[int], timeout: float = 10.0) -> None:
         time.sleep(0.002)
 
 
-def tracer(pid: int) -> int:
-    """The pid tracing ``pid`` (0: none, or the task is gone)."""
+def status_number(path: str, key: str) -> int:
+    """The number after ``key:`` in a /proc status file (0: no such line, or the task is gone)."""
     try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        with open(path, encoding="ascii") as f:
             for line in f:
-                if line.startswith("TracerPid:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1])
     except (FileNotFoundError, ProcessLookupError):
         pass
     return 0
+
+
+def tracer(pid: int) -> int:
+    """The pid tracing ``pid`` (0: none, or the task is gone)."""
+    return status_number(f"/proc/{pid}/status", "TracerPid")
 
 
 def wait_untraced(pids: list[int], timeout: float = 60.0) -> None:

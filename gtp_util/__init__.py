@@ -39,8 +39,15 @@ no netlink code until a function needs it)::
 
 from __future__ import annotations
 
-from .errors import (BadImage, Conflict, GtpError, GtpUnavailable, NoPermission,
-                     NoSuchTarget, RestoreFailed)
+from .errors import (
+    BadImage,
+    Conflict,
+    GtpError,
+    GtpUnavailable,
+    NoPermission,
+    NoSuchTarget,
+    RestoreFailed,
+)
 from .model import PdpContext, PdpTable, Snapshot
 
 __all__ = [

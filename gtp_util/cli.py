@@ -95,22 +95,25 @@ def dump_main(netns_name, pid, output, as_json, tunnels, no_nat):
 
 
 def _load(path: str):
+    """An image file, an image directory, or a JSON snapshot (a file starting with '{')."""
     import gtp_util
-    try:
-        with open(path, 'rb') as f:
-            start = f.read(1)
-    except IsADirectoryError:
-        start = b''
-    except OSError:
-        start = b''
-    if start == b'{':
-        from .format import from_json
+
+    from .image import read_file
+    path, data = read_file(path)
+    if data[:1] == b'{':
+        from .format import MAX_JSON, from_json
+        if len(data) > MAX_JSON:  # parsed JSON costs tens of times its size in memory
+            raise BadImage(f"{path}: JSON snapshot of {len(data)} bytes, more than the "
+                           f"{MAX_JSON} accepted (use the binary image)")
         try:
-            with open(path, encoding='utf-8') as f:
-                return from_json(f.read())
-        except (ValueError, KeyError, TypeError) as e:
-            raise BadImage(f"{path}: not a valid JSON snapshot ({e})") from None
-    return gtp_util.load(path)
+            text = data.decode('utf-8')
+        except UnicodeDecodeError as e:
+            raise BadImage(f"{path}: not UTF-8 text (byte {e.start})") from None
+        return from_json(text, path)
+    try:
+        return gtp_util.loads(data)
+    except BadImage as e:
+        raise BadImage(f"{path}: {e}") from None
 
 
 @click.command(context_settings={'help_option_names': ['-h', '--help']})

@@ -21,8 +21,11 @@ from array import array
 
 from google.protobuf.message import DecodeError
 
+from procns.files import MiB, UnsafeFile, atomic_file, read_bytes
+
 from .errors import BadImage
-from .model import Address, Device, NatRule, Route, SocketRef, Snapshot
+from .fields import check_snapshot
+from .model import Address, Device, NatRule, Route, Snapshot, SocketRef
 from .proto import gtp_image_pb2 as pb
 
 IMG_SERVICE_MAGIC = 0x55105940  # CRIU's magic for images that are not per-object
@@ -32,6 +35,8 @@ FORMAT_VERSION = 2  # what save() writes
 READABLE_VERSIONS = (1, 2)  # what load() reads
 CHUNK = 65536  # PDP contexts per context entry
 MAX_ROWS = 1 << 20  # a context entry announcing more is corrupt
+MAX_ENTRIES = 1 << 16  # entries of one image (head, devices, context chunks, tail)
+MAX_IMAGE = 256 * MiB  # a larger file is refused unread (about 9 million contexts)
 
 # The PdpTable columns as a format-2 context entry stores them: (field, array typecode).
 _COLUMNS = (('version', 'B'), ('i_tei', 'I'), ('o_tei', 'I'), ('tid', 'Q'), ('flow', 'H'),
@@ -133,26 +138,31 @@ def save(snap: Snapshot, path: str) -> str:
     """
     if os.path.isdir(path):
         path = os.path.join(path, IMAGE_NAME)
-    tmp = f'{path}.tmp{os.getpid()}'
-    with open(tmp, 'wb') as f:
+    with atomic_file(path, 'wb', 0o644) as f:  # O_EXCL|O_NOFOLLOW: a planted link fails it
         _write(snap, f.write)
-    os.replace(tmp, path)
     return path
+
+
+def read_file(path: str) -> tuple[str, bytes]:
+    """The bytes of an image file (or ``gtp.img`` of an image directory) and its path.
+
+    Regular files only, at most MAX_IMAGE bytes; anything else is BadImage.
+    """
+    if os.path.isdir(path):
+        path = os.path.join(path, IMAGE_NAME)
+    try:
+        return path, read_bytes(path, MAX_IMAGE)
+    except FileNotFoundError:
+        raise BadImage(f"{path}: no such file") from None
+    except UnsafeFile as e:
+        raise BadImage(str(e)) from None
+    except OSError as e:
+        raise BadImage(f"{path}: cannot read: {e.strerror}") from None
 
 
 def load(path: str) -> Snapshot:
     """Read an image file (or ``gtp.img`` of an image directory)."""
-    if os.path.isdir(path):
-        path = os.path.join(path, IMAGE_NAME)
-    try:
-        with open(path, 'rb') as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise BadImage(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise BadImage(f"{path}: is a directory") from None
-    except OSError as e:
-        raise BadImage(f"{path}: cannot read: {e.strerror}") from None
+    path, data = read_file(path)
     try:
         return loads(data)
     except BadImage as e:
@@ -202,8 +212,12 @@ def _read_columns(data, i: int) -> tuple[list[array], list]:
     """The columns (in :data:`_COLUMNS` order) and IPv6 rows of a format-2 context entry."""
     c = _parse(pb.gtp_pdp_columns_entry, data, f'entry #{i} (PDP contexts)')
     n = c.count
-    if not 0 < n <= MAX_ROWS:
-        raise BadImage(f"corrupt image: entry #{i} announces {n} PDP contexts")
+    # Every real entry holds at least one byte per context (the version column of
+    # GTPv1 contexts, the TID column of GTPv0 ones): a larger count is a lie that
+    # would have us allocate the absent all-zero columns for nothing.
+    if not 0 < n <= min(MAX_ROWS, len(data)):
+        raise BadImage(f"corrupt image: entry #{i} announces {n} PDP contexts in "
+                       f"{len(data)} bytes")
     cols = []
     for name, code in _COLUMNS:
         col = array(code)
@@ -254,7 +268,7 @@ def loads(data: bytes) -> Snapshot:
     if m1 != GTP_MAGIC:
         raise BadImage(f"not a gtp image: CRIU image of another type (magic 0x{m1:08x})")
     view = memoryview(data)
-    entries = []
+    entries: list[tuple[int, memoryview]] = []
     off = 8
     while off < len(data):
         if off + 4 > len(data):
@@ -263,6 +277,8 @@ def loads(data: bytes) -> Snapshot:
         if off + 4 + size > len(data):
             raise BadImage(f"truncated image: entry #{len(entries)} needs {size} bytes, "
                            f"{len(data) - off - 4} left")
+        if len(entries) >= MAX_ENTRIES:
+            raise BadImage(f"corrupt image: more than {MAX_ENTRIES} entries")
         entries.append((off, view[off + 4:off + 4 + size]))
         off += 4 + size
     if not entries:
@@ -327,7 +343,7 @@ def loads(data: bytes) -> Snapshot:
                        f"found {len(snap.devices)}")
     if total != tail.n_contexts:
         raise BadImage("corrupt image: context count differs from the tail's")
-    return snap
+    return check_snapshot(snap)
 
 
 def warm() -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 from array import array
 from dataclasses import asdict, dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 V0 = 0
 V1 = 1
@@ -54,7 +54,7 @@ class PdpContext(NamedTuple):
                 self.o_tei, self.flow, self.peer, self.peer6, self.ms6)
 
     def as_dict(self) -> dict:
-        d = {'version': self.version}
+        d: dict[str, Any] = {'version': self.version}
         if self.version == V1:
             d.update(i_tei=self.i_tei, o_tei=self.o_tei)
         else:
@@ -344,7 +344,7 @@ class Snapshot:
         return d
 
     def to_dict(self, contexts: bool = True) -> dict:
-        out = {
+        out: dict[str, Any] = {
             'netns': self.netns,
             'kernel': self.kernel,
             'created': self.created,

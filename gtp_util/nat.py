@@ -5,21 +5,24 @@ Three forms are recognised: iptables-nft and iptables-legacy (read with
 nftables (``nft -a list ruleset``; tables named like the iptables ones in the ip/ip6
 families are left to the iptables readers). A rule concerns the UE pool when its
 source match overlaps a UE prefix, or when it has no source match at all (it then
-applies to UE traffic too). Commands run inside the namespace through
-``nsenter --net=PATH``. Parsing and selection are pure functions.
+applies to UE traffic too). Parsing and selection are pure functions.
+
+Only the rule forms :mod:`gtp_util.natrule` accepts are recorded and restored, and a
+rule is always rebuilt from its typed fields: nftables rules go through libnftables'
+JSON API (in-process, inside the namespace), iptables rules through a fixed argument
+list (``iptables -t nat -A POSTROUTING ...`` under ``nsenter --net=PATH``).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
-import shlex
 import shutil
 import socket
 import subprocess
 
 from procns.netns import in_netns
 
+from . import natrule
 from .errors import GtpError
 from .model import NatRule
 
@@ -37,42 +40,40 @@ def _run(netns: str | None, argv: list[str], check: bool = True) -> subprocess.C
     return p
 
 
-def _overlaps(src: str | None, pools: list) -> bool:
-    if src is None:
+def _overlaps(net, pools: list) -> bool:
+    if net is None:
         return True
-    try:
-        net = ipaddress.ip_network(src, strict=False)
-    except ValueError:
-        return False
     return any(net.version == p.version and net.overlaps(p) for p in pools)
 
 
 def parse_iptables_save(text: str, backend: str, family: int, pools: list) -> list[NatRule]:
-    """MASQUERADE/SNAT rules of an ``iptables-save -t nat`` output that concern ``pools``."""
+    """MASQUERADE/SNAT rules of an ``iptables-save -t nat`` output that concern ``pools``.
+
+    Only the forms :mod:`gtp_util.natrule` accepts are kept (in their canonical text):
+    a rule the restore could not rebuild is not recorded.
+    """
     out = []
     for line in text.splitlines():
-        if not line.startswith('-A '):
+        if not line.startswith('-A POSTROUTING '):
             continue
-        args = shlex.split(line)
-        chain = args[1]
-        spec = args[2:]
-        if '-j' not in spec or spec[spec.index('-j') + 1] not in ('MASQUERADE', 'SNAT'):
+        try:
+            m = natrule.parse_iptables(line[len('-A POSTROUTING '):], family)
+        except ValueError:
             continue
-        src = spec[spec.index('-s') + 1] if '-s' in spec else None
-        if _overlaps(src, pools):
-            out.append(NatRule(backend=backend, family=family, table='nat', chain=chain,
-                               rule=shlex.join(spec)))
+        if _overlaps(m.saddr, pools):
+            out.append(NatRule(backend=backend, family=family, table='nat', chain='POSTROUTING',
+                               rule=' '.join(m.iptables_args())))
     return out
 
 
 _NFT_TABLE = re.compile(r'^table (\S+) (\S+) \{')
 _NFT_CHAIN = re.compile(r'^\s*chain (\S+) \{')
 _NFT_HANDLE = re.compile(r'\s+# handle \d+$')
-_NFT_SADDR = re.compile(r'\bip6? saddr (\S+)')
 
 
 def parse_nft_ruleset(text: str, pools: list) -> list[NatRule]:
-    """masquerade/snat rules of ``nft -a list ruleset`` that concern ``pools``."""
+    """masquerade/snat rules of ``nft -a list ruleset`` that concern ``pools``
+    (only the forms :mod:`gtp_util.natrule` accepts, in their canonical text)."""
     out = []
     table = chain = None
     spec = ''
@@ -86,7 +87,7 @@ def parse_nft_ruleset(text: str, pools: list) -> list[NatRule]:
             chain, spec = m.group(1), ''
             continue
         s = line.strip()
-        if chain is None or not s or s == '}':
+        if table is None or chain is None or not s or s == '}':
             continue
         if s.startswith('type ') and not spec:
             spec = _NFT_HANDLE.sub('', s)
@@ -97,15 +98,16 @@ def parse_nft_ruleset(text: str, pools: list) -> list[NatRule]:
         fam, name = table.split()
         if fam in ('ip', 'ip6') and name in IPTABLES_TABLES:
             continue  # shown by iptables-nft
-        rule = _NFT_HANDLE.sub('', s)
-        words = rule.split()
-        if 'masquerade' not in words and 'snat' not in words:
+        family = socket.AF_INET6 if fam == 'ip6' else socket.AF_INET
+        rule = NatRule(backend='nft', family=family, table=table, chain=chain,
+                       rule=_NFT_HANDLE.sub('', s), chain_spec=spec)
+        try:
+            masq = natrule.parse_rule(rule)
+        except ValueError:
             continue
-        m = _NFT_SADDR.search(rule)
-        if _overlaps(m.group(1) if m else None, pools):
-            family = socket.AF_INET6 if fam == 'ip6' else socket.AF_INET
-            out.append(NatRule(backend='nft', family=family, table=table, chain=chain,
-                               rule=rule, chain_spec=spec))
+        if _overlaps(masq.saddr, pools):
+            rule.rule = masq.nft_text()
+            out.append(rule)
     return out
 
 
@@ -152,46 +154,92 @@ def read_rules(netns: str | None, pools: list) -> list[NatRule]:
     return rules
 
 
-def _iptables(rule: NatRule) -> str:
+def _iptables(rule: NatRule, op: str) -> list[str]:
+    """``iptables -t nat OP POSTROUTING ARGS`` rebuilt from the rule's checked fields."""
+    masq = _checked(rule)
     v4, v6 = IPTABLES[rule.backend]
-    return v6 if rule.family == socket.AF_INET6 else v4
+    tool = v6 if rule.family == socket.AF_INET6 else v4
+    return [tool, '-w', '-t', 'nat', op, 'POSTROUTING'] + masq.iptables_args()
+
+
+def _checked(rule: NatRule) -> natrule.Masq:
+    try:
+        return natrule.parse_rule(rule)
+    except ValueError as e:
+        raise GtpError(f"NAT rule refused: {e}") from None
+
+
+def nft_json(netns: str | None, cmds: list[dict], check: bool = True) -> tuple[int, object, str]:
+    """Run libnftables JSON commands inside ``netns``: no nft script, no process.
+
+    The library's netlink socket belongs to the namespace current when the
+    context is created, so the context lives and dies inside ``in_netns``.
+    """
+    try:
+        import nftables
+    except ImportError:
+        raise GtpError("python3-nftables (libnftables' Python binding) is not installed") from None
+    with in_netns(netns):
+        ctx = nftables.Nftables()
+        ctx.set_handle_output(True)
+        rc, out, err = ctx.json_cmd({'nftables': cmds})
+        del ctx
+    if check and rc != 0:
+        raise GtpError(f"nftables: {err.strip().splitlines()[0] if err.strip() else rc}")
+    return rc, out, err
+
+
+def _nft_chain_rules(netns: str | None, rule: NatRule) -> list[tuple[int, natrule.Masq | None]]:
+    """(handle, typed rule or None) of every rule of ``rule``'s chain; [] if it has none."""
+    fam, name = natrule.nft_table(rule.table)
+    rc, out, _ = nft_json(netns, [{'list': {'chain': {'family': fam, 'table': name,
+                                                  'name': rule.chain}}}], check=False)
+    if rc != 0 or not isinstance(out, dict):
+        return []
+    found = []
+    for item in out.get('nftables', []):
+        r = item.get('rule') if isinstance(item, dict) else None
+        if isinstance(r, dict) and isinstance(r.get('handle'), int):
+            found.append((r['handle'], natrule.parse_nft_expr(r.get('expr'), rule.family)))
+    return found
 
 
 def present(netns: str | None, rule: NatRule) -> bool:
     if rule.backend == 'nft':
-        p = _run(netns, ['nft', 'list', 'chain'] + rule.table.split() + [rule.chain],
-                 check=False)
-        return p.returncode == 0 and any(_NFT_HANDLE.sub('', ln.strip()) == rule.rule
-                                         for ln in p.stdout.splitlines())
-    p = _run(netns, [_iptables(rule), '-w', '-t', rule.table, '-C', rule.chain]
-             + shlex.split(rule.rule), check=False)
-    return p.returncode == 0
+        masq = _checked(rule)
+        return any(masq.same(m) for _, m in _nft_chain_rules(netns, rule))
+    return _run(netns, _iptables(rule, '-C'), check=False).returncode == 0
 
 
 def add(netns: str | None, rule: NatRule) -> None:
-    if rule.backend == 'nft':
-        fam, name = rule.table.split()
-        _run(netns, ['nft', 'add', 'table', fam, name])
-        if _run(netns, ['nft', 'list', 'chain', fam, name, rule.chain], check=False).returncode:
-            spec = rule.chain_spec or 'type nat hook postrouting priority srcnat;'
-            if not spec.rstrip().endswith(';'):
-                spec += ';'
-            _run(netns, ['nft', 'add', 'chain', fam, name, rule.chain, '{ ' + spec + ' }'])
-        _run(netns, ['nft', 'add', 'rule', fam, name, rule.chain] + shlex.split(rule.rule))
+    """Add ``rule`` (table and base chain too, for nft, when missing), from its checked fields."""
+    masq = _checked(rule)
+    if rule.backend != 'nft':
+        _run(netns, _iptables(rule, '-A'))
         return
-    _run(netns, [_iptables(rule), '-w', '-t', rule.table, '-A', rule.chain]
-         + shlex.split(rule.rule))
+    fam, name = natrule.nft_table(rule.table)
+    where = {'family': fam, 'table': name, 'chain': rule.chain}
+    rc, _, _ = nft_json(netns, [{'list': {'chain': {'family': fam, 'table': name,
+                                                'name': rule.chain}}}], check=False)
+    cmds: list[dict] = []
+    if rc != 0:
+        spec = natrule.parse_chain_spec(rule.chain_spec)
+        cmds += [{'add': {'table': {'family': fam, 'name': name}}},
+                 {'add': {'chain': {'family': fam, 'table': name, 'name': rule.chain,
+                                    **spec.nft_json()}}}]
+    cmds.append({'add': {'rule': {**where, 'expr': masq.nft_expr()}}})
+    nft_json(netns, cmds)
 
 
 def delete(netns: str | None, rule: NatRule) -> None:
-    if rule.backend == 'nft':
-        p = _run(netns, ['nft', '-a', 'list', 'chain'] + rule.table.split() + [rule.chain])
-        for ln in p.stdout.splitlines():
-            m = re.search(r'# handle (\d+)$', ln.strip())
-            if m and _NFT_HANDLE.sub('', ln.strip()) == rule.rule:
-                _run(netns, ['nft', 'delete', 'rule'] + rule.table.split()
-                     + [rule.chain, 'handle', m.group(1)])
-                return
+    """Delete one copy of ``rule``; nothing when it is not there."""
+    if rule.backend != 'nft':
+        _run(netns, _iptables(rule, '-D'), check=False)
         return
-    _run(netns, [_iptables(rule), '-w', '-t', rule.table, '-D', rule.chain]
-         + shlex.split(rule.rule), check=False)
+    masq = _checked(rule)
+    fam, name = natrule.nft_table(rule.table)
+    for handle, m in _nft_chain_rules(netns, rule):
+        if masq.same(m):
+            nft_json(netns, [{'delete': {'rule': {'family': fam, 'table': name, 'chain': rule.chain,
+                                              'handle': handle}}}])
+            return

@@ -180,6 +180,7 @@ class PdpFailure(GtpError):
 
     def __init__(self, what: str, failures: list[tuple[int, int, str]]):
         self.failures = failures
+        self.created = 0  # contexts of the request that were created (set by the sender)
         idx, err, msg = failures[0]
         more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ''
         text = f"{what}: context #{idx}: {os.strerror(err)}"
@@ -224,7 +225,7 @@ class PdpChannel:
         self.close()
 
     # -- family lookup (pyroute2's ctrlmsg does the encoding) --
-    def _resolve(self) -> tuple[int, int]:
+    def _resolve(self) -> tuple[int, int, dict[str, int]]:
         msg = ctrlmsg()
         msg['cmd'] = CTRL_CMD_GETFAMILY
         msg['version'] = 1
@@ -244,7 +245,7 @@ class PdpChannel:
             raise GtpError(f"looking up the gtp netlink family: {os.strerror(err)}")
         reply = ctrlmsg(data[:length])
         reply.decode()
-        groups = {}
+        groups: dict[str, int] = {}
         for grp in reply.get_attr('CTRL_ATTR_MCAST_GROUPS') or ():
             groups[grp.get_attr('CTRL_ATTR_MCAST_GRP_NAME')] = grp.get_attr('CTRL_ATTR_MCAST_GRP_ID')
         return (reply.get_attr('CTRL_ATTR_FAMILY_ID'), reply.get_attr('CTRL_ATTR_MAXATTR'),
@@ -485,8 +486,8 @@ class _VectorV1:
         self.family = family
         self.template = (68, 0, 0, 0, GTP_CMD_NEWPDP, h[0], GTP_V1, h[1], 0, h[2], 0, h[3], 0,
                          h[4], 0, h[5], 0)
-        self.checks = {0: 68, 1: family | NLM_F_MULTI << 16, 5: h[0], 6: GTP_V1, 7: h[1], 9: h[2], 11: h[3], 13: h[4],
-                       15: h[5]}
+        self.checks = {0: 68, 1: family | NLM_F_MULTI << 16, 5: h[0], 6: GTP_V1, 7: h[1], 9: h[2],
+                       11: h[3], 13: h[4], 15: h[5]}
         self._const: dict[tuple[int, int], array] = {}
 
     def _col(self, value: int, k: int) -> array:
@@ -682,7 +683,7 @@ def decode_dump_buffer(data: bytes) -> dict[int, PdpTable]:
             buf[:len(part)] = part
             return len(part)
 
-    chan.sock = _FakeSock()
+    chan.sock = _FakeSock()  # type: ignore[assignment]  # has what dump() calls of a socket
     chan.seq = 1
     chan.family = 0
     return chan.dump()

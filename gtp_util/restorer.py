@@ -18,8 +18,17 @@ from procns.netns import in_netns
 from . import nat
 from .dump import check_target, open_iproute, read_sysctls, take_snapshot, ue_pools
 from .errors import Conflict, GtpError, NoPermission, NoSuchTarget, RestoreFailed
-from .model import (SOCKET_KERNEL, SOCKET_NONE, SOCKET_TASK, Device, NatRule, PdpTable,
-                    Route, Snapshot, ip4)
+from .model import (
+    SOCKET_KERNEL,
+    SOCKET_NONE,
+    SOCKET_TASK,
+    Device,
+    NatRule,
+    PdpTable,
+    Route,
+    Snapshot,
+    ip4,
+)
 from .netlink import GTP_V0, GTP_V1, PdpChannel, PdpFailure, register_link_kind
 from .rtnl import Rtnl
 from .rtnl import warm as rtnl_warm
@@ -213,10 +222,10 @@ def diff(snap: Snapshot, live: Snapshot) -> list[str]:
         if snap.device(dev.name) is None:
             out.append(f"device {dev.name} is not in the snapshot")
     want = {_route_key(r) for r in snap.routes}
-    have = {_route_key(r) for r in live.routes}
-    out += [f"route {k[1]}/{k[2]} dev {k[3]} table {k[4]} is missing" for k in sorted(want - have)]
+    got = {_route_key(r) for r in live.routes}
+    out += [f"route {k[1]}/{k[2]} dev {k[3]} table {k[4]} is missing" for k in sorted(want - got)]
     out += [f"route {k[1]}/{k[2]} dev {k[3]} table {k[4]} is not in the snapshot"
-            for k in sorted(have - want)]
+            for k in sorted(got - want)]
     for n in snap.nat_rules:
         if n not in live.nat_rules:
             out.append(f"{n.backend} rule {n.chain} {n.rule} is missing")
@@ -298,6 +307,7 @@ def apply_plan(p: Plan, netns: str | None, fds: dict[tuple[str, int], int], *,
                 raise GtpError("the snapshot has IPv6 PDP contexts; restoring them is not "
                                "implemented yet")
         for dev in p.create:
+            assert chan is not None  # opened above whenever p.create has devices
             step = f"creating device {dev.name}"
             rt.add_gtp_link(dev, fds.get((dev.name, 0)), fds.get((dev.name, 1)),
                             mtu=dev.mtu if dev.mtu and dev.mtu != DEFAULT_MTU else None)

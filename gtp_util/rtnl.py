@@ -12,8 +12,15 @@ import os
 import socket
 import struct
 
-from pyroute2.netlink import (NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
-                              NLMSG_DONE, NLMSG_ERROR)
+from pyroute2.netlink import (
+    NLM_F_ACK,
+    NLM_F_CREATE,
+    NLM_F_DUMP,
+    NLM_F_EXCL,
+    NLM_F_REQUEST,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+)
 from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWROUTE
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
@@ -38,7 +45,11 @@ class RtnlError(GtpError):
 
 
 class Rtnl:
-    """A NETLINK_ROUTE socket of one namespace; each request waits for its answer."""
+    """A NETLINK_ROUTE socket of one namespace; each request waits for its answer.
+
+    Also the plain socket other rtnetlink requests of the toolkit go through
+    (criu_ext.sctp_fence's fib rules).
+    """
 
     def __init__(self, netns: str | None = None):
         register_link_kind()
@@ -57,7 +68,8 @@ class Rtnl:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _request(self, msg, mtype: int, what: str, flags: int = _CREATE) -> None:
+    def request(self, msg, mtype: int, what: str, flags: int = _CREATE) -> None:
+        """Send one request built with a pyroute2 message class and wait for its ack."""
         self.seq += 1
         msg['header']['type'] = mtype
         msg['header']['flags'] = flags
@@ -82,7 +94,7 @@ class Rtnl:
         # nlmsghdr + rtgenmsg (the family, padded to 4)
         self.sock.send(_HDR.pack(_HDR.size + 4, mtype, NLM_F_REQUEST | NLM_F_DUMP, self.seq, 0)
                        + bytes((family, 0, 0, 0)))
-        out = []
+        out: list = []
         while True:
             data = self.sock.recv(1 << 16)
             off = 0
@@ -101,19 +113,19 @@ class Rtnl:
     def add_gtp_link(self, dev: Device, fd0: int | None, fd1: int | None, *,
                      mtu: int | None = None) -> None:
         """RTM_NEWLINK of kind gtp, up at once when ``dev.up`` (IFF_UP in the request)."""
-        self._request(gtp_link_msg(dev, fd0, fd1, mtu), RTM_NEWLINK,
+        self.request(gtp_link_msg(dev, fd0, fd1, mtu), RTM_NEWLINK,
                       f"creating device {dev.name}")
 
     def delete_link(self, index: int) -> None:
         msg = ifinfmsg()
         msg['index'] = index
-        self._request(msg, RTM_DELLINK, f"deleting link {index}", NLM_F_REQUEST | NLM_F_ACK)
+        self.request(msg, RTM_DELLINK, f"deleting link {index}", NLM_F_REQUEST | NLM_F_ACK)
 
     def add_address(self, index: int, a: Address) -> None:
-        self._request(address_msg(index, a), RTM_NEWADDR, f"adding address {a.cidr()}")
+        self.request(address_msg(index, a), RTM_NEWADDR, f"adding address {a.cidr()}")
 
     def add_route(self, index: int, r: Route) -> None:
-        self._request(route_msg(index, r), RTM_NEWROUTE, f"adding route {r.cidr()} dev {r.dev}")
+        self.request(route_msg(index, r), RTM_NEWROUTE, f"adding route {r.cidr()} dev {r.dev}")
 
 
 def gtp_link_msg(dev: Device, fd0: int | None, fd1: int | None, mtu: int | None) -> ifinfmsg:

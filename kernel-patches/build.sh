@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-only
 # Build the SCTP repair-mode test kernel: Debian's linux-source-6.1, the patch
 # series in this directory, virtme-ng's minimal config plus config.fragment.
 #
@@ -40,7 +41,7 @@ while [ $# -gt 0 ]; do
     --force) force=1 ;;
     --print-key) print_key=1 ;;
     -v | --verbose) verbose=1 ;;
-    -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
+    -h | --help) awk 'NR > 2 && /^#/ { sub(/^# ?/, ""); print; next } NR > 2 { exit }' "$0"; exit 0 ;;
     *) echo "build.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
     shift

@@ -1,7 +1,9 @@
-"""Is a test's task still running? (A killed task nobody reaped yet is a zombie: not running.)"""
+"""Is a test's task still running? (A killed task nobody reaped yet is a zombie: not running.)
+And which criu-ext action-script processes are still there."""
 
 from __future__ import annotations
 
+import os
 import time
 
 
@@ -29,3 +31,36 @@ def state(pid: int) -> str:
             return " ".join(ln.strip() for ln in f if ln.startswith(("State", "PPid", "TracerPid")))
     except FileNotFoundError:
         return "gone"
+
+
+def criu_ext_processes(run_dir: str, hook: str | None = None) -> list[int]:
+    """Live criu-ext action-script processes of the runs using ``run_dir``: session
+    processes (comm ``criu-ext-sess``, $CRIU_EXT_RUN_DIR in their environment) and, when
+    ``hook`` is given, hook processes running that script."""
+    want_env = f"CRIU_EXT_RUN_DIR={run_dir}".encode()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or not alive(int(name)):
+            continue
+        try:
+            with open(f"/proc/{name}/comm", "rb") as f:
+                comm = f.read().strip()
+            with open(f"/proc/{name}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if want_env not in env:
+            continue
+        if comm == b"criu-ext-sess" or (hook is not None and hook.encode() in argv):
+            found.append(int(name))
+    return found
+
+
+def wait_no_criu_ext(run_dir: str, hook: str | None = None, timeout: float = 30.0) -> list[int]:
+    """The criu-ext processes still there after waiting up to ``timeout`` for them to end."""
+    end = time.monotonic() + timeout
+    while (left := criu_ext_processes(run_dir, hook)) and time.monotonic() < end:
+        time.sleep(0.1)
+    return left

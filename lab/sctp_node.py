@@ -23,8 +23,7 @@ import socket
 import threading
 import time
 
-from lab.sctp_wire import (STATUS_EVERY, Recorder, addr, listener, new_socket,
-                                 parse, subscribe)
+from lab.sctp_wire import STATUS_EVERY, Recorder, addr, listener, new_socket, parse, subscribe
 
 
 class Node(Recorder):

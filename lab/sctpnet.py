@@ -18,11 +18,11 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from lab.files import wait_until
+from lab.netns import sctp_mib
 from procns.netns import in_netns
 from sctp_repair import abi, release, restore, save, status
 from sctp_repair.repair import QueuesNotEmpty, new_socket
-from lab.files import wait_until
-from lab.netns import sctp_mib
 
 SCTP_SNDINFO = 2        # cmsg type: struct sctp_sndinfo
 SCTP_RCVINFO = 3        # cmsg type: struct sctp_rcvinfo

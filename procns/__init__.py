@@ -6,5 +6,7 @@ stands on nothing of theirs (only the standard library):
 * :mod:`procns.syscalls`: ``setns``, ``unshare``, ``pidfd_getfd`` through libc;
 * :mod:`procns.netns`: naming a network namespace and running code inside one;
 * :mod:`procns.fds`: taking a copy of another process's file descriptor;
-* :mod:`procns.caps`: the caller's effective capabilities.
+* :mod:`procns.caps`: the caller's effective capabilities;
+* :mod:`procns.files`: reading untrusted files (regular files only, no links, size
+  caps) and writing without following planted links.
 """

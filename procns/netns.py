@@ -6,8 +6,19 @@ import contextlib
 import errno
 import os
 from collections.abc import Iterator
+from typing import overload
 
 from procns.syscalls import CLONE_NEWNET, setns
+
+
+@overload
+def netns_path(name: str, pid: None = None) -> str: ...
+@overload
+def netns_path(name: None = None, *, pid: int) -> str: ...
+@overload
+def netns_path(name: None = None, pid: None = None) -> None: ...
+@overload
+def netns_path(name: str | None = None, pid: int | None = None) -> str | None: ...
 
 
 def netns_path(name: str | None = None, pid: int | None = None) -> str | None:

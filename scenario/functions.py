@@ -17,6 +17,9 @@ import sys
 import time
 from pathlib import Path
 
+from lab.netns import NetnsSet, sh
+from lab.sctp_lab import PATIENCE
+from lab.topology import ENB_IP, GW_S1U_IP, GW_SGI_IP, PDN_IP, UE_POOL
 from procns.netns import in_netns
 from scenario import hss
 from scenario.fabric import Fabric
@@ -24,9 +27,6 @@ from scenario.migration import Migration
 from scenario.pinger import READY as PINGER_READY
 from scenario.pinger import read_status
 from scenario.report import gaps
-from lab.netns import NetnsSet, sh
-from lab.sctp_lab import PATIENCE
-from lab.topology import ENB_IP, GW_S1U_IP, GW_SGI_IP, PDN_IP, UE_POOL
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -19,12 +19,11 @@ import time
 from pathlib import Path
 
 from criu_ext import phases as ph
-from procns.netns import in_netns
 from criu_ext.plugin import Log, select
 from criu_ext.rpc import Options, run
 from criu_ext.session import Session
+from procns.netns import in_netns
 from scenario.fabric import BRIDGE, HOST_ADDR, Fabric, outer_name
-
 
 # Our own images: extract as they are. Python 3.11.4 added the filter argument (and
 # 3.14 will want it); Debian 12's 3.11.2 does not know it.

@@ -23,10 +23,10 @@ import signal
 import socket
 import time
 
-from procns.netns import in_netns
 from lab.enb import GTPU_PORT, gtpu, icmp_echo, parse_reply
 from lab.gateway import I_TEI_BASE, O_TEI_BASE
 from lab.topology import ENB_IP, GW_S1U_IP, PDN_IP, ue_addr
+from procns.netns import in_netns
 
 READY = "PINGER READY"
 

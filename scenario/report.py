@@ -61,7 +61,7 @@ def _paper(fn: str, key: str, scale: float) -> str:
     if rng is None:
         return "-"
     lo, hi = (x * scale for x in rng)
-    fmt = (lambda x: f"{x:g}")
+    fmt = "{:g}".format
     return fmt(lo) if lo == hi else f"{fmt(lo)} - {fmt(hi)}"
 
 

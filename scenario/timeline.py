@@ -17,7 +17,7 @@ def render(timelines: dict, results: dict, path: Path) -> None:
     fig, axes = plt.subplots(len(fns), 1, figsize=(12, 2.5 + 2.5 * len(fns)), squeeze=False)
     for ax, fn in zip(axes[:, 0], fns):
         rows = timelines[fn]
-        for y, (label, times) in enumerate(rows.items()):
+        for y, times in enumerate(rows.values()):
             ax.plot(times, [y] * len(times), "|", markersize=4, color="tab:blue")
         for run in results[fn]["runs"]:
             if run.get("rep", 1) == 1:  # the timeline is the first repetition's

@@ -14,6 +14,7 @@ import sys
 import click
 
 from procns.fds import steal_fd
+from procns.files import MiB, read_bytes, write_atomic
 
 from . import abi
 from .repair import RepairError, probe, resume, save
@@ -71,18 +72,25 @@ def dump(pid: int, fd: int, output: str, wait: float, keep_repair: bool) -> None
     finally:
         sock.detach()
         os.close(copy)
-    with open(output, "wb") as f:
-        f.write(state.to_bytes())
+    write_atomic(output, state.to_bytes(), 0o644)
     click.echo(f"saved [{state.local_addr}]:{state.local_port} <-> "
                f"[{state.peer_addr}]:{state.peer_port} to {output}")
 
 
-@main.command(help="Print a saved association state.")
-@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+MAX_STATE = 4 * MiB  # a saved association (65535 streams each way fit in 1.5 MiB)
+
+
+@main.command(help="Print a saved association state. Exit status 1, with one line on "
+                   "stderr, when PATH is not a regular file of at most 4 MiB holding one.")
+@click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of text")
 def show(path: str, as_json: bool) -> None:
-    with open(path, "rb") as f:
-        state = AssocState.from_bytes(f.read())
+    try:
+        state = AssocState.from_bytes(read_bytes(path, MAX_STATE))
+    except OSError as e:
+        raise click.ClickException(str(e) if not e.filename else f"{path}: {e.strerror}")
+    except ValueError as e:
+        raise click.ClickException(f"{path}: {e}")
     if as_json:
         click.echo(json.dumps(state.to_dict(), indent=2))
         return
@@ -93,7 +101,7 @@ def show(path: str, as_json: bool) -> None:
     click.echo(f"tsn    next {state.next_tsn} acked-by-peer {state.ctsn_ack_point} "
                f"acked-to-peer {state.peer_ctsn}")
     click.echo(f"rwnd   peer {state.peer_rwnd} ours {state.rwnd}")
-    caps = ",".join(c.name for c in abi.Cap if c & state.peer_caps) or "-"
+    caps = ",".join(str(c.name) for c in abi.Cap if c & state.peer_caps) or "-"
     click.echo(f"caps   {caps}")
     click.echo(f"rto    initial {state.rto_initial} min {state.rto_min} max {state.rto_max} "
                f"now {state.rto} ms; hb {state.hbinterval} ms; pathmtu {state.pathmtu}")

@@ -80,13 +80,56 @@ class SocketSetup:
 
     @classmethod
     def from_dict(cls, d: dict) -> SocketSetup:
-        return cls(family=int(d["family"]), type=int(d["type"]),
-                   nonblocking=bool(d["nonblocking"]), listening=bool(d["listening"]),
-                   local_addrs=[(str(a), int(p)) for a, p in d["local_addrs"]],
-                   options=[(int(lv), int(opt), bytes.fromhex(val))
-                            for lv, opt, val in d["options"]],
-                   buffers={int(k): int(v) for k, v in d["buffers"].items()},
-                   events=[int(e) for e in d["events"]])
+        """From :meth:`to_dict`'s form, every field checked (it comes from an image):
+        only the options of :data:`CARRIED` at their size, buffer sizes of
+        :data:`BUFFERS`, known event types, addresses that parse. ValueError or
+        TypeError (one line) otherwise."""
+        family = _int(d["family"], "family")
+        if family not in (socket.AF_INET, socket.AF_INET6):
+            raise ValueError(f"socket family {family} is neither AF_INET nor AF_INET6")
+        if _int(d["type"], "type") != socket.SOCK_STREAM:
+            raise ValueError(f"socket type {d['type']} is not SOCK_STREAM")
+        carried = {(lv, opt): size for lv, opt, size in CARRIED}
+        options = []
+        for lv, opt, val in _items(d["options"], len(CARRIED), "options"):
+            raw = bytes.fromhex(val) if isinstance(val, str) else None
+            if carried.get((lv, opt)) is None or raw is None or len(raw) != carried[(lv, opt)]:
+                raise ValueError(f"socket option {lv!r:.20}/{opt!r:.20} is not one carried "
+                                 "(or not at its size)")
+            options.append((lv, opt, raw))
+        buffers = {}
+        for k, v in _items(list(d["buffers"].items()), len(BUFFERS), "buffers"):
+            if int(k) not in BUFFERS or _int(v, "buffer size") > 1 << 31:
+                raise ValueError(f"buffer {k!r:.20} = {v!r:.20} is not a socket buffer size")
+            buffers[int(k)] = v
+        events = [_int(e, "event") for e in _items(d["events"], len(EVENT_TYPES), "events")]
+        if set(events) - set(EVENT_TYPES):
+            raise ValueError(f"notification types {sorted(set(events) - set(EVENT_TYPES))} "
+                             "are unknown")
+        addrs = []
+        for a, p in _items(d["local_addrs"], 64, "local addresses"):
+            if not isinstance(a, str) or _int(p, "port") > 0xFFFF:
+                raise ValueError(f"local address {a!r:.60}:{p!r:.10} is not an address and port")
+            ipaddress.ip_address(a)
+            addrs.append((a, p))
+        nonblocking, listening = d["nonblocking"], d["listening"]
+        if type(nonblocking) is not bool or type(listening) is not bool:
+            raise ValueError("nonblocking and listening must be true or false")
+        return cls(family=family, type=socket.SOCK_STREAM, nonblocking=nonblocking,
+                   listening=listening, local_addrs=addrs, options=options, buffers=buffers,
+                   events=events)
+
+
+def _int(v: object, what: str) -> int:
+    if type(v) is not int or v < 0:
+        raise ValueError(f"{what} {v!r:.40} is not a non-negative integer")
+    return v
+
+
+def _items(v: object, most: int, what: str) -> list:
+    if not isinstance(v, list) or len(v) > most:
+        raise ValueError(f"{what}: not a list of at most {most}")
+    return v
 
 
 def is_sctp(sock: socket.socket) -> bool:
@@ -215,9 +258,9 @@ def apply_setup(sock: socket.socket, setup: SocketSetup) -> None:
         for opt, value in setup.buffers.items():
             what = f"SOL_SOCKET/{opt}"
             sock.setsockopt(socket.SOL_SOCKET, opt, max(value // 2, 1))
-        for level, opt, value in setup.options:
+        for level, opt, raw in setup.options:
             what = f"{level}/{opt}"
-            sock.setsockopt(level, opt, value)
+            sock.setsockopt(level, opt, raw)
         for etype in EVENT_TYPES:
             what = f"SCTP_EVENT {etype:#x}"
             sock.setsockopt(abi.SOL_SCTP, abi.SCTP_EVENT,

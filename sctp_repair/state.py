@@ -135,7 +135,46 @@ class AssocState:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> AssocState:
-        return cls.from_proto(pb.SctpAssocState.FromString(data))
+        """Decode a saved state and check every field; ValueError (one line) if it is
+        not one (an image is untrusted: it may come from anywhere)."""
+        import warnings
+
+        from google.protobuf.message import DecodeError
+        try:
+            with warnings.catch_warnings(record=True) as warned:  # garbage makes it warn
+                warnings.simplefilter("always")
+                msg = pb.SctpAssocState.FromString(bytes(data))
+            if warned:
+                raise DecodeError(str(warned[0].message))
+        except (DecodeError, RuntimeError) as exc:
+            raise ValueError(f"not a saved SCTP association (protobuf: {exc})") from None
+        return cls.from_proto(msg).check()
+
+    def check(self) -> AssocState:
+        """``self`` when every field fits the kernel structure; ValueError otherwise."""
+        import ipaddress
+        for name in ("local_addr", "peer_addr"):
+            v = getattr(self, name)
+            try:
+                if not isinstance(v, str):
+                    raise ValueError
+                ipaddress.ip_address(v)
+            except ValueError:
+                raise ValueError(f"{name} {v!r:.60} is not an IP address") from None
+        widths = {f[0][4:]: ctypes.sizeof(f[1]) for f in abi.SctpRepairAssoc._fields_}
+        for name in ("local_port", "peer_port") + SCALARS:
+            v, top = getattr(self, name), (1 << 8 * widths.get(name, 2)) - 1
+            if type(v) is not int or not 0 <= v <= top:
+                raise ValueError(f"{name} {v!r:.40} is out of range [0, {top}]")
+        for what, streams in (("out", self.out_streams), ("in", self.in_streams)):
+            if len(streams) > 0xFFFF:
+                raise ValueError(f"{len(streams)} {what} streams, at most 65535")
+            for st in streams:
+                if not (0 <= st.mid <= 0xFFFFFFFF and 0 <= st.mid_uo <= 0xFFFFFFFF):
+                    raise ValueError(f"an {what} stream sequence number is out of range")
+        if not 0 < self.kernel_size <= 1 << 16:
+            raise ValueError(f"kernel_size {self.kernel_size} is out of range")
+        return self
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

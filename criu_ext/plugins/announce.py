@@ -15,8 +15,8 @@ import socket
 import struct
 import threading
 
-from procns.netns import in_netns
 from criu_ext.plugin import Plugin
+from procns.netns import in_netns
 
 ARPHRD_ETHER = 1
 ETH_P_ARP = 0x0806
@@ -93,7 +93,7 @@ class AnnouncePlugin(Plugin):
             _addresses(rt)
 
     def post_restore(self, ctx) -> None:
-        # RPC mode: the process lives on, the socket's close need not hold the tasks
-        sent = announce(ctx.netns_path, close_later=ctx.mode == "rpc")
+        # a resident process lives on: the socket's close need not hold the tasks
+        sent = announce(ctx.netns_path, close_later=ctx.resident)
         ctx.log.info("announced " + (", ".join(f"{ip} on {dev}" for dev, ip in sent) or
                                      "nothing (no Ethernet link with an IPv4 address)"))

@@ -3,7 +3,8 @@
 warm            (RPC mode, before CRIU starts) import gtp_util's netlink code, so
                 the freeze window does not pay for it.
 dump
-  pre-dump      (RPC mode, tasks still running) read the devices, their
+  pre-dump      (resident: RPC mode and the action-script session process;
+                tasks still running) read the devices, their
                 addresses, routes, task sockets and PDP contexts, and start
                 watching the netns's links, addresses, routes and contexts
                 (gtp_util.dump.Watch: rtnetlink groups, the gtp family's
@@ -30,8 +31,13 @@ from __future__ import annotations
 
 import itertools
 import os
+from typing import TYPE_CHECKING
 
 from criu_ext.plugin import Plugin, PluginError
+
+if TYPE_CHECKING:  # gtp_util itself is imported when first needed (see _gtp)
+    from gtp_util.dump import Watch
+    from gtp_util.model import Snapshot
 
 IMAGE = "criu-ext-gtp.img"
 
@@ -106,15 +112,15 @@ class GtpPlugin(Plugin):
     # -- dump --------------------------------------------------------------------------
 
     def __init__(self) -> None:
-        self._base = None  # RPC mode: (netns, Watch, snapshot) of pre-dump
-        self._loaded = None  # RPC mode: (image path, validated snapshot) of prepare
+        self._base: tuple[str, Watch, Snapshot] | None = None  # RPC mode: pre-dump's
+        self._loaded: tuple[str, Snapshot] | None = None  # RPC mode: prepare's (image path)
 
     def warm(self, action: str) -> None:
         _warm(action)
 
     def pre_dump(self, ctx) -> None:
-        # Script mode runs every phase in a new process: nothing would carry over.
-        if ctx.mode != "rpc" or ctx.netns_path is None:
+        # Only a process that lives on to network-lock can use what is read here.
+        if not ctx.resident or ctx.netns_path is None:
             return
         g = _gtp()
         self._take_base()
@@ -244,7 +250,7 @@ class GtpPlugin(Plugin):
 
     def show(self, images_dir: str) -> dict | None:
         path = os.path.join(images_dir, IMAGE)
-        if not os.path.exists(path):
+        if not os.path.lexists(path):  # a link is there: the reader refuses it
             return None
         g = _gtp()
         snap = g.load(path)

@@ -17,6 +17,11 @@ netns. This plugin makes sure of it without adding a second copy:
                 A failure aborts the restore.
 
 Nothing is removed at dump, so there is nothing to roll back.
+
+The image is untrusted input: :func:`read_image` checks every field (UE pools are
+prefixes, rules are of the forms gtp_util.natrule accepts, chain keys are
+nftables names) before anything uses it, and refuses a file over
+:data:`MAX_IMAGE` bytes, a link or anything but a regular file.
 """
 
 from __future__ import annotations
@@ -29,8 +34,12 @@ import subprocess
 from collections import Counter
 
 from criu_ext.plugin import Plugin, PluginError
+from procns.files import MiB, UnsafeFile, atomic_file, read_json, read_text
 
 IMAGE = "criu-ext-netfilter.json"
+MAX_IMAGE = 1 * MiB  # criu-ext-netfilter.json
+MAX_CRIU_NFT = 16 * MiB  # each of CRIU's nftables-<ns>.img
+MAX_ITEMS = 1024  # pools, rules, chains, lines per chain
 
 
 _COUNTER = re.compile(r"\bcounter packets \d+ bytes \d+")
@@ -61,7 +70,12 @@ def _rule_line(line: str) -> str | None:
 def nft_rules(netns: str | None, table: str, chain: str) -> list[str] | None:
     """The rules of an nftables chain as ``nft list chain`` prints them, counters and
     handles blanked; None when the chain does not exist."""
-    argv = ["nft", "list", "chain", *table.split(), chain]
+    from gtp_util.natrule import check_nft_name, nft_table
+
+    try:  # nft parses its arguments as one command line: only checked names go there
+        argv = ["nft", "list", "chain", *nft_table(table), check_nft_name(chain, "nft chain")]
+    except ValueError:
+        return None
     if netns is not None:
         argv = ["nsenter", f"--net={netns}", "--"] + argv
     p = subprocess.run(argv, capture_output=True, text=True, close_fds=True)
@@ -108,10 +122,8 @@ def criu_image_chains(images_dir: str) -> dict[str, list[str]]:
         return out
     for name in names:
         try:
-            with open(os.path.join(images_dir, name), encoding="utf-8",
-                      errors="replace") as f:
-                chains = ruleset_chains(f.read())
-        except OSError:
+            chains = ruleset_chains(read_text(os.path.join(images_dir, name), MAX_CRIU_NFT))
+        except OSError:  # a link, a FIFO, too large, not UTF-8: cannot vouch for the rules
             continue
         for key, lines in chains.items():
             out.setdefault(key, []).extend(lines)
@@ -177,6 +189,65 @@ def chains_match(netns: str | None, recorded: dict[str, list[str]]) -> bool:
     return _held(recorded, live)
 
 
+def read_image(path: str) -> tuple[list, list, dict[str, list[str]]]:
+    """(UE pools, NAT rules, nft chains) of the plugin's image, every field checked.
+
+    FileNotFoundError when there is none; PluginError (one line) when it is malformed.
+    """
+    import ipaddress
+
+    from gtp_util.errors import BadImage
+    from gtp_util.fields import check_nat_rule, text
+    from gtp_util.model import NatRule
+    from gtp_util.natrule import check_nft_name, nft_table
+
+    def bad(why: str) -> PluginError:
+        return PluginError(f"{path}: {why}")
+
+    try:
+        data = read_json(path, MAX_IMAGE)
+    except UnsafeFile as exc:
+        raise PluginError(str(exc)) from None
+    except ValueError as exc:
+        raise PluginError(str(exc)) from None
+    if not isinstance(data, dict):
+        raise bad("not a JSON object")
+    raw_pools, raw_rules = data.get("pools", []), data.get("rules", [])
+    raw_nft = data.get("nft_chains") or {}
+    if not isinstance(raw_pools, list) or not isinstance(raw_rules, list) \
+            or not isinstance(raw_nft, dict) \
+            or max(len(raw_pools), len(raw_rules), len(raw_nft)) > MAX_ITEMS:
+        raise bad(f"pools, rules, nft_chains must be lists / an object of at most {MAX_ITEMS}")
+    pools = []
+    for p in raw_pools:
+        try:
+            pools.append(ipaddress.ip_network(text(p, "UE pool", 64), strict=False))
+        except (BadImage, ValueError) as exc:
+            raise bad(f"UE pool {p!r:.60} is not a prefix ({exc})") from None
+    rules = []
+    for r in raw_rules:
+        try:
+            if not isinstance(r, dict):
+                raise TypeError("not an object")
+            rule = NatRule(**r)
+            check_nat_rule(rule)
+        except (TypeError, BadImage) as exc:
+            raise bad(f"NAT rule {r!r:.80}: {exc}") from None
+        rules.append(rule)
+    nft: dict[str, list[str]] = {}
+    for key, lines in raw_nft.items():
+        try:
+            fam, name, chain = key.split(" ")
+            nft_table(f"{fam} {name}")
+            check_nft_name(chain, "nft chain name")
+            if not isinstance(lines, list) or len(lines) > MAX_ITEMS:
+                raise ValueError(f"not a list of at most {MAX_ITEMS} rule lines")
+            nft[key] = [text(ln, "nft rule line", 1024) for ln in lines]
+        except (ValueError, BadImage) as exc:
+            raise bad(f"nft chain {key!r:.60}: {exc}") from None
+    return pools, rules, nft
+
+
 class NetfilterPlugin(Plugin):
     name = "netfilter"
     order = 200
@@ -184,9 +255,10 @@ class NetfilterPlugin(Plugin):
     images = (IMAGE,)
 
     def warm(self, action: str) -> None:
+        from pyroute2 import Conntrack
+
         import gtp_util.dump  # noqa: F401
         import gtp_util.nat  # noqa: F401
-        from pyroute2 import Conntrack
 
         if action == "restore":  # the first conntrack socket costs more than the rest
             Conntrack().close()
@@ -214,25 +286,18 @@ class NetfilterPlugin(Plugin):
                 lines = nft_rules(ctx.netns_path, *where)
                 if lines is not None:
                     nft[f"{where[0]} {where[1]}"] = lines
-        with open(path, "w", encoding="utf-8") as f:
+        with atomic_file(path, "w", 0o644) as f:
             json.dump({"pools": pools, "rules": rules, "nft_chains": nft}, f, indent=1)
         ctx.log.info(f"recorded {len(rules)} NAT rule(s) for UE pool(s) {', '.join(pools)}")
 
     def post_restore(self, ctx) -> None:
-        path = ctx.image_path(IMAGE)
-        if not os.path.exists(path):
-            return
-        import ipaddress
-
         from gtp_util import nat
         from gtp_util.errors import GtpError
-        from gtp_util.model import NatRule
 
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-        saved = [NatRule(**r) for r in data.get("rules", [])]
-        pools = [ipaddress.ip_network(p, strict=False) for p in data.get("pools", [])]
-        nft = data.get("nft_chains") or {}
+        try:
+            pools, saved, nft = read_image(ctx.image_path(IMAGE))
+        except FileNotFoundError:
+            return
         covered = all(_nft_chain(r) for r in saved)
         # No recorded rule (a namespace CRIU restored before holds its nat table in
         # nft's own form, which iptables cannot read) still needs the conntrack
@@ -264,12 +329,12 @@ class NetfilterPlugin(Plugin):
 
     def show(self, images_dir: str) -> dict | None:
         try:
-            with open(os.path.join(images_dir, IMAGE), encoding="utf-8") as f:
-                data = json.load(f)
+            pools, rules, nft = read_image(os.path.join(images_dir, IMAGE))
         except FileNotFoundError:
             return None
-        lines = [f"UE pools: {', '.join(data.get('pools', [])) or '-'}"]
-        for r in data.get("rules", []):
-            fam = "ip6" if r["family"] == socket.AF_INET6 else "ip"
-            lines.append(f"{r['backend']} {fam} {r['table']} {r['chain']}: {r['rule']}")
-        return {"text": "\n".join(lines), **data}
+        lines = [f"UE pools: {', '.join(map(str, pools)) or '-'}"]
+        for r in rules:
+            fam = "ip6" if r.family == socket.AF_INET6 else "ip"
+            lines.append(f"{r.backend} {fam} {r.table} {r.chain}: {r.rule}")
+        return {"text": "\n".join(lines), "pools": [str(p) for p in pools],
+                "rules": [dict(vars(r)) for r in rules], "nft_chains": nft}

@@ -187,7 +187,7 @@ class SctpPlugin(Plugin):
 
     def show(self, images_dir: str) -> dict | None:
         path = os.path.join(images_dir, IMAGE)
-        if not os.path.exists(path):
+        if not os.path.lexists(path):  # a link is there: the reader refuses it
             return None
         _, items = _carry().read_image(path)
         return {"sockets": [it.describe() for it in items]}

@@ -15,8 +15,10 @@ import time
 
 from criu_ext import phases as ph
 from criu_ext.plugin import Plugin, PluginError
+from procns.files import MiB, UnsafeFile, atomic_file, read_json
 
 IMAGE = "criu-ext-trace.json"
+MAX_IMAGE = 1 * MiB
 
 
 def _task_state(pid: int | None) -> str | None:
@@ -46,16 +48,19 @@ class TracePlugin(Plugin):
     def _record(self, ctx, what: str) -> None:
         path = ctx.image_path(IMAGE)
         try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
+            data = read_json(path, MAX_IMAGE)
         except (FileNotFoundError, ValueError):
+            data = {}
+        except UnsafeFile as exc:
+            raise PluginError(str(exc)) from None
+        if not isinstance(data, dict) or not isinstance(data.get(ctx.action, []), list):
             data = {}
         data.setdefault(ctx.action, []).append({
             "phase": what, "mode": ctx.mode, "init_pid": ctx.init_pid,
             "task_state": _task_state(ctx.init_pid), "netns": _netns(ctx.init_pid),
             "time": time.time(),
         })
-        with open(path, "w", encoding="utf-8") as f:
+        with atomic_file(path, "w", 0o644) as f:
             json.dump(data, f, indent=1)
         ctx.log.info(f"{ctx.action} {what} init_pid={ctx.init_pid}")
         fail = os.environ.get("CRIU_EXT_TRACE_FAIL", "").split(",")
@@ -67,10 +72,14 @@ class TracePlugin(Plugin):
 
     def show(self, images_dir: str) -> dict | None:
         try:
-            with open(os.path.join(images_dir, IMAGE), encoding="utf-8") as f:
-                return json.load(f)
+            data = read_json(os.path.join(images_dir, IMAGE), MAX_IMAGE)
         except FileNotFoundError:
             return None
+        except (UnsafeFile, ValueError) as exc:
+            raise PluginError(str(exc)) from None
+        if not isinstance(data, dict):
+            raise PluginError(f"{IMAGE}: not a JSON object")
+        return data
 
 
 def _make(phase: str):

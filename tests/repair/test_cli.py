@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from lab.sctpnet import SVC_HOST, V4, Net
 from sctp_repair import AssocState, probe
-
-from lab.sctpnet import V4, Net, SVC_HOST
 
 pytestmark = pytest.mark.repair
 

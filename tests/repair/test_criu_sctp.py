@@ -19,10 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from lab.files import record_json
 from lab.criu_cmds import log_of
-from lab.sctp_migrate import (MIB_KEYS, assert_clean, dump_cmd, env_for, migrate, peer_gap,
-                                    verdicts)
+from lab.files import record_json
+from lab.sctp_migrate import MIB_KEYS, assert_clean, dump_cmd, env_for, migrate, peer_gap, verdicts
 
 pytestmark = pytest.mark.repair
 

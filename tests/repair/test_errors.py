@@ -11,11 +11,19 @@ import time
 
 import pytest
 
+from lab.sctpnet import (
+    NOTIFY_TYPES,
+    P_HOST,
+    SVC_HOST,
+    V4,
+    Net,
+    check_errno,
+    send_on,
+    subscribe,
+    wait_until,
+)
 from sctp_repair import abi, save, status
 from sctp_repair.repair import QueuesNotEmpty
-
-from lab.sctpnet import (NOTIFY_TYPES, V4, Net, P_HOST, SVC_HOST, check_errno, send_on,
-                      subscribe, wait_until)
 
 pytestmark = pytest.mark.repair
 

@@ -18,7 +18,6 @@ import time
 
 import pytest
 
-
 from lab.sctpnet import NSTREAMS, P_HOST, SVC_HOST, V4, V6, Endpoint, Net, move, send_on
 
 pytestmark = [pytest.mark.repair,

@@ -14,10 +14,21 @@ import socket
 
 import pytest
 
+from lab.sctpnet import (
+    NOTIFY_TYPES,
+    NSTREAMS,
+    P_HOST,
+    SVC_HOST,
+    V4,
+    V6,
+    Endpoint,
+    Net,
+    Peer,
+    move,
+    subscribe,
+    wait_until,
+)
 from sctp_repair import abi, status
-
-from lab.sctpnet import (NOTIFY_TYPES, NSTREAMS, V4, V6, Endpoint, Net, Peer, SVC_HOST,
-                      P_HOST, move, subscribe, wait_until)
 
 pytestmark = pytest.mark.repair
 

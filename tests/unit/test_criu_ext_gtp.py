@@ -7,18 +7,19 @@ import json
 import os
 import socket
 
-import gtp_util
 import pytest
-from gtp_util.model import Device, NatRule, PdpTable, Route, Snapshot, SocketRef
 
+import gtp_util
 from criu_ext.plugin import Log, PluginError
 from criu_ext.plugins import gtp as gtp_plugin
 from criu_ext.plugins.gtp import GtpPlugin, bind_pid_for
 from criu_ext.plugins.netfilter import NetfilterPlugin
 from criu_ext.session import PhaseFailed, Session
+from gtp_util.model import Device, NatRule, PdpTable, Route, Snapshot, SocketRef
 
 
-def snap(pid=os.getpid(), n=3) -> Snapshot:
+def snap(pid: int | None = None, n=3) -> Snapshot:
+    pid = os.getpid() if pid is None else pid
     t = PdpTable()
     for i in range(n):
         t.append_v1(0x0A000002, 0x0A800001 + i, 1000 + i, 50000 + i)
@@ -202,7 +203,7 @@ def test_prepare_reads_the_image_before_criu_and_refuses_a_bad_one(kernel, tmp_p
     bad = snap()
     bad.devices[0].role = 7
     gtp_util.save(bad, str(path))
-    with pytest.raises(PhaseFailed, match="prepare: plugin gtp: .*cannot be restored: .*role 7"):
+    with pytest.raises(PhaseFailed, match="prepare: plugin gtp: .*role 7"):
         session(tmp_path, "restore").prepare()
 
 

@@ -8,8 +8,17 @@ import textwrap
 import pytest
 
 from criu_ext import phases as ph
-from criu_ext.plugin import (Log, Plugin, PluginError, PluginRef, handles, load, parse_selection,
-                             plugin_phases, select)
+from criu_ext.plugin import (
+    Log,
+    Plugin,
+    PluginError,
+    PluginRef,
+    handles,
+    load,
+    parse_selection,
+    plugin_phases,
+    select,
+)
 from criu_ext.session import MANIFEST, PhaseFailed, Session, read_manifest
 
 

@@ -43,6 +43,7 @@ def test_both_targets_is_a_usage_error(img):
 def test_kernel_without_gtp_exit_6(img, tmp_path):
     import os
     import subprocess
+
     from gtp_util.netlink import GtpUnavailable, PdpChannel
     try:
         PdpChannel().close()

@@ -8,8 +8,16 @@ import pytest
 
 from gtp_util import image
 from gtp_util.errors import BadImage
-from gtp_util.model import (Address, Device, NatRule, PdpContext, PdpTable, Route, Snapshot,
-                            SocketRef)
+from gtp_util.model import (
+    Address,
+    Device,
+    NatRule,
+    PdpContext,
+    PdpTable,
+    Route,
+    Snapshot,
+    SocketRef,
+)
 
 
 def sample(n=5, devices=2) -> Snapshot:
@@ -169,10 +177,10 @@ def test_generated_code_matches_the_proto_file(tmp_path):
     if shutil.which('protoc') is None:
         pytest.skip('protoc (Debian protobuf-compiler) is not installed')
     src = Path(image.__file__).parent / 'proto'
-    subprocess.run(['protoc', f'-I{src}', f'--python_out={tmp_path}', 'gtp_image.proto'],
-                   check=True)
-    assert (tmp_path / 'gtp_image_pb2.py').read_text() == \
-        (src / 'gtp_image_pb2.py').read_text()
+    subprocess.run(['protoc', f'-I{src}', f'--python_out={tmp_path}', f'--pyi_out={tmp_path}',
+                    'gtp_image.proto'], check=True)
+    for name in ('gtp_image_pb2.py', 'gtp_image_pb2.pyi'):
+        assert (tmp_path / name).read_text() == (src / name).read_text(), name
 
 
 def test_streamed_file_equals_dumps(tmp_path):

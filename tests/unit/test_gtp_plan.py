@@ -1,7 +1,7 @@
 """Restore planning, validation and diffs (pure functions, no kernel; the same paths
 against the kernel: tests/vm/test_gtp_restore.py, conflicts, rollback, dry run, check)."""
 
-from gtp_util.model import (Device, NatRule, PdpContext, PdpTable, Route, Snapshot, SocketRef)
+from gtp_util.model import Device, NatRule, PdpContext, PdpTable, Route, Snapshot, SocketRef
 from gtp_util.restorer import diff, plan, validate
 
 TASK = SocketRef(kind='task', pid=1, fd=3, addr='0.0.0.0', port=2152, family=2)

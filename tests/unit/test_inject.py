@@ -9,10 +9,12 @@ and after SIGCONT both loops still get their datagrams.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -116,3 +118,153 @@ def test_a_task_that_is_gone_cannot_be_borrowed():
     with pytest.raises(inject.InjectError, match="cannot borrow task"):
         with inject.Remote(p.pid):
             pass
+
+
+# --- hostile targets (issue 16): each case failed with the single-thread borrow -----------
+
+SIGNALLED = textwrap.dedent(r"""
+    import os, signal, sys, time
+    for s in (signal.SIGUSR1, signal.SIGTRAP):
+        signal.signal(s, lambda n, f: os.write(1, f"got {signal.Signals(n).name}\n".encode()))
+    print("ready", flush=True)
+    while True:
+        time.sleep(0.01)
+""")
+
+
+def _start(code: str) -> subprocess.Popen:
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    return p
+
+
+def _is_pipe(pid: int, fd: int, tid: int | None = None) -> bool:
+    return os.readlink(f"/proc/{pid}/task/{tid or pid}/fd/{fd}").startswith("pipe:")
+
+
+def test_signals_during_an_injection_are_delivered_afterwards_and_a_foreign_sigtrap_is_not_ours():
+    p = _start(SIGNALLED)
+    try:
+        tasks.stop([p.pid])
+        with inject.Remote(p.pid) as r:
+            os.kill(p.pid, signal.SIGUSR1)
+            os.kill(p.pid, signal.SIGTRAP)  # taken for the breakpoint: pipe() gave (0, 0)
+            rfd, wfd = r.pipe()
+            assert rfd > 2 and wfd > 2 and _is_pipe(p.pid, rfd) and _is_pipe(p.pid, wfd)
+            r.close(rfd)
+            r.close(wfd)
+        tasks.cont([p.pid])
+        got = sorted(p.stdout.readline().strip() for _ in range(2))  # were discarded
+        assert got == ["got SIGTRAP", "got SIGUSR1"]
+        assert p.poll() is None
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_a_target_dying_mid_injection_is_an_inject_error_that_says_so():
+    p = _start(SIGNALLED)
+    tasks.stop([p.pid])
+    with pytest.raises(inject.InjectError, match=f"task {p.pid} died during the injection"):
+        with inject.Remote(p.pid) as r:
+            os.kill(p.pid, signal.SIGKILL)  # surfaced as ProcessLookupError from the detach
+            r.pipe()
+    p.wait()
+
+
+SECCOMP = textwrap.dedent(r"""
+    import ctypes, time
+    libc = ctypes.CDLL(None, use_errno=True)
+    class Filter(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte),
+                    ("k", ctypes.c_uint)]
+    class Prog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Filter))]
+    # load the syscall number; kill the process on pidfd_open (434), allow the rest
+    prog = (Filter * 4)(Filter(0x20, 0, 0, 0), Filter(0x15, 0, 1, 434),
+                        Filter(0x06, 0, 0, 0x80000000), Filter(0x06, 0, 0, 0x7fff0000))
+    assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
+    assert libc.prctl(22, 2, ctypes.byref(Prog(4, prog)), 0, 0) == 0  # SECCOMP_MODE_FILTER
+    print("ready", flush=True)
+    while True:
+        time.sleep(0.01)
+""")
+
+
+def test_a_task_under_a_seccomp_filter_is_refused_before_anything_runs_in_it():
+    p = _start(SECCOMP)
+    try:
+        tasks.stop([p.pid])
+        with pytest.raises(inject.InjectError, match="seccomp"):
+            with inject.Remote(p.pid) as r:
+                r.fetch(os.getpid(), 0)  # pidfd_open: the filter kills the task
+        assert p.poll() is None and tasks.tracer(p.pid) == 0
+        tasks.cont([p.pid])
+    finally:
+        p.kill()
+        p.wait()
+
+
+THREADS = textwrap.dedent(r"""
+    import threading, time
+    def spin():
+        while True:
+            time.sleep(0.001)  # every thread in clock_nanosleep: the same instruction
+    for _ in range(4):
+        threading.Thread(target=spin, daemon=True).start()
+    print("ready", flush=True)
+    spin()
+""")
+
+
+def test_no_sibling_thread_runs_the_patched_code_even_after_a_sigcont():
+    p = _start(THREADS)
+    try:
+        tasks.stop([p.pid])
+        with inject.Remote(p.pid) as r:
+            os.kill(p.pid, signal.SIGCONT)  # siblings ran into "syscall; int3": SIGTRAP
+            time.sleep(0.3)
+            assert all(tasks.thread_state(p.pid, t) in ("t", "T") for t in tasks.threads(p.pid))
+            rfd, wfd = r.pipe()
+            r.close(rfd)
+            r.close(wfd)
+        time.sleep(0.3)
+        assert p.poll() is None, f"died with {p.returncode}"
+    finally:
+        p.kill()
+        p.wait()
+
+
+LEADER_GONE = textwrap.dedent(r"""
+    import ctypes, threading, time
+    def spin():
+        print("ready", flush=True)
+        while True:
+            time.sleep(0.01)
+    threading.Thread(target=spin).start()
+    time.sleep(0.2)
+    ctypes.CDLL(None).pthread_exit(None)  # the main thread ends, the process goes on
+""")
+
+
+def test_a_task_whose_main_thread_has_exited_is_borrowed_through_another_thread():
+    p = _start(LEADER_GONE)
+    try:
+        deadline = time.monotonic() + 5
+        while tasks.thread_state(p.pid, p.pid) != "Z" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert tasks.thread_state(p.pid, p.pid) == "Z"
+        tasks.stop([p.pid])
+        with inject.Remote(p.pid) as r:
+            assert r.tid != p.pid
+            rfd, wfd = r.pipe()
+            assert _is_pipe(p.pid, rfd, r.tid)
+            r.close(rfd)
+            r.close(wfd)
+        assert tasks.all_stopped([p.pid])
+        tasks.cont([p.pid])
+        time.sleep(0.1)
+        assert p.poll() is None
+    finally:
+        p.kill()
+        p.wait()

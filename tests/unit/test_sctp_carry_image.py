@@ -11,7 +11,7 @@ import json
 import pytest
 
 from criu_ext import sctp_carry, sctp_fence
-from criu_ext.tasks import EpollWatch, _FIELD
+from criu_ext.tasks import _FIELD, EpollWatch
 from sctp_repair.sockopts import SocketSetup
 from sctp_repair.state import AssocState, Stream
 
@@ -56,6 +56,28 @@ def test_bad_images_are_refused_in_one_line(tmp_path, text, message):
     assert "\n" not in str(exc.value)
 
 
+@pytest.mark.parametrize("change, message", [
+    ({"peer": ["10.0.0.11 sctp sport 1 accept; flush ruleset #", 40000]}, "not a plain IP"),
+    ({"peer": ["fe80::1%eth0", 40000]}, "not a plain IP"),
+    ({"peer": ["10.0.0.11", 70000]}, "not a port number"),
+    ({"peer": ["10.0.0.11", "40000"]}, "not a port number"),
+    ({"peer": "10.0.0.11:40000"}, "not \\[address, port\\]"),
+    ({"role": "teleport"}, "role 'teleport' is not one of"),
+    ({"assoc": None}, "needs a saved association"),
+    ({"role": "restart", "assoc": None, "peer": None}, "role restart needs its peer"),
+])
+def test_image_fields_are_checked_before_use(tmp_path, monkeypatch, change, message):
+    """The peer ends up in nft rules and connect(): only an address and a port get through."""
+    monkeypatch.setattr(sctp_carry, "vpid_of", lambda pid: pid)
+    path = tmp_path / "criu-ext-sctp.json"
+    sctp_carry.write_image(str(path), 10, [10], [item()])
+    data = json.loads(path.read_text())
+    data["sockets"][0].update(change)
+    path.write_text(json.dumps(data))
+    with pytest.raises(sctp_carry.CarryError, match=f"corrupt: .*ValueError: .*{message}"):
+        sctp_carry.read_image(str(path))
+
+
 def test_a_missing_image_says_so(tmp_path):
     with pytest.raises(sctp_carry.CarryError, match="missing"):
         sctp_carry.read_image(str(tmp_path / "nope.json"))
@@ -66,25 +88,75 @@ def test_describe_names_role_addresses_and_place():
     assert text == "association [10.0.0.1]:36412 <-> [10.0.0.11]:40000 (fd 5 of pid 10)"
 
 
+def _rules(commands):
+    """The rules of a stage, as (chain, [expression ...]) without the final drop."""
+    out = []
+    for cmd in commands:
+        rule = cmd.get("add", {}).get("rule")
+        if rule:
+            assert rule["table"] == sctp_fence.TABLE and rule["expr"][-1] == {"drop": None}
+            out.append((rule["chain"], rule["expr"][:-1]))
+    return out
+
+
+def _match(left, right):
+    return {"match": {"op": "==", "left": left, "right": right}}
+
+
+def _sctp(field):
+    return {"payload": {"protocol": "sctp", "field": field}}
+
+
 def test_fence_rules_drain_then_hold():
-    drain = sctp_fence._script("drain", [36412, 2905, 36412])
-    assert "in sctp dport { 2905, 36412 } sctp chunk init exists drop" in drain
-    assert "data" not in drain  # the kernel drops DATA in repair mode, letting SACKs in
-    assert "drop" not in drain.split("flush chain")[0]  # the table itself drops nothing
-    hold = sctp_fence._script("hold", [36412])
-    assert "in sctp dport { 36412 } drop" in hold and "out sctp sport { 36412 } drop" in hold
-    assert "chunk" not in hold
+    drain = sctp_fence.stage_commands("drain", [36412, 2905, 36412])
+    # the kernel drops DATA in repair mode, letting SACKs in: only INITs are dropped
+    assert _rules(drain) == [("in", [_match(_sctp("dport"), {"set": [2905, 36412]}),
+                                     _match({"sctp chunk": {"name": "init"}}, True)])]
+    # one transaction: the table and its chains come first, emptied, then the rules
+    assert [next(iter(c)) for c in drain[:5]] == ["add", "add", "add", "flush", "flush"]
+    hold = sctp_fence.stage_commands("hold", [36412])
+    assert _rules(hold) == [("in", [_match(_sctp("dport"), {"set": [36412]})]),
+                            ("out", [_match(_sctp("sport"), {"set": [36412]})])]
 
 
 def test_fence_restart_stage_drops_only_the_restart_peers_strays():
-    text = sctp_fence._restart_script([("10.0.0.11", 40000), ("fd00::11", 40001)])
-    assert "out sctp" not in text  # the INIT and COOKIE ECHO go out
-    rules = [line for line in text.splitlines() if line.startswith("add rule")]
-    assert rules == [
-        "add rule inet criu_ext_sctp in ip saddr 10.0.0.11 sctp sport 40000 sctp chunk init-ack "
-        "missing sctp chunk cookie-ack missing sctp chunk abort missing drop",
-        "add rule inet criu_ext_sctp in ip6 saddr fd00::11 sctp sport 40001 sctp chunk init-ack "
-        "missing sctp chunk cookie-ack missing sctp chunk abort missing drop"]
+    rules = _rules(sctp_fence.restart_commands([("fd00::11", 40001), ("10.0.0.11", 40000)]))
+    assert [chain for chain, _ in rules] == ["in", "in"]  # the INIT and COOKIE ECHO go out
+    missing = [_match({"sctp chunk": {"name": n}}, False)
+               for n in ("init-ack", "cookie-ack", "abort")]
+    assert rules[0][1] == [_match({"payload": {"protocol": "ip", "field": "saddr"}}, "10.0.0.11"),
+                           _match(_sctp("sport"), 40000), *missing]
+    assert rules[1][1][0] == _match({"payload": {"protocol": "ip6", "field": "saddr"}},
+                                    "fd00::11")
+
+
+@pytest.mark.parametrize("peer, message", [
+    (("10.0.0.1\nadd table inet x", 36412), "not an IP address"),
+    (("10.0.0.1 ; flush ruleset", 36412), "not an IP address"),
+    (("10.0.0.1", 0), "not an SCTP port"),
+    (("10.0.0.1", 65536), "not an SCTP port"),
+    (("10.0.0.1", "36412"), "not an SCTP port"),
+    (("10.0.0.1", True), "not an SCTP port"),
+])
+def test_fence_and_seal_refuse_what_is_not_an_address_and_port(peer, message):
+    """Peers come from images: text never reaches a rule, and nothing is applied."""
+    with pytest.raises(sctp_fence.FenceError, match=message):
+        sctp_fence.restart_commands([peer])
+    with pytest.raises(sctp_fence.FenceError, match=message):
+        sctp_fence.seal_messages([peer])
+
+
+def test_seal_is_one_blackhole_fib_rule_per_peer():
+    msgs = sctp_fence.seal_messages([("10.0.0.11", 40000), ("fd00::11", 40001),
+                                     ("10.0.0.11", 40000)])
+    assert len(msgs) == 2
+    for msg, (family, plen, dst, port) in zip(msgs, [(2, 32, "10.0.0.11", 40000),
+                                                     (10, 128, "fd00::11", 40001)]):
+        assert (msg["family"], msg["dst_len"], msg["action"]) == (family, plen, 6)
+        attrs = dict(msg["attrs"])
+        assert attrs == {"FRA_DST": dst, "FRA_PRIORITY": sctp_fence.SEAL_PREF,
+                         "FRA_IP_PROTO": 132, "FRA_DPORT_RANGE": f"{port}:{port}"}
+        msg.encode()  # pyroute2 can put it on the wire
 
 
 def test_epoll_fdinfo_fields_parse():

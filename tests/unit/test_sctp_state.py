@@ -116,10 +116,10 @@ def test_show_prints_a_saved_state(tmp_path):
 
 @pytest.mark.skipif(shutil.which("protoc") is None, reason="protoc not installed")
 def test_generated_module_is_up_to_date(tmp_path):
-    subprocess.run(["protoc", f"--python_out={tmp_path}", "sctp_repair/assoc_state.proto"],
-                   cwd=REPO, check=True)
-    fresh = (tmp_path / "sctp_repair/assoc_state_pb2.py").read_text()
-    assert fresh == (REPO / "sctp_repair/assoc_state_pb2.py").read_text()
+    subprocess.run(["protoc", f"--python_out={tmp_path}", f"--pyi_out={tmp_path}",
+                    "sctp_repair/assoc_state.proto"], cwd=REPO, check=True)
+    for name in ("sctp_repair/assoc_state_pb2.py", "sctp_repair/assoc_state_pb2.pyi"):
+        assert (tmp_path / name).read_text() == (REPO / name).read_text(), name
 
 
 class _StockSocket:

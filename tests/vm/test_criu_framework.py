@@ -20,7 +20,7 @@ import pytest
 from criu_ext import criulog, launcher
 from criu_ext import phases as ph
 from lab.files import record_json, wait_for
-from lab.procs import alive, gone, state
+from lab.procs import alive, criu_ext_processes, gone, state, wait_no_criu_ext
 
 pytestmark = pytest.mark.vm
 
@@ -207,6 +207,58 @@ def test_action_script_failed_post_restore_aborts_the_restore(task, images, tmp_
     assert r.returncode != 0
     assert "failing at post-restore" in log
     assert gone(proc.pid), state(proc.pid)
+
+
+def _kill_criu_in(phase: str, argv: list[str], env: dict, images: Path) -> None:
+    """Start CRIU, SIGKILL it while ``phase`` runs (the slow plugin holds it there)."""
+    criu = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        def started():
+            try:
+                tr = trace_of(images)
+            except (OSError, ValueError):  # not written yet, or being written
+                return False
+            return any(e["phase"] == phase for e in tr.get(ph.action_of(phase) or "dump", []))
+        end = time.monotonic() + 120
+        while not started():
+            assert criu.poll() is None, f"CRIU ended before {phase}"
+            assert time.monotonic() < end, f"no {phase} within 120 s"
+            time.sleep(0.05)
+    finally:
+        criu.kill()
+        criu.wait()
+
+
+def test_action_script_criu_killed_leaves_no_criu_ext_process(task, images, tmp_path):
+    """CRIU SIGKILLed in the middle of a dump, then of a restore: the session process
+    (and the hook CRIU was waiting for) end; the dump's plugins roll back first."""
+    proc, ns, out, expect, pids = task
+    hook = str(VENV_BIN / "criu-ext-hook")
+    run = str(tmp_path / "run")
+    slow = f"trace,{PROGRAMS / 'slow_plugin.py'}:SlowPlugin"
+    env = hook_env(tmp_path, slow)
+    dump = ["criu", "dump", "-t", str(proc.pid), "-D", str(images), "-o", "dump.log", "-v4",
+            "--action-script", hook]
+    _kill_criu_in("network-lock", dump, env, images)
+    assert criu_ext_processes(run, hook), "the hook should still be running the phase"
+    assert wait_no_criu_ext(run, hook) == []
+    assert [e["phase"] for e in trace_of(images)["dump"]][-1] == "rollback"
+    assert json.loads((images / "criu-ext.json").read_text())["dump"]["rolled_back"]
+    # seized but not yet dumped when CRIU died: released, it runs on (not traced, not stopped)
+    assert alive(proc.pid) and "TracerPid:\t0" in state(proc.pid), state(proc.pid)
+    assert "(stopped)" not in state(proc.pid) and "(tracing stop)" not in state(proc.pid)
+
+    d = subprocess.run(dump, env=hook_env(tmp_path, "trace"), capture_output=True, text=True)
+    log = (images / "dump.log").read_text()
+    assert d.returncode == 0, "\n".join(ln for ln in log.splitlines()
+                                        if "criu-ext" in ln or "Error" in ln or "scripts" in ln)
+    proc.wait(timeout=10)  # reap it: CRIU restores the same PID
+    _kill_criu_in("post-restore", ["criu", "restore", "-D", str(images), "-o", "restore.log",
+                                   "-v4", "--restore-detached", "--action-script", hook],
+                  env, images)
+    assert wait_no_criu_ext(run, hook) == []
+    assert [e["phase"] for e in trace_of(images)["restore"]][-1] == "post-restore"
 
 
 # -- RPC mode ------------------------------------------------------------------------------

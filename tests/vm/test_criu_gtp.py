@@ -36,14 +36,14 @@ from pathlib import Path
 
 import pytest
 
-from lab.enb import GTPU_PORT, gtpu, icmp_echo, parse_reply
-from lab.gateway import I_TEI_BASE, O_TEI_BASE, UE_BASE
-from scenario.migration import image_bytes as image_size
 from lab import criu_cmds
 from lab.criu_cmds import env_for
+from lab.enb import GTPU_PORT, gtpu, icmp_echo, parse_reply
 from lab.files import record_json
-from lab.procs import gone, state
+from lab.gateway import I_TEI_BASE, O_TEI_BASE, UE_BASE
 from lab.netns import NetnsSet, sh
+from lab.procs import gone, state
+from scenario.migration import image_bytes as image_size
 
 pytestmark = pytest.mark.vm
 

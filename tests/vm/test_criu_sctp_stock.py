@@ -17,12 +17,11 @@ import sys
 
 import pytest
 
-from sctp_repair import probe
-from lab.files import record_json
 from lab import criu_cmds
 from lab.criu_cmds import ROOT, log_of
-from lab.files import wait_for
+from lab.files import record_json, wait_for
 from lab.sctp_migrate import dump_cmd, env_for, migrate, verdicts
+from sctp_repair import probe
 
 pytestmark = pytest.mark.vm
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from pyroute2 import IPRoute
 
-from procns.netns import in_netns
 from gtp_util.netlink import register_link_kind
 from lab.files import wait_for
+from procns.netns import in_netns
 
 pytestmark = pytest.mark.vm
 

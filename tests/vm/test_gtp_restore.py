@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import socket
@@ -12,7 +13,7 @@ import pytest
 
 import gtp_util
 from gtp_util import image
-from gtp_util.model import (Device, PdpContext, PdpTable, Route, Snapshot, SocketRef)
+from gtp_util.model import Device, PdpContext, PdpTable, Route, Snapshot, SocketRef
 from gtp_util.netlink import GtpGenl, PdpChannel
 from lab import GtpLab, holder
 from lab.gateway import contexts
@@ -253,3 +254,56 @@ def test_restore_conflict_rollback_dry_run_and_check(small):
     # The one deleted is the first in the kernel's hash order, which is seeded per boot.
     teis = {c["i_tei"] for c in json.loads(j.stdout)["devices"][0]["contexts"]}
     assert len(teis) == 19 and teis < set(range(1000, 1020))
+
+
+def test_nat_rules_go_through_typed_fields_only(netns):
+    """nft rules through libnftables' JSON inside the namespace, iptables through the
+    fixed masquerade form; crafted rules are refused and add nothing anywhere."""
+    from gtp_util import nat
+    from gtp_util.errors import GtpError
+    from gtp_util.model import NatRule
+    name = netns('nat')
+    ns = f'/run/netns/{name}'
+    host_before = subprocess.run(['nft', 'list', 'ruleset'], capture_output=True,
+                                 text=True).stdout
+    good = NatRule('nft', socket.AF_INET, 'inet sgw', 'post',
+                   'ip saddr 10.128.0.0/16 oifname "sgi0" masquerade',
+                   'type nat hook postrouting priority srcnat; policy accept;')
+    nat.add(ns, good)
+    listed = subprocess.run(['ip', 'netns', 'exec', name, 'nft', 'list', 'chain', 'inet', 'sgw',
+                             'post'], capture_output=True, text=True, check=True).stdout
+    assert 'ip saddr 10.128.0.0/16 oifname "sgi0" masquerade' in listed, listed
+    assert 'hook postrouting priority srcnat' in listed, listed
+    assert nat.present(ns, good)
+    pools = [ipaddress.ip_network('10.128.0.0/16')]
+    assert [r.rule for r in nat.read_rules(ns, pools) if r.backend == 'nft'] == [good.rule]
+    nat.delete(ns, good)
+    assert not nat.present(ns, good)
+    ipt = NatRule('iptables-nft', socket.AF_INET, 'nat', 'POSTROUTING',
+                  '-s 10.128.0.0/16 -o sgi0 -j MASQUERADE')
+    nat.add(ns, ipt)
+    assert nat.present(ns, ipt)
+    assert [r.rule for r in nat.read_rules(ns, pools)
+            if r.backend == 'iptables-nft'] == [ipt.rule]
+    nat.delete(ns, ipt)
+    assert not nat.present(ns, ipt)
+    hostile = [
+        NatRule('nft', socket.AF_INET, 'inet sgw', 'post',
+                'ip saddr 10.128.0.0/16 masquerade; add table ip evil'),
+        NatRule('nft', socket.AF_INET, 'inet sgw', 'post }; table ip evil { chain c {',
+                'masquerade'),
+        NatRule('nft', socket.AF_INET, 'inet sgw', 'post', 'masquerade',
+                'type nat hook postrouting priority srcnat; }; table ip evil {'),
+        NatRule('iptables-nft', socket.AF_INET, 'filter', 'INPUT',
+                '-p tcp --dport 22 -j ACCEPT'),
+        NatRule('iptables-nft', socket.AF_INET, 'nat', 'POSTROUTING',
+                '-s 10.128.0.0/16 -j MASQUERADE -A INPUT -j ACCEPT'),
+    ]
+    for rule in hostile:
+        with pytest.raises(GtpError, match='NAT rule refused'):
+            nat.add(ns, rule)
+    listing = subprocess.run(['ip', 'netns', 'exec', name, 'nft', 'list', 'ruleset'],
+                             capture_output=True, text=True, check=True).stdout
+    assert 'evil' not in listing and 'dport 22' not in listing, listing
+    assert subprocess.run(['nft', 'list', 'ruleset'], capture_output=True,
+                          text=True).stdout == host_before  # the VM's own netns untouched

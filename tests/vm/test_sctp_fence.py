@@ -22,10 +22,10 @@ import time
 import pytest
 
 from criu_ext import sctp_fence
-from procns.netns import in_netns
 from lab import sctp_wire
 from lab.files import wait_until
 from lab.netns import sctp_mib
+from procns.netns import in_netns
 
 pytestmark = pytest.mark.vm
 
