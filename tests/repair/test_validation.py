@@ -15,14 +15,11 @@ import time
 
 import pytest
 
-from sctp_repair import abi, release, restore, save, status
-from sctp_repair.repair import (QueuesNotEmpty, RepairError, family_of, in_repair, new_socket,
-                                resume)
-from procns.netns import in_netns
-
 from lab.netns import sctp_mib
-from lab.sctpnet import (A_HOST, V4, Net, P_HOST, SVC_HOST, check_errno, send_on,
-                         wait_until)
+from lab.sctpnet import A_HOST, P_HOST, SVC_HOST, V4, Net, check_errno, send_on, wait_until
+from procns.netns import in_netns
+from sctp_repair import abi, release, restore, save, status
+from sctp_repair.repair import QueuesNotEmpty, RepairError, family_of, in_repair, new_socket, resume
 
 pytestmark = pytest.mark.repair
 
