@@ -22,6 +22,10 @@ SCALARS = (
     "hbinterval", "sackdelay", "max_retrans", "pathmaxrxt", "pathmtu",
 )
 
+# A peer announces its addresses in INIT/INIT-ACK; more than this in a saved
+# state is not something a peer sent but a hostile image.
+MAX_PEER_PATHS = 64
+
 
 @dataclass
 class Stream:
@@ -161,6 +165,15 @@ class AssocState:
                 ipaddress.ip_address(v)
             except ValueError:
                 raise ValueError(f"{name} {v!r:.60} is not an IP address") from None
+        if self.family not in (0, 2, 10):  # unset, AF_INET, AF_INET6
+            raise ValueError(f"family {self.family!r:.20} is neither AF_INET nor AF_INET6")
+        if len(self.peer_paths) > MAX_PEER_PATHS:
+            raise ValueError(f"{len(self.peer_paths)} peer paths, at most {MAX_PEER_PATHS}")
+        for v in self.peer_paths:
+            try:
+                ipaddress.ip_address(v)
+            except ValueError:
+                raise ValueError(f"peer path {v!r:.60} is not an IP address") from None
         widths = {f[0][4:]: ctypes.sizeof(f[1]) for f in abi.SctpRepairAssoc._fields_}
         for name in ("local_port", "peer_port") + SCALARS:
             v, top = getattr(self, name), (1 << 8 * widths.get(name, 2)) - 1

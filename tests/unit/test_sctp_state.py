@@ -84,6 +84,19 @@ def test_protobuf_round_trip():
     assert AssocState.from_bytes(st.to_bytes()) == st
 
 
+@pytest.mark.parametrize("change, message", [
+    ({"family": 1}, "family 1 is neither"),
+    ({"peer_paths": ["10.0.0.9", "10.0.0.9; reboot"]}, "peer path .* is not an IP"),
+    ({"peer_paths": ["10.0.0.1"] * 65}, "65 peer paths, at most 64"),
+])
+def test_saved_family_and_peer_paths_are_checked(change, message):
+    st = sample()
+    for name, value in change.items():
+        setattr(st, name, value)
+    with pytest.raises(ValueError, match=message):
+        AssocState.from_bytes(st.to_bytes())
+
+
 def test_family_is_the_saved_sockets():
     st = sample()
     assert repair.family_of(st) == socket.AF_INET          # older states: from the address
