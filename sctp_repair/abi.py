@@ -205,7 +205,9 @@ def sockaddr_to_tuple(ss: SockaddrStorage) -> tuple[str, int]:
         return str(ipaddress.IPv4Address(raw[4:8])), port
     if family == socket.AF_INET6:
         port, = struct.unpack_from("!H", raw, 2)
-        return str(ipaddress.IPv6Address(raw[8:24])), port
+        # inet_ntop's form: a v4-mapped address reads ::ffff:10.0.0.1, as the
+        # socket module gives it (Python 3.11's ipaddress would say ::ffff:a00:1).
+        return socket.inet_ntop(socket.AF_INET6, raw[8:24]), port
     if family == 0:
         return "", 0
     raise ValueError(f"address family {family} is neither AF_INET nor AF_INET6")

@@ -1,8 +1,8 @@
 """The series' own kselftest (tools/testing/selftests/net/sctp_repair.*), in the VM.
 
 kernel-patches/build.sh keeps the booted kernel's uapi headers and the
-selftest's sources beside its bzImage; the runner says which image the guest
-booted (CRIU_EXT_KERNEL). The program is compiled against exactly those
+selftest's sources beside its bzImage; the runner copies them where the guest
+can see them and says where (CRIU_EXT_KERNEL_FILES). The program is compiled against exactly those
 headers and run by its own script, as `make -C tools/testing/selftests
 TARGETS=net` would, and its TAP output is checked test by test.
 """
@@ -24,9 +24,10 @@ TESTS = ("save_restore", "save_restore_v4mapped", "restore_beside_listener", "un
 
 
 def kernel_dir() -> Path:
-    image = os.environ.get("CRIU_EXT_KERNEL")
-    assert image, "CRIU_EXT_KERNEL is unset: run through tests.vm.runner --kernel"
-    return Path(image).parent
+    files = os.environ.get("CRIU_EXT_KERNEL_FILES")
+    assert files, ("CRIU_EXT_KERNEL_FILES is unset or empty: run through tests.vm.runner "
+                   "--kernel with a kernel built by kernel-patches/build.sh")
+    return Path(files)
 
 
 def test_selftest_passes_without_a_kernel_warning(tmp_path):
