@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import enum
-import ipaddress
 import socket
 import struct
 
@@ -202,7 +201,7 @@ def sockaddr_to_tuple(ss: SockaddrStorage) -> tuple[str, int]:
     family = ss.ss_family
     if family == socket.AF_INET:
         port, = struct.unpack_from("!H", raw, 2)
-        return str(ipaddress.IPv4Address(raw[4:8])), port
+        return socket.inet_ntop(socket.AF_INET, raw[4:8]), port
     if family == socket.AF_INET6:
         port, = struct.unpack_from("!H", raw, 2)
         # inet_ntop's form: a v4-mapped address reads ::ffff:10.0.0.1, as the
@@ -214,15 +213,19 @@ def sockaddr_to_tuple(ss: SockaddrStorage) -> tuple[str, int]:
 
 
 def tuple_to_sockaddr(addr: str, port: int) -> SockaddrStorage:
-    """A sockaddr_storage holding sockaddr_in or sockaddr_in6 for (addr, port)."""
-    ip = ipaddress.ip_address(addr)
+    """A sockaddr_storage holding sockaddr_in or sockaddr_in6 for (addr, port).
+
+    inet_pton rather than ipaddress: this runs once per association saved or
+    restored (ValueError for what is not an address, as ipaddress raises)."""
     buf = bytearray(ctypes.sizeof(SockaddrStorage))
-    if ip.version == 4:
-        struct.pack_into("=H", buf, 0, socket.AF_INET)
-        struct.pack_into("!H", buf, 2, port)
-        buf[4:8] = ip.packed
-    else:
-        struct.pack_into("=H", buf, 0, socket.AF_INET6)
-        struct.pack_into("!H", buf, 2, port)
-        buf[8:24] = ip.packed
-    return SockaddrStorage.from_buffer_copy(bytes(buf))
+    try:
+        if ":" in addr:
+            struct.pack_into("=H", buf, 0, socket.AF_INET6)
+            buf[8:24] = socket.inet_pton(socket.AF_INET6, addr)
+        else:
+            struct.pack_into("=H", buf, 0, socket.AF_INET)
+            buf[4:8] = socket.inet_pton(socket.AF_INET, addr)
+    except OSError:
+        raise ValueError(f"{addr!r:.60} does not appear to be an IPv4 or IPv6 address") from None
+    struct.pack_into("!H", buf, 2, port)
+    return SockaddrStorage.from_buffer(buf)

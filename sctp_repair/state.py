@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import struct
 from dataclasses import dataclass, field
 
 from . import abi
@@ -88,9 +89,11 @@ class AssocState:
         if outcnt != sra.sra_outstreams or incnt != sra.sra_instreams:
             raise ValueError(f"stream counts disagree: assoc {sra.sra_outstreams}/"
                              f"{sra.sra_instreams}, streams {outcnt}/{incnt}")
-        entries = [Stream(*abi.REPAIR_STREAM.unpack_from(
-            streams, abi.REPAIR_STREAMS_HDR.size + i * abi.REPAIR_STREAM.size))
-            for i in range(outcnt + incnt)]
+        entries = [Stream(mid, mid_uo) for mid, mid_uo in abi.REPAIR_STREAM.iter_unpack(
+            streams[abi.REPAIR_STREAMS_HDR.size:
+                    abi.REPAIR_STREAMS_HDR.size + (outcnt + incnt) * abi.REPAIR_STREAM.size])]
+        if len(entries) != outcnt + incnt:
+            raise ValueError(f"{len(entries)} stream entries for {outcnt + incnt} streams")
         st.out_streams, st.in_streams = entries[:outcnt], entries[outcnt:]
         return st
 
@@ -104,11 +107,11 @@ class AssocState:
             setattr(sra, "sra_" + name, getattr(self, name))
         sra.sra_outstreams = len(self.out_streams)
         sra.sra_instreams = len(self.in_streams)
-        streams = bytearray(abi.REPAIR_STREAMS_HDR.pack(len(self.out_streams),
-                                                        len(self.in_streams), 0))
-        for s in self.out_streams + self.in_streams:
-            streams += abi.REPAIR_STREAM.pack(s.mid, s.mid_uo)
-        return sra, bytes(streams)
+        every = self.out_streams + self.in_streams
+        streams = abi.REPAIR_STREAMS_HDR.pack(len(self.out_streams), len(self.in_streams), 0)
+        streams += struct.pack(f"={2 * len(every)}I",
+                               *[v for s in every for v in (s.mid, s.mid_uo)])
+        return sra, streams
 
     # --- protobuf ---------------------------------------------------------------
 
