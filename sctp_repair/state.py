@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import socket
 import struct
 from dataclasses import dataclass, field
 
@@ -160,23 +161,19 @@ class AssocState:
     def check(self) -> AssocState:
         """``self`` when every field fits the kernel structure; ValueError otherwise."""
         import ipaddress
-        for name in ("local_addr", "peer_addr"):
-            v = getattr(self, name)
+        if self.family not in (0, socket.AF_INET, socket.AF_INET6):  # 0: unset
+            raise ValueError(f"family {self.family!r:.20} is neither AF_INET nor AF_INET6")
+        if len(self.peer_paths) > MAX_PEER_PATHS:
+            raise ValueError(f"{len(self.peer_paths)} peer paths, at most {MAX_PEER_PATHS}")
+        addrs = [("local_addr", self.local_addr), ("peer_addr", self.peer_addr),
+                 *(("peer path", v) for v in self.peer_paths)]
+        for what, v in addrs:
             try:
                 if not isinstance(v, str):
                     raise ValueError
                 ipaddress.ip_address(v)
             except ValueError:
-                raise ValueError(f"{name} {v!r:.60} is not an IP address") from None
-        if self.family not in (0, 2, 10):  # unset, AF_INET, AF_INET6
-            raise ValueError(f"family {self.family!r:.20} is neither AF_INET nor AF_INET6")
-        if len(self.peer_paths) > MAX_PEER_PATHS:
-            raise ValueError(f"{len(self.peer_paths)} peer paths, at most {MAX_PEER_PATHS}")
-        for v in self.peer_paths:
-            try:
-                ipaddress.ip_address(v)
-            except ValueError:
-                raise ValueError(f"peer path {v!r:.60} is not an IP address") from None
+                raise ValueError(f"{what} {v!r:.60} is not an IP address") from None
         widths = {f[0][4:]: ctypes.sizeof(f[1]) for f in abi.SctpRepairAssoc._fields_}
         for name in ("local_port", "peer_port") + SCALARS:
             v, top = getattr(self, name), (1 << 8 * widths.get(name, 2)) - 1
