@@ -160,6 +160,12 @@ _ASSOC_SIZE = ctypes.sizeof(abi.SctpRepairAssoc)
 _KEYED = int(abi.Cap.AUTH | abi.Cap.ASCONF)   # capabilities whose keys are not carried
 
 
+def _refuse_keyed(caps: int, can: str) -> None:
+    if caps & _KEYED:
+        raise RepairError("the association uses SCTP-AUTH/ASCONF, whose keys repair "
+                          f"mode does not carry: it {can} be restored")
+
+
 def _save(sock: socket.socket) -> AssocState:
     pause(sock)
     size = _ASSOC_SIZE
@@ -168,9 +174,7 @@ def _save(sock: socket.socket) -> AssocState:
     except OSError as e:
         raise _opt_error(e, "SCTP_REPAIR_ASSOC") from e
     sra = abi.SctpRepairAssoc.from_buffer_copy(raw.ljust(size, b"\0"))
-    if sra.sra_peer_caps & _KEYED:
-        raise RepairError("the association uses SCTP-AUTH/ASCONF, whose keys repair "
-                          "mode does not carry: it could not be restored")
+    _refuse_keyed(sra.sra_peer_caps, "could not")
     count = sra.sra_outstreams + sra.sra_instreams
     ssize = abi.REPAIR_STREAMS_HDR.size + count * abi.REPAIR_STREAM.size
     try:
@@ -235,9 +239,7 @@ def restore(sock: socket.socket, state: AssocState, *, bind: bool = True,
     ESTABLISHED when this returns, and no SCTP_COMM_UP is queued. Repair
     mode is turned off again unless ``keep_repair``.
     """
-    if state.peer_caps & _KEYED:
-        raise RepairError("the association uses SCTP-AUTH/ASCONF, whose keys repair "
-                          "mode does not carry: it cannot be restored")
+    _refuse_keyed(state.peer_caps, "cannot")
     _enable_extensions(sock, state.peer_caps)
     pause(sock)
     if bind:
