@@ -194,6 +194,45 @@ def _open_dirs(o: Options) -> tuple[int, int | None, str, str]:
     return images_fd, work_fd, log_name, log_path
 
 
+def begin(session: Session) -> None:
+    """Before CRIU starts: the plugins' imports and ``prepare`` (PhaseFailed: nothing touched)."""
+    for plugin in session.plugins:  # imports now, not in the freeze window
+        warm = getattr(plugin, "warm", None)
+        if callable(warm):
+            warm(session.action)
+    session.prepare()
+
+
+def answer(session: Session, phase: str, pid: int | None) -> PhaseFailed | None:
+    """One NOTIFY from CRIU: run the phase's plugins; the failure CRIU must act on, if any.
+
+    CRIU also notifies things that are not action-script phases (orphan-pts-master,
+    status-ready): the plugins have nothing to do there.
+    """
+    if phase not in ph.ALL_PHASES:
+        return None
+    try:
+        session.run(phase, pid)
+    except PhaseFailed as exc:
+        return exc
+    return None
+
+
+def conclude(session: Session, ok: bool) -> list[PhaseFailed]:
+    """After CRIU's final answer: rollback of a failed dump CRIU did not unlock, the
+    plugins' ``finish``, the manifest. Returns the failures of ``finish``."""
+    if not ok and session.action == ph.DUMP and not session.rolled_back:
+        # CRIU failed without a network-unlock: the source goes on running, make it whole
+        for err in session.rollback():
+            session.log.error(str(err))
+    late = session.finish()
+    for err in late:
+        session.log.error(str(err))
+    if session.mode == "rpc":
+        session.write_manifest()
+    return late
+
+
 def run(action: str, o: Options, session: Session | None, criu: str = "criu",
         on_notify: Callable[[str, int | None], None] | None = None) -> Result:
     """Run one CRIU dump or restore, answering NOTIFY with ``session``'s plugins.
@@ -208,12 +247,8 @@ def run(action: str, o: Options, session: Session | None, criu: str = "criu",
     if not o.log_file:
         o.log_file = f"{action}.log"
     if session is not None:
-        for plugin in session.plugins:  # imports now, not in the freeze window
-            warm = getattr(plugin, "warm", None)
-            if callable(warm):
-                warm(action)
         try:
-            session.prepare()
+            begin(session)
         except PhaseFailed as exc:  # CRIU not started: nothing to undo
             raise CriuError(f"{action} not started: plugin {exc.plugin}: {exc.message}",
                             errno.EINVAL, None, exc) from None
@@ -225,6 +260,7 @@ def run(action: str, o: Options, session: Session | None, criu: str = "criu",
         if session is not None:
             session.options.setdefault("leave_running", o.leave_running)
             session.options.setdefault("tcp_established", o.tcp_established)
+            session.options.setdefault("external", list(o.external))
             if action == ph.DUMP:
                 session.init_pid = o.pid
         swrk = Swrk(criu)
@@ -245,11 +281,10 @@ def run(action: str, o: Options, session: Session | None, criu: str = "criu",
                 if on_notify:
                     on_notify(phase, pid)
                 if session is not None:
-                    try:
-                        session.run(phase, pid)
-                    except PhaseFailed as exc:
+                    err = answer(session, phase, pid)
+                    if err is not None:
                         ok = False
-                        failure = failure or exc
+                        failure = failure or err
                 t2 = time.perf_counter()
                 notify.append({"phase": phase, "at": round(t1 - t0, 6),
                                "seconds": round(t2 - t1, 6), "ok": ok})
@@ -271,15 +306,7 @@ def run(action: str, o: Options, session: Session | None, criu: str = "criu",
     result = Result(ok=bool(resp is not None and resp.success), resp=resp, seconds=seconds,
                     notify=notify, log_path=log_path, swrk_status=status)
     if session is not None:
-        if not result.ok and action == ph.DUMP and not session.rolled_back:
-            # CRIU failed without a network-unlock: the source goes on running, make it whole
-            for err in session.rollback():
-                session.log.error(str(err))
-        late = session.finish()
-        for err in late:
-            session.log.error(str(err))
-        if session.mode == "rpc":
-            session.write_manifest()
+        late = conclude(session, result.ok)
         if late and result.ok and action == ph.DUMP:
             result.ok = False
             failure = failure or late[0]

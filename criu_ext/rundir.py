@@ -14,11 +14,12 @@ the reads and writes are procns.files', with RunDirError for what they refuse.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
 
-from procns.files import UnsafeFile, read_bytes, write_atomic
+from procns.files import UnsafeFile, check_own_dir, read_bytes, write_atomic
 
 RUN_DIR_DEFAULT = "/run/criu-ext"
 PLAN = "phases"
@@ -40,17 +41,12 @@ def base() -> str:
 def check_dir(path: str) -> None:
     """A directory we may trust: not a link, ours, not group/other writable."""
     try:
-        st = os.lstat(path)
+        check_own_dir(path, forbid=0o022)
+    except UnsafeFile as exc:
+        hint = "; remove it or set CRIU_EXT_RUN_DIR" if exc.errno == errno.EPERM else ""
+        raise RunDirError(f"run directory {exc.strerror}{hint}") from None
     except OSError as exc:
         raise RunDirError(f"run directory {path}: {exc.strerror}") from None
-    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-        raise RunDirError(f"run directory {path} is not a directory (a link?)")
-    if st.st_uid != os.geteuid():
-        raise RunDirError(f"run directory {path} belongs to uid {st.st_uid}, not to us "
-                          f"({os.geteuid()}): remove it or set CRIU_EXT_RUN_DIR")
-    if st.st_mode & 0o022:
-        raise RunDirError(f"run directory {path} is writable by group or others "
-                          f"(mode {stat.S_IMODE(st.st_mode):o}): chmod go-w it")
 
 
 def _mkdir(path: str) -> None:

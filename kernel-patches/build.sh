@@ -12,13 +12,17 @@
 # ($CACHE/build/linux-6.1) is kept between runs, so a change to the series
 # rebuilds only what it touches.
 #
+# Beside it: usr/include (the kernel's uapi headers, make headers_install) and
+# selftests/ (the series' kselftest sources with the harness), so that a test
+# of this kernel compiles against exactly its headers.
+#
 # Progress goes to stderr; the last line on stdout is the bzImage path.
 # CACHE is $CRIU_EXT_CACHE, by default /var/cache/criu-ext.
 # Needs: scripts/setup --kernel-build (build tools, linux-source-6.1, vng).
 set -euo pipefail
 
 # Bump when a change to this script changes what it builds.
-RECIPE=1
+RECIPE=2
 
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/.." && pwd)
@@ -155,8 +159,17 @@ elif ! (cd "$tree" && nice -n 10 make -j"$jobs" bzImage >"$log" 2>&1); then
 fi
 say "built in $(($(date +%s) - start)) s"
 
+rm -rf "$out.tmp"
 mkdir -p "$out.tmp"
 cp "$tree/arch/x86/boot/bzImage" "$tree/.config" "$out.tmp/"
+(cd "$tree" && make headers_install INSTALL_HDR_PATH="$out.tmp/usr" >/dev/null) ||
+    die "make headers_install failed"
+selftests=$tree/tools/testing/selftests
+mkdir -p "$out.tmp/selftests/net"
+cp "$selftests/kselftest_harness.h" "$selftests/kselftest.h" "$out.tmp/selftests/"
+for f in "$selftests"/net/sctp_repair*; do
+    if [ -e "$f" ]; then cp "$f" "$out.tmp/selftests/net/"; fi
+done
 cp "$here/series" "$out.tmp/"
 {
     echo "source: $src_id"

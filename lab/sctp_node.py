@@ -44,6 +44,10 @@ def run_mme(node: Node, listen: tuple[str, int]) -> None:
     ep = select.epoll()
     ep.register(ls.fileno(), select.EPOLLIN)
     conns: dict[int, tuple[socket.socket, str]] = {}
+    # Answers the socket could not take yet (its send buffer full, as after a
+    # move when the peers' held-back requests arrive at once): sent, in order,
+    # when epoll says there is room again.
+    unsent: dict[int, list[bytes]] = {}
     node.report(force=True)
     while True:
         try:
@@ -51,25 +55,34 @@ def run_mme(node: Node, listen: tuple[str, int]) -> None:
         except InterruptedError:  # Python retries; kept for clarity
             node.eintr += 1
             continue
-        for fd, _ in events:
+        for fd, ev in events:
             if fd == ls.fileno():
                 conn, peer = ls.accept()
                 conn.setblocking(False)
                 conns[conn.fileno()] = (conn, f"{peer[0]}:{peer[1]}")
+                unsent[conn.fileno()] = []
                 ep.register(conn.fileno(), select.EPOLLIN)
                 continue
             conn, who = conns[fd]
-            lines = node.receive(conn, who)
-            if lines is None:
-                ep.unregister(fd)
-                del conns[fd]
-                conn.close()
-                continue
-            for line in lines:
-                kind, n = parse(line)
-                if kind == "REQ":
-                    node.got(who, n)
-                    conn.send(f"ACK {n}\n".encode())
+            if ev & select.EPOLLIN:
+                lines = node.receive(conn, who)
+                if lines is None:
+                    ep.unregister(fd)
+                    del conns[fd], unsent[fd]
+                    conn.close()
+                    continue
+                for line in lines:
+                    kind, n = parse(line)
+                    if kind == "REQ":
+                        node.got(who, n)
+                        unsent[fd].append(f"ACK {n}\n".encode())
+            while unsent[fd]:
+                try:
+                    conn.send(unsent[fd][0])
+                except BlockingIOError:
+                    break
+                unsent[fd].pop(0)
+            ep.modify(fd, select.EPOLLIN | (select.EPOLLOUT if unsent[fd] else 0))
         node.report()
 
 

@@ -158,22 +158,30 @@ def write_atomic(path: str, data: bytes | str, perm: int = 0o600) -> None:
         f.write(data)
 
 
+def check_own_dir(path: str, forbid: int = 0o077) -> None:
+    """Raise :class:`UnsafeFile` unless ``path`` is a directory (not a link) owned by
+    us whose mode has none of the ``forbid`` bits (by default: closed to others)."""
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise UnsafeFile(errno.ENOTDIR, f"{path}: is {_kind(st.st_mode)}, not a directory")
+    if st.st_uid != os.geteuid():
+        raise UnsafeFile(errno.EPERM, f"{path}: owned by uid {st.st_uid}, not by us "
+                                      f"({os.geteuid()})")
+    if st.st_mode & forbid:
+        raise UnsafeFile(errno.EPERM, f"{path}: mode {stat.S_IMODE(st.st_mode):04o}, "
+                                      "writable by group or others")
+
+
 def private_dir(path: str) -> str:
     """Make ``path`` (parents too) a directory of mode 0700 owned by us; raise
     :class:`UnsafeFile` if it exists as something else: a link, another owner's,
     or open to others (someone could plant files in it)."""
     with contextlib.suppress(FileExistsError):
         os.makedirs(path, mode=0o700)
-    st = os.lstat(path)
-    if not stat.S_ISDIR(st.st_mode):
-        raise UnsafeFile(errno.ENOTDIR, f"{path}: is {_kind(st.st_mode)}, not a directory")
-    if st.st_uid != os.geteuid():
-        raise UnsafeFile(errno.EPERM, f"{path}: owned by uid {st.st_uid}, not by us")
-    if st.st_mode & 0o077:
-        raise UnsafeFile(errno.EPERM, f"{path}: mode {stat.S_IMODE(st.st_mode):04o}, "
-                                      "others may write there (want 0700)")
+    check_own_dir(path)
     return path
 
 
-__all__ = ['JSON_DEPTH', 'MiB', 'UnsafeFile', 'atomic_file', 'loads_json', 'private_dir',
+__all__ = ['JSON_DEPTH', 'MiB', 'UnsafeFile', 'atomic_file', 'check_own_dir', 'loads_json',
+           'private_dir',
            'read_bytes', 'read_json', 'read_text', 'write_atomic']

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import enum
-import ipaddress
 import socket
 import struct
 
@@ -36,6 +35,7 @@ SCTP_MAX_BURST = 20
 SCTP_PEER_ADDR_THLDS = 31
 SCTP_GET_PEER_ADDRS = 108
 SCTP_GET_LOCAL_ADDRS = 109
+SCTP_SOCKOPT_CONNECTX = 110
 SCTP_GET_ASSOC_STATS = 112
 SCTP_PR_SUPPORTED = 113
 SCTP_RECONFIG_SUPPORTED = 117
@@ -52,6 +52,7 @@ SCTP_REPAIR_ASSOC = 135
 SCTP_REPAIR_STREAMS = 136
 SCTP_REPAIR_OFF = 0
 SCTP_REPAIR_ON = 1
+SCTP_REPAIR_STREAMS_MAX = 8192  # outgoing + incoming entries in one SCTP_REPAIR_STREAMS
 
 # Notifications (struct sctp_event / SCTP_EVENT).
 # enum sctp_sn_type: SCTP_DATA_IO_EVENT is the base itself.
@@ -200,25 +201,31 @@ def sockaddr_to_tuple(ss: SockaddrStorage) -> tuple[str, int]:
     family = ss.ss_family
     if family == socket.AF_INET:
         port, = struct.unpack_from("!H", raw, 2)
-        return str(ipaddress.IPv4Address(raw[4:8])), port
+        return socket.inet_ntop(socket.AF_INET, raw[4:8]), port
     if family == socket.AF_INET6:
         port, = struct.unpack_from("!H", raw, 2)
-        return str(ipaddress.IPv6Address(raw[8:24])), port
+        # inet_ntop's form: a v4-mapped address reads ::ffff:10.0.0.1, as the
+        # socket module gives it (Python 3.11's ipaddress would say ::ffff:a00:1).
+        return socket.inet_ntop(socket.AF_INET6, raw[8:24]), port
     if family == 0:
         return "", 0
     raise ValueError(f"address family {family} is neither AF_INET nor AF_INET6")
 
 
 def tuple_to_sockaddr(addr: str, port: int) -> SockaddrStorage:
-    """A sockaddr_storage holding sockaddr_in or sockaddr_in6 for (addr, port)."""
-    ip = ipaddress.ip_address(addr)
+    """A sockaddr_storage holding sockaddr_in or sockaddr_in6 for (addr, port).
+
+    inet_pton rather than ipaddress: this runs once per association saved or
+    restored (ValueError for what is not an address, as ipaddress raises)."""
     buf = bytearray(ctypes.sizeof(SockaddrStorage))
-    if ip.version == 4:
-        struct.pack_into("=H", buf, 0, socket.AF_INET)
-        struct.pack_into("!H", buf, 2, port)
-        buf[4:8] = ip.packed
-    else:
-        struct.pack_into("=H", buf, 0, socket.AF_INET6)
-        struct.pack_into("!H", buf, 2, port)
-        buf[8:24] = ip.packed
-    return SockaddrStorage.from_buffer_copy(bytes(buf))
+    try:
+        if ":" in addr:
+            struct.pack_into("=H", buf, 0, socket.AF_INET6)
+            buf[8:24] = socket.inet_pton(socket.AF_INET6, addr)
+        else:
+            struct.pack_into("=H", buf, 0, socket.AF_INET)
+            buf[4:8] = socket.inet_pton(socket.AF_INET, addr)
+    except OSError:
+        raise ValueError(f"{addr!r:.60} does not appear to be an IPv4 or IPv6 address") from None
+    struct.pack_into("!H", buf, 2, port)
+    return SockaddrStorage.from_buffer(buf)

@@ -6,10 +6,11 @@ from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Map
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SctpAssocState(_message.Message):
-    __slots__ = ["addip_serial", "adv_peer_ack_point", "ctsn_ack_point", "hbinterval", "in_streams", "kernel_size", "local_addr", "local_port", "max_retrans", "my_initial_tsn", "my_vtag", "next_tsn", "out_streams", "pathmaxrxt", "pathmtu", "peer_addip_serial", "peer_addr", "peer_caps", "peer_ctsn", "peer_initial_tsn", "peer_port", "peer_rwnd", "peer_vtag", "rto", "rto_initial", "rto_max", "rto_min", "rttvar", "rwnd", "sackdelay", "srtt", "strreset_inseq", "strreset_outseq"]
+    __slots__ = ["addip_serial", "adv_peer_ack_point", "ctsn_ack_point", "family", "hbinterval", "in_streams", "kernel_size", "local_addr", "local_port", "max_retrans", "my_initial_tsn", "my_vtag", "next_tsn", "out_streams", "pathmaxrxt", "pathmtu", "peer_addip_serial", "peer_addr", "peer_caps", "peer_ctsn", "peer_initial_tsn", "peer_paths", "peer_port", "peer_rwnd", "peer_vtag", "rto", "rto_initial", "rto_max", "rto_min", "rttvar", "rwnd", "sackdelay", "srtt", "strreset_inseq", "strreset_outseq"]
     ADDIP_SERIAL_FIELD_NUMBER: _ClassVar[int]
     ADV_PEER_ACK_POINT_FIELD_NUMBER: _ClassVar[int]
     CTSN_ACK_POINT_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
     HBINTERVAL_FIELD_NUMBER: _ClassVar[int]
     IN_STREAMS_FIELD_NUMBER: _ClassVar[int]
     KERNEL_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +28,7 @@ class SctpAssocState(_message.Message):
     PEER_CAPS_FIELD_NUMBER: _ClassVar[int]
     PEER_CTSN_FIELD_NUMBER: _ClassVar[int]
     PEER_INITIAL_TSN_FIELD_NUMBER: _ClassVar[int]
+    PEER_PATHS_FIELD_NUMBER: _ClassVar[int]
     PEER_PORT_FIELD_NUMBER: _ClassVar[int]
     PEER_RWND_FIELD_NUMBER: _ClassVar[int]
     PEER_VTAG_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +45,7 @@ class SctpAssocState(_message.Message):
     addip_serial: int
     adv_peer_ack_point: int
     ctsn_ack_point: int
+    family: int
     hbinterval: int
     in_streams: _containers.RepeatedCompositeFieldContainer[SctpStream]
     kernel_size: int
@@ -60,6 +63,7 @@ class SctpAssocState(_message.Message):
     peer_caps: int
     peer_ctsn: int
     peer_initial_tsn: int
+    peer_paths: _containers.RepeatedScalarFieldContainer[str]
     peer_port: int
     peer_rwnd: int
     peer_vtag: int
@@ -73,7 +77,7 @@ class SctpAssocState(_message.Message):
     srtt: int
     strreset_inseq: int
     strreset_outseq: int
-    def __init__(self, kernel_size: _Optional[int] = ..., local_addr: _Optional[str] = ..., local_port: _Optional[int] = ..., peer_addr: _Optional[str] = ..., peer_port: _Optional[int] = ..., my_vtag: _Optional[int] = ..., peer_vtag: _Optional[int] = ..., my_initial_tsn: _Optional[int] = ..., peer_initial_tsn: _Optional[int] = ..., next_tsn: _Optional[int] = ..., ctsn_ack_point: _Optional[int] = ..., adv_peer_ack_point: _Optional[int] = ..., peer_ctsn: _Optional[int] = ..., peer_rwnd: _Optional[int] = ..., rwnd: _Optional[int] = ..., addip_serial: _Optional[int] = ..., peer_addip_serial: _Optional[int] = ..., strreset_outseq: _Optional[int] = ..., strreset_inseq: _Optional[int] = ..., peer_caps: _Optional[int] = ..., rto_initial: _Optional[int] = ..., rto_min: _Optional[int] = ..., rto_max: _Optional[int] = ..., rto: _Optional[int] = ..., srtt: _Optional[int] = ..., rttvar: _Optional[int] = ..., hbinterval: _Optional[int] = ..., sackdelay: _Optional[int] = ..., max_retrans: _Optional[int] = ..., pathmaxrxt: _Optional[int] = ..., pathmtu: _Optional[int] = ..., out_streams: _Optional[_Iterable[_Union[SctpStream, _Mapping]]] = ..., in_streams: _Optional[_Iterable[_Union[SctpStream, _Mapping]]] = ...) -> None: ...
+    def __init__(self, kernel_size: _Optional[int] = ..., local_addr: _Optional[str] = ..., local_port: _Optional[int] = ..., peer_addr: _Optional[str] = ..., peer_port: _Optional[int] = ..., family: _Optional[int] = ..., peer_paths: _Optional[_Iterable[str]] = ..., my_vtag: _Optional[int] = ..., peer_vtag: _Optional[int] = ..., my_initial_tsn: _Optional[int] = ..., peer_initial_tsn: _Optional[int] = ..., next_tsn: _Optional[int] = ..., ctsn_ack_point: _Optional[int] = ..., adv_peer_ack_point: _Optional[int] = ..., peer_ctsn: _Optional[int] = ..., peer_rwnd: _Optional[int] = ..., rwnd: _Optional[int] = ..., addip_serial: _Optional[int] = ..., peer_addip_serial: _Optional[int] = ..., strreset_outseq: _Optional[int] = ..., strreset_inseq: _Optional[int] = ..., peer_caps: _Optional[int] = ..., rto_initial: _Optional[int] = ..., rto_min: _Optional[int] = ..., rto_max: _Optional[int] = ..., rto: _Optional[int] = ..., srtt: _Optional[int] = ..., rttvar: _Optional[int] = ..., hbinterval: _Optional[int] = ..., sackdelay: _Optional[int] = ..., max_retrans: _Optional[int] = ..., pathmaxrxt: _Optional[int] = ..., pathmtu: _Optional[int] = ..., out_streams: _Optional[_Iterable[_Union[SctpStream, _Mapping]]] = ..., in_streams: _Optional[_Iterable[_Union[SctpStream, _Mapping]]] = ...) -> None: ...
 
 class SctpStream(_message.Message):
     __slots__ = ["mid", "mid_uo"]

@@ -95,7 +95,8 @@ def show(path: str, as_json: bool) -> None:
         click.echo(json.dumps(state.to_dict(), indent=2))
         return
     click.echo(f"local  [{state.local_addr}]:{state.local_port}")
-    click.echo(f"peer   [{state.peer_addr}]:{state.peer_port}")
+    click.echo(f"peer   [{state.peer_addr}]:{state.peer_port}"
+               + "".join(f", [{a}]" for a in state.peer_paths))
     click.echo(f"vtags  mine {state.my_vtag:#010x} peer {state.peer_vtag:#010x}")
     click.echo(f"tsn    next {state.next_tsn} acked-by-peer {state.ctsn_ack_point} "
                f"acked-to-peer {state.peer_ctsn}")

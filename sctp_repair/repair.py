@@ -15,19 +15,24 @@ Repair mode needs the patched kernel (``kernel-patches/``) and CAP_NET_ADMIN
 in the socket's network namespace. Queues are not carried: ``save`` fails with
 ``QueuesNotEmpty`` while anything is unacknowledged, unread or unreassembled;
 the caller pauses, lets the queues drain, stops the traffic (a netfilter
-rule, as CRIU does for TCP), then saves.
+rule, as CRIU does for TCP), then saves. An association that could not be
+restored (SCTP-AUTH/ADD-IP, SCTP over UDP, too many streams) is refused by
+``save`` with ``RepairError``, and repair mode is turned off again, before
+anything is closed.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import ipaddress
 import socket
 import struct
 import time
 from dataclasses import dataclass
 
 from . import abi
+from .sockopts import getsockopt_raw, sctp_addrs
 from .state import AssocState
 
 
@@ -88,8 +93,10 @@ def _opt_error(e: OSError, what: str) -> RepairError:
     if e.errno == errno.ENOTCONN:
         return RepairError(f"{what}: the socket has no ESTABLISHED association")
     if e.errno == errno.EOPNOTSUPP:
-        return RepairError(f"{what}: not supported for this socket or association "
-                           f"({e.strerror})")
+        return RepairError(f"{what}: not supported for this socket or association: "
+                           "one-to-many socket, or an association repair mode cannot "
+                           "restore (SCTP-AUTH/ADD-IP, SCTP over UDP, over "
+                           f"{abi.SCTP_REPAIR_STREAMS_MAX} streams)")
     return RepairError(f"{what}: {e.strerror or e}")
 
 
@@ -128,9 +135,12 @@ def save(sock: socket.socket, wait: float = 0.0) -> AssocState:
 
     With ``wait``, retry for up to that many seconds while queues are not
     empty (a delayed SACK, data just received), then give up with
-    ``QueuesNotEmpty``.
+    ``QueuesNotEmpty`` (repair mode stays on: the queues drain meanwhile).
+    Any other failure is lasting (the association cannot be saved at all):
+    repair mode is turned off again, so that the association goes on taking
+    DATA as if nothing had been tried.
     """
-    deadline = time.monotonic() + wait
+    deadline = time.monotonic() + wait if wait else 0.0
     while True:
         try:
             return _save(sock)
@@ -138,23 +148,49 @@ def save(sock: socket.socket, wait: float = 0.0) -> AssocState:
             if time.monotonic() >= deadline:
                 raise
             time.sleep(0.05)
+        except RepairError:
+            try:
+                resume(sock)
+            except RepairError:
+                pass
+            raise
+
+
+_ASSOC_SIZE = ctypes.sizeof(abi.SctpRepairAssoc)
+_KEYED = int(abi.Cap.AUTH | abi.Cap.ASCONF)   # capabilities whose keys are not carried
+
+
+def _refuse_keyed(caps: int, can: str) -> None:
+    if caps & _KEYED:
+        raise RepairError("the association uses SCTP-AUTH/ASCONF, whose keys repair "
+                          f"mode does not carry: it {can} be restored")
 
 
 def _save(sock: socket.socket) -> AssocState:
     pause(sock)
-    size = ctypes.sizeof(abi.SctpRepairAssoc)
+    size = _ASSOC_SIZE
     try:
-        raw = sock.getsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR_ASSOC, size)
+        raw = getsockopt_raw(sock, abi.SOL_SCTP, abi.SCTP_REPAIR_ASSOC, size)
     except OSError as e:
         raise _opt_error(e, "SCTP_REPAIR_ASSOC") from e
     sra = abi.SctpRepairAssoc.from_buffer_copy(raw.ljust(size, b"\0"))
+    _refuse_keyed(sra.sra_peer_caps, "could not")
     count = sra.sra_outstreams + sra.sra_instreams
     ssize = abi.REPAIR_STREAMS_HDR.size + count * abi.REPAIR_STREAM.size
     try:
-        streams = sock.getsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR_STREAMS, ssize)
+        streams = getsockopt_raw(sock, abi.SOL_SCTP, abi.SCTP_REPAIR_STREAMS, ssize)
     except OSError as e:
         raise _opt_error(e, "SCTP_REPAIR_STREAMS") from e
-    return AssocState.from_kernel(sra, streams)
+    try:
+        paths = sctp_addrs(sock, abi.SCTP_GET_PEER_ADDRS)
+    except OSError as e:
+        raise _opt_error(e, "SCTP_GET_PEER_ADDRS") from e
+    state = AssocState.from_kernel(sra, streams)
+    state.family = sock.family
+    if len(paths) > 1:
+        primary = ipaddress.ip_address(state.peer_addr)
+        state.peer_paths = [a for a, _ in paths if ipaddress.ip_address(a) != primary]
+    return state
 
 
 def release(sock: socket.socket) -> None:
@@ -167,7 +203,12 @@ def release(sock: socket.socket) -> None:
 
 
 def family_of(state: AssocState) -> int:
-    return socket.AF_INET6 if ":" in state.local_addr else socket.AF_INET
+    """The family of the saved socket (an IPv6 socket may carry an IPv4 association)."""
+    if state.family in (socket.AF_INET, socket.AF_INET6):
+        return state.family
+    if ipaddress.ip_address(state.local_addr).version == 6:
+        return socket.AF_INET6
+    return socket.AF_INET
 
 
 def new_socket(state: AssocState) -> socket.socket:
@@ -175,7 +216,7 @@ def new_socket(state: AssocState) -> socket.socket:
     return socket.socket(family_of(state), socket.SOCK_STREAM, abi.IPPROTO_SCTP)
 
 
-def _enable_extensions(sock: socket.socket, caps: abi.Cap) -> None:
+def _enable_extensions(sock: socket.socket, caps: int) -> None:
     # PR-SCTP and ECN are on by default; RE-CONFIG and I-DATA are off.
     assoc_value = struct.Struct("=iI")
     if caps & abi.Cap.RECONF:
@@ -190,23 +231,26 @@ def restore(sock: socket.socket, state: AssocState, *, bind: bool = True,
             keep_repair: bool = False) -> None:
     """Make ``sock`` (new, unbound unless ``bind`` is False) the saved association.
 
-    Binds to the saved local address and port (SO_REUSEADDR), sets the state
-    in repair mode and connects to the saved peer: no INIT is sent, the
-    association is ESTABLISHED when this returns, and no SCTP_COMM_UP is
-    queued. Repair mode is turned off again unless ``keep_repair``.
+    Turns repair mode on, binds to the saved local address and port (taken
+    in repair mode even if a listener holds it; SO_REUSEADDR on, for a
+    listener re-created after it), sets the state and connects
+    to the saved peer, with its other addresses too if it is multi-homed
+    (sctp_connectx, primary first): no INIT is sent, the association is
+    ESTABLISHED when this returns, and no SCTP_COMM_UP is queued. Repair
+    mode is turned off again unless ``keep_repair``.
     """
-    if state.caps & (abi.Cap.AUTH | abi.Cap.ASCONF):
-        raise RepairError("the association uses SCTP-AUTH/ASCONF, whose keys repair "
-                          "mode does not carry: it cannot be restored")
-    _enable_extensions(sock, state.caps)
+    _refuse_keyed(state.peer_caps, "cannot")
+    _enable_extensions(sock, state.peer_caps)
+    pause(sock)
     if bind:
+        # Repair mode takes the port even beside its listener; SO_REUSEADDR
+        # lets a listener put back after this socket bind the port too.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((state.local_addr, state.local_port))
         except OSError as e:
             raise RepairError(f"bind to [{state.local_addr}]:{state.local_port}: "
                               f"{e.strerror} (is the address configured here?)") from e
-    pause(sock)
     sra, streams = state.to_kernel()
     try:
         sock.setsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR_ASSOC, bytes(sra))
@@ -217,9 +261,22 @@ def restore(sock: socket.socket, state: AssocState, *, bind: bool = True,
     except OSError as e:
         raise _opt_error(e, "SCTP_REPAIR_STREAMS") from e
     try:
-        sock.connect((state.peer_addr, state.peer_port))
+        if state.peer_paths:
+            sock.setsockopt(abi.SOL_SCTP, abi.SCTP_SOCKOPT_CONNECTX, _packed_addrs(
+                [state.peer_addr, *state.peer_paths], state.peer_port))
+        else:
+            sock.connect((state.peer_addr, state.peer_port))
     except OSError as e:
         raise RepairError(f"repaired connect to [{state.peer_addr}]:{state.peer_port}: "
                           f"{e.strerror}") from e
     if not keep_repair:
         resume(sock)
+
+
+def _packed_addrs(addrs: list[str], port: int) -> bytes:
+    """Addresses as sctp_connectx() takes them: sockaddr_in/_in6 back to back."""
+    out = b""
+    for addr in addrs:
+        ss = abi.tuple_to_sockaddr(addr, port)
+        out += bytes(ss)[:16 if ss.ss_family == socket.AF_INET else 28]
+    return out

@@ -151,18 +151,48 @@ def _unpack_addrs(raw: bytes, count: int) -> list[tuple[str, int]]:
     return out
 
 
+# The kernel answers ENOMEM when the buffer cannot hold every address; grow
+# it up to this many addresses (a sockaddr_in6 each).
+MAX_ADDRS = 4096
+
+
+def sctp_addrs(sock: socket.socket, opt: int) -> list[tuple[str, int]]:
+    """SCTP_GET_LOCAL_ADDRS / SCTP_GET_PEER_ADDRS of a one-to-one socket, all of them.
+
+    Read through libc: CPython's getsockopt refuses buffers over 1024 bytes,
+    which is 36 IPv6 addresses.
+    """
+    count = 16
+    while True:
+        try:
+            # The length the kernel reports leaves out the 8-byte header
+            # (a known quirk it keeps for compatibility): take the buffer whole.
+            raw = getsockopt_raw(sock, abi.SOL_SCTP, opt, 8 + 28 * count, whole=True)
+            break
+        except OSError as exc:
+            if exc.errno != errno.ENOMEM or count >= MAX_ADDRS:
+                raise
+            count *= 4
+    _, num = struct.unpack_from("=iI", raw)
+    return _unpack_addrs(raw[8:], num)
+
+
 def local_addrs(sock: socket.socket) -> list[tuple[str, int]]:
-    """Addresses the socket is bound to (the endpoint's, or its association's)."""
-    try:
-        raw = sock.getsockopt(abi.SOL_SCTP, abi.SCTP_GET_LOCAL_ADDRS, 8 + 28 * 64)
-    except OSError:
-        raw = b""
-    if len(raw) >= 8:
-        _, count = struct.unpack_from("=iI", raw)
-        if count:
-            return _unpack_addrs(raw[8:], count)
+    """Addresses the socket is bound to (the endpoint's, or its association's).
+
+    A socket bound to the wildcard address keeps it (the kernel would list
+    every address of the host instead); an unbound one has none.
+    """
     name = sock.getsockname()
-    return [(name[0], name[1])] if name[1] else []
+    if not name[1]:
+        return []
+    if ipaddress.ip_address(name[0].split("%")[0]).is_unspecified:
+        return [(name[0], name[1])]
+    try:
+        addrs = sctp_addrs(sock, abi.SCTP_GET_LOCAL_ADDRS)
+    except OSError as exc:
+        raise SetupError(f"SCTP_GET_LOCAL_ADDRS: {exc.strerror}") from exc
+    return addrs or [(name[0], name[1])]
 
 
 def read_setup(sock: socket.socket) -> SocketSetup:
@@ -173,7 +203,7 @@ def read_setup(sock: socket.socket) -> SocketSetup:
                         local_addrs=local_addrs(sock))
     for level, opt, size in CARRIED:
         try:
-            setup.options.append((level, opt, _getsockopt_zeroed(sock, level, opt, size)))
+            setup.options.append((level, opt, getsockopt_raw(sock, level, opt, size)))
         except OSError as exc:
             if exc.errno not in (errno.ENOPROTOOPT, errno.EINVAL):
                 raise SetupError(f"getsockopt({level}, {opt}): {exc.strerror}") from exc
@@ -193,14 +223,20 @@ def read_setup(sock: socket.socket) -> SocketSetup:
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _getsockopt_zeroed(sock: socket.socket, level: int, opt: int, size: int) -> bytes:
-    """getsockopt into a zeroed buffer: bytes the kernel leaves alone read as 0."""
+def getsockopt_raw(sock: socket.socket, level: int, opt: int, size: int,
+                   whole: bool = False) -> bytes:
+    """getsockopt into a zeroed buffer of any size, through libc.
+
+    Bytes the kernel leaves alone read as 0; unlike socket.getsockopt there
+    is no 1024-byte limit. ``whole``: the buffer whatever length the kernel
+    reports.
+    """
     buf = ctypes.create_string_buffer(size)
     length = ctypes.c_uint32(size)
     if _libc.getsockopt(sock.fileno(), level, opt, buf, ctypes.byref(length)):
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
-    return buf.raw[:length.value]
+    return buf.raw if whole else buf.raw[:length.value]
 
 
 def _getsockopt_in(sock: socket.socket, level: int, opt: int, value: ctypes.Structure) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import socket
+import struct
 from dataclasses import dataclass, field
 
 from . import abi
@@ -22,6 +24,10 @@ SCALARS = (
     "hbinterval", "sackdelay", "max_retrans", "pathmaxrxt", "pathmtu",
 )
 
+# A peer announces its addresses in INIT/INIT-ACK; more than this in a saved
+# state is not something a peer sent but a hostile image.
+MAX_PEER_PATHS = 64
+
 
 @dataclass
 class Stream:
@@ -35,6 +41,8 @@ class AssocState:
     local_port: int = 0
     peer_addr: str = ""
     peer_port: int = 0
+    family: int = 0                  # of the saved socket; 0: from local_addr
+    peer_paths: list[str] = field(default_factory=list)  # other peer addresses
     my_vtag: int = 0
     peer_vtag: int = 0
     my_initial_tsn: int = 0
@@ -82,9 +90,11 @@ class AssocState:
         if outcnt != sra.sra_outstreams or incnt != sra.sra_instreams:
             raise ValueError(f"stream counts disagree: assoc {sra.sra_outstreams}/"
                              f"{sra.sra_instreams}, streams {outcnt}/{incnt}")
-        entries = [Stream(*abi.REPAIR_STREAM.unpack_from(
-            streams, abi.REPAIR_STREAMS_HDR.size + i * abi.REPAIR_STREAM.size))
-            for i in range(outcnt + incnt)]
+        entries = [Stream(mid, mid_uo) for mid, mid_uo in abi.REPAIR_STREAM.iter_unpack(
+            streams[abi.REPAIR_STREAMS_HDR.size:
+                    abi.REPAIR_STREAMS_HDR.size + (outcnt + incnt) * abi.REPAIR_STREAM.size])]
+        if len(entries) != outcnt + incnt:
+            raise ValueError(f"{len(entries)} stream entries for {outcnt + incnt} streams")
         st.out_streams, st.in_streams = entries[:outcnt], entries[outcnt:]
         return st
 
@@ -98,18 +108,19 @@ class AssocState:
             setattr(sra, "sra_" + name, getattr(self, name))
         sra.sra_outstreams = len(self.out_streams)
         sra.sra_instreams = len(self.in_streams)
-        streams = bytearray(abi.REPAIR_STREAMS_HDR.pack(len(self.out_streams),
-                                                        len(self.in_streams), 0))
-        for s in self.out_streams + self.in_streams:
-            streams += abi.REPAIR_STREAM.pack(s.mid, s.mid_uo)
-        return sra, bytes(streams)
+        every = self.out_streams + self.in_streams
+        streams = abi.REPAIR_STREAMS_HDR.pack(len(self.out_streams), len(self.in_streams), 0)
+        streams += struct.pack(f"={2 * len(every)}I",
+                               *[v for s in every for v in (s.mid, s.mid_uo)])
+        return sra, streams
 
     # --- protobuf ---------------------------------------------------------------
 
     def to_proto(self) -> pb.SctpAssocState:
         msg = pb.SctpAssocState(kernel_size=self.kernel_size, local_addr=self.local_addr,
                                 local_port=self.local_port, peer_addr=self.peer_addr,
-                                peer_port=self.peer_port,
+                                peer_port=self.peer_port, family=self.family,
+                                peer_paths=self.peer_paths,
                                 **{name: getattr(self, name) for name in SCALARS})
         msg.out_streams.extend(pb.SctpStream(mid=s.mid, mid_uo=s.mid_uo)
                                for s in self.out_streams)
@@ -121,7 +132,8 @@ class AssocState:
     def from_proto(cls, msg: pb.SctpAssocState) -> AssocState:
         return cls(kernel_size=msg.kernel_size, local_addr=msg.local_addr,
                    local_port=msg.local_port, peer_addr=msg.peer_addr,
-                   peer_port=msg.peer_port,
+                   peer_port=msg.peer_port, family=msg.family,
+                   peer_paths=list(msg.peer_paths),
                    out_streams=[Stream(s.mid, s.mid_uo) for s in msg.out_streams],
                    in_streams=[Stream(s.mid, s.mid_uo) for s in msg.in_streams],
                    **{name: getattr(msg, name) for name in SCALARS})
@@ -149,14 +161,19 @@ class AssocState:
     def check(self) -> AssocState:
         """``self`` when every field fits the kernel structure; ValueError otherwise."""
         import ipaddress
-        for name in ("local_addr", "peer_addr"):
-            v = getattr(self, name)
+        if self.family not in (0, socket.AF_INET, socket.AF_INET6):  # 0: unset
+            raise ValueError(f"family {self.family!r:.20} is neither AF_INET nor AF_INET6")
+        if len(self.peer_paths) > MAX_PEER_PATHS:
+            raise ValueError(f"{len(self.peer_paths)} peer paths, at most {MAX_PEER_PATHS}")
+        addrs = [("local_addr", self.local_addr), ("peer_addr", self.peer_addr),
+                 *(("peer path", v) for v in self.peer_paths)]
+        for what, v in addrs:
             try:
                 if not isinstance(v, str):
                     raise ValueError
                 ipaddress.ip_address(v)
             except ValueError:
-                raise ValueError(f"{name} {v!r:.60} is not an IP address") from None
+                raise ValueError(f"{what} {v!r:.60} is not an IP address") from None
         widths = {f[0][4:]: ctypes.sizeof(f[1]) for f in abi.SctpRepairAssoc._fields_}
         for name in ("local_port", "peer_port") + SCALARS:
             v, top = getattr(self, name), (1 << 8 * widths.get(name, 2)) - 1

@@ -18,13 +18,19 @@ dump
                 is still at its fd, nothing is read again here; when only
                 contexts changed, only they are (gtp_util.dump.refresh);
                 otherwise everything is.
+                When CRIU was told the netns is external (runc, Podman: a netns
+                given by path), CRIU dumps none of it: the snapshot then also
+                holds the SGi masquerade and the forwarding sysctls, and the
+                devices stay in place.
   rollback      (the source goes on running: failed dump or --leave-running)
                 re-create what the snapshot holds and is missing, bound again
                 to the live task's sockets.
 restore
   post-restore  (tasks restored, not running) re-create the devices bound to
                 the restored task's sockets (same fd numbers), the PDP contexts
-                and routes. A failure aborts the restore.
+                and routes (and, from an external netns's snapshot, the
+                masquerade and sysctls) in the restored task's netns, whoever
+                made it. A failure aborts the restore.
 """
 
 from __future__ import annotations
@@ -98,6 +104,19 @@ def bind_pid_for(snap, init_pid: int | None) -> int | None:
                       "found in the restored tree (a PID namespace?): cannot bind the devices")
 
 
+def external_netns(ctx) -> bool:
+    """True when CRIU was told the tree's netns is external (``--external net[INO]:KEY``,
+    what runc does for a netns given by path): CRIU neither dumps nor restores its links,
+    addresses, routes or netfilter rules, and the restore joins a netns someone else made."""
+    if ctx.netns_path is None:
+        return False
+    try:
+        ino = os.stat(ctx.netns_path).st_ino
+    except OSError:
+        return False
+    return any(e.startswith(f"net[{ino}]") for e in ctx.options.get("external", ()))
+
+
 def _summary(snap) -> str:
     return (f"{len(snap.devices)} device(s) ({', '.join(d.name for d in snap.devices)}), "
             f"{snap.n_contexts} PDP context(s), {len(snap.routes)} route(s)")
@@ -120,7 +139,8 @@ class GtpPlugin(Plugin):
 
     def pre_dump(self, ctx) -> None:
         # Only a process that lives on to network-lock can use what is read here.
-        if not ctx.resident or ctx.netns_path is None:
+        # An external netns is read whole at network-lock (NAT included).
+        if not ctx.resident or ctx.netns_path is None or external_netns(ctx):
             return
         g = _gtp()
         self._take_base()
@@ -165,8 +185,12 @@ class GtpPlugin(Plugin):
     def network_lock(self, ctx) -> None:
         g = _gtp()
         path = ctx.image_path(IMAGE)
+        external = external_netns(ctx)
         try:
-            snap, fresh = self._snapshot(ctx)
+            if external:  # nobody restores the masquerade and sysctls but us
+                snap, fresh = g.take_snapshot(ctx.netns_path, with_nat=True), False
+            else:
+                snap, fresh = self._snapshot(ctx)
         except g.GtpError as exc:
             raise PluginError(f"cannot read the gtp state of {ctx.netns_path}: {exc}") from exc
         if not snap.devices:
@@ -182,6 +206,10 @@ class GtpPlugin(Plugin):
         g.save(snap, path)
         ctx.state["saved"] = True
         ctx.state["dump_init_pid"] = ctx.init_pid
+        if external:  # CRIU does not dump this netns: the devices can stay (no blip)
+            ctx.log.info(f"saved {_summary(snap)}, {len(snap.nat_rules)} NAT rule(s) of an "
+                         "external netns; devices left in place")
+            return
         try:
             if fresh:  # ifindexes known good (the watch saw no link change): no lookup
                 g.delete_links(ctx.netns_path, [d.ifindex for d in snap.devices])

@@ -133,6 +133,28 @@ def test_a_change_after_pre_dump_means_a_full_read_in_the_freeze(kernel, tmp_pat
     assert kernel.calls[1][2] == {"with_nat": False}
 
 
+def test_external_netns_snapshot_holds_nat_and_leaves_the_devices(kernel, tmp_path):
+    """runc's --external net[INO]:extRootNetNS: CRIU dumps none of the netns, so the
+    snapshot carries the masquerade and nothing is removed (nothing to roll back)."""
+    s = session(tmp_path, "dump")
+    ino = os.stat(f"/proc/{os.getpid()}/ns/net").st_ino
+    s.options["external"] = [f"net[{ino}]:extRootNetNS"]
+    s.run("pre-dump")
+    s.run("network-lock")
+    assert kernel.calls == [("snapshot", f"/proc/{os.getpid()}/ns/net", {"with_nat": True})]
+    assert gtp_util.load(str(tmp_path / "criu-ext-gtp.img")).nat_rules == snap().nat_rules
+    assert not s.state["gtp"].get("removed")
+    s.run("network-unlock")  # a failed dump: the devices never left
+    assert [c[0] for c in kernel.calls] == ["snapshot"]
+
+
+def test_another_netns_external_is_not_ours(kernel, tmp_path):
+    s = session(tmp_path, "dump")
+    s.options["external"] = ["net[1]:other", "veth[eth0]:x@br0"]
+    s.run("network-lock")
+    assert [c[0] for c in kernel.calls] == ["snapshot", "remove"]
+
+
 def test_script_mode_reads_everything_at_network_lock(kernel, tmp_path):
     s = Session("dump", str(tmp_path), [GtpPlugin()], "script", Log(level=0))
     s.init_pid = os.getpid()

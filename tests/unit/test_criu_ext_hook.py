@@ -221,7 +221,7 @@ def test_a_corrupt_session_file_gets_one_line(content, env):
 @pytest.mark.parametrize("make,says", [
     (lambda run: os.chmod(run, 0o777), "writable by group or others"),
     (lambda run: (os.rename(run, run + ".real"), os.symlink(run + ".real", run)),
-     "is not a directory"),
+     "is a symbolic link, not a directory"),
 ])
 def test_an_unsafe_run_directory_is_refused(make, says, env):
     run = env["CRIU_EXT_RUN_DIR"]

@@ -101,7 +101,7 @@ def test_run_directory_checks(tmp_path):
         rundir.existing_session(base, 1234)
     os.rmdir(s)
     os.symlink(str(tmp_path), s)
-    with pytest.raises(rundir.RunDirError, match="not a directory"):
+    with pytest.raises(rundir.RunDirError, match="symbolic link, not a directory"):
         rundir.existing_session(base, 1234)
 
 

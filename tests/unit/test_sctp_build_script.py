@@ -21,13 +21,30 @@ def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
                           env={**os.environ, **(env or {})}, timeout=120)
 
 
+COVER = "0000-cover-letter.patch"
+
+
 def test_series_lists_every_patch_in_order():
     series = (REPO / "kernel-patches" / "series").read_text().split()
-    patches = sorted(p.name for p in (REPO / "kernel-patches").glob("0*.patch"))
+    patches = sorted(p.name for p in (REPO / "kernel-patches").glob("0*.patch")
+                     if p.name != COVER)
     assert series == patches
     for name in series:
         text = (REPO / "kernel-patches" / name).read_text()
         assert text.startswith("From ") and "\nSigned-off-by: " in text, name
+
+
+def test_cover_letter_names_every_patch():
+    # git am cannot apply a cover letter (it has no diff): it is not in series.
+    cover = (REPO / "kernel-patches" / COVER).read_text()
+    series = (REPO / "kernel-patches" / "series").read_text().split()
+    assert f"[PATCH 0/{len(series)}]" in cover
+    assert "*** SUBJECT HERE ***" not in cover and "*** BLURB HERE ***" not in cover
+    for name in series:
+        subject = next(line for line in (REPO / "kernel-patches" / name).read_text().splitlines()
+                       if line.startswith("Subject: "))
+        title = subject.split("] ", 1)[1]
+        assert title.split()[0] in cover and title[:40] in cover.replace("\n ", " "), name
 
 
 def test_fragment_lines_are_config_assignments():

@@ -6,6 +6,8 @@ from __future__ import annotations
 import ctypes
 import errno
 import shutil
+import socket
+import struct
 import subprocess
 from pathlib import Path
 
@@ -52,7 +54,7 @@ def test_option_numbers_follow_the_last_stock_one():
     assert (abi.SCTP_REPAIR, abi.SCTP_REPAIR_ASSOC, abi.SCTP_REPAIR_STREAMS) == (134, 135, 136)
 
 
-@pytest.mark.parametrize("addr", ["10.1.2.3", "fd00::17", "::ffff:a00:1"])
+@pytest.mark.parametrize("addr", ["10.1.2.3", "fd00::17", "::ffff:10.0.0.1"])
 def test_sockaddr_round_trip(addr):
     assert abi.sockaddr_to_tuple(abi.tuple_to_sockaddr(addr, 2905)) == (addr, 2905)
 
@@ -78,6 +80,38 @@ def test_protobuf_round_trip():
     st = sample()
     assert AssocState.from_bytes(st.to_bytes()) == st
     assert st.to_proto().out_streams[2].mid == 65535
+    st.family, st.peer_paths = socket.AF_INET6, ["fd00::3", "::ffff:10.0.0.9"]
+    assert AssocState.from_bytes(st.to_bytes()) == st
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"family": 1}, "family 1 is neither"),
+    ({"peer_paths": ["10.0.0.9", "10.0.0.9; reboot"]}, "peer path .* is not an IP"),
+    ({"peer_paths": ["10.0.0.1"] * 65}, "65 peer paths, at most 64"),
+])
+def test_saved_family_and_peer_paths_are_checked(change, message):
+    st = sample()
+    for name, value in change.items():
+        setattr(st, name, value)
+    with pytest.raises(ValueError, match=message):
+        AssocState.from_bytes(st.to_bytes())
+
+
+def test_family_is_the_saved_sockets():
+    st = sample()
+    assert repair.family_of(st) == socket.AF_INET          # older states: from the address
+    st.local_addr = "::ffff:10.0.0.1"                       # an IPv6 socket, IPv4 peer
+    assert repair.family_of(st) == socket.AF_INET6
+    st.local_addr, st.family = "10.0.0.1", socket.AF_INET6  # mapping turned off
+    assert repair.family_of(st) == socket.AF_INET6
+
+
+def test_connectx_addresses_are_packed_back_to_back():
+    raw = repair._packed_addrs(["10.0.0.2", "fd00::2"], 5000)
+    assert len(raw) == 16 + 28
+    assert struct.unpack_from("=H", raw, 0)[0] == socket.AF_INET
+    assert struct.unpack_from("=H", raw, 16)[0] == socket.AF_INET6
+    assert struct.unpack_from("!H", raw, 18)[0] == 5000
 
 
 def test_show_prints_a_saved_state(tmp_path):
@@ -86,6 +120,7 @@ def test_show_prints_a_saved_state(tmp_path):
     result = CliRunner().invoke(cli.main, ["show", str(path)])
     assert result.exit_code == 0, result.output
     assert "[10.0.0.1]:36412" in result.output
+    assert "peer   [fd00::2]:5000\n" in result.output
     assert "PRSCTP,ECN" in result.output
     assert "out 2: next 65535" in result.output
     result = CliRunner().invoke(cli.main, ["show", "--json", str(path)])

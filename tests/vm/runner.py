@@ -33,7 +33,10 @@ REPO = Path(__file__).resolve().parents[2]
 STOCK_KERNEL_GLOB = "vmlinuz-*-amd64"
 CACHE = Path(os.environ.get("CRIU_EXT_CACHE", "/var/cache/criu-ext"))
 GUEST_UP = "criu-ext-vm: guest up"
-MODULES = ("gtp", "sctp", "sctp_diag", "tun", "veth", "bridge")
+# Loaded at boot; CRIU_EXT_VM_MODULES (space-separated) replaces the list, e.g. to
+# leave sctp out and insmod one built elsewhere (a loaded sctp cannot be removed).
+MODULES = tuple(os.environ.get("CRIU_EXT_VM_MODULES",
+                               "gtp sctp sctp_diag tun veth bridge").split())
 TIERS = {"vm": "vm", "repair": "repair"}
 
 
@@ -98,8 +101,32 @@ def pytest_command(tier: str, pytest_args: list[str], junit: Path | None) -> lis
     return [str(REPO / ".venv/bin/python"), "-m", "pytest"] + args
 
 
-def guest_script(command: list[str]) -> str:
-    """The shell script the guest runs: load modules, then ``command`` in the repository."""
+def stage_kernel_files(kernel: Path) -> Path | None:
+    """Copy the headers and selftests that kernel-patches/build.sh keeps beside
+    ``kernel`` to ``out/kernel-files`` in the repository, or None if it has none.
+
+    The guest sees the repository, but not the kernel cache: virtme-ng mounts
+    a tmpfs over /var/cache.
+    """
+    src = kernel.parent
+    if not (src / "selftests").is_dir():
+        return None
+    dest = REPO / "out" / "kernel-files"
+    shutil.rmtree(dest, ignore_errors=True)
+    for part in ("selftests", "usr"):
+        if (src / part).is_dir():
+            shutil.copytree(src / part, dest / part)
+    return dest
+
+
+def guest_script(command: list[str], kernel: Path | None = None,
+                 kernel_files: Path | None = None) -> str:
+    """The shell script the guest runs: load modules, then ``command`` in the repository.
+
+    ``CRIU_EXT_KERNEL`` tells the tests which image the guest booted;
+    ``CRIU_EXT_KERNEL_FILES`` where its headers and selftests are (see
+    :func:`stage_kernel_files`), empty for a kernel without them.
+    """
     mods = " ".join(MODULES)
     return f"""\
 echo "{GUEST_UP} $(uname -r)"
@@ -111,6 +138,8 @@ if [ -d "/lib/modules/$(uname -r)" ]; then
 fi
 cd {shlex.quote(str(REPO))}
 export CRIU_EXT_VM=1 PYTHONDONTWRITEBYTECODE=1 PATH={shlex.quote(str(REPO / '.venv/bin'))}:$PATH
+export CRIU_EXT_KERNEL={shlex.quote(str(kernel or ''))}
+export CRIU_EXT_KERNEL_FILES={shlex.quote(str(kernel_files or ''))}
 {' '.join(map(shlex.quote, command))}
 rc=$?
 sleep 1  # let the last output cross the virtio console before the guest powers off
@@ -140,7 +169,7 @@ def run(kernel: Path, command: list[str], *, timeout: float, memory: str = "2G",
     env = dict(os.environ, PATH=f"{REPO / '.venv/bin'}:{os.environ.get('PATH', '')}")
     with tempfile.NamedTemporaryFile("w", prefix="criu-ext-guest-", suffix=".sh",
                                      dir="/tmp", delete=False) as f:
-        f.write(guest_script(command))
+        f.write(guest_script(command, kernel, stage_kernel_files(kernel)))
         script = Path(f.name)
     cmd = vng_command(kernel, script, kvm=kvm, memory=memory, cpus=cpus)
     print(f"criu-ext-vm: booting {kernel} ({'KVM' if kvm else 'software emulation'}), "
