@@ -16,7 +16,7 @@ from pathlib import Path
 from scenario.fabric import Fabric
 from scenario.functions import Hss, Mme, Spgw
 from scenario.hosts import Hosts
-from scenario.migration import Migration, migrate, migrate_cli
+from scenario.migration import migrate_cli
 
 MME_NOTE = ("not migrated: this kernel has no SCTP repair mode, which carrying established "
             "SCTP associations needs; scripts/migrate boots the kernel built from "
@@ -37,12 +37,9 @@ def recover(fn, since: float, timeout: float = 60.0) -> float:
                        f"{fn.diagnose()}\n{fn.fabric.diagnose()}")
 
 
-def migrate_once(fn, fabric: Fabric, workdir: Path, moves: int = 1,
-                 hosts: Hosts | None = None) -> dict:
-    """Start ``fn`` on host A, migrate it ``moves`` times (A -> B, B -> A, ...), stop it.
-
-    With ``hosts``: through ``criu-ext migrate`` / ``criu-ext receive`` (separate
-    processes, one per host); without: dump, tar, restore in this process (the MME).
+def migrate_once(fn, hosts: Hosts, moves: int = 1) -> dict:
+    """Start ``fn`` on host A, migrate it ``moves`` times (A -> B, B -> A, ...), stop it,
+    through ``criu-ext migrate`` / ``criu-ext receive`` (separate processes, one per host).
     """
     pid = fn.start()
     recover(fn, time.monotonic())
@@ -50,21 +47,14 @@ def migrate_once(fn, fabric: Fabric, workdir: Path, moves: int = 1,
     t_start = time.monotonic()
     done = []
     src, dst = "a", "b"
-    for n in range(moves):
-        m: Migration
-        if hosts is not None:
-            m = migrate_cli(hosts, fn.ns, fn.name, pid, fn.links, src, dst,
-                            tcp_established=fn.tcp_established)
-            pid = m.ns_pid if m.ns_pid is not None else m.pid
-        else:
-            m = migrate(fabric, fn.ns, fn.name, pid, fn.links, src, dst, workdir / f"move{n + 1}",
+    for _ in range(moves):
+        m = migrate_cli(hosts, fn.ns, fn.name, pid, fn.links, src, dst,
                         tcp_established=fn.tcp_established)
-            pid = m.pid
+        pid = m.ns_pid
         fn.pid = m.pid
         back = recover(fn, m.t_restored)
-        pre = "" if m.pre_copy_rounds is None else \
-            f"{m.pre_copy_rounds} pre-copy round(s), frozen {m.frozen_s:.2f} s, "
-        say(f"{fn.name}:   host {src.upper()} -> {dst.upper()}: {pre}checkpoint "
+        say(f"{fn.name}:   host {src.upper()} -> {dst.upper()}: {m.pre_copy_rounds} pre-copy "
+            f"round(s), frozen {m.frozen_s:.2f} s, checkpoint "
             f"{m.checkpoint_s:.2f} s, transfer {m.transfer_s:.2f} s, restore {m.restore_s:.2f} s, "
             f"image {m.image_bytes / 1e6:.1f} MB, peers served again {back:.2f} s after it")
         done.append(m)
@@ -93,12 +83,11 @@ def migrate_function(name: str, make, workdir: Path, repeat: int, moves: int = 1
         fabric = Fabric(name).start()
         hosts = None
         try:
-            if name != "mme":  # the MME: see scenario.migration
-                hosts = Hosts(fabric, rep / "hosts")
+            hosts = Hosts(fabric, rep / "hosts")
             fn = make(fabric, rep)
             note = fn.note
             say(f"{name}: repetition {r + 1}/{repeat} ({note})")
-            res = migrate_once(fn, fabric, rep, moves, hosts)
+            res = migrate_once(fn, hosts, moves)
         finally:
             if hosts is not None:
                 hosts.close()
