@@ -9,19 +9,38 @@ import sys
 import click
 
 
-def tls_options(f):
-    opts = [
-        click.option("--tls-cacert", required=True, type=click.Path(dir_okay=False),
-                     help="CA certificate (PEM) that signed the other end's certificate"),
-        click.option("--tls-cert", required=True, type=click.Path(dir_okay=False),
-                     help="this end's certificate (PEM); the receiver's must name the "
-                          "address the source dials"),
-        click.option("--tls-key", required=True, type=click.Path(dir_okay=False),
-                     help="this end's private key (PEM)"),
-    ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
+def _stacked(opts):
+    def apply(f):
+        for o in reversed(opts):
+            f = o(f)
+        return f
+    return apply
+
+
+tls_options = _stacked([
+    click.option("--tls-cacert", required=True, type=click.Path(dir_okay=False),
+                 help="CA certificate (PEM) that signed the other end's certificate"),
+    click.option("--tls-cert", required=True, type=click.Path(dir_okay=False),
+                 help="this end's certificate (PEM); the receiver's must name the "
+                      "address the source dials"),
+    click.option("--tls-key", required=True, type=click.Path(dir_okay=False),
+                 help="this end's private key (PEM)"),
+])
+
+
+def criu_options(at: str, other_end: str):
+    """The options both ends share: plugins, CRIU binary and log level, patience."""
+    return _stacked([
+        click.option("--plugins", "plugin_spec", envvar="CRIU_EXT_PLUGINS", metavar="SPEC",
+                     help=f"plugins at {at} (default: every default plugin; "
+                          "env CRIU_EXT_PLUGINS)"),
+        click.option("--criu", "criu_bin", default="criu", show_default=True, envvar="CRIU",
+                     metavar="PATH", help="the CRIU binary (env CRIU)"),
+        click.option("-v", "--log-level", type=click.IntRange(0, 4), default=2,
+                     show_default=True, help="CRIU's log level"),
+        click.option("--timeout", type=click.FloatRange(1), default=300, show_default=True,
+                     help=f"seconds to wait for the {other_end} at any step"),
+    ])
 
 
 def host_port(text: str, what: str, any_port: bool = False) -> tuple[str, int]:
@@ -52,13 +71,7 @@ def _tls(cacert, cert, key):
 @click.option("--tcp-established", is_flag=True, help="CRIU --tcp-established (both ends)")
 @click.option("--shell-job", is_flag=True, help="CRIU --shell-job (both ends)")
 @click.option("--external", multiple=True, metavar="RES", help="CRIU --external at dump (repeatable)")
-@click.option("--plugins", "plugin_spec", envvar="CRIU_EXT_PLUGINS", metavar="SPEC",
-              help="plugins at dump (default: every default plugin; env CRIU_EXT_PLUGINS)")
-@click.option("--criu", "criu_bin", default="criu", show_default=True, envvar="CRIU")
-@click.option("-v", "--log-level", type=click.IntRange(0, 4), default=2, show_default=True,
-              help="CRIU's log level")
-@click.option("--timeout", type=click.FloatRange(1), default=300, show_default=True,
-              help="seconds to wait for the receiver at any step")
+@criu_options("dump", "receiver")
 @click.option("--work-dir", type=click.Path(file_okay=False, exists=True),
               help="where the source's image directories go (default: $TMPDIR)")
 @click.option("--dry-run", is_flag=True,
@@ -120,13 +133,7 @@ def migrate(pid, dest, tls_cacert, tls_cert, tls_key, no_pre_copy, max_rounds, m
               type=click.Path(file_okay=False), help="where incoming images go (removed after)")
 @click.option("--external", multiple=True, metavar="RES",
               help="CRIU --external at restore, e.g. 'veth[eth0]:fn-eth0@br0' (repeatable)")
-@click.option("--plugins", "plugin_spec", envvar="CRIU_EXT_PLUGINS", metavar="SPEC",
-              help="plugins at restore (default: every default plugin; env CRIU_EXT_PLUGINS)")
-@click.option("--criu", "criu_bin", default="criu", show_default=True, envvar="CRIU")
-@click.option("-v", "--log-level", type=click.IntRange(0, 4), default=2, show_default=True,
-              help="CRIU's log level")
-@click.option("--timeout", type=click.FloatRange(1), default=300, show_default=True,
-              help="seconds to wait for the source at any step")
+@criu_options("restore", "source")
 @click.option("--port-file", type=click.Path(dir_okay=False),
               help="write the listening port here once listening")
 @click.option("--keep-going", is_flag=True, help="serve migrations until killed (default: one)")

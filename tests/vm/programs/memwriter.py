@@ -12,9 +12,10 @@ restore that lost one, gives FAIL.
 
 import hashlib
 import os
-import signal
 import sys
 import time
+
+from zdtm import Wake, publish
 
 PAGE = 4096
 out = sys.argv[1]
@@ -30,22 +31,11 @@ def base(p: int) -> bytes:
 
 buf = bytearray(b"".join(base(p) for p in range(npages)))
 stamps = [0] * npages
-with open(out + ".expect.tmp", "w") as f:
-    f.write(f"{seed.hex()} {npages}\n")
-os.rename(out + ".expect.tmp", out + ".expect")
-
-woken = False
-
-
-def wake(signum, frame):
-    global woken
-    woken = True
-
-
-signal.signal(signal.SIGUSR1, wake)
+wake = Wake()
+publish(out + ".expect", f"{seed.hex()} {npages}")
 total = 0
 cursor = 0
-while not woken:
+while not wake.woken:
     for _ in range(per_tick):
         p = cursor % npages
         cursor += 7  # co-prime with any power of two: every page gets its turn
@@ -60,6 +50,4 @@ for p in range(npages):
         page = stamps[p].to_bytes(8, "little") + page[8:]
     if buf[p * PAGE:(p + 1) * PAGE] != page:
         bad += 1
-with open(out + ".result.tmp", "w") as f:
-    f.write(f"{'PASS' if not bad else 'FAIL'} {seed.hex()} {npages} {total} {bad}\n")
-os.rename(out + ".result.tmp", out + ".result")
+publish(out + ".result", f"{'PASS' if not bad else 'FAIL'} {seed.hex()} {npages} {total} {bad}")
