@@ -18,6 +18,9 @@ COMMANDS = {
     "plugins": "criu_ext.plugins_cmd:plugins",
     "show": "criu_ext.show_cmd:show",
     "hook-script": "criu_ext.hook_script_cmd:hook_script",
+    "migrate": "criu_ext.migrate_cmd:migrate",
+    "receive": "criu_ext.migrate_cmd:receive",
+    "tls-init": "criu_ext.migrate_cmd:tls_init",
 }
 
 

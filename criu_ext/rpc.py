@@ -56,6 +56,7 @@ class Options:
     external: list[str] = field(default_factory=list)
     config_file: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    page_server: tuple[str, int] | None = None  # (address, port): memory goes there
 
 
 @dataclass
@@ -126,19 +127,22 @@ def build_opts(o: Options, images_fd: int, work_fd: int | None, log_name: str) -
         opts.config_file = o.config_file
     for k, v in o.extra.items():
         set_opt(opts, k, v)
+    if o.page_server is not None:
+        opts.ps.address, opts.ps.port = o.page_server
     return opts
 
 
 class Swrk:
     """One ``criu swrk`` child talking SOCK_SEQPACKET with us."""
 
-    def __init__(self, criu: str = "criu") -> None:
+    def __init__(self, criu: str = "criu", quiet: bool = False) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.sk = ours
         try:
             self.proc = subprocess.Popen([criu, "swrk", str(theirs.fileno())],
                                          pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL, close_fds=True)
+                                         stdout=subprocess.DEVNULL, close_fds=True,
+                                         stderr=subprocess.DEVNULL if quiet else None)
         except OSError as exc:
             ours.close()
             raise CriuError(f"cannot start {criu} swrk: {exc}") from exc

@@ -21,7 +21,7 @@ def main() -> None:
               help="directory for results.json and timeline.json")
 @click.option("--ues", type=click.IntRange(1, 100_000), default=200, show_default=True,
               help="UEs (PDP contexts) on the SPGW, each pinging every 100 ms")
-@click.option("--repeat", "-r", type=click.IntRange(1, 50), default=5, show_default=True,
+@click.option("--repeat", "-r", type=click.IntRange(1, 50), default=3, show_default=True,
               help="migrations per function, each of a freshly started function, host A -> B")
 @click.option("--subscribers", type=click.IntRange(1, 10_000_000), default=100_000,
               show_default=True, help="subscribers in the HSS's in-memory database")

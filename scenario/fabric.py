@@ -16,6 +16,8 @@ reaching it through the switch, as in a data-centre fabric.
 
 from __future__ import annotations
 
+import hashlib
+
 from lab.netns import NetnsSet, sh
 
 HOST_ADDR = {"a": "172.30.0.1", "b": "172.30.0.2"}
@@ -41,7 +43,11 @@ class Fabric:
 
     @staticmethod
     def _bridge(ns: str) -> None:
-        sh("ip", "-n", ns, "link", "add", BRIDGE, "type", "bridge")
+        # A bridge without an address of its own takes its lowest port's, so a function's
+        # veth joining or leaving (a migration) changed the host's MAC under the other
+        # host's ARP cache, and connections to it timed out: give it a fixed one.
+        mac = "02:" + ":".join(f"{b:02x}" for b in hashlib.sha256(ns.encode()).digest()[:5])
+        sh("ip", "-n", ns, "link", "add", BRIDGE, "address", mac, "type", "bridge")
         sh("ip", "-n", ns, "link", "set", BRIDGE, "up")
 
     @staticmethod

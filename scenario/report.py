@@ -16,6 +16,8 @@ METRICS = (
     ("transfer_s", "transfer", 1.0, "s"),
     ("restore_s", "restore", 1.0, "s"),
     ("total_s", "total migration", 1.0, "s"),
+    ("pre_copy_rounds", "pre-copy rounds", 1.0, ""),
+    ("frozen_s", "frozen (source)", 1.0, "s"),
     ("downtime_s", "downtime (peers)", 1.0, "s"),
     ("image_bytes", "image size", 1e-6, "MB"),
     ("srt_s", "UE service recovery", 1.0, "s"),
@@ -51,8 +53,10 @@ def summarize(runs: list[dict]) -> dict:
     return out
 
 
-def _num(value: float, scale: float) -> str:
+def _num(value: float, scale: float, unit: str = "s") -> str:
     v = value * scale
+    if not unit:  # a count
+        return f"{v:g}"
     return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
 
 
@@ -76,8 +80,9 @@ def table(fn: str, summary: dict, note: str = "") -> str:
         s = summary.get(key)
         if s is None:
             continue
-        rows.append(f"  {label + ' (' + unit + ')':<26}"
-                    + "".join(f"{_num(s[k], scale):>10}" for k in ("min", "median", "max"))
+        name = f"{label} ({unit})" if unit else label
+        rows.append(f"  {name:<26}"
+                    + "".join(f"{_num(s[k], scale, unit):>10}" for k in ("min", "median", "max"))
                     + f"   {_paper(fn, key, scale)}")
     return "\n".join(rows)
 

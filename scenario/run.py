@@ -15,7 +15,8 @@ from pathlib import Path
 
 from scenario.fabric import Fabric
 from scenario.functions import Hss, Mme, Spgw
-from scenario.migration import migrate
+from scenario.hosts import Hosts
+from scenario.migration import migrate_cli
 
 MME_NOTE = ("not migrated: this kernel has no SCTP repair mode, which carrying established "
             "SCTP associations needs; scripts/migrate boots the kernel built from "
@@ -36,20 +37,24 @@ def recover(fn, since: float, timeout: float = 60.0) -> float:
                        f"{fn.diagnose()}\n{fn.fabric.diagnose()}")
 
 
-def migrate_once(fn, fabric: Fabric, workdir: Path, moves: int = 1) -> dict:
-    """Start ``fn`` on host A, migrate it ``moves`` times (A -> B, B -> A, ...), stop it."""
+def migrate_once(fn, hosts: Hosts, moves: int = 1) -> dict:
+    """Start ``fn`` on host A, migrate it ``moves`` times (A -> B, B -> A, ...), stop it,
+    through ``criu-ext migrate`` / ``criu-ext receive`` (separate processes, one per host).
+    """
     pid = fn.start()
     recover(fn, time.monotonic())
     time.sleep(1.0)  # a steady state before the first freeze
     t_start = time.monotonic()
     done = []
     src, dst = "a", "b"
-    for n in range(moves):
-        m = migrate(fabric, fn.ns, fn.name, pid, fn.links, src, dst, workdir / f"move{n + 1}",
-                    tcp_established=fn.tcp_established)
-        pid = fn.pid = m.pid
+    for _ in range(moves):
+        m = migrate_cli(hosts, fn.ns, fn.name, pid, fn.links, src, dst,
+                        tcp_established=fn.tcp_established)
+        pid = m.ns_pid
+        fn.pid = m.pid
         back = recover(fn, m.t_restored)
-        say(f"{fn.name}:   host {src.upper()} -> {dst.upper()}: checkpoint "
+        say(f"{fn.name}:   host {src.upper()} -> {dst.upper()}: {m.pre_copy_rounds} pre-copy "
+            f"round(s), frozen {m.frozen_s:.2f} s, checkpoint "
             f"{m.checkpoint_s:.2f} s, transfer {m.transfer_s:.2f} s, restore {m.restore_s:.2f} s, "
             f"image {m.image_bytes / 1e6:.1f} MB, peers served again {back:.2f} s after it")
         done.append(m)
@@ -61,6 +66,7 @@ def migrate_once(fn, fabric: Fabric, workdir: Path, moves: int = 1) -> dict:
         run = {"from": m.src, "to": m.dst, "checkpoint_s": m.checkpoint_s,
                "transfer_s": m.transfer_s, "restore_s": m.restore_s, "total_s": m.total_s,
                "image_bytes": m.image_bytes, "plugin_frozen_s": m.plugin_frozen_s,
+               "pre_copy_rounds": m.pre_copy_rounds, "frozen_s": m.frozen_s,
                "t_dump_start": round(m.t_dump_start - t_start, 3),
                "t_restored": round(m.t_restored - t_start, 3)}
         run.update(fn.figures(m))
@@ -75,12 +81,16 @@ def migrate_function(name: str, make, workdir: Path, repeat: int, moves: int = 1
         rep = workdir / f"rep{r + 1}"
         rep.mkdir(parents=True)
         fabric = Fabric(name).start()
+        hosts = None
         try:
+            hosts = Hosts(fabric, rep / "hosts")
             fn = make(fabric, rep)
             note = fn.note
             say(f"{name}: repetition {r + 1}/{repeat} ({note})")
-            res = migrate_once(fn, fabric, rep, moves)
+            res = migrate_once(fn, hosts, moves)
         finally:
+            if hosts is not None:
+                hosts.close()
             fabric.cleanup()
         runs += [dict(run, rep=r + 1) for run in res["runs"]]
         peers.append(res["peers"])

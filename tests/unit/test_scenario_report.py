@@ -34,6 +34,15 @@ def test_table_puts_the_paper_figures_beside_ours():
     assert "UE service recovery" in text and "1.4 - 2.3" in text
 
 
+def test_table_counts_pre_copy_rounds_and_shows_the_frozen_time():
+    runs = [{"pre_copy_rounds": 2, "frozen_s": 1.25}, {"pre_copy_rounds": 3, "frozen_s": 1.75}]
+    lines = table("hss", summarize(runs)).splitlines()
+    rounds = next(line for line in lines if line.strip().startswith("pre-copy rounds"))
+    assert rounds.split() == ["pre-copy", "rounds", "2", "2.5", "3", "-"]
+    frozen = next(line for line in lines if "frozen" in line)
+    assert frozen.split() == ["frozen", "(source)", "(s)", "1.250", "1.500", "1.750", "-"]
+
+
 def test_json_carries_runs_summary_and_paper():
     doc = json.loads(report_json({"hss": {"runs": [{"total_s": 4.0}], "note": "x"}}))
     assert doc["hss"]["summary"]["total_s"]["median"] == 4.0

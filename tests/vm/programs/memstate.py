@@ -11,32 +11,20 @@ with the same token.
 
 import hashlib
 import os
-import signal
 import sys
 import time
+
+from zdtm import Wake, publish
 
 out = sys.argv[1]
 token = os.urandom(16).hex()
 data = bytearray(os.urandom(4 << 20))
 digest = hashlib.sha256(data).hexdigest()
-with open(out + ".expect.tmp", "w") as f:
-    f.write(f"{token} {digest}\n")
-os.rename(out + ".expect.tmp", out + ".expect")
-
-woken = False
-
-
-def wake(signum, frame):
-    global woken
-    woken = True
-
-
-signal.signal(signal.SIGUSR1, wake)
+wake = Wake()
+publish(out + ".expect", f"{token} {digest}")
 ticks = 0
-while not woken:
+while not wake.woken:
     ticks += 1
     time.sleep(0.01)
 ok = hashlib.sha256(data).hexdigest() == digest
-with open(out + ".result.tmp", "w") as f:
-    f.write(f"{'PASS' if ok else 'FAIL'} {token} {digest} {ticks}\n")
-os.rename(out + ".result.tmp", out + ".result")
+publish(out + ".result", f"{'PASS' if ok else 'FAIL'} {token} {digest} {ticks}")

@@ -1,0 +1,278 @@
+"""``criu-ext receive``: accept one authenticated migration, restore it with the plugins.
+
+One connection at a time. A peer whose certificate our CA did not sign (or
+that shows none) is refused at the TLS handshake, in one line, and the
+receiver waits for the next one. An authenticated source then drives the
+session (see source.py for the order of messages):
+
+* ``page-server N``: a round directory (``N``, ``parent`` -> ``../N-1``) and a
+  ``criu page-server`` on this end of the connection, TLS with our certificate;
+* ``round-done N``: that page server must have ended well;
+* ``file``: one image of the final dump (bounded, plain names, no links);
+* ``restore``: CRIU restores the final directory through RPC with the plugins
+  (criu_ext.rpc, as ``criu-ext restore``); at ``post-restore`` (the tasks are
+  restored, not running) the ``handoff`` step tells the source ``ready`` and
+  waits for ``commit``: without it the restore is aborted (CRIU kills the
+  restored tasks, their namespace goes), so the task never runs on both hosts.
+
+Whatever fails, the session directory is removed and the error goes back to
+the source. Directories left by a receiver that was killed are removed by the
+next one (``owner`` file: its PID).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import ssl
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from criu_ext.migrate import wire
+from criu_ext.migrate.pagesrv import PageServer, round_dir
+from criu_ext.migrate.tls import TlsFiles
+from criu_ext.plugin import Log, PluginError, select
+from procns.files import read_text, write_atomic
+
+DEFAULT_BUDGET = 4 << 30  # bytes of non-page images one migration may send
+
+
+@dataclass
+class ReceiveConfig:
+    listen: tuple[str, int]
+    tls: TlsFiles
+    work_dir: str
+    external: list[str] = field(default_factory=list)
+    plugin_spec: str | None = None
+    criu: str = "criu"
+    timeout: float = 300.0  # a source silent this long is gone
+    budget: int = DEFAULT_BUDGET
+    log_level: int = 2
+
+
+class ReceiveFailed(Exception):
+    """A migration failed on this end; ``phase`` names where."""
+
+    def __init__(self, phase: str, reason: str) -> None:
+        super().__init__(f"failed at {phase}: {reason}")
+        self.phase = phase
+        self.reason = reason
+
+
+class Handoff:
+    """The last step of the restore (a plugin of our own): at ``post-restore``,
+    tell the source the task is ready and wait for its ``commit``."""
+
+    name = "migrate-handoff"
+    order = 100_000  # after every other plugin's post-restore
+    images = ()
+    default = False
+
+    def __init__(self, chan: wire.Channel, t0: float) -> None:
+        self.chan = chan
+        self.t0 = t0
+        self.ready_at: float | None = None
+
+    def post_restore(self, ctx) -> None:
+        self.ready_at = time.monotonic()
+        try:
+            self.chan.send("ready", restore_s=round(self.ready_at - self.t0, 6))
+            self.chan.recv("commit")
+        except wire.ProtocolError as exc:
+            raise PluginError(f"no commit from the source ({exc}): restore abandoned") from None
+
+
+class Session:
+    """One migration on the receiving side."""
+
+    def __init__(self, cfg: ReceiveConfig, chan: wire.Channel, addr: str, log: Log) -> None:
+        self.cfg, self.chan, self.addr, self.log = cfg, chan, addr, log
+        self.dir = os.path.join(cfg.work_dir, f"session-{uuid.uuid4().hex[:12]}")
+        self.round = 0
+        self.ps: PageServer | None = None
+        self.budget = cfg.budget
+        self.phase = "hello"
+        self.result: dict = {}
+
+    def run(self) -> dict:
+        hello = self.chan.recv("hello")
+        if hello.get("version") != wire.VERSION:
+            raise wire.PeerFailed("hello", f"protocol version {hello.get('version')!r}, "
+                                  f"this receiver speaks {wire.VERSION}")
+        self.hello = hello
+        if hello.get("dry_run"):
+            from criu_ext.migrate.checks import check_end
+
+            needs = [str(n)[:32] for n in hello.get("needs", []) if isinstance(n, str)][:8]
+            report = check_end(needs, self.cfg.plugin_spec)
+            if not os.access(self.cfg.work_dir, os.W_OK):
+                report["ok"] = False
+                report["problems"].append(f"work directory {self.cfg.work_dir} is not writable")
+            self.chan.send("checked", **report)
+            return {"dry_run": True, **report}
+        plugins = select(self.cfg.plugin_spec, self.log)  # a bad selection fails now
+        for plugin in plugins:  # imports and first sockets now: the restore runs while
+            warm = getattr(plugin, "warm", None)  # the source is frozen
+            if callable(warm):
+                warm("restore")
+        os.makedirs(self.dir, 0o700)
+        write_atomic(os.path.join(self.dir, "owner"), f"{os.getpid()}\n")
+        self.chan.send("welcome", plugins=[p.name for p in plugins])
+        while True:
+            msg = self.chan.recv("page-server", "round-done", "file", "restore", "abort")
+            op = msg["op"]
+            if op == "page-server":
+                self.phase = "page server"
+                n = msg.get("round")
+                if n != self.round + 1:
+                    raise wire.ProtocolError(f"round {n!r} out of order (expected {self.round + 1})")
+                self.round = n
+                self.ps = PageServer(round_dir(self.dir, n), self.addr, self.cfg.tls,
+                                     self.cfg.criu)
+                self.log.info(f"round {n}: page server on port {self.ps.port}")
+                self.chan.send("listening", port=self.ps.port)
+            elif op == "round-done":
+                self.phase = f"pre-copy round {self.round}"
+                self._end_page_server()
+                self.chan.send("round-ok", round=self.round)
+            elif op == "file":
+                if self.phase != "transfer":
+                    self.log.info(f"round {self.round}: receiving images")
+                self.phase = "transfer"
+                if self.round == 0:
+                    raise wire.ProtocolError("a file before any round")
+                self.budget -= self.chan.recv_file(msg, os.path.join(self.dir, str(self.round)),
+                                                   self.budget)
+            elif op == "abort":
+                raise wire.PeerFailed("source", str(msg.get("reason", "aborted"))[:500])
+            else:
+                self.phase = "transfer"
+                self._end_page_server()
+                return self._restore(plugins)
+
+    def _end_page_server(self) -> None:
+        if self.ps is None:
+            raise wire.ProtocolError("no page server is running")
+        ps, self.ps = self.ps, None
+        ps.wait(self.cfg.timeout)
+
+    def _restore(self, plugins: list) -> dict:
+        from criu_ext import phases as ph
+        from criu_ext.criu_images import stats
+        from criu_ext.rpc import Options, run
+        from criu_ext.session import Session as PluginSession
+
+        self.phase = "restore"
+        self.chan.send("restoring")
+        self.log.info(f"restoring from round {self.round}")
+        images = os.path.join(self.dir, str(self.round))
+        t0 = time.monotonic()
+        handoff = Handoff(self.chan, t0)
+        session = PluginSession(ph.RESTORE, images, [*plugins, handoff], "rpc", self.log)
+        opts = Options(images_dir=images, tcp_established=bool(self.hello.get("tcp_established")),
+                       shell_job=bool(self.hello.get("shell_job")), external=list(self.cfg.external),
+                       log_file="restore.log", log_level=self.cfg.log_level)
+        res = run(ph.RESTORE, opts, session, self.cfg.criu)
+        pid = res.resp.restore.pid
+        self.phase = "resume"
+        late = [t for t in session.timings if not t["ok"]]
+        if late:  # after the commit: CRIU only logged it; the plugin killed what it restored
+            raise wire.PeerFailed("resume", f"plugin {late[0]['plugin']} failed at "
+                                  f"{late[0]['phase']} (restored PID {pid})")
+        plugin_s = sum(t["seconds"] for t in session.timings if t["plugin"] != handoff.name)
+        self.result = {"pid": pid, "restore_s": round(time.monotonic() - t0, 6),
+                       "plugin_s": round(plugin_s, 6),
+                       "criu_restore_s": stats(images).get("restore", {}).get("restore_time", 0) / 1e6}
+        self.log.info(f"restored: PID {pid} runs here")
+        self.chan.send("done", **self.result)
+        return self.result
+
+    def cleanup(self) -> None:
+        if self.ps is not None:
+            self.ps.kill()
+            self.ps = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def remove_stale(work_dir: str, log: Log) -> None:
+    """Session directories of receivers that are gone (killed): remove them."""
+    try:
+        entries = os.listdir(work_dir)
+    except FileNotFoundError:
+        return
+    for name in entries:
+        path = os.path.join(work_dir, name)
+        if not name.startswith("session-") or os.path.islink(path):
+            continue
+        try:
+            owner = int(read_text(os.path.join(path, "owner"), 32).strip())
+            os.kill(owner, 0)
+            continue  # its receiver still runs
+        except (OSError, ValueError):
+            pass
+        shutil.rmtree(path, ignore_errors=True)
+        log.info(f"removed {path}, left by a receiver that is gone")
+
+
+def serve(cfg: ReceiveConfig, log: Log, once: bool = True, ready=None) -> dict:
+    """Accept connections until one authenticated migration has ended (``once``).
+
+    Returns that session's result; raises wire.ProtocolError (or PeerFailed,
+    CriuError...) when it failed, after cleaning up. ``ready(port)`` is called
+    once listening.
+    """
+    cfg.tls.check()
+    os.makedirs(cfg.work_dir, 0o700, exist_ok=True)
+    remove_stale(cfg.work_dir, log)
+    ctx = cfg.tls.server_context()
+    family = socket.AF_INET6 if ":" in cfg.listen[0] else socket.AF_INET
+    lsk = socket.socket(family, socket.SOCK_STREAM)
+    lsk.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lsk.bind(cfg.listen)
+    lsk.listen(4)
+    if ready:
+        ready(lsk.getsockname()[1])
+    try:
+        while True:
+            conn, peer = lsk.accept()
+            conn.settimeout(30)
+            try:
+                tconn = ctx.wrap_socket(conn, server_side=True)
+            except (ssl.SSLError, OSError) as exc:
+                conn.close()
+                log.error(f"refused {peer[0]}:{peer[1]}: {_tls_reason(exc)}")
+                continue
+            tconn.settimeout(cfg.timeout)
+            chan = wire.Channel(tconn)
+            session = Session(cfg, chan, tconn.getsockname()[0], log)
+            try:
+                result = session.run()
+            except Exception as exc:
+                session.cleanup()
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                if not isinstance(exc, wire.PeerFailed) or exc.phase != "source":
+                    try:
+                        chan.send("error", phase=session.phase, reason=reason)
+                    except wire.ProtocolError:
+                        pass
+                chan.close()
+                if once:
+                    raise ReceiveFailed(session.phase, reason) from exc
+                log.error(f"migration from {peer[0]} failed at {session.phase}: {reason}")
+                continue
+            if not result.get("dry_run"):
+                shutil.rmtree(session.dir, ignore_errors=True)
+            chan.close()
+            if once:
+                return result
+    finally:
+        lsk.close()
+
+
+def _tls_reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed: {getattr(exc, 'reason', None) or exc}"
+    return f"connection failed before TLS was up: {exc}"
+

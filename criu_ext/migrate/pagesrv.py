@@ -1,0 +1,158 @@
+"""CRIU's page server (destination) and pre-dump rounds through RPC (source).
+
+Each round has a directory on both ends (``1``, ``2``, ... ``N``), each with a
+``parent`` link to the previous round (``../N-1``): CRIU's pre-dump and dump
+look for the parent's inventory on the source (PID reuse check) and the page
+server looks for the parent's pagemap on the destination (pages not dirtied
+since are recorded as "in parent"). The restore reads the chain.
+
+The page server speaks TLS with the migration certificates. It checks the
+dumper's certificate against the CA but not its name (``--tls-no-cn-verify``):
+CRIU 3.17 checks a client's name against the server's own listening address.
+The dumper does check the page server's name (the address it dials).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import pycriu.rpc_pb2 as rpc
+
+from criu_ext.migrate.tls import TlsFiles
+from criu_ext.rpc import CriuError, Options, Swrk, build_opts
+from procns.files import MiB, read_bytes
+
+PR_SET_PDEATHSIG = 1
+LOG_LIMIT = 256 * MiB  # a CRIU log larger than this is not searched for its last error
+
+
+def round_dir(work: str, n: int) -> str:
+    """Directory of round ``n`` under ``work``, made with its ``parent`` link."""
+    path = os.path.join(work, str(n))
+    os.mkdir(path, 0o700)
+    if n > 1:
+        os.symlink(f"../{n - 1}", os.path.join(path, "parent"))
+    return path
+
+
+def last_error(log: str) -> str:
+    """CRIU's last ``Error`` line in ``log`` (the log goes with a failed session)."""
+    try:
+        text = read_bytes(log, LOG_LIMIT).decode("utf-8", errors="replace")
+    except OSError:  # gone, a link, or larger than any log of ours
+        return ""
+    lines = [ln.strip() for ln in text.splitlines() if "Error" in ln]
+    return lines[-1][:300] if lines else ""
+
+
+def _die_with_parent() -> None:
+    # a receiver killed with SIGKILL must not leave a page server listening
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _free_port(addr: str) -> int:
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((addr, 0))
+        return s.getsockname()[1]
+
+
+def _listening(pid: int, port: int) -> bool:
+    """Does ``pid``'s netns have a TCP listener on ``port``? (/proc/PID/net/tcp, tcp6)"""
+    for name in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{pid}/net/{name}", encoding="ascii") as f:
+                next(f)
+                for line in f:
+                    cols = line.split()
+                    if cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                        return True
+        except (FileNotFoundError, StopIteration):
+            continue
+    return False
+
+
+class PageServer:
+    """One ``criu page-server`` serving one dumper connection into ``images_dir``."""
+
+    def __init__(self, images_dir: str, addr: str, tls: TlsFiles, criu: str = "criu",
+                 timeout: float = 60.0) -> None:
+        self.images_dir = images_dir
+        self.port = _free_port(addr)
+        self.log = os.path.join(images_dir, "page-server.log")
+        argv = [criu, "page-server", "-D", images_dir, "--address", addr, "--port",
+                str(self.port), "-o", self.log, "-v2", *tls.criu_args(), "--tls-no-cn-verify"]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, close_fds=True,
+                                     preexec_fn=_die_with_parent)
+        end = time.monotonic() + timeout
+        while not _listening(self.proc.pid, self.port):
+            if self.proc.poll() is not None:
+                raise CriuError(f"criu page-server exited ({self.proc.returncode}) before "
+                                f"listening: {last_error(self.log)}", 0, self.log)
+            if time.monotonic() > end:
+                self.kill()
+                raise CriuError(f"criu page-server not listening after {timeout:.0f} s", 0,
+                                self.log)
+            time.sleep(0.02)
+
+    def wait(self, timeout: float = 60.0) -> None:
+        """The dumper has disconnected: the page server must end with status 0."""
+        try:
+            status = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise CriuError(f"criu page-server did not finish within {timeout:.0f} s; "
+                            f"see {self.log}", 0, self.log) from None
+        if status:
+            raise CriuError(f"criu page-server failed (status {status}): "
+                            f"{last_error(self.log)}", 0, self.log)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def page_server_opts(o: Options, addr: str, port: int, tls: TlsFiles, parent: int | None) -> None:
+    """Point a dump or pre-dump at the destination's page server, memory tracked."""
+    o.extra.update(tls.criu_opts())
+    o.extra["track_mem"] = True
+    if parent:
+        o.extra["parent_img"] = f"../{parent}"
+    o.page_server = (addr, port)
+
+
+def pre_dump(o: Options, criu: str = "criu") -> float:
+    """One ``criu pre-dump`` round (task running; memory to the page server); seconds."""
+    images_fd = os.open(o.images_dir, os.O_DIRECTORY | os.O_RDONLY)
+    try:
+        opts = build_opts(o, images_fd, None, o.log_file or "pre-dump.log")
+        opts.notify_scripts = False  # pre-dump runs no scripts; nothing to answer
+        req = rpc.criu_req(type=rpc.PRE_DUMP)
+        req.opts.CopyFrom(opts)
+        swrk = Swrk(criu, quiet=True)  # it complains when we hang up after one request
+        t0 = time.perf_counter()
+        try:
+            swrk.send(req)
+            resp = swrk.recv()
+        except OSError as exc:
+            resp = None
+            err = str(exc)
+        else:
+            err = ""
+        seconds = time.perf_counter() - t0
+        swrk.close()
+    finally:
+        os.close(images_fd)
+    log = os.path.join(o.images_dir, o.log_file or "pre-dump.log")
+    if resp is None or not resp.success:
+        msg = (resp.cr_errmsg.strip() if resp is not None else "") or err or \
+            "criu swrk ended without an answer"
+        raise CriuError(f"pre-dump failed: {msg}; see {log}", 0, log)
+    return seconds

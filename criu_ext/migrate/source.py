@@ -1,0 +1,317 @@
+"""``criu-ext migrate``: move a task tree to a receiver, pre-copying its memory.
+
+Order of the conversation (destination.py has the other side):
+
+1. TLS handshake (mutual: our certificate and the receiver's, one CA), ``hello``.
+2. Pre-copy, while the tasks run: for each round N, ``page-server N`` (the
+   receiver starts ``criu page-server`` in its round directory and answers its
+   port), ``criu pre-dump`` here with the page server and ``--track-mem``
+   (round N > 1: parent ../N-1, only pages dirtied since go), ``round-done``.
+   policy.next_round decides when to stop.
+3. Final dump through RPC with the plugins (criu_ext.rpc, as ``criu-ext dump``),
+   memory to one more page server. At ``post-dump`` (tasks frozen, every image
+   written) the ``handoff`` step sends the other images as files, asks for the
+   restore and waits for ``ready`` (the destination restored the tasks, not yet
+   running), then sends ``commit`` and lets CRIU kill the source tasks.
+   Any failure up to ``ready`` fails post-dump: CRIU unlocks the network, the
+   plugins roll back, the tasks run on here with all their state.
+4. ``done`` from the destination: the task runs there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import ssl
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+from criu_ext import phases as ph
+from criu_ext.criu_images import stats
+from criu_ext.migrate import wire
+from criu_ext.migrate.pagesrv import page_server_opts, pre_dump, round_dir
+from criu_ext.migrate.policy import Policy, next_round
+from criu_ext.migrate.report import Progress, Report, Round
+from criu_ext.migrate.tls import TlsError, TlsFiles
+from criu_ext.plugin import Log, PluginError, select
+from criu_ext.rpc import CriuError, Options, run
+from criu_ext.session import Session
+
+
+class MigrationFailed(Exception):
+    """The migration stopped at ``phase``; the source tasks run on (unless ``phase`` is
+    after the commit, which the message then says)."""
+
+    def __init__(self, phase: str, reason: str) -> None:
+        super().__init__(f"failed at {phase}: {reason}")
+        self.phase = phase
+        self.reason = reason
+
+
+@dataclass
+class MigrateConfig:
+    pid: int
+    dest: tuple[str, int]
+    tls: TlsFiles
+    pre_copy: bool = True
+    policy: Policy = field(default_factory=Policy)
+    tcp_established: bool = False
+    shell_job: bool = False
+    external: list[str] = field(default_factory=list)
+    plugin_spec: str | None = None
+    criu: str = "criu"
+    log_level: int = 2
+    timeout: float = 300.0
+    work_dir: str | None = None  # parent of the source's round directories (default: TMPDIR)
+    keep: bool = False  # keep the source's directories (logs) after a success
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def connect(cfg: MigrateConfig) -> wire.Channel:
+    """TCP then mutual TLS to the receiver; refusals in one line."""
+    host, port = cfg.dest
+    try:
+        ctx = cfg.tls.client_context()
+    except TlsError as exc:
+        raise MigrationFailed("connect", str(exc)) from None
+    try:
+        raw = socket.create_connection((host, port), timeout=30)
+    except OSError as exc:
+        raise MigrationFailed("connect", f"cannot reach {host}:{port}: {exc.strerror or exc}") from None
+    try:
+        sock = ctx.wrap_socket(raw, server_hostname=host)
+    except ssl.SSLCertVerificationError as exc:
+        raw.close()
+        raise MigrationFailed("connect", f"{host}:{port} refused: its certificate is not "
+                              f"acceptable ({exc.verify_message})") from None
+    except (ssl.SSLError, OSError) as exc:
+        raw.close()
+        raise MigrationFailed("connect", f"{host}:{port} refused the TLS handshake "
+                              f"({getattr(exc, 'reason', None) or exc}): is our certificate "
+                              "signed by its CA?") from None
+    sock.settimeout(cfg.timeout)
+    return wire.Channel(sock)
+
+
+class Handoff:
+    """The source's last step (a plugin of our own), at ``post-dump``: images over,
+    restore on the destination up to ``ready``, then ``commit``."""
+
+    name = "migrate-handoff"
+    order = 100_000  # after every other plugin's post-dump
+    images = ()
+    default = False
+
+    def __init__(self, chan: wire.Channel, rep: Report, progress: Progress) -> None:
+        self.chan, self.rep, self.progress = chan, rep, progress
+        self.session: Session | None = None
+        self.phase = "final dump"
+        self.committed = False
+
+    def post_dump(self, ctx) -> None:
+        t0 = time.monotonic()
+        try:
+            self.phase = "transfer"
+            self.progress.phase("transfer: images")
+            if self.session is not None:
+                self.session.write_manifest()  # the restore reads which plugins wrote images
+            for name in sorted(os.listdir(ctx.images_dir)):
+                path = os.path.join(ctx.images_dir, name)
+                if name == "parent" or name.endswith(".log") or not os.path.isfile(path) \
+                        or os.path.islink(path):
+                    continue
+                self.chan.send_file(path, name)
+            self.chan.send("restore")
+            self.chan.recv("restoring")  # every image arrived, the last page server ended well
+            t1 = time.monotonic()
+            self.rep.times["transfer"] = t1 - t0
+            self.phase = "restore"
+            self.progress.phase("restore on the destination")
+            ready = self.chan.recv("ready")
+            self.rep.times["restore_until_ready"] = time.monotonic() - t1
+            self.rep.times["dest_restore_until_ready"] = float(ready.get("restore_s", 0.0))
+            self.phase = "commit"
+            self.chan.send("commit")
+            self.committed = True
+        except wire.PeerFailed as exc:
+            raise PluginError(f"the destination failed at {exc.phase}: {exc.reason}") from None
+        except wire.ProtocolError as exc:
+            raise PluginError(f"{exc}") from None
+
+
+def _pre_dump_round(cfg: MigrateConfig, chan: wire.Channel, work: str, n: int,
+                    progress: Progress) -> Round:
+    """Round ``n``: a page server there, ``criu pre-dump`` here into it."""
+    progress.phase(f"pre-copy round {n}: page server")
+    chan.send("page-server", round=n)
+    port = int(chan.recv("listening")["port"])
+    images = round_dir(work, n)
+    o = Options(images_dir=images, pid=cfg.pid, log_file="pre-dump.log",
+                log_level=cfg.log_level, shell_job=cfg.shell_job)
+    page_server_opts(o, cfg.dest[0], port, cfg.tls, n - 1 if n > 1 else None)
+    progress.phase(f"pre-copy round {n}: pre-dump")
+    seconds = pre_dump(o, cfg.criu)
+    chan.send("round-done", round=n)
+    chan.recv("round-ok")
+    st = stats(images).get("dump", {})
+    return Round(n, "pre-dump", int(st.get("pages_written", 0)), seconds,
+                 st.get("frozen_time", 0) / 1e6)
+
+
+def _pre_copy(cfg: MigrateConfig, chan: wire.Channel, work: str, rep: Report,
+              progress: Progress) -> int:
+    """Pre-dump rounds while the tasks run; returns the number of rounds taken."""
+    pages: list[int] = []
+    n = 0
+    while True:
+        decision = next_round(pages, cfg.policy)
+        if not decision.again:
+            rep.stop_reason = decision.reason
+            return n
+        n += 1
+        phase = f"pre-copy round {n}"
+        try:
+            r = _pre_dump_round(cfg, chan, work, n, progress)
+        except wire.PeerFailed as exc:
+            raise MigrationFailed(phase, f"the destination failed at {exc.phase}: "
+                                  f"{exc.reason}") from None
+        except wire.ProtocolError as exc:
+            raise MigrationFailed(phase, str(exc)) from None
+        except CriuError as exc:
+            raise MigrationFailed(phase, _one_line(exc)) from None
+        rep.rounds.append(r)
+        progress.round(r)
+        pages.append(r.pages)
+
+
+def migrate(cfg: MigrateConfig, log: Log, progress: Progress | None = None) -> Report:
+    """Move the tree; returns the report (``ok``) or raises MigrationFailed."""
+    progress = progress or Progress(enabled=False)
+    rep = Report(source_pid=cfg.pid, pre_copy=cfg.pre_copy)
+    t_start = time.monotonic()
+    try:
+        cfg.tls.check()
+    except TlsError as exc:
+        raise MigrationFailed("connect", str(exc)) from None
+    if not os.path.exists(f"/proc/{cfg.pid}"):
+        raise MigrationFailed("connect", f"no process with PID {cfg.pid}")
+    try:
+        plugins = select(cfg.plugin_spec, log)
+    except PluginError as exc:
+        raise MigrationFailed("connect", str(exc)) from None
+    progress.phase(f"connecting to {cfg.dest[0]}:{cfg.dest[1]}")
+    chan = connect(cfg)
+    work = tempfile.mkdtemp(prefix="criu-ext-migrate-", dir=cfg.work_dir)
+    phase = "hello"
+    ok = False
+    try:
+        chan.send("hello", version=wire.VERSION, pid=cfg.pid, pre_copy=cfg.pre_copy,
+                  tcp_established=cfg.tcp_established, shell_job=cfg.shell_job)
+        chan.recv("welcome")
+        rep.times["connect"] = time.monotonic() - t_start
+        t1 = time.monotonic()
+        n = 0
+        if cfg.pre_copy:
+            phase = "pre-copy"
+            n = _pre_copy(cfg, chan, work, rep, progress)
+        else:
+            rep.stop_reason = "no pre-copy"
+        rep.times["pre_copy"] = time.monotonic() - t1
+        phase = "final dump"
+        progress.phase("final dump: page server")
+        chan.send("page-server", round=n + 1)
+        port = int(chan.recv("listening")["port"])
+        images = round_dir(work, n + 1)
+        o = Options(images_dir=images, pid=cfg.pid, tcp_established=cfg.tcp_established,
+                    shell_job=cfg.shell_job, external=list(cfg.external), log_file="dump.log",
+                    log_level=cfg.log_level)
+        page_server_opts(o, cfg.dest[0], port, cfg.tls, n if n else None)
+        handoff = Handoff(chan, rep, progress)
+        session = Session(ph.DUMP, images, [*plugins, handoff], "rpc", log)
+        handoff.session = session
+        progress.phase("final dump: tasks frozen")
+        t2 = time.monotonic()
+        try:
+            res = run(ph.DUMP, o, session, cfg.criu)
+        except CriuError as exc:
+            failure = exc.plugin_failure
+            if failure is not None and failure.plugin == handoff.name:
+                phase = handoff.phase
+                raise MigrationFailed(phase, failure.message) from None
+            raise MigrationFailed("final dump", _one_line(exc)) from None
+        t3 = time.monotonic()
+        st = stats(images).get("dump", {})
+        rep.rounds.append(Round(n + 1, "dump", int(st.get("pages_written", 0)),
+                                res.seconds, st.get("frozen_time", 0) / 1e6))
+        phase = "resume"
+        done = chan.recv("done")
+        t4 = time.monotonic()
+        rep.dest_pid = int(done["pid"])
+        rep.times.update({
+            "final_dump": t3 - t2,
+            "frozen": t4 - t2,  # from the final dump's request to the task running there
+            "criu_frozen": st.get("frozen_time", 0) / 1e6,
+            "dest_restore": float(done.get("restore_s", 0.0)),
+            "dest_criu_restore": float(done.get("criu_restore_s", 0.0)),
+            "plugins_source": session.plugin_seconds() - sum(
+                t["seconds"] for t in session.timings if t["plugin"] == handoff.name),
+            "plugins_dest": float(done.get("plugin_s", 0.0)),
+            "total": t4 - t_start,
+        })
+        rep.control_bytes = chan.sent
+        rep.ok = ok = True
+        return rep
+    except wire.PeerFailed as exc:
+        raise MigrationFailed(f"{phase} (destination: {exc.phase})", exc.reason) from None
+    except wire.ProtocolError as exc:
+        if phase == "resume":
+            raise MigrationFailed("resume", f"{exc}: the source was ended after the "
+                                  "destination's ready; check the destination") from None
+        raise MigrationFailed(phase, str(exc)) from None
+    finally:
+        if not ok:
+            try:
+                chan.send("abort", reason="the source gave up")
+            except wire.ProtocolError:
+                pass
+        chan.close()
+        progress.done()
+        if ok and not cfg.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        elif not ok:
+            rep.error = f"source logs in {work}"
+
+
+def dry_run(cfg: MigrateConfig, log: Log) -> dict:
+    """Check both ends, change nothing: CRIU and the plugins here, what the tree needs,
+    the receiver's own checks (over the authenticated channel)."""
+    from criu_ext.migrate.checks import check_end, tree_needs
+
+    try:
+        needs = tree_needs(cfg.pid)
+    except OSError:
+        needs = []
+    here = check_end(needs, cfg.plugin_spec)
+    if not os.path.exists(f"/proc/{cfg.pid}"):
+        here["ok"] = False
+        here["problems"].append(f"no process with PID {cfg.pid}")
+    try:
+        chan = connect(cfg)
+    except MigrationFailed as exc:
+        return {"ok": False, "source": here, "destination": {"ok": False,
+                                                             "problems": [exc.reason]}}
+    try:
+        chan.send("hello", version=wire.VERSION, pid=cfg.pid, dry_run=True, needs=needs)
+        there = chan.recv("checked")
+        there.pop("op", None)
+    except wire.ProtocolError as exc:
+        there = {"ok": False, "problems": [str(exc)]}
+    finally:
+        chan.close()
+    return {"ok": bool(here["ok"] and there.get("ok")), "source": here, "destination": there}

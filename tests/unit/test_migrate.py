@@ -1,0 +1,222 @@
+"""criu_ext.migrate's pure parts on the host: the pre-copy policy, the control channel's
+framing and checks, the test PKI and mutual TLS (real openssl, real ssl), the report.
+The migrations themselves run in the VM (tests/vm/test_migrate.py)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import threading
+
+import pytest
+
+from criu_ext.migrate import wire
+from criu_ext.migrate.policy import Policy, next_round
+from criu_ext.migrate.report import Report, Round, summary
+from criu_ext.migrate.tls import TlsFiles, make_test_pki
+
+# -- policy ---------------------------------------------------------------------------------
+
+def test_policy_takes_a_first_round_and_goes_on_while_the_dirty_set_shrinks():
+    assert next_round([]).again
+    assert next_round([10000]).again
+    assert next_round([10000, 3000]).again
+    assert next_round([10000, 3000, 1000]).again
+
+
+def test_policy_stops_below_the_threshold():
+    d = next_round([10000, 63])
+    assert not d.again and "converged" in d.reason
+    assert next_round([10000, 64], Policy(min_pages=64)).again
+
+
+def test_policy_stops_when_the_dirty_set_stops_shrinking_or_grows():
+    d = next_round([10000, 2000, 1900])  # 95 % of the previous round: not worth another
+    assert not d.again and "stopped shrinking" in d.reason
+    d = next_round([10000, 2000, 2300])  # +15 %
+    assert not d.again and "grew" in d.reason
+    assert next_round([10000, 2000, 1700]).again  # 85 %: still shrinking
+
+
+def test_policy_bounds_the_rounds():
+    pages = [100000 // (2 ** i) for i in range(8)]
+    assert all(p >= 64 for p in pages)
+    d = next_round(pages, Policy(max_rounds=8))
+    assert not d.again and "8 rounds" in d.reason
+    assert not next_round([5000], Policy(max_rounds=1)).again
+
+
+def test_policy_refuses_nonsense():
+    with pytest.raises(ValueError):
+        Policy(max_rounds=0)
+    with pytest.raises(ValueError):
+        Policy(grow=0.5)
+
+
+# -- wire -----------------------------------------------------------------------------------
+
+@pytest.fixture
+def pair():
+    a, b = socket.socketpair()
+    ca, cb = wire.Channel(a), wire.Channel(b)
+    yield ca, cb
+    ca.close()
+    cb.close()
+
+
+def test_messages_round_trip_and_errors_become_peer_failed(pair):
+    a, b = pair
+    a.send("hello", version=1, pid=42)
+    assert b.recv("hello") == {"op": "hello", "version": 1, "pid": 42}
+    a.send("listening", port=1)
+    with pytest.raises(wire.ProtocolError, match="expected ready"):
+        b.recv("ready")
+    a.send("error", phase="restore", reason="plugin gtp failed")
+    with pytest.raises(wire.PeerFailed) as exc:
+        b.recv("done")
+    assert exc.value.phase == "restore" and "gtp" in exc.value.reason
+    assert a.sent > 0 and b.received == a.sent
+
+
+def test_an_oversized_or_malformed_message_is_refused(pair):
+    a, b = pair
+    a.sock.sendall((wire.MAX_MESSAGE + 1).to_bytes(4, "big"))
+    with pytest.raises(wire.ProtocolError, match="refused"):
+        b.recv()
+    a.sock.sendall((3).to_bytes(4, "big") + b"[1]")
+    with pytest.raises(wire.ProtocolError, match="no op"):
+        b.recv()
+
+
+def test_a_closed_channel_says_so(pair):
+    a, b = pair
+    a.sock.close()
+    with pytest.raises(wire.ProtocolError, match="closed"):
+        b.recv()
+
+
+def test_files_arrive_whole_and_bad_names_sizes_and_links_are_refused(pair, tmp_path):
+    a, b = pair
+    src = tmp_path / "core-1.img"
+    src.write_bytes(os.urandom(200_000))
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    t = threading.Thread(target=a.send_file, args=(str(src), "core-1.img"))
+    t.start()
+    msg = b.recv("file")
+    assert b.recv_file(msg, str(dst), 1 << 20) == 200_000
+    t.join()
+    assert (dst / "core-1.img").read_bytes() == src.read_bytes()
+    for name in ("../x", "a/b", "parent", ".hidden", "", "x" * 200):
+        with pytest.raises(wire.ProtocolError, match="refused"):
+            b.recv_file({"op": "file", "name": name, "size": 1}, str(dst), 10)
+    with pytest.raises(wire.ProtocolError, match="budget"):
+        b.recv_file({"op": "file", "name": "pages-1.img", "size": 11}, str(dst), 10)
+    (tmp_path / "victim").write_text("x")
+    os.symlink(tmp_path / "victim", dst / "link.img")
+    with pytest.raises(OSError):  # never through a link, never over a file
+        b.recv_file({"op": "file", "name": "link.img", "size": 0}, str(dst), 10)
+    with pytest.raises(OSError):
+        b.recv_file({"op": "file", "name": "core-1.img", "size": 0}, str(dst), 10)
+    assert (tmp_path / "victim").read_text() == "x"
+
+
+# -- TLS --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    good = make_test_pki(str(tmp_path_factory.mktemp("pki")),
+                         {"src": ["127.0.0.1"], "dst": ["127.0.0.1", "localhost"]})
+    other = make_test_pki(str(tmp_path_factory.mktemp("other")), {"mallory": ["127.0.0.1"]})
+    return good, other
+
+
+def _handshake(server: TlsFiles, client: TlsFiles, name: str = "127.0.0.1"):
+    """Mutual TLS over a socketpair: (server's error, client's error), None when fine."""
+    a, b = socket.socketpair()
+    errors: list = [None, None]
+
+    def serve():
+        try:
+            with server.server_context().wrap_socket(a, server_side=True) as s:
+                s.sendall(b"ok")
+        except (ssl.SSLError, OSError) as exc:
+            errors[0] = exc
+
+    t = threading.Thread(target=serve)
+    t.start()
+    try:
+        with client.client_context().wrap_socket(b, server_hostname=name) as c:
+            c.settimeout(10)
+            if c.recv(2) != b"ok":
+                errors[1] = "no data"
+    except (ssl.SSLError, OSError) as exc:
+        errors[1] = exc
+    t.join(10)
+    a.close()
+    b.close()
+    return errors
+
+
+def test_test_pki_files_and_key_modes(pki):
+    good, _ = pki
+    for f in good.values():
+        f.check()
+        assert os.stat(f.key).st_mode & 0o077 == 0
+    assert good["src"].criu_args()[:2] == ["--tls", "--tls-cacert"]
+    assert good["src"].criu_opts()["tls"] is True
+
+
+def test_mutual_tls_accepts_our_ca_and_refuses_a_stranger(pki):
+    good, other = pki
+    assert _handshake(good["dst"], good["src"]) == [None, None]
+    # a client with a certificate of another CA: the receiver refuses it
+    srv_err, _ = _handshake(good["dst"], TlsFiles(good["src"].cacert, other["mallory"].cert,
+                                                  other["mallory"].key))
+    assert isinstance(srv_err, ssl.SSLError)
+    # a receiver with a certificate of another CA: the source refuses it
+    _, cli_err = _handshake(TlsFiles(good["dst"].cacert, other["mallory"].cert,
+                                     other["mallory"].key), good["src"])
+    assert isinstance(cli_err, ssl.SSLCertVerificationError)
+    # the right CA but the wrong name: refused too
+    _, cli_err = _handshake(good["dst"], good["src"], name="10.9.9.9")
+    assert isinstance(cli_err, ssl.SSLCertVerificationError)
+
+
+def test_missing_files_are_named(tmp_path):
+    f = TlsFiles(str(tmp_path / "ca.pem"), str(tmp_path / "c.pem"), str(tmp_path / "k.pem"))
+    with pytest.raises(Exception, match="--tls-cacert .*ca.pem: not a regular file"):
+        f.check()
+
+
+# -- report -----------------------------------------------------------------------------------
+
+def test_report_json_counts_rounds_pages_and_bytes():
+    rep = Report(ok=True, source_pid=1, dest_pid=2, control_bytes=1000)
+    rep.rounds = [Round(1, "pre-dump", 1000, 1.0, 0.1), Round(2, "pre-dump", 100, 0.5, 0.1),
+                  Round(3, "dump", 10, 2.0, 1.5)]
+    rep.times = {"frozen": 2.5, "total": 5.0}
+    d = rep.to_json()
+    assert d["pre_copy_rounds"] == 2
+    assert d["pages_per_round"] == [1000, 100, 10]
+    assert d["bytes_sent"] == 1110 * 4096 + 1000
+    assert "2 pre-copy round(s), frozen 2.50 s" in summary(rep)
+
+
+# -- dry-run verdict ----------------------------------------------------------------------------
+
+def test_dry_run_verdict_counts_what_the_tree_needs():
+    from criu_ext.check import Finding
+    from criu_ext.migrate.checks import evaluate
+
+    found = [Finding("criu check", True, "Looks good."),
+             Finding("sctp repair mode", False, "no repair mode", required=False),
+             Finding("gtp", True, "ok")]
+    assert evaluate(found, [], None)["ok"]  # an optional miss the tree does not need
+    v = evaluate(found, ["sctp repair mode"], None)
+    assert not v["ok"] and v["problems"] == ["sctp repair mode: no repair mode"]
+    v = evaluate(found, ["sctp"], None)
+    assert v["problems"] == ["sctp: not probed here"]
+    v = evaluate([Finding("criu check", False, "vdso")], [], "nosuchplugin")
+    assert not v["ok"] and len(v["problems"]) == 2

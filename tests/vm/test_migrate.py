@@ -1,0 +1,222 @@
+"""`criu-ext migrate` and `criu-ext receive` between the two hosts of the scenario's fabric.
+
+Each end is a separate process on its host: host A is a network namespace in the
+VM's PID namespace, host B a network namespace with a PID and mount namespace of
+its own. CRIU restores a task with its PID, and the source keeps its task
+(frozen) until the destination has restored it: two hosts must not share PIDs.
+
+One fabric and one pair of hosts serve every case (module scope: each
+migration costs tens of seconds in the emulated VM, a boot and a fabric should
+not be paid per case):
+
+* a memory writer moved A -> B with pre-copy: more than one round, its memory
+  checked by itself (ZDTM style) on B;
+* the HSS (TCP, --tcp-established) through failures: a certificate of another CA,
+  the receiver killed during pre-copy, during the final transfer and during
+  restore, a plugin failing at restore. Each time the HSS runs on at A and its
+  client is answered, nothing is left on B; then it moves A -> B -> A;
+* the SPGW (gtp0, 50 UEs) moved A -> B -> A: every UE answered with its TEIDs.
+
+Figures go to out/migrate.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lab.files import record_json, wait_for
+from lab.procs import alive
+from scenario.fabric import BRIDGE, Fabric, outer_name
+from scenario.functions import Hss, Spgw
+from scenario.hosts import Hosts
+from scenario.run import recover
+
+pytestmark = pytest.mark.vm
+
+ROOT = Path(__file__).resolve().parents[2]
+PROGRAMS = Path(__file__).parent / "programs"
+RESULTS = ROOT / "out" / "migrate.json"
+UES = 50  # the gtp plugin's work grows with them; 200 cost minutes here, not coverage
+
+
+@pytest.fixture(scope="module")
+def hosts(tmp_path_factory):
+    fabric = Fabric("mg").start()
+    h = None
+    try:
+        h = Hosts(fabric, tmp_path_factory.mktemp("hosts"))
+        yield h
+    finally:
+        if h is not None:
+            h.close()
+        fabric.cleanup()
+
+
+def b_empty(hosts: Hosts, timeout: float = 30) -> None:
+    """Nothing runs on host B but its init (B's init reaps what was killed there)."""
+    end = time.monotonic() + timeout
+    while hosts.tasks_b() and time.monotonic() < end:
+        time.sleep(0.2)
+    assert hosts.tasks_b() == []
+
+
+def moved(hosts: Hosts, fn_ns: str | None, rx, rc: int, rep: dict, err: str) -> int:
+    """After a migration that must have worked: the receiver says where the task runs;
+    the function's netns name follows it. Returns the task's PID on the destination."""
+    if rc != 0:  # say why before waiting for a receiver that may wait on
+        rx.kill()
+        rx.wait()
+    assert rc == 0, (f"migrate: {err}\nreceiver: {hosts.log(rx)[-3000:]}"
+                     + (hosts.net_state() if "cannot reach" in err else ""))
+    out, rx_err = rx.communicate(timeout=120)
+    assert rx.returncode == 0, hosts.log(rx)[-3000:]
+    got = json.loads(out)
+    assert got["pid"] == rep["dest_pid"]
+    if fn_ns:
+        hosts.fabric.retire(fn_ns)
+        hosts.fabric.adopt(fn_ns, hosts.global_pid(rx.host, got["pid"]))
+    return got["pid"]
+
+
+def figures(rep: dict) -> dict:
+    return {k: rep[k] for k in ("pre_copy_rounds", "pages_per_round", "bytes_sent",
+                                "stop_reason")} | {"times": rep["times"]}
+
+
+def test_memory_writer_pre_copied(hosts, tmp_path):
+    out = tmp_path / "mem"
+    proc = subprocess.Popen(hosts.prefix("a") + [sys.executable, str(PROGRAMS / "memwriter.py"),
+                                                 str(out), "8", "40"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+    seed, npages = wait_for(Path(f"{out}.expect"), 120).split()
+    time.sleep(1)
+    rx = hosts.receiver("b", [])
+    rc, rep, err = hosts.migrate("a", proc.pid, rx)
+    pid = moved(hosts, None, rx, rc, rep, err)
+    assert pid == proc.pid  # CRIU keeps the PID (host B's own PID namespace)
+    assert proc.wait(timeout=30) == -signal.SIGKILL  # CRIU ended the source; reaped
+    assert rep["pre_copy_rounds"] >= 2, rep  # the writer keeps pages dirty: round 2
+    assert rep["pages_per_round"][0] > int(npages)  # round 1: all of its memory
+    # the writer checks every page on B and exits (B's init reaps it)
+    os.kill(hosts.global_pid("b", pid), signal.SIGUSR1)
+    verdict, token, pages, stamps, bad = wait_for(Path(f"{out}.result"), 120).split()
+    assert (verdict, token, pages) == ("PASS", seed, npages), f"{bad} pages differ"
+    assert int(stamps) > 0
+    b_empty(hosts)
+    record_json(RESULTS, "memwriter", {"a->b": figures(rep)})
+
+
+def _source_runs_on(hosts: Hosts, fn, pid: int, rx, rc: int, rep: dict, err: str,
+                    phase: str) -> None:
+    """A failed migration: one line naming the phase, the source serving, B empty."""
+    assert rc == 1, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("Error:")]
+    assert len(lines) == 1 and phase in lines[0], err
+    assert rep.get("failed_phase") and phase in rep["failed_phase"], rep
+    assert alive(pid)
+    recover(fn, time.monotonic(), timeout=60)
+    assert not fn.client.errors
+    if rx.poll() is None:
+        rx.kill()
+    rx.wait(timeout=60)
+    b_empty(hosts)  # no restored task, no page server, no CRIU
+    assert hosts.links("b") == sorted([BRIDGE, "lo", "up-b"])
+
+
+def _kill_at(hosts: Hosts, rx, needle: str, delay: float = 0.0, timeout: float = 300) -> None:
+    """SIGKILL the receiver (only it: its children see it go) once it logged ``needle``."""
+    end = time.monotonic() + timeout
+    while needle not in hosts.log(rx):
+        assert rx.poll() is None, hosts.log(rx)
+        assert time.monotonic() < end, f"the receiver never logged {needle!r}"
+        time.sleep(0.02)
+    time.sleep(delay)
+    os.kill(rx.rx_pid, signal.SIGKILL)
+
+
+def test_hss_failures_leave_it_running_then_it_moves_there_and_back(hosts, tmp_path):
+    fn = Hss(hosts.fabric, tmp_path, subscribers=2000)
+    pid = fn.start()
+    recover(fn, time.monotonic(), timeout=120)
+    ext = [f"veth[eth0]:{outer_name('hss', 'eth0')}@{BRIDGE}"]
+    tcp = ["--tcp-established"]
+    # past pre-copy, one round is enough to fail after (and cheaper than converging)
+    one_round = [*tcp, "--max-rounds", "1"]
+    cases = {}
+
+    # a certificate of another CA: refused at the handshake, the receiver waits on
+    rx = hosts.receiver("b", ext)
+    rc, rep, err = hosts.migrate("a", pid, rx, tls=hosts.rogue, extra=tcp)
+    assert rc == 1 and "failed at connect" in err and "certificate" in err, err
+    assert alive(pid) and rx.poll() is None
+    end = time.monotonic() + 30
+    while "refused" not in hosts.log(rx):
+        assert time.monotonic() < end, hosts.log(rx)
+        time.sleep(0.1)
+    cases["wrong certificate"] = err.strip()
+    # the receiver killed during pre-copy (same receiver: it waited on)
+    mig = hosts.migrate("a", pid, rx, extra=tcp, wait=False)
+    _kill_at(hosts, rx, "round 1: page server")
+    rc, rep, err = hosts.finish(mig)
+    _source_runs_on(hosts, fn, pid, rx, rc, rep, err, "pre-copy round 1")
+    cases["killed during pre-copy"] = err.strip()
+    # (restore: a second in, CRIU is restoring when the receiver goes)
+    for needle, phase, delay in (("receiving images", "transfer", 0.0),
+                                 ("restoring from", "restore", 1.0)):
+        rx = hosts.receiver("b", ext)
+        assert not list(hosts.work["b"].glob("session-*"))  # the killed one's are gone
+        mig = hosts.migrate("a", pid, rx, extra=one_round, wait=False)
+        _kill_at(hosts, rx, needle, delay)
+        rc, rep, err = hosts.finish(mig)
+        _source_runs_on(hosts, fn, pid, rx, rc, rep, err, phase)
+        cases[f"killed during {phase}"] = err.strip()
+    # a plugin failing at restore
+    env = dict(os.environ, CRIU_EXT_TRACE_FAIL="post-restore",
+               CRIU_EXT_PLUGINS="sctp,gtp,netfilter,announce,trace")
+    rx = hosts.receiver("b", ext, env=env)
+    rc, rep, err = hosts.migrate("a", pid, rx, extra=one_round)
+    _source_runs_on(hosts, fn, pid, rx, rc, rep, err, "restore")
+    assert "trace" in err
+    assert not list(hosts.work["b"].glob("session-*"))
+    cases["plugin fails at restore"] = err.strip()
+
+    runs = {}
+    for src, dst in (("a", "b"), ("b", "a")):
+        rx = hosts.receiver(dst, ext)
+        rc, rep, err = hosts.migrate(src, pid, rx, extra=tcp)
+        t = time.monotonic()
+        pid = moved(hosts, fn.ns, rx, rc, rep, err)
+        back = recover(fn, t, timeout=60)
+        runs[f"{src}->{dst}"] = figures(rep) | {"answered_again_s": round(back, 3)}
+    peers = fn.stop()
+    assert peers["errors"] == [], peers  # counters continuous: nothing lost or repeated
+    assert peers["answers"] > 0
+    record_json(RESULTS, "hss", {"failures": cases, "moves": runs})
+
+
+def test_spgw_there_and_back(hosts, tmp_path):
+    fn = Spgw(hosts.fabric, tmp_path, UES)
+    pid = fn.start()
+    recover(fn, time.monotonic(), timeout=120)
+    ext = [f"veth[{i}]:{outer_name('spgw', i)}@{BRIDGE}" for i in fn.links]
+    runs = {}
+    for src, dst in (("a", "b"), ("b", "a")):
+        rx = hosts.receiver(dst, ext)
+        rc, rep, err = hosts.migrate(src, pid, rx)
+        t = time.monotonic()
+        pid = moved(hosts, fn.ns, rx, rc, rep, err)
+        fn.pid = hosts.global_pid(dst, pid)
+        back = recover(fn, t, timeout=90)  # every UE answered, the gateway's check PASS
+        runs[f"{src}->{dst}"] = figures(rep) | {"answered_again_s": round(back, 3)}
+    peers = fn.stop()
+    assert peers["wrong_teid"] == 0 and peers["ues_answered"] == UES, peers
+    record_json(RESULTS, "spgw", runs)
