@@ -49,6 +49,40 @@ def tunnels(netns: str) -> dict:
         with_sockets=False)
 
 
+def differences(a, b, path: str = "", most: int = 5) -> list[str]:
+    """Where two JSON-like values differ (paths, at most ``most``): what a drift report says."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b), key=str):
+            out += differences(a.get(k), b.get(k), f"{path}.{k}", most - len(out))
+            if len(out) >= most:
+                break
+        return out
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        out = []
+        for i, (x, y) in enumerate(zip(a, b)):
+            out += differences(x, y, f"{path}[{i}]", most - len(out))
+            if len(out) >= most:
+                break
+        return out
+    return [] if a == b else [f"{path or '.'}: {json.dumps(a)[:80]} -> {json.dumps(b)[:80]}"]
+
+
+def user_processes() -> int:
+    """Processes in the VM but kernel threads (kthreadd, PID 2, and its children), whose
+    number the kernel changes on its own."""
+    n = 0
+    for p in os.listdir("/proc"):
+        if p.isdigit() and p != "2":
+            try:
+                with open(f"/proc/{p}/stat") as f:
+                    ppid = f.read().rsplit(")", 1)[1].split()[1]
+            except (OSError, IndexError):
+                continue
+            n += ppid != "2"
+    return n
+
+
 def _lines(ns_path: str, *argv: str) -> list[str]:
     import subprocess
 
@@ -64,7 +98,7 @@ def footprint(hosts: Hosts, fn, pid: int) -> dict:
               "function": f"/run/netns/{fn.ns}"}
     return {
         "netns": sorted(os.listdir("/run/netns")),
-        "processes": sum(1 for p in os.listdir("/proc") if p.isdigit()),
+        "processes": user_processes(),
         "task_fds": len(os.listdir(f"/proc/{pid}/fd")),
         "nft_tables": {k: _lines(v, "nft", "list", "tables") for k, v in spaces.items()},
         "ip_rules": {k: _lines(v, "ip", "rule") for k, v in spaces.items()},
@@ -93,8 +127,8 @@ def soak(fn, hosts: Hosts, moves: int) -> dict:
                         tcp_established=fn.tcp_established)
         ns_pid, fn.pid = m.ns_pid, m.pid
         back = recover(fn, m.t_restored, timeout=120)
-        if before is not None and tunnels(fn.ns) != before:
-            drift.append(f"move {n}: the tunnel list changed")
+        if before is not None:
+            drift += [f"move {n}: tunnels{d}" for d in differences(before, tunnels(fn.ns))]
         fp = footprint(hosts, fn, m.pid)
         if base is None:
             base = fp
@@ -140,7 +174,9 @@ def main() -> None:
             res[name] = {"skipped": "this kernel has no SCTP repair mode"}
             continue
         work = Path(f"/tmp/criu-ext-soak/{name}")
-        work.mkdir(parents=True, exist_ok=True)
+        (work / "tmp").mkdir(parents=True, exist_ok=True)
+        # the sources' image directories go here: what is left in it is ours alone
+        os.environ["TMPDIR"] = str(work / "tmp")
         fabric = Fabric(name[:3]).start()
         hosts = None
         t0 = time.monotonic()
