@@ -65,7 +65,13 @@ def differences(a, b, path: str = "", most: int = 5) -> list[str]:
             if len(out) >= most:
                 break
         return out
-    return [] if a == b else [f"{path or '.'}: {json.dumps(a)[:80]} -> {json.dumps(b)[:80]}"]
+    return [] if a == b else [f"{path or '.'}: {_short(a)} -> {_short(b)}"]
+
+
+def _short(v) -> str:
+    if hasattr(v, "__len__") and not isinstance(v, (str, bytes, list, dict)):
+        return f"<{type(v).__name__} of {len(v)}>"  # a PDP table: its size says enough
+    return json.dumps(v, default=repr)[:80]
 
 
 def user_processes() -> int:
