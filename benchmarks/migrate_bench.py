@@ -60,6 +60,7 @@ def one(mode: str, subscribers: int, interval: float, tmp: Path) -> dict:
                 "frozen_s": rep["times"]["frozen"], "criu_frozen_s": rep["times"]["criu_frozen"],
                 "pre_copy_rounds": rep["pre_copy_rounds"], "pages_per_round": rep["pages_per_round"],
                 "bytes_sent": rep["bytes_sent"], "total_s": rep["times"]["total"],
+                "times": rep["times"],  # every phase, as criu-ext migrate --json reports it
                 "answers": peers["answers"]}
     finally:
         if hosts is not None:

@@ -60,13 +60,18 @@ class Spgw:
     links = ["s1u0", "sgi0"]
     tcp_established = False
 
-    def __init__(self, fabric: Fabric, workdir: Path, ues: int, interval: float = 0.1):
+    def __init__(self, fabric: Fabric, workdir: Path, ues: int, interval: float = 0.1,
+                 contexts: int | None = None):
+        """``ues`` UEs ping; the gateway holds ``contexts`` PDP contexts (default: one per
+        pinging UE; more for a large tunnel list whose first ``ues`` are pinged)."""
         self.fabric, self.workdir, self.ues, self.interval = fabric, workdir, ues, interval
+        self.contexts = max(contexts or ues, ues)
         self.timeline: dict = {}
 
     @property
     def note(self) -> str:
-        return f"{self.ues} UEs pinging every {self.interval * 1000:.0f} ms"
+        extra = "" if self.contexts == self.ues else f", {self.contexts} PDP contexts"
+        return f"{self.ues} UEs pinging every {self.interval * 1000:.0f} ms{extra}"
 
     def start(self) -> int:
         f = self.fabric
@@ -75,7 +80,7 @@ class Spgw:
         sh("iptables", "-w", "-t", "nat", "-A", "POSTROUTING", "-s", UE_POOL, "-o", "sgi0",
            "-j", "MASQUERADE", ns=self.ns)
         log = self.workdir / "gateway.log"
-        gw = spawn(self.ns, [sys.executable, "-m", "lab.gateway", "--ues", str(self.ues)],
+        gw = spawn(self.ns, [sys.executable, "-m", "lab.gateway", "--ues", str(self.contexts)],
                    log)
         self.pid = int(wait_line(log, "READY", gw).split()[1])
         self.enb = f.peer("enb", "s1u0", f"{ENB_IP}/24")

@@ -1,0 +1,212 @@
+"""A soak of back-and-forth migrations with ``criu-ext migrate``: nothing drifts, nothing leaks.
+
+Run inside the test VM, as root (the MME part needs the repair-mode kernel):
+
+    python -m tests.vm.runner [--kernel BZIMAGE] --exec --timeout 20000 -- \\
+        .venv/bin/python -m benchmarks.migrate_soak [--moves 50] [--contexts 10000] \\
+        [--only spgw|mme] [--out out/migrate-soak.json]
+
+One fabric and one pair of hosts (scenario.hosts) per function. The SPGW holds
+``--contexts`` PDP contexts, the first ``--ues`` of which are pinged through
+their tunnels; the MME has three base stations, one association each. Each is
+moved A -> B -> A ... ``--moves`` times. After every move:
+
+* the peers are served again (every pinged UE answered with its TEID and the
+  gateway's own check PASS; every base station answered),
+* the SPGW's tunnel list equals the one before the first move,
+* the footprint equals the one after the first move: network namespaces,
+  processes in the VM, the moved task's descriptors, nftables tables and ip
+  rules in both hosts and the function's namespace, criu-ext run directories,
+  receivers' session directories, the source's image directories,
+* and the moved task's resident memory is recorded.
+
+At the end: the peers' verdict (no wrong TEID; no SCTP notification, no gap or
+repeat in the numbered requests), RSS first/last, the per-move figures (frozen
+time, peers' gap, bytes on the wire). Exit status 1 if anything drifted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from scenario.fabric import Fabric
+from scenario.functions import Mme, Spgw
+from scenario.hosts import Hosts
+from scenario.migration import migrate_cli
+from scenario.run import recover
+
+
+def tunnels(netns: str) -> dict:
+    import gtp_util
+
+    return gtp_util.take_snapshot(f"/run/netns/{netns}", with_sockets=False).state(
+        with_sockets=False)
+
+
+def differences(a, b, path: str = "", most: int = 5) -> list[str]:
+    """Where two JSON-like values differ (paths, at most ``most``): what a drift report says."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b), key=str):
+            out += differences(a.get(k), b.get(k), f"{path}.{k}", most - len(out))
+            if len(out) >= most:
+                break
+        return out
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        out = []
+        for i, (x, y) in enumerate(zip(a, b)):
+            out += differences(x, y, f"{path}[{i}]", most - len(out))
+            if len(out) >= most:
+                break
+        return out
+    return [] if a == b else [f"{path or '.'}: {_short(a)} -> {_short(b)}"]
+
+
+def _short(v) -> str:
+    if hasattr(v, "__len__") and not isinstance(v, (str, bytes, list, dict)):
+        return f"<{type(v).__name__} of {len(v)}>"  # a PDP table: its size says enough
+    return json.dumps(v, default=repr)[:80]
+
+
+def user_processes() -> int:
+    """Processes in the VM but kernel threads (kthreadd, PID 2, and its children), whose
+    number the kernel changes on its own."""
+    n = 0
+    for p in os.listdir("/proc"):
+        if p.isdigit() and p != "2":
+            try:
+                with open(f"/proc/{p}/stat") as f:
+                    ppid = f.read().rsplit(")", 1)[1].split()[1]
+            except (OSError, IndexError):
+                continue
+            n += ppid != "2"
+    return n
+
+
+def _lines(ns_path: str, *argv: str) -> list[str]:
+    import subprocess
+
+    res = subprocess.run(["nsenter", f"--net={ns_path}", "--", *argv],
+                         capture_output=True, text=True, check=True)
+    return sorted(res.stdout.splitlines())
+
+
+def footprint(hosts: Hosts, fn, pid: int) -> dict:
+    """What must not grow from one move to the next (RSS apart: it is reported)."""
+    fabric = hosts.fabric
+    spaces = {"host a": fabric.host_path("a"), "host b": fabric.host_path("b"),
+              "function": f"/run/netns/{fn.ns}"}
+    return {
+        "netns": sorted(os.listdir("/run/netns")),
+        "processes": user_processes(),
+        "task_fds": len(os.listdir(f"/proc/{pid}/fd")),
+        "nft_tables": {k: _lines(v, "nft", "list", "tables") for k, v in spaces.items()},
+        "ip_rules": {k: _lines(v, "ip", "rule") for k, v in spaces.items()},
+        "run_dirs": sorted(glob.glob("/run/criu-ext/*")),
+        "receiver_sessions": sorted(str(p) for h in "ab" for p in hosts.work[h].glob("*")),
+        "source_images": sorted(glob.glob(os.path.join(os.environ.get("TMPDIR", "/tmp"),
+                                                       "criu-ext-migrate-*"))),
+    }
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS:"))
+
+
+def soak(fn, hosts: Hosts, moves: int) -> dict:
+    pid = fn.start()
+    recover(fn, time.monotonic(), timeout=300)
+    before = tunnels(fn.ns) if isinstance(fn, Spgw) else None
+    base: dict | None = None
+    drift: list[str] = []
+    runs, done = [], []
+    src, dst, ns_pid = "a", "b", pid
+    for n in range(1, moves + 1):
+        m = migrate_cli(hosts, fn.ns, fn.name, ns_pid, fn.links, src, dst,
+                        tcp_established=fn.tcp_established)
+        ns_pid, fn.pid = m.ns_pid, m.pid
+        back = recover(fn, m.t_restored, timeout=120)
+        if before is not None:
+            drift += [f"move {n}: tunnels{d}" for d in differences(before, tunnels(fn.ns))]
+        fp = footprint(hosts, fn, m.pid)
+        if base is None:
+            base = fp
+        else:
+            drift += [f"move {n}: {k}: {base[k]} -> {fp[k]}" for k in base if fp[k] != base[k]]
+        runs.append({"move": n, "from": src, "to": dst, "frozen_s": round(m.frozen_s, 3),
+                     "pre_copy_rounds": m.pre_copy_rounds, "bytes": m.image_bytes,
+                     "answered_again_s": round(back, 3), "rss_kb": rss_kb(m.pid)})
+        done.append(m)
+        print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
+        src, dst = dst, src
+    peers = fn.stop()
+    for run, m in zip(runs, done):  # the peers' records are read at stop
+        run["downtime_s"] = fn.figures(m)["downtime_s"]
+    rss = [r["rss_kb"] for r in runs]
+    return {"note": fn.note, "moves": runs, "peers": peers, "drift": drift,
+            "rss_kb_first_last": [rss[0], rss[-1]] if rss else [],
+            "footprint": base}
+
+
+def peers_ok(name: str, peers: dict, ues: int) -> list[str]:
+    if name == "spgw":
+        ok = peers["wrong_teid"] == 0 and peers["ues_answered"] == ues
+        return [] if ok else [f"spgw peers: {peers}"]
+    bad = [f"{k}: {v}" for k, v in peers.items() if v.get("errors") or v.get("sequence_errors")
+           or (k != "mme" and v.get("notifications") != ["ASSOC_CHANGE:COMM_UP"])]
+    return [f"mme peers: {b}" for b in bad]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--moves", type=int, default=50)
+    ap.add_argument("--contexts", type=int, default=10_000, help="PDP contexts on the SPGW")
+    ap.add_argument("--ues", type=int, default=50, help="of those, UEs pinged every 100 ms")
+    ap.add_argument("--only", choices=("spgw", "mme"), action="append")
+    ap.add_argument("--out", default="out/migrate-soak.json")
+    a = ap.parse_args()
+    from sctp_repair import probe
+
+    res: dict = {"moves": a.moves}
+    for name in a.only or ["spgw", "mme"]:
+        if name == "mme" and not probe().repair:
+            res[name] = {"skipped": "this kernel has no SCTP repair mode"}
+            continue
+        work = Path(f"/tmp/criu-ext-soak/{name}")
+        (work / "tmp").mkdir(parents=True, exist_ok=True)
+        # the sources' image directories go here: what is left in it is ours alone
+        os.environ["TMPDIR"] = str(work / "tmp")
+        fabric = Fabric(name[:3]).start()
+        hosts = None
+        t0 = time.monotonic()
+        try:
+            hosts = Hosts(fabric, work / "hosts")
+            fn = (Spgw(fabric, work, a.ues, contexts=a.contexts) if name == "spgw"
+                  else Mme(fabric, work))
+            out = soak(fn, hosts, a.moves)
+        finally:
+            if hosts is not None:
+                hosts.close()
+            fabric.cleanup()
+        out["drift"] += peers_ok(name, out["peers"], a.ues)
+        out["seconds"] = round(time.monotonic() - t0, 1)
+        res[name] = out
+    text = json.dumps(res, indent=2)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(text + "\n")
+    print(text)
+    drifted = [d for v in res.values() if isinstance(v, dict) for d in v.get("drift", [])]
+    for d in drifted:
+        print(f"migrate_soak: {d}", file=sys.stderr)
+    sys.exit(1 if drifted else 0)
+
+
+if __name__ == "__main__":
+    main()
