@@ -35,6 +35,7 @@ import sys
 import time
 from pathlib import Path
 
+from lab.netns import sh
 from scenario.fabric import Fabric
 from scenario.functions import Mme, Spgw
 from scenario.hosts import Hosts
@@ -89,19 +90,14 @@ def user_processes() -> int:
     return n
 
 
-def _lines(ns_path: str, *argv: str) -> list[str]:
-    import subprocess
-
-    res = subprocess.run(["nsenter", f"--net={ns_path}", "--", *argv],
-                         capture_output=True, text=True, check=True)
-    return sorted(res.stdout.splitlines())
+def _lines(ns: str, *argv: str) -> list[str]:
+    return sorted(sh(*argv, ns=ns).stdout.splitlines())
 
 
 def footprint(hosts: Hosts, fn, pid: int) -> dict:
     """What must not grow from one move to the next (RSS apart: it is reported)."""
-    fabric = hosts.fabric
-    spaces = {"host a": fabric.host_path("a"), "host b": fabric.host_path("b"),
-              "function": f"/run/netns/{fn.ns}"}
+    spaces = {"host a": hosts.fabric.hosts["a"], "host b": hosts.fabric.hosts["b"],
+              "function": fn.ns}
     return {
         "netns": sorted(os.listdir("/run/netns")),
         "processes": user_processes(),
