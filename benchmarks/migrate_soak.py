@@ -13,7 +13,8 @@ moved A -> B -> A ... ``--moves`` times. After every move:
 
 * the peers are served again (every pinged UE answered with its TEID and the
   gateway's own check PASS; every base station answered),
-* the SPGW's tunnel list equals the one before the first move,
+* the SPGW's user plane equals the one before the first move (gtp_util.check:
+  devices, PDP contexts, routes, NAT rules, sysctls),
 * the footprint equals the one after the first move: network namespaces,
   processes in the VM, the moved task's descriptors, nftables tables and ip
   rules in both hosts and the function's namespace, criu-ext run directories,
@@ -43,36 +44,20 @@ from scenario.migration import migrate_cli
 from scenario.run import recover
 
 
-def tunnels(netns: str) -> dict:
+def tunnels(netns: str):
+    """The user plane of the function's namespace, to compare with gtp_util.check."""
     import gtp_util
 
-    return gtp_util.take_snapshot(f"/run/netns/{netns}", with_sockets=False).state(
-        with_sockets=False)
+    return gtp_util.take_snapshot(f"/run/netns/{netns}")
 
 
-def differences(a, b, path: str = "", most: int = 5) -> list[str]:
-    """Where two JSON-like values differ (paths, at most ``most``): what a drift report says."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b), key=str):
-            out += differences(a.get(k), b.get(k), f"{path}.{k}", most - len(out))
-            if len(out) >= most:
-                break
-        return out
-    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        out = []
-        for i, (x, y) in enumerate(zip(a, b)):
-            out += differences(x, y, f"{path}[{i}]", most - len(out))
-            if len(out) >= most:
-                break
-        return out
-    return [] if a == b else [f"{path or '.'}: {_short(a)} -> {_short(b)}"]
+def tunnel_drift(before, netns: str, most: int = 5) -> list[str]:
+    """How the user plane differs from ``before``: devices, every PDP context, routes,
+    NAT rules (as rules: one iptables-nft wrote reads back as nft's own after CRIU
+    reloads the ruleset), sysctls; the task sockets by kind and address."""
+    import gtp_util
 
-
-def _short(v) -> str:
-    if hasattr(v, "__len__") and not isinstance(v, (str, bytes, list, dict)):
-        return f"<{type(v).__name__} of {len(v)}>"  # a PDP table: its size says enough
-    return json.dumps(v, default=repr)[:80]
+    return gtp_util.check(before, f"/run/netns/{netns}")[:most]
 
 
 def user_processes() -> int:
@@ -130,7 +115,7 @@ def soak(fn, hosts: Hosts, moves: int) -> dict:
         ns_pid, fn.pid = m.ns_pid, m.pid
         back = recover(fn, m.t_restored, timeout=120)
         if before is not None:
-            drift += [f"move {n}: tunnels{d}" for d in differences(before, tunnels(fn.ns))]
+            drift += [f"move {n}: tunnels: {d}" for d in tunnel_drift(before, fn.ns)]
         fp = footprint(hosts, fn, m.pid)
         if base is None:
             base = fp

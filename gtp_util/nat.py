@@ -3,7 +3,9 @@
 Three forms are recognised: iptables-nft and iptables-legacy (read with
 ``iptables-{nft,legacy}-save -t nat``, rules kept as ``-S`` lines) and native
 nftables (``nft -a list ruleset``; tables named like the iptables ones in the ip/ip6
-families are left to the iptables readers). A rule concerns the UE pool when its
+families are left to the iptables readers, unless iptables-nft calls them incompatible:
+then they hold nft's own form, as after CRIU reloaded the ruleset from nft's text). A
+rule concerns the UE pool when its
 source match overlaps a UE prefix, or when it has no source match at all (it then
 applies to UE traffic too). Parsing and selection are pure functions.
 
@@ -69,11 +71,17 @@ def parse_iptables_save(text: str, backend: str, family: int, pools: list) -> li
 _NFT_TABLE = re.compile(r'^table (\S+) (\S+) \{')
 _NFT_CHAIN = re.compile(r'^\s*chain (\S+) \{')
 _NFT_HANDLE = re.compile(r'\s+# handle \d+$')
+# iptables-nft-save's line for a table it cannot represent (made or rewritten by nft)
+_INCOMPATIBLE = re.compile(r"^# Table `nat' is incompatible", re.M)
 
 
-def parse_nft_ruleset(text: str, pools: list) -> list[NatRule]:
+def parse_nft_ruleset(text: str, pools: list, native: frozenset[str] = frozenset()
+                      ) -> list[NatRule]:
     """masquerade/snat rules of ``nft -a list ruleset`` that concern ``pools``
-    (only the forms :mod:`gtp_util.natrule` accepts, in their canonical text)."""
+    (only the forms :mod:`gtp_util.natrule` accepts, in their canonical text).
+
+    Tables of the iptables names in the ip/ip6 families are read only when named in
+    ``native`` (``"ip nat"``): the others are iptables-nft's, read with its own tool."""
     out = []
     table = chain = None
     spec = ''
@@ -96,7 +104,7 @@ def parse_nft_ruleset(text: str, pools: list) -> list[NatRule]:
             spec = (spec + ' ' + s).strip()
             continue
         fam, name = table.split()
-        if fam in ('ip', 'ip6') and name in IPTABLES_TABLES:
+        if fam in ('ip', 'ip6') and name in IPTABLES_TABLES and table not in native:
             continue  # shown by iptables-nft
         family = socket.AF_INET6 if fam == 'ip6' else socket.AF_INET
         rule = NatRule(backend='nft', family=family, table=table, chain=chain,
@@ -127,6 +135,8 @@ def read_rules(netns: str | None, pools: list) -> list[NatRule]:
     Runs as few tools as it can (each is a process start, slow under emulation):
     ``nft`` once, ``iptables-nft-save`` only when nftables has a ``nat`` table of
     that family, ``iptables-legacy-save`` only when the legacy ``nat`` table exists.
+    A ``nat`` table iptables-nft calls incompatible (one nft wrote, or reloaded from
+    nft's text) is read from nft's listing, its rules as nft rules.
     """
     rules: list[NatRule] = []
     families = {socket.AF_INET6 if p.version == 6 else socket.AF_INET for p in pools}
@@ -143,7 +153,11 @@ def read_rules(netns: str | None, pools: list) -> list[NatRule]:
             tool = shutil.which(IPTABLES['iptables-nft'][i] + '-save')
             if tool:
                 p = _run(netns, [tool, '-t', 'nat'], check=False)
-                if p.returncode == 0:
+                if p.returncode == 0 and _INCOMPATIBLE.search(p.stdout):
+                    rules += [r for r in parse_nft_ruleset(nft_text, pools,
+                                                           frozenset({f'{nft_family} nat'}))
+                              if r.table == f'{nft_family} nat']
+                elif p.returncode == 0:
                     rules += parse_iptables_save(p.stdout, 'iptables-nft', fam, pools)
         if 'nat' in _legacy_tables(netns, fam):
             tool = shutil.which(IPTABLES['iptables-legacy'][i] + '-save')
@@ -189,57 +203,78 @@ def nft_json(netns: str | None, cmds: list[dict], check: bool = True) -> tuple[i
     return rc, out, err
 
 
-def _nft_chain_rules(netns: str | None, rule: NatRule) -> list[tuple[int, natrule.Masq | None]]:
-    """(handle, typed rule or None) of every rule of ``rule``'s chain; [] if it has none."""
-    fam, name = natrule.nft_table(rule.table)
+def _nft_where(rule: NatRule) -> tuple[str, str, str]:
+    """(family, table, chain) of nftables holding ``rule`` (nft or iptables-nft)."""
+    where = natrule.nft_chain(rule)
+    if where is None:
+        raise GtpError(f"{rule.backend} rules are not in nftables")
+    fam, name = natrule.nft_table(where[0])
+    return fam, name, where[1]
+
+
+def _nft_chain_rules(netns: str | None, rule: NatRule
+                     ) -> tuple[bool, list[tuple[int, natrule.Masq | None]]]:
+    """Whether ``rule``'s nftables chain exists, and (handle, typed rule or None) of
+    each of its rules."""
+    fam, name, chain = _nft_where(rule)
     rc, out, _ = nft_json(netns, [{'list': {'chain': {'family': fam, 'table': name,
-                                                  'name': rule.chain}}}], check=False)
+                                                  'name': chain}}}], check=False)
     if rc != 0 or not isinstance(out, dict):
-        return []
+        return False, []
     found = []
     for item in out.get('nftables', []):
         r = item.get('rule') if isinstance(item, dict) else None
         if isinstance(r, dict) and isinstance(r.get('handle'), int):
             found.append((r['handle'], natrule.parse_nft_expr(r.get('expr'), rule.family)))
-    return found
+    return True, found
 
+
+# An iptables-nft rule is looked for, added and deleted with iptables first; when
+# iptables-nft refuses because its table was reloaded by nft (CRIU restores a
+# netns's nftables from nft's text), nftables does it in that table's own form.
 
 def present(netns: str | None, rule: NatRule) -> bool:
-    if rule.backend == 'nft':
-        masq = _checked(rule)
-        return any(masq.same(m) for _, m in _nft_chain_rules(netns, rule))
-    return _run(netns, _iptables(rule, '-C'), check=False).returncode == 0
+    masq = _checked(rule)
+    if rule.backend != 'nft':
+        if _run(netns, _iptables(rule, '-C'), check=False).returncode == 0:
+            return True
+        if rule.backend == 'iptables-legacy':
+            return False
+    return any(masq.same(m) for _, m in _nft_chain_rules(netns, rule)[1])
 
 
 def add(netns: str | None, rule: NatRule) -> None:
     """Add ``rule`` (table and base chain too, for nft, when missing), from its checked fields."""
     masq = _checked(rule)
     if rule.backend != 'nft':
-        _run(netns, _iptables(rule, '-A'))
-        return
-    fam, name = natrule.nft_table(rule.table)
-    where = {'family': fam, 'table': name, 'chain': rule.chain}
-    rc, _, _ = nft_json(netns, [{'list': {'chain': {'family': fam, 'table': name,
-                                                'name': rule.chain}}}], check=False)
+        p = _run(netns, _iptables(rule, '-A'), check=False)
+        if p.returncode == 0:
+            return
+        if rule.backend == 'iptables-legacy' or not _nft_chain_rules(netns, rule)[0]:
+            raise GtpError(f"{' '.join(_iptables(rule, '-A'))}: {(p.stderr or p.stdout).strip()}")
+    fam, name, chain = _nft_where(rule)
     cmds: list[dict] = []
-    if rc != 0:
+    if not _nft_chain_rules(netns, rule)[0]:
         spec = natrule.parse_chain_spec(rule.chain_spec)
         cmds += [{'add': {'table': {'family': fam, 'name': name}}},
-                 {'add': {'chain': {'family': fam, 'table': name, 'name': rule.chain,
+                 {'add': {'chain': {'family': fam, 'table': name, 'name': chain,
                                     **spec.nft_json()}}}]
-    cmds.append({'add': {'rule': {**where, 'expr': masq.nft_expr()}}})
+    cmds.append({'add': {'rule': {'family': fam, 'table': name, 'chain': chain,
+                                  'expr': masq.nft_expr()}}})
     nft_json(netns, cmds)
 
 
 def delete(netns: str | None, rule: NatRule) -> None:
     """Delete one copy of ``rule``; nothing when it is not there."""
-    if rule.backend != 'nft':
-        _run(netns, _iptables(rule, '-D'), check=False)
-        return
     masq = _checked(rule)
-    fam, name = natrule.nft_table(rule.table)
-    for handle, m in _nft_chain_rules(netns, rule):
+    if rule.backend != 'nft':
+        if _run(netns, _iptables(rule, '-D'), check=False).returncode == 0:
+            return
+        if rule.backend == 'iptables-legacy':
+            return
+    fam, name, chain = _nft_where(rule)
+    for handle, m in _nft_chain_rules(netns, rule)[1]:
         if masq.same(m):
-            nft_json(netns, [{'delete': {'rule': {'family': fam, 'table': name, 'chain': rule.chain,
+            nft_json(netns, [{'delete': {'rule': {'family': fam, 'table': name, 'chain': chain,
                                               'handle': handle}}}])
             return

@@ -313,6 +313,32 @@ def parse_rule(rule) -> Masq:
     return parse_iptables(rule.rule, family)
 
 
+
+def nft_chain(rule) -> tuple[str, str] | None:
+    """("<family> <table>", chain) holding ``rule`` in nftables; None for iptables-legacy.
+
+    iptables-nft writes into nftables' ``ip``/``ip6`` tables of the iptables names."""
+    if rule.backend == 'nft':
+        return rule.table, rule.chain
+    if rule.backend == 'iptables-nft':
+        return ('ip6 ' if rule.family == socket.AF_INET6 else 'ip ') + rule.table, rule.chain
+    return None
+
+
+def same_rule(a, b) -> bool:
+    """``a`` and ``b`` are the same NAT rule in the same chain, whichever tool wrote them.
+
+    A rule iptables-nft made reads back as an nft rule of table ``ip nat`` once the
+    ruleset has been reloaded from nft's text (CRIU restores a netns's nftables that
+    way): the same rule for every purpose but its tool."""
+    try:
+        where_a = nft_chain(a) or (a.backend, a.family, a.table, a.chain)
+        where_b = nft_chain(b) or (b.backend, b.family, b.table, b.chain)
+        return where_a == where_b and parse_rule(a).same(parse_rule(b))
+    except ValueError:
+        return False
+
+
 __all__ = ['BACKENDS', 'ChainSpec', 'IPTABLES_BACKENDS', 'Masq', 'check_ifname',
-           'check_nft_name', 'nft_table', 'parse_chain_spec', 'parse_iptables', 'parse_nft',
-           'parse_nft_expr', 'parse_rule']
+           'check_nft_name', 'nft_chain', 'nft_table', 'parse_chain_spec', 'parse_iptables',
+           'parse_nft', 'parse_nft_expr', 'parse_rule', 'same_rule']

@@ -29,6 +29,7 @@ from .model import (
     Snapshot,
     ip4,
 )
+from .natrule import same_rule
 from .netlink import GTP_V0, GTP_V1, PdpChannel, PdpFailure, register_link_kind
 from .rtnl import Rtnl
 from .rtnl import warm as rtnl_warm
@@ -198,7 +199,7 @@ def plan(snap: Snapshot, live: Snapshot, live_nat: list[NatRule] | None = None) 
             p.routes.append(r)
     live_nat = live_nat if live_nat is not None else live.nat_rules
     for n in snap.nat_rules:
-        if n in live_nat:
+        if any(same_rule(n, m) for m in live_nat):
             p.present.append(f"{n.backend} rule {n.chain} {n.rule}")
         else:
             p.nat_rules.append(n)
@@ -227,10 +228,10 @@ def diff(snap: Snapshot, live: Snapshot) -> list[str]:
     out += [f"route {k[1]}/{k[2]} dev {k[3]} table {k[4]} is not in the snapshot"
             for k in sorted(got - want)]
     for n in snap.nat_rules:
-        if n not in live.nat_rules:
+        if not any(same_rule(n, m) for m in live.nat_rules):
             out.append(f"{n.backend} rule {n.chain} {n.rule} is missing")
     for n in live.nat_rules:
-        if n not in snap.nat_rules:
+        if not any(same_rule(n, m) for m in snap.nat_rules):
             out.append(f"{n.backend} rule {n.chain} {n.rule} is not in the snapshot")
     for k, v in snap.sysctls.items():
         if live.sysctls.get(k, v) != v:

@@ -46,19 +46,6 @@ _COUNTER = re.compile(r"\bcounter packets \d+ bytes \d+")
 _HANDLE = re.compile(r"\s+# handle \d+$")
 
 
-def _rule_key(r) -> tuple:
-    return (r.backend, r.family, r.table, r.chain, r.rule)
-
-
-def _nft_chain(r) -> tuple[str, str] | None:
-    """(nft table "family name", chain) holding rule ``r`` in nftables, None for legacy."""
-    if r.backend == "nft":
-        return r.table, r.chain
-    if r.backend == "iptables-nft":
-        return ("ip6 " if r.family == socket.AF_INET6 else "ip ") + r.table, r.chain
-    return None
-
-
 def _rule_line(line: str) -> str | None:
     """A rule line of nft's listing, counters and handle blanked; None for anything else."""
     s = _HANDLE.sub("", line.strip())
@@ -265,6 +252,7 @@ class NetfilterPlugin(Plugin):
 
     def pre_dump(self, ctx) -> None:
         import gtp_util
+        from gtp_util.natrule import nft_chain
 
         path = ctx.image_path(IMAGE)
         try:
@@ -281,7 +269,7 @@ class NetfilterPlugin(Plugin):
         # how nftables shows the chains holding them: a cheap, exact presence check later
         nft = {}
         for r in snap.nat_rules:
-            where = _nft_chain(r)
+            where = nft_chain(r)
             if where and f"{where[0]} {where[1]}" not in nft:
                 lines = nft_rules(ctx.netns_path, *where)
                 if lines is not None:
@@ -293,15 +281,15 @@ class NetfilterPlugin(Plugin):
     def post_restore(self, ctx) -> None:
         from gtp_util import nat
         from gtp_util.errors import GtpError
+        from gtp_util.natrule import nft_chain, same_rule
 
         try:
             pools, saved, nft = read_image(ctx.image_path(IMAGE))
         except FileNotFoundError:
             return
-        covered = all(_nft_chain(r) for r in saved)
-        # No recorded rule (a namespace CRIU restored before holds its nat table in
-        # nft's own form, which iptables cannot read) still needs the conntrack
-        # clean-up below: the restored UE flows are broken either way.
+        covered = all(nft_chain(r) for r in saved)
+        # No recorded rule still needs the conntrack clean-up below: the restored
+        # UE flows are broken either way.
         # CRIU's own nftables image holding them means CRIU restored them (it fails the
         # restore otherwise): a file read, where asking nft would start a process in
         # the freeze window. The live chains are read only when the image cannot tell.
@@ -313,8 +301,8 @@ class NetfilterPlugin(Plugin):
             missing = []
         else:
             try:
-                live = {_rule_key(r) for r in nat.read_rules(ctx.netns_path, pools)}
-                missing = [r for r in saved if _rule_key(r) not in live]
+                live = nat.read_rules(ctx.netns_path, pools)
+                missing = [r for r in saved if not any(same_rule(r, m) for m in live)]
                 for r in missing:
                     nat.add(ctx.netns_path, r)
             except GtpError as exc:

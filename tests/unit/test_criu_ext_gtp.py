@@ -319,7 +319,8 @@ def test_nft_view_ignores_counters_and_handles(monkeypatch):
     monkeypatch.setattr(netfilter.subprocess, "run", lambda argv, **kw: P("", 1))
     assert not netfilter.chains_match(None, {"ip nat POSTROUTING": lines})
     r = snap().nat_rules[0]
-    assert netfilter._nft_chain(r) == ("ip nat", "POSTROUTING")
+    from gtp_util.natrule import nft_chain
+    assert nft_chain(r) == ("ip nat", "POSTROUTING")
 
 
 RULESET = """table ip filter {

@@ -62,6 +62,39 @@ def test_replies_flow_stop_and_flow_again_after_restore(lab, tmp_path):
     tun = cli('gtp-dump', '--netns', lab.gw, '--tunnels')
     assert tun.stdout.splitlines()[0] == \
         'gtp0 version 1 tei 1000/50000 ms_addr 10.128.0.1 sgsn_addr 10.0.0.2'
+    nft_reloaded_masquerade_still_read_and_restored(lab, snap, img)
+
+
+def nft_reloaded_masquerade_still_read_and_restored(lab, snap, img):
+    """CRIU 3.17 restores a netns's nftables from the text of ``nft list ruleset``: the
+    rule iptables-nft made comes back in nft's own form, which iptables-nft-save calls
+    incompatible. It still masquerades (the PDN host has no route to the UE pool), it is
+    read from nft's listing as the same rule, and the snapshot taken before restores
+    into that table."""
+    from gtp_util.natrule import same_rule
+
+    def in_gw(*argv, **kw):
+        return subprocess.run(['ip', 'netns', 'exec', lab.gw, *argv], capture_output=True,
+                              text=True, check=True, **kw).stdout
+
+    text = in_gw('nft', 'list', 'ruleset')
+    in_gw('nft', 'flush', 'ruleset')
+    in_gw('nft', '-f', '-', input=text)
+    assert 'incompatible' in in_gw('iptables-nft-save', '-t', 'nat')
+    assert lab.ping_ues() == lab.expected_teids()
+    (back,) = gtp_util.take_snapshot(lab.gw_ns).nat_rules
+    assert (back.backend, back.table, back.chain) == ('nft', 'ip nat', 'POSTROUTING'), back
+    assert same_rule(back, snap.nat_rules[0])
+    chk = cli('gtp-restore', img, '--netns', lab.gw, '--check')
+    assert chk.returncode == 0, chk.stdout + chk.stderr
+    gtp_util.remove(snap, lab.gw_ns)  # iptables-nft refuses: deleted through nftables
+    assert set(lab.ping_ues(timeout=1.0).values()) == {None}
+    assert 'masquerade' not in in_gw('nft', 'list', 'table', 'ip', 'nat')
+    r = cli('gtp-restore', img, '--netns', lab.gw, '--bind-pid', str(lab.gateway_pid))
+    assert r.returncode == 0, r.stderr
+    assert lab.ping_ues() == lab.expected_teids()
+    (again,) = gtp_util.take_snapshot(lab.gw_ns).nat_rules
+    assert same_rule(again, snap.nat_rules[0])
 
 
 def test_10k_contexts_dump_wipe_restore_dump_equal(netns):
@@ -307,3 +340,4 @@ def test_nat_rules_go_through_typed_fields_only(netns):
     assert 'evil' not in listing and 'dport 22' not in listing, listing
     assert subprocess.run(['nft', 'list', 'ruleset'], capture_output=True,
                           text=True).stdout == host_before  # the VM's own netns untouched
+
