@@ -35,7 +35,7 @@ class Migration:
     t_restored: float
     total_s: float
     pre_copy_rounds: int
-    frozen_s: float  # from the final dump's start to the task running there
+    frozen_s: float  # the tasks stopped: CRIU's frozen time here plus the resume there
     ns_pid: int  # the task's PID in the destination host's PID namespace
 
 

@@ -52,13 +52,8 @@ class ReceiveConfig:
     log_level: int = 2
 
 
-class ReceiveFailed(Exception):
+class ReceiveFailed(wire.PhaseError):
     """A migration failed on this end; ``phase`` names where."""
-
-    def __init__(self, phase: str, reason: str) -> None:
-        super().__init__(f"failed at {phase}: {reason}")
-        self.phase = phase
-        self.reason = reason
 
 
 class Handoff:
@@ -74,12 +69,14 @@ class Handoff:
         self.chan = chan
         self.t0 = t0
         self.ready_at: float | None = None
+        self.committed_at: float | None = None
 
     def post_restore(self, ctx) -> None:
         self.ready_at = time.monotonic()
         try:
             self.chan.send("ready", restore_s=round(self.ready_at - self.t0, 6))
             self.chan.recv("commit")
+            self.committed_at = time.monotonic()
         except wire.ProtocolError as exc:
             raise PluginError(f"no commit from the source ({exc}): restore abandoned") from None
 
@@ -182,7 +179,10 @@ class Session:
             raise wire.PeerFailed("resume", f"plugin {late[0]['plugin']} failed at "
                                   f"{late[0]['phase']} (restored PID {pid})")
         plugin_s = sum(t["seconds"] for t in session.timings if t["plugin"] != handoff.name)
-        self.result = {"pid": pid, "restore_s": round(time.monotonic() - t0, 6),
+        t1 = time.monotonic()
+        self.result = {"pid": pid, "restore_s": round(t1 - t0, 6),
+                       # the commit to CRIU's return: the tasks resumed here
+                       "resume_s": round(t1 - (handoff.committed_at or t1), 6),
                        "plugin_s": round(plugin_s, 6),
                        "criu_restore_s": stats(images).get("restore", {}).get("restore_time", 0) / 1e6}
         self.log.info(f"restored: PID {pid} runs here")

@@ -40,14 +40,9 @@ from criu_ext.rpc import CriuError, Options, run
 from criu_ext.session import Session
 
 
-class MigrationFailed(Exception):
+class MigrationFailed(wire.PhaseError):
     """The migration stopped at ``phase``; the source tasks run on (unless ``phase`` is
     after the commit, which the message then says)."""
-
-    def __init__(self, phase: str, reason: str) -> None:
-        super().__init__(f"failed at {phase}: {reason}")
-        self.phase = phase
-        self.reason = reason
 
 
 @dataclass
@@ -113,9 +108,10 @@ class Handoff:
         self.session: Session | None = None
         self.phase = "final dump"
         self.committed = False
+        self.post_dump_at = self.committed_at = 0.0
 
     def post_dump(self, ctx) -> None:
-        t0 = time.monotonic()
+        t0 = self.post_dump_at = time.monotonic()
         try:
             self.phase = "transfer"
             self.progress.phase("transfer: images")
@@ -138,6 +134,7 @@ class Handoff:
             self.rep.times["dest_restore_until_ready"] = float(ready.get("restore_s", 0.0))
             self.phase = "commit"
             self.chan.send("commit")
+            self.committed_at = time.monotonic()
             self.committed = True
         except wire.PeerFailed as exc:
             raise PluginError(f"the destination failed at {exc.phase}: {exc.reason}") from None
@@ -253,10 +250,19 @@ def migrate(cfg: MigrateConfig, log: Log, progress: Progress | None = None) -> R
         done = chan.recv("done")
         t4 = time.monotonic()
         rep.dest_pid = int(done["pid"])
+        criu_frozen = st.get("frozen_time", 0) / 1e6
+        resume = float(done.get("resume_s", 0.0))
         rep.times.update({
             "final_dump": t3 - t2,
-            "frozen": t4 - t2,  # from the final dump's request to the task running there
-            "criu_frozen": st.get("frozen_time", 0) / 1e6,
+            # CRIU's frozen time here ends after post-dump, so after the handoff
+            # (transfer, restore up to ready, commit); the destination's resume
+            # follows. Their sum is the gap the task's peers see.
+            "frozen": criu_frozen + resume,
+            "until_post_dump": handoff.post_dump_at - t2,  # CRIU's dump up to the handoff
+            "after_commit": t3 - handoff.committed_at,  # CRIU ending the dump here
+            "final_dump_to_done": t4 - t2,
+            "criu_frozen": criu_frozen,
+            "dest_resume": resume,
             "dest_restore": float(done.get("restore_s", 0.0)),
             "dest_criu_restore": float(done.get("criu_restore_s", 0.0)),
             "plugins_source": session.plugin_seconds() - sum(

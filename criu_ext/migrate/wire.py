@@ -27,17 +27,25 @@ VERSION = 1
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
+class PhaseError(Exception):
+    """A migration step failed: ``phase`` names the step, ``reason`` says why."""
+
+    template = "failed at {phase}: {reason}"
+
+    def __init__(self, phase: str, reason: str) -> None:
+        super().__init__(self.template.format(phase=phase, reason=reason))
+        self.phase = phase
+        self.reason = reason
+
+
 class ProtocolError(Exception):
     """The peer broke the protocol, closed the channel or said it failed."""
 
 
-class PeerFailed(ProtocolError):
+class PeerFailed(ProtocolError, PhaseError):
     """The peer reported an error: ``phase`` and ``reason`` are its words."""
 
-    def __init__(self, phase: str, reason: str) -> None:
-        super().__init__(f"{phase}: {reason}")
-        self.phase = phase
-        self.reason = reason
+    template = "{phase}: {reason}"
 
 
 class Channel:
