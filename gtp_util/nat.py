@@ -141,11 +141,11 @@ def read_rules(netns: str | None, pools: list) -> list[NatRule]:
     rules: list[NatRule] = []
     families = {socket.AF_INET6 if p.version == 6 else socket.AF_INET for p in pools}
     nft_text = ''
+    native: set[str] = set()  # iptables-named tables in nft's own form
     if shutil.which('nft'):
         p = _run(netns, ['nft', '-a', 'list', 'ruleset'], check=False)
         if p.returncode == 0:
             nft_text = p.stdout
-            rules += parse_nft_ruleset(nft_text, pools)
     for fam in sorted(families):
         i = 1 if fam == socket.AF_INET6 else 0
         nft_family = 'ip6' if i else 'ip'
@@ -154,9 +154,7 @@ def read_rules(netns: str | None, pools: list) -> list[NatRule]:
             if tool:
                 p = _run(netns, [tool, '-t', 'nat'], check=False)
                 if p.returncode == 0 and _INCOMPATIBLE.search(p.stdout):
-                    rules += [r for r in parse_nft_ruleset(nft_text, pools,
-                                                           frozenset({f'{nft_family} nat'}))
-                              if r.table == f'{nft_family} nat']
+                    native.add(f'{nft_family} nat')
                 elif p.returncode == 0:
                     rules += parse_iptables_save(p.stdout, 'iptables-nft', fam, pools)
         if 'nat' in _legacy_tables(netns, fam):
@@ -165,7 +163,7 @@ def read_rules(netns: str | None, pools: list) -> list[NatRule]:
                 p = _run(netns, [tool, '-t', 'nat'], check=False)
                 if p.returncode == 0:
                     rules += parse_iptables_save(p.stdout, 'iptables-legacy', fam, pools)
-    return rules
+    return parse_nft_ruleset(nft_text, pools, frozenset(native)) + rules
 
 
 def _iptables(rule: NatRule, op: str) -> list[str]:
@@ -247,14 +245,17 @@ def add(netns: str | None, rule: NatRule) -> None:
     """Add ``rule`` (table and base chain too, for nft, when missing), from its checked fields."""
     masq = _checked(rule)
     if rule.backend != 'nft':
-        p = _run(netns, _iptables(rule, '-A'), check=False)
+        argv = _iptables(rule, '-A')
+        p = _run(netns, argv, check=False)
         if p.returncode == 0:
             return
-        if rule.backend == 'iptables-legacy' or not _nft_chain_rules(netns, rule)[0]:
-            raise GtpError(f"{' '.join(_iptables(rule, '-A'))}: {(p.stderr or p.stdout).strip()}")
+    # nft rules, and iptables-nft rules in a table iptables-nft refuses: through nftables
+    chain_exists = rule.backend != 'iptables-legacy' and _nft_chain_rules(netns, rule)[0]
+    if rule.backend != 'nft' and not chain_exists:
+        raise GtpError(f"{' '.join(argv)}: {(p.stderr or p.stdout).strip()}")
     fam, name, chain = _nft_where(rule)
     cmds: list[dict] = []
-    if not _nft_chain_rules(netns, rule)[0]:
+    if not chain_exists:
         spec = natrule.parse_chain_spec(rule.chain_spec)
         cmds += [{'add': {'table': {'family': fam, 'name': name}}},
                  {'add': {'chain': {'family': fam, 'table': name, 'name': chain,

@@ -313,7 +313,6 @@ def parse_rule(rule) -> Masq:
     return parse_iptables(rule.rule, family)
 
 
-
 def nft_chain(rule) -> tuple[str, str] | None:
     """("<family> <table>", chain) holding ``rule`` in nftables; None for iptables-legacy.
 
