@@ -150,6 +150,12 @@ def main(argv=None) -> int:
     for m in modes:
         if m not in MODES:
             ap.error(f"unknown mode {m!r} (known: {', '.join(MODES)})")
+    try:  # say so now, not after the runs
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(args.out.parent, os.W_OK):
+            raise PermissionError("its directory is not writable here")
+    except OSError as exc:
+        ap.error(f"--out {args.out}: {exc.strerror or exc}")
     out = {"kernel": os.uname().release, "targets": {"script_over_naive_max": TARGET_VS_NAIVE,
                                                      "script_over_rpc_max": TARGET_VS_RPC},
            "sizes": {}}
@@ -168,7 +174,6 @@ def main(argv=None) -> int:
             by_mode["ratios"] = ratios(by_mode)
             out["sizes"][str(n)] = by_mode
             print(f"{n} contexts: {json.dumps(by_mode['ratios'])}", flush=True)
-    args.out.parent.mkdir(exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1) + "\n")
     print(f"written {args.out}")
     return 0 if ok else 1

@@ -79,6 +79,8 @@ class Gateway:
         end = time.monotonic() + 300
         while "READY" not in self.out.read_text():
             if self.proc.poll() is not None or time.monotonic() > end:
+                self.pid = 0
+                self.close()  # its netns goes with it
                 raise RuntimeError(f"gateway did not start: {self.out.read_text()}")
             time.sleep(0.2)
         self.pid = self.proc.pid
