@@ -184,7 +184,8 @@ class Session:
                        # the commit to CRIU's return: the tasks resumed here
                        "resume_s": round(t1 - (handoff.committed_at or t1), 6),
                        "plugin_s": round(plugin_s, 6),
-                       "criu_restore_s": stats(images).get("restore", {}).get("restore_time", 0) / 1e6}
+                       "criu_restore_s": stats(images).get("restore", {}).get("restore_time", 0) / 1e6,
+                       "notify": res.notify}
         self.log.info(f"restored: PID {pid} runs here")
         self.chan.send("done", **self.result)
         return self.result

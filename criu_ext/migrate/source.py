@@ -33,7 +33,7 @@ from criu_ext.criu_images import stats
 from criu_ext.migrate import wire
 from criu_ext.migrate.pagesrv import page_server_opts, pre_dump, round_dir
 from criu_ext.migrate.policy import Policy, next_round
-from criu_ext.migrate.report import Progress, Report, Round
+from criu_ext.migrate.report import Progress, Report, Round, notify_timeline
 from criu_ext.migrate.tls import TlsError, TlsFiles
 from criu_ext.plugin import Log, PluginError, select
 from criu_ext.rpc import CriuError, Options, run
@@ -270,6 +270,8 @@ def migrate(cfg: MigrateConfig, log: Log, progress: Progress | None = None) -> R
             "plugins_dest": float(done.get("plugin_s", 0.0)),
             "total": t4 - t_start,
         })
+        rep.timeline = {"final_dump": notify_timeline(res.notify),
+                        "dest_restore": notify_timeline(done.get("notify"))}
         rep.control_bytes = chan.sent
         rep.ok = ok = True
         return rep
