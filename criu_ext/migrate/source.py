@@ -54,6 +54,7 @@ class MigrateConfig:
     policy: Policy = field(default_factory=Policy)
     tcp_established: bool = False
     shell_job: bool = False
+    network_lock: str = "iptables"  # one of wire.NETWORK_LOCKS
     external: list[str] = field(default_factory=list)
     plugin_spec: str | None = None
     criu: str = "criu"
@@ -209,7 +210,8 @@ def migrate(cfg: MigrateConfig, log: Log, progress: Progress | None = None) -> R
     ok = False
     try:
         chan.send("hello", version=wire.VERSION, pid=cfg.pid, pre_copy=cfg.pre_copy,
-                  tcp_established=cfg.tcp_established, shell_job=cfg.shell_job)
+                  tcp_established=cfg.tcp_established, shell_job=cfg.shell_job,
+                  network_lock=cfg.network_lock)
         chan.recv("welcome")
         rep.times["connect"] = time.monotonic() - t_start
         t1 = time.monotonic()
@@ -229,6 +231,7 @@ def migrate(cfg: MigrateConfig, log: Log, progress: Progress | None = None) -> R
                     shell_job=cfg.shell_job, external=list(cfg.external), log_file="dump.log",
                     log_level=cfg.log_level)
         page_server_opts(o, cfg.dest[0], port, cfg.tls, n if n else None)
+        o.extra["network_lock"] = cfg.network_lock
         handoff = Handoff(chan, rep, progress)
         session = Session(ph.DUMP, images, [*plugins, handoff], "rpc", log)
         handoff.session = session
