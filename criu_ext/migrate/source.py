@@ -262,6 +262,7 @@ def migrate(cfg: MigrateConfig, log: Log, progress: Progress | None = None) -> R
             # follows. Their sum is the gap the task's peers see.
             "frozen": criu_frozen + resume,
             "until_post_dump": handoff.post_dump_at - t2,  # CRIU's dump up to the handoff
+            "plugins_begin": res.begin_seconds,  # of it, the plugins' imports and prepare
             "after_commit": t3 - handoff.committed_at,  # CRIU ending the dump here
             "final_dump_to_done": t4 - t2,
             "criu_frozen": criu_frozen,
