@@ -3,7 +3,8 @@
 Run inside the test VM, as root:
 
     python -m tests.vm.runner --exec -- .venv/bin/python -m benchmarks.migrate_bench \
-        [--subscribers 100000] [--interval 0.005] [--out out/migrate-bench.json]
+        [--subscribers 100000] [--interval 0.005] [--network-lock iptables|nftables] \
+        [--out out/migrate-bench.json]
 
 In the same run, twice on a fresh fabric (scenario.hosts): the HSS
 (scenario.hss, ``--subscribers`` in memory) with its client querying every
@@ -32,7 +33,7 @@ from scenario.report import gaps
 from scenario.run import recover
 
 
-def one(mode: str, subscribers: int, interval: float, tmp: Path) -> dict:
+def one(mode: str, subscribers: int, interval: float, tmp: Path, lock: str) -> dict:
     fabric = Fabric("mb").start()
     hosts = None
     try:
@@ -43,7 +44,8 @@ def one(mode: str, subscribers: int, interval: float, tmp: Path) -> dict:
         recover(fn, time.monotonic(), timeout=300)
         time.sleep(2.0)  # a steady state: the writes have spread over the database
         rx = hosts.receiver("b", [f"veth[eth0]:{outer_name('hss', 'eth0')}@{BRIDGE}"])
-        extra = ["--tcp-established"] + (["--no-pre-copy"] if mode == "one-shot" else [])
+        extra = ["--tcp-established", "--network-lock", lock] + (
+            ["--no-pre-copy"] if mode == "one-shot" else [])
         t0 = time.monotonic()
         rc, rep, err = hosts.migrate("a", pid, rx, extra=extra)
         t1 = time.monotonic()
@@ -61,6 +63,7 @@ def one(mode: str, subscribers: int, interval: float, tmp: Path) -> dict:
                 "pre_copy_rounds": rep["pre_copy_rounds"], "pages_per_round": rep["pages_per_round"],
                 "bytes_sent": rep["bytes_sent"], "total_s": rep["times"]["total"],
                 "times": rep["times"],  # every phase, as criu-ext migrate --json reports it
+                "timeline": rep.get("timeline", {}),  # CRIU's notifications, both ends
                 "answers": peers["answers"]}
     finally:
         if hosts is not None:
@@ -72,14 +75,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--subscribers", type=int, default=100_000)
     ap.add_argument("--interval", type=float, default=0.005)
+    ap.add_argument("--network-lock", default="iptables", choices=("iptables", "nftables"),
+                    help="CRIU's network lock, both modes (criu-ext migrate --network-lock)")
     ap.add_argument("--out", default="out/migrate-bench.json")
     a = ap.parse_args()
-    res: dict = {"subscribers": a.subscribers, "interval_s": a.interval}
+    res: dict = {"subscribers": a.subscribers, "interval_s": a.interval,
+                 "network_lock": a.network_lock}
     with tempfile.TemporaryDirectory() as tmp:
         for mode in ("one-shot", "pre-copy"):
             d = Path(tmp) / mode
             d.mkdir()
-            res[mode] = one(mode, a.subscribers, a.interval, d)
+            res[mode] = one(mode, a.subscribers, a.interval, d, a.network_lock)
             print(json.dumps({mode: res[mode]}), file=sys.stderr, flush=True)
     base, pre = res["one-shot"]["client_gap_s"], res["pre-copy"]["client_gap_s"]
     res["ratio"] = round(pre / base, 3) if base and pre else None

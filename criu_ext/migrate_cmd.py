@@ -8,6 +8,8 @@ import sys
 
 import click
 
+from criu_ext.migrate.wire import NETWORK_LOCKS
+
 
 def _stacked(opts):
     def apply(f):
@@ -70,6 +72,10 @@ def _tls(cacert, cert, key):
               help="pre-copy: stop once a round wrote fewer pages than this")
 @click.option("--tcp-established", is_flag=True, help="CRIU --tcp-established (both ends)")
 @click.option("--shell-job", is_flag=True, help="CRIU --shell-job (both ends)")
+@click.option("--network-lock", type=click.Choice(NETWORK_LOCKS), default="iptables",
+              show_default=True,
+              help="CRIU --network-lock (both ends): nftables locks in CRIU's own process, "
+                   "iptables starts iptables-restore while the tasks are frozen")
 @click.option("--external", multiple=True, metavar="RES", help="CRIU --external at dump (repeatable)")
 @criu_options("dump", "receiver")
 @click.option("--work-dir", type=click.Path(file_okay=False, exists=True),
@@ -79,7 +85,7 @@ def _tls(cacert, cert, key):
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 @click.option("-q", "--quiet", is_flag=True, help="plugin messages: errors only")
 def migrate(pid, dest, tls_cacert, tls_cert, tls_key, no_pre_copy, max_rounds, min_pages,
-            tcp_established, shell_job, external, plugin_spec, criu_bin, log_level, timeout,
+            tcp_established, shell_job, network_lock, external, plugin_spec, criu_bin, log_level, timeout,
             work_dir, dry_run, as_json, quiet):
     """Move the task tree rooted at PID to a `criu-ext receive` on another host.
 
@@ -100,7 +106,8 @@ def migrate(pid, dest, tls_cacert, tls_cert, tls_key, no_pre_copy, max_rounds, m
                         tls=_tls(tls_cacert, tls_cert, tls_key), pre_copy=not no_pre_copy,
                         policy=Policy(max_rounds=max_rounds, min_pages=min_pages),
                         tcp_established=tcp_established, shell_job=shell_job,
-                        external=list(external), plugin_spec=plugin_spec, criu=criu_bin,
+                        network_lock=network_lock, external=list(external),
+                        plugin_spec=plugin_spec, criu=criu_bin,
                         log_level=log_level, timeout=timeout, work_dir=work_dir)
     log = Log(sys.stderr, 1 if quiet else 2)
     if dry_run:

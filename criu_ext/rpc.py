@@ -67,6 +67,7 @@ class Result:
     notify: list[dict]  # {"phase", "at", "seconds", "ok"} per NOTIFY, "at" since request sent
     log_path: str | None
     swrk_status: int | None = None
+    begin_seconds: float = 0.0  # the plugins' imports and prepare, before CRIU was asked
 
     def phase_seconds(self, phases=None) -> float:
         return sum(n["seconds"] for n in self.notify if phases is None or n["phase"] in phases)
@@ -246,6 +247,7 @@ def run(action: str, o: Options, session: Session | None, criu: str = "criu",
         raise ValueError("a dump needs the PID of the tree's root (--tree)")
     if not o.log_file:
         o.log_file = f"{action}.log"
+    t_begin = time.perf_counter()
     if session is not None:
         try:
             begin(session)
@@ -263,6 +265,7 @@ def run(action: str, o: Options, session: Session | None, criu: str = "criu",
             session.options.setdefault("external", list(o.external))
             if action == ph.DUMP:
                 session.init_pid = o.pid
+        begin_seconds = time.perf_counter() - t_begin
         swrk = Swrk(criu)
         notify: list[dict] = []
         failure: PhaseFailed | None = None
@@ -304,7 +307,8 @@ def run(action: str, o: Options, session: Session | None, criu: str = "criu",
         if work_fd is not None:
             os.close(work_fd)
     result = Result(ok=bool(resp is not None and resp.success), resp=resp, seconds=seconds,
-                    notify=notify, log_path=log_path, swrk_status=status)
+                    notify=notify, log_path=log_path, swrk_status=status,
+                    begin_seconds=begin_seconds)
     if session is not None:
         late = conclude(session, result.ok)
         if late and result.ok and action == ph.DUMP:

@@ -98,6 +98,9 @@ class Session:
         if hello.get("version") != wire.VERSION:
             raise wire.PeerFailed("hello", f"protocol version {hello.get('version')!r}, "
                                   f"this receiver speaks {wire.VERSION}")
+        if hello.get("network_lock", "iptables") not in wire.NETWORK_LOCKS:
+            raise wire.PeerFailed("hello", f"network lock {hello.get('network_lock')!r}: "
+                                  f"one of {', '.join(wire.NETWORK_LOCKS)}")
         self.hello = hello
         if hello.get("dry_run"):
             from criu_ext.migrate.checks import check_end
@@ -170,7 +173,8 @@ class Session:
         session = PluginSession(ph.RESTORE, images, [*plugins, handoff], "rpc", self.log)
         opts = Options(images_dir=images, tcp_established=bool(self.hello.get("tcp_established")),
                        shell_job=bool(self.hello.get("shell_job")), external=list(self.cfg.external),
-                       log_file="restore.log", log_level=self.cfg.log_level)
+                       log_file="restore.log", log_level=self.cfg.log_level,
+                       extra={"network_lock": self.hello.get("network_lock", "iptables")})
         res = run(ph.RESTORE, opts, session, self.cfg.criu)
         pid = res.resp.restore.pid
         self.phase = "resume"
@@ -184,7 +188,8 @@ class Session:
                        # the commit to CRIU's return: the tasks resumed here
                        "resume_s": round(t1 - (handoff.committed_at or t1), 6),
                        "plugin_s": round(plugin_s, 6),
-                       "criu_restore_s": stats(images).get("restore", {}).get("restore_time", 0) / 1e6}
+                       "criu_restore_s": stats(images).get("restore", {}).get("restore_time", 0) / 1e6,
+                       "notify": res.notify}
         self.log.info(f"restored: PID {pid} runs here")
         self.chan.send("done", **self.result)
         return self.result

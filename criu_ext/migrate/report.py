@@ -35,6 +35,10 @@ class Report:
     rounds: list[Round] = field(default_factory=list)
     times: dict[str, float] = field(default_factory=dict)  # per phase, seconds
     control_bytes: int = 0  # bytes sent on the control channel (images, messages)
+    # when each of CRIU's notifications came ("at": seconds since the request) and how
+    # long it was answered, for the final dump here and the restore there: where the
+    # time before the freeze and inside it goes
+    timeline: dict[str, list[dict]] = field(default_factory=dict)
 
     @property
     def page_bytes(self) -> int:
@@ -48,6 +52,26 @@ class Report:
         d["bytes_sent"] = self.page_bytes + self.control_bytes
         d["times"] = {k: round(v, 6) for k, v in self.times.items()}
         return d
+
+
+def notify_timeline(items: object, limit: int = 32) -> list[dict]:
+    """``rpc.Result.notify`` entries as typed values (the destination's arrive over the
+    wire): phase name, "at" and "seconds"; anything else is dropped."""
+    out: list[dict] = []
+    if not isinstance(items, list):
+        return out
+    for it in items[:limit]:
+        if not isinstance(it, dict) or not isinstance(it.get("phase"), str):
+            continue
+        try:
+            at, sec = float(it.get("at", 0.0)), float(it.get("seconds", 0.0))
+        except (TypeError, ValueError):
+            continue
+        if not (0.0 <= at < 1e6 and 0.0 <= sec < 1e6):
+            continue
+        out.append({"phase": it["phase"][:32], "at": round(at, 6), "seconds": round(sec, 6),
+                    "ok": bool(it.get("ok", True))})
+    return out
 
 
 class Progress:

@@ -33,7 +33,7 @@ from criu_ext.criu_images import stats
 from criu_ext.migrate import wire
 from criu_ext.migrate.pagesrv import page_server_opts, pre_dump, round_dir
 from criu_ext.migrate.policy import Policy, next_round
-from criu_ext.migrate.report import Progress, Report, Round
+from criu_ext.migrate.report import Progress, Report, Round, notify_timeline
 from criu_ext.migrate.tls import TlsError, TlsFiles
 from criu_ext.plugin import Log, PluginError, select
 from criu_ext.rpc import CriuError, Options, run
@@ -54,6 +54,7 @@ class MigrateConfig:
     policy: Policy = field(default_factory=Policy)
     tcp_established: bool = False
     shell_job: bool = False
+    network_lock: str = "iptables"  # one of wire.NETWORK_LOCKS
     external: list[str] = field(default_factory=list)
     plugin_spec: str | None = None
     criu: str = "criu"
@@ -209,7 +210,8 @@ def migrate(cfg: MigrateConfig, log: Log, progress: Progress | None = None) -> R
     ok = False
     try:
         chan.send("hello", version=wire.VERSION, pid=cfg.pid, pre_copy=cfg.pre_copy,
-                  tcp_established=cfg.tcp_established, shell_job=cfg.shell_job)
+                  tcp_established=cfg.tcp_established, shell_job=cfg.shell_job,
+                  network_lock=cfg.network_lock)
         chan.recv("welcome")
         rep.times["connect"] = time.monotonic() - t_start
         t1 = time.monotonic()
@@ -229,6 +231,7 @@ def migrate(cfg: MigrateConfig, log: Log, progress: Progress | None = None) -> R
                     shell_job=cfg.shell_job, external=list(cfg.external), log_file="dump.log",
                     log_level=cfg.log_level)
         page_server_opts(o, cfg.dest[0], port, cfg.tls, n if n else None)
+        o.extra["network_lock"] = cfg.network_lock
         handoff = Handoff(chan, rep, progress)
         session = Session(ph.DUMP, images, [*plugins, handoff], "rpc", log)
         handoff.session = session
@@ -259,6 +262,7 @@ def migrate(cfg: MigrateConfig, log: Log, progress: Progress | None = None) -> R
             # follows. Their sum is the gap the task's peers see.
             "frozen": criu_frozen + resume,
             "until_post_dump": handoff.post_dump_at - t2,  # CRIU's dump up to the handoff
+            "plugins_begin": res.begin_seconds,  # of it, the plugins' imports and prepare
             "after_commit": t3 - handoff.committed_at,  # CRIU ending the dump here
             "final_dump_to_done": t4 - t2,
             "criu_frozen": criu_frozen,
@@ -270,6 +274,8 @@ def migrate(cfg: MigrateConfig, log: Log, progress: Progress | None = None) -> R
             "plugins_dest": float(done.get("plugin_s", 0.0)),
             "total": t4 - t_start,
         })
+        rep.timeline = {"final_dump": notify_timeline(res.notify),
+                        "dest_restore": notify_timeline(done.get("notify"))}
         rep.control_bytes = chan.sent
         rep.ok = ok = True
         return rep

@@ -23,6 +23,8 @@ from procns.files import loads_json
 MAX_MESSAGE = 1 << 20
 CHUNK = 1 << 16
 VERSION = 1
+# CRIU's --network-lock methods (rpc.proto's criu_network_lock_method), both ends
+NETWORK_LOCKS = ("iptables", "nftables")
 # CRIU image names and our own: letters, digits, dot, dash, underscore; no path.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 

@@ -13,7 +13,7 @@ import pytest
 
 from criu_ext.migrate import wire
 from criu_ext.migrate.policy import Policy, next_round
-from criu_ext.migrate.report import Report, Round, summary
+from criu_ext.migrate.report import Report, Round, notify_timeline, summary
 from criu_ext.migrate.tls import TlsFiles, make_test_pki
 
 # -- policy ---------------------------------------------------------------------------------
@@ -202,6 +202,20 @@ def test_report_json_counts_rounds_pages_and_bytes():
     assert d["pages_per_round"] == [1000, 100, 10]
     assert d["bytes_sent"] == 1110 * 4096 + 1000
     assert "2 pre-copy round(s), frozen 2.50 s" in summary(rep)
+
+
+def test_notify_timeline_keeps_typed_entries_and_drops_the_rest():
+    got = notify_timeline([
+        {"phase": "pre-dump", "at": 1.5, "seconds": 0.01, "ok": True},
+        {"phase": "network-lock", "at": "2.25", "seconds": 0},  # numbers as text are read
+        {"phase": ["x"], "at": 1.0}, {"phase": "post-dump", "at": "soon"},
+        {"phase": "post-dump", "at": -1.0}, {"phase": "p", "at": float("nan")}, "junk",
+    ])
+    assert got == [{"phase": "pre-dump", "at": 1.5, "seconds": 0.01, "ok": True},
+                   {"phase": "network-lock", "at": 2.25, "seconds": 0.0, "ok": True}]
+    assert notify_timeline({"phase": "x"}) == [] and notify_timeline(None) == []
+    assert len(notify_timeline([{"phase": "p" * 99, "at": 0}] * 100)) == 32
+    assert notify_timeline([{"phase": "p" * 99, "at": 0}])[0]["phase"] == "p" * 32
 
 
 # -- dry-run verdict ----------------------------------------------------------------------------

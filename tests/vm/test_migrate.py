@@ -13,8 +13,9 @@ not be paid per case):
   checked by itself (ZDTM style) on B;
 * the HSS (TCP, --tcp-established) through failures: a certificate of another CA,
   the receiver killed during pre-copy, during the final transfer and during
-  restore, a plugin failing at restore. Each time the HSS runs on at A and its
-  client is answered, nothing is left on B; then it moves A -> B -> A;
+  restore (one shot), a plugin failing at restore (one shot). Each time the HSS
+  runs on at A and its client is answered, nothing is left on B; then it moves
+  A -> B (CRIU's iptables network lock) -> A (its nftables lock);
 * the SPGW (gtp0, 50 UEs) moved A -> B -> A: every UE answered with its TEIDs.
 
 Figures go to out/migrate.json.
@@ -83,7 +84,13 @@ def moved(hosts: Hosts, fn_ns: str | None, rx, rc: int, rep: dict, err: str) -> 
     t = rep["times"]  # the stop is CRIU's frozen time here plus the resume there
     assert t["frozen"] == pytest.approx(t["criu_frozen"] + t["dest_resume"]), t
     assert 0 < t["frozen"] <= t["final_dump_to_done"], t
-    assert t["until_post_dump"] > 0 and t["after_commit"] >= 0, t
+    assert t["until_post_dump"] > t["plugins_begin"] > 0 and t["after_commit"] >= 0, t
+    # when CRIU notified, both ends: pre-dump before the freeze, the lock (a task with
+    # a netns of its own) after it, post-dump once every image is written
+    at = {n["phase"]: n["at"] for n in rep["timeline"]["final_dump"]}
+    assert 0 < at["pre-dump"] < at.get("network-lock", at["post-dump"]) <= at["post-dump"] \
+        <= t["final_dump"], rep["timeline"]
+    assert "post-restore" in [n["phase"] for n in rep["timeline"]["dest_restore"]], rep
     if fn_ns:
         hosts.fabric.retire(fn_ns)
         hosts.fabric.adopt(fn_ns, hosts.global_pid(rx.host, got["pid"]))
@@ -155,6 +162,7 @@ def test_hss_failures_leave_it_running_then_it_moves_there_and_back(hosts, tmp_p
     tcp = ["--tcp-established"]
     # past pre-copy, one round is enough to fail after (and cheaper than converging)
     one_round = [*tcp, "--max-rounds", "1"]
+    one_shot = [*tcp, "--no-pre-copy"]
     cases = {}
 
     # a certificate of another CA: refused at the handshake, the receiver waits on
@@ -173,12 +181,13 @@ def test_hss_failures_leave_it_running_then_it_moves_there_and_back(hosts, tmp_p
     rc, rep, err = hosts.finish(mig)
     _source_runs_on(hosts, fn, pid, rx, rc, rep, err, "pre-copy round 1")
     cases["killed during pre-copy"] = err.strip()
-    # (restore: a second in, CRIU is restoring when the receiver goes)
-    for needle, phase, delay in (("receiving images", "transfer", 0.0),
-                                 ("restoring from", "restore", 1.0)):
+    # (restore: a second in, CRIU is restoring when the receiver goes; one shot there,
+    # the pre-copied case is the transfer's)
+    for needle, phase, delay, how in (("receiving images", "transfer", 0.0, one_round),
+                                      ("restoring from", "restore", 1.0, one_shot)):
         rx = hosts.receiver("b", ext)
         assert not list(hosts.work["b"].glob("session-*"))  # the killed one's are gone
-        mig = hosts.migrate("a", pid, rx, extra=one_round, wait=False)
+        mig = hosts.migrate("a", pid, rx, extra=how, wait=False)
         _kill_at(hosts, rx, needle, delay)
         rc, rep, err = hosts.finish(mig)
         _source_runs_on(hosts, fn, pid, rx, rc, rep, err, phase)
@@ -187,20 +196,22 @@ def test_hss_failures_leave_it_running_then_it_moves_there_and_back(hosts, tmp_p
     env = dict(os.environ, CRIU_EXT_TRACE_FAIL="post-restore",
                CRIU_EXT_PLUGINS="sctp,gtp,netfilter,announce,trace")
     rx = hosts.receiver("b", ext, env=env)
-    rc, rep, err = hosts.migrate("a", pid, rx, extra=one_round)
+    rc, rep, err = hosts.migrate("a", pid, rx, extra=one_shot)
     _source_runs_on(hosts, fn, pid, rx, rc, rep, err, "restore")
     assert "trace" in err
     assert not list(hosts.work["b"].glob("session-*"))
     cases["plugin fails at restore"] = err.strip()
 
     runs = {}
-    for src, dst in (("a", "b"), ("b", "a")):
+    # there with CRIU's default lock (iptables), back with its nftables lock
+    for src, dst, lock in (("a", "b", "iptables"), ("b", "a", "nftables")):
         rx = hosts.receiver(dst, ext)
-        rc, rep, err = hosts.migrate(src, pid, rx, extra=tcp)
+        rc, rep, err = hosts.migrate(src, pid, rx, extra=[*tcp, "--network-lock", lock])
         t = time.monotonic()
         pid = moved(hosts, fn.ns, rx, rc, rep, err)
         back = recover(fn, t, timeout=60)
-        runs[f"{src}->{dst}"] = figures(rep) | {"answered_again_s": round(back, 3)}
+        runs[f"{src}->{dst}"] = figures(rep) | {"answered_again_s": round(back, 3),
+                                                 "network_lock": lock}
     peers = fn.stop()
     assert peers["errors"] == [], peers  # counters continuous: nothing lost or repeated
     assert peers["answers"] > 0
