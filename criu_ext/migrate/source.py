@@ -54,7 +54,7 @@ class MigrateConfig:
     policy: Policy = field(default_factory=Policy)
     tcp_established: bool = False
     shell_job: bool = False
-    network_lock: str = "iptables"  # one of wire.NETWORK_LOCKS
+    network_lock: str = "nftables"  # one of wire.NETWORK_LOCKS (CRIU's default: iptables)
     external: list[str] = field(default_factory=list)
     plugin_spec: str | None = None
     criu: str = "criu"
