@@ -124,7 +124,7 @@ class Server:
     def load(self, log) -> None:
         """Import and load the plugins once; their first-use costs paid now (outside the
         freeze window: this runs at pre-dump / pre-restore)."""
-        from criu_ext.plugin import PluginError
+        from criu_ext.plugin import PluginError, warm_all
         from criu_ext.plugin import select as select_plugins
         from criu_ext.session import Session
 
@@ -135,10 +135,7 @@ class Server:
                 self.session = Session(self.action, self.images_dir or ".",
                                        select_plugins(os.environ.get("CRIU_EXT_PLUGINS"), log),
                                        "script", log)
-                for plugin in self.session.plugins:
-                    warm = getattr(plugin, "warm", None)
-                    if callable(warm):
-                        warm(self.action)
+                warm_all(self.session.plugins, self.action)
         except PluginError as exc:
             self.load_error = str(exc)
             return

@@ -72,10 +72,11 @@ def _tls(cacert, cert, key):
               help="pre-copy: stop once a round wrote fewer pages than this")
 @click.option("--tcp-established", is_flag=True, help="CRIU --tcp-established (both ends)")
 @click.option("--shell-job", is_flag=True, help="CRIU --shell-job (both ends)")
-@click.option("--network-lock", type=click.Choice(NETWORK_LOCKS), default="iptables",
+@click.option("--network-lock", type=click.Choice(NETWORK_LOCKS), default="nftables",
               show_default=True,
               help="CRIU --network-lock (both ends): nftables locks in CRIU's own process, "
-                   "iptables starts iptables-restore while the tasks are frozen")
+                   "iptables (CRIU's default) starts iptables-restore while the tasks "
+                   "are frozen")
 @click.option("--external", multiple=True, metavar="RES", help="CRIU --external at dump (repeatable)")
 @criu_options("dump", "receiver")
 @click.option("--work-dir", type=click.Path(file_okay=False, exists=True),

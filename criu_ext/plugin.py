@@ -80,6 +80,40 @@ class Plugin:
         return None
 
 
+def warm_all(plugins: list[Any], action: str) -> None:
+    """Every plugin's ``warm(action)``: imports and first sockets, before CRIU needs them."""
+    for plugin in plugins:
+        warm = getattr(plugin, "warm", None)
+        if callable(warm):
+            warm(action)
+
+
+class Warmup:
+    """``warm_all`` in a thread, while something slow runs elsewhere (CRIU's pre-copy
+    rounds are other processes); ``join`` waits and raises what the thread raised.
+    warm is idempotent: a later ``warm_all`` finds the imports done."""
+
+    def __init__(self, plugins: list[Any], action: str) -> None:
+        import threading
+
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(plugins, action),
+                                       name="criu-ext-warm", daemon=True)
+        self.thread.start()
+
+    def _run(self, plugins: list[Any], action: str) -> None:
+        try:
+            warm_all(plugins, action)
+        except BaseException as exc:  # handed to join(), in the caller's thread
+            self.error = exc
+
+    def join(self) -> None:
+        self.thread.join()
+        if self.error is not None:
+            err, self.error = self.error, None
+            raise err
+
+
 class Log:
     """Lines prefixed ``criu-ext: [plugin: ]`` on a stream (CRIU's log in script mode)."""
 

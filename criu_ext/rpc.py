@@ -20,6 +20,7 @@ from typing import Any, Callable
 import pycriu.rpc_pb2 as rpc
 
 from criu_ext import phases as ph
+from criu_ext.plugin import warm_all
 from criu_ext.session import PhaseFailed, Session
 
 RECV_MAX = 1 << 20
@@ -197,10 +198,7 @@ def _open_dirs(o: Options) -> tuple[int, int | None, str, str]:
 
 def begin(session: Session) -> None:
     """Before CRIU starts: the plugins' imports and ``prepare`` (PhaseFailed: nothing touched)."""
-    for plugin in session.plugins:  # imports now, not in the freeze window
-        warm = getattr(plugin, "warm", None)
-        if callable(warm):
-            warm(session.action)
+    warm_all(session.plugins, session.action)  # imports now, not in the freeze window
     session.prepare()
 
 

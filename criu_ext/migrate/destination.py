@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from criu_ext.migrate import wire
 from criu_ext.migrate.pagesrv import PageServer, round_dir
 from criu_ext.migrate.tls import TlsFiles
-from criu_ext.plugin import Log, PluginError, select
+from criu_ext.plugin import Log, PluginError, Warmup, select
 from procns.files import read_text, write_atomic
 
 DEFAULT_BUDGET = 4 << 30  # bytes of non-page images one migration may send
@@ -113,10 +113,9 @@ class Session:
             self.chan.send("checked", **report)
             return {"dry_run": True, **report}
         plugins = select(self.cfg.plugin_spec, self.log)  # a bad selection fails now
-        for plugin in plugins:  # imports and first sockets now: the restore runs while
-            warm = getattr(plugin, "warm", None)  # the source is frozen
-            if callable(warm):
-                warm("restore")
+        # imports and first sockets beside the pre-copy rounds (CRIU's page servers are
+        # other processes), done before the restore, which runs while the source is frozen
+        warmup = Warmup(plugins, "restore")
         os.makedirs(self.dir, 0o700)
         write_atomic(os.path.join(self.dir, "owner"), f"{os.getpid()}\n")
         self.chan.send("welcome", plugins=[p.name for p in plugins])
@@ -150,6 +149,7 @@ class Session:
             else:
                 self.phase = "transfer"
                 self._end_page_server()
+                warmup.join()
                 return self._restore(plugins)
 
     def _end_page_server(self) -> None:

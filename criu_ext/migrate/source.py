@@ -35,7 +35,7 @@ from criu_ext.migrate.pagesrv import page_server_opts, pre_dump, round_dir
 from criu_ext.migrate.policy import Policy, next_round
 from criu_ext.migrate.report import Progress, Report, Round, notify_timeline
 from criu_ext.migrate.tls import TlsError, TlsFiles
-from criu_ext.plugin import Log, PluginError, select
+from criu_ext.plugin import Log, PluginError, Warmup, select
 from criu_ext.rpc import CriuError, Options, run
 from criu_ext.session import Session
 
@@ -54,7 +54,7 @@ class MigrateConfig:
     policy: Policy = field(default_factory=Policy)
     tcp_established: bool = False
     shell_job: bool = False
-    network_lock: str = "iptables"  # one of wire.NETWORK_LOCKS
+    network_lock: str = "nftables"  # one of wire.NETWORK_LOCKS (CRIU's default: iptables)
     external: list[str] = field(default_factory=list)
     plugin_spec: str | None = None
     criu: str = "criu"
@@ -204,6 +204,7 @@ def migrate(cfg: MigrateConfig, log: Log, progress: Progress | None = None) -> R
     except PluginError as exc:
         raise MigrationFailed("connect", str(exc)) from None
     progress.phase(f"connecting to {cfg.dest[0]}:{cfg.dest[1]}")
+    warmup = Warmup(plugins, ph.DUMP)  # the plugins' imports run beside pre-copy's CRIU
     chan = connect(cfg)
     work = tempfile.mkdtemp(prefix="criu-ext-migrate-", dir=cfg.work_dir)
     phase = "hello"
@@ -232,6 +233,11 @@ def migrate(cfg: MigrateConfig, log: Log, progress: Progress | None = None) -> R
                     log_level=cfg.log_level)
         page_server_opts(o, cfg.dest[0], port, cfg.tls, n if n else None)
         o.extra["network_lock"] = cfg.network_lock
+        try:
+            warmup.join()
+        except Exception as exc:
+            raise MigrationFailed("final dump", f"the plugins cannot start: "
+                                  f"{_one_line(exc)}") from None
         handoff = Handoff(chan, rep, progress)
         session = Session(ph.DUMP, images, [*plugins, handoff], "rpc", log)
         handoff.session = session

@@ -13,11 +13,13 @@ from criu_ext.plugin import (
     Plugin,
     PluginError,
     PluginRef,
+    Warmup,
     handles,
     load,
     parse_selection,
     plugin_phases,
     select,
+    warm_all,
 )
 from criu_ext.session import MANIFEST, PhaseFailed, Session, read_manifest
 
@@ -226,3 +228,35 @@ def test_context_paths(tmp_path):
     assert ctx.image_path("criu-ext-x.img") == str(tmp_path / "criu-ext-x.img")
     with pytest.raises(ValueError):
         ctx.image_path("core-1.img")
+
+
+# -- warming the plugins ---------------------------------------------------------------
+
+
+class _Warms:
+    def __init__(self, fail: bool = False) -> None:
+        self.calls: list[str] = []
+        self.fail = fail
+
+    def warm(self, action: str) -> None:
+        self.calls.append(action)
+        if self.fail:
+            raise ImportError("no module named 'pyroute2'")
+
+
+def test_warm_all_asks_every_plugin_that_can_warm():
+    a, b = _Warms(), _Warms()
+    warm_all([a, object(), b], "restore")  # one without warm is left alone
+    assert a.calls == b.calls == ["restore"]
+
+
+def test_warmup_runs_beside_the_caller_and_join_raises_its_failure():
+    ok = _Warms()
+    w = Warmup([ok], "dump")
+    w.join()
+    assert ok.calls == ["dump"]
+    bad = Warmup([_Warms(fail=True), ok], "dump")
+    with pytest.raises(ImportError, match="pyroute2"):
+        bad.join()
+    bad.join()  # raised once; a second join has nothing more to say
+    assert ok.calls == ["dump"]  # the plugins after the failing one were not warmed
