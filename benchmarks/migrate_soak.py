@@ -107,7 +107,7 @@ def soak(fn, hosts: Hosts, moves: int) -> dict:
     before = tunnels(fn.ns) if isinstance(fn, Spgw) else None
     base: dict | None = None
     drift: list[str] = []
-    runs: list[dict] = []
+    runs, done = [], []
     src, dst, ns_pid = "a", "b", pid
     for n in range(1, moves + 1):
         m = migrate_cli(hosts, fn.ns, fn.name, ns_pid, fn.links, src, dst,
@@ -123,12 +123,13 @@ def soak(fn, hosts: Hosts, moves: int) -> dict:
             drift += [f"move {n}: {k}: {base[k]} -> {fp[k]}" for k in base if fp[k] != base[k]]
         runs.append({"move": n, "from": src, "to": dst, "frozen_s": round(m.frozen_s, 3),
                      "pre_copy_rounds": m.pre_copy_rounds, "bytes": m.image_bytes,
-                     "answered_again_s": round(back, 3), "rss_kb": rss_kb(m.pid),
-                     # now: the MME's peers keep only their latest 2,000 ack times
-                     "downtime_s": fn.figures(m)["downtime_s"]})
+                     "answered_again_s": round(back, 3), "rss_kb": rss_kb(m.pid)})
+        done.append(m)
         print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
         src, dst = dst, src
     peers = fn.stop()
+    for run, m in zip(runs, done):  # the peers' records are read at stop
+        run["downtime_s"] = fn.figures(m)["downtime_s"]
     rss = [r["rss_kb"] for r in runs]
     return {"note": fn.note, "moves": runs, "peers": peers, "drift": drift,
             "rss_kb_first_last": [rss[0], rss[-1]] if rss else [],

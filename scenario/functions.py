@@ -282,12 +282,9 @@ class Mme:
         return verdict
 
     def figures(self, m: Migration) -> dict:
-        # the peers keep their last 2,000 ack times (200 s): read them now, right after
-        # the move, not at the end of a long run
-        acks = {n: self._acks(n) for n in self.peers}
-        merged = sorted(t for ts in acks.values() for t in ts)
+        merged = sorted(t for ts in self.acks.values() for t in ts)
         per_peer = [g for g in (gaps(ts, m.t_dump_start, m.t_restored)
-                                for ts in acks.values()) if g is not None]
+                                for ts in self.acks.values()) if g is not None]
         return {"downtime_s": gaps(merged, m.t_dump_start, m.t_restored),
                 "downtime_max_s": max(per_peer) if per_peer else None}
 

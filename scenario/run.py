@@ -46,7 +46,6 @@ def migrate_once(fn, hosts: Hosts, moves: int = 1) -> dict:
     time.sleep(1.0)  # a steady state before the first freeze
     t_start = time.monotonic()
     done = []
-    figures: list[dict] = []
     src, dst = "a", "b"
     for _ in range(moves):
         m = migrate_cli(hosts, fn.ns, fn.name, pid, fn.links, src, dst,
@@ -54,7 +53,6 @@ def migrate_once(fn, hosts: Hosts, moves: int = 1) -> dict:
         pid = m.ns_pid
         fn.pid = m.pid
         back = recover(fn, m.t_restored)
-        figures.append(fn.figures(m))  # now: a peer may keep only its latest replies
         say(f"{fn.name}:   host {src.upper()} -> {dst.upper()}: {m.pre_copy_rounds} pre-copy "
             f"round(s), frozen {m.frozen_s:.2f} s, checkpoint "
             f"{m.checkpoint_s:.2f} s, transfer {m.transfer_s:.2f} s, restore {m.restore_s:.2f} s, "
@@ -64,14 +62,14 @@ def migrate_once(fn, hosts: Hosts, moves: int = 1) -> dict:
         src, dst = dst, src
     peers = fn.stop()
     runs = []
-    for m, fig in zip(done, figures):
+    for m in done:
         run = {"from": m.src, "to": m.dst, "checkpoint_s": m.checkpoint_s,
                "transfer_s": m.transfer_s, "restore_s": m.restore_s, "total_s": m.total_s,
                "image_bytes": m.image_bytes, "plugin_frozen_s": m.plugin_frozen_s,
                "pre_copy_rounds": m.pre_copy_rounds, "frozen_s": m.frozen_s,
                "t_dump_start": round(m.t_dump_start - t_start, 3),
                "t_restored": round(m.t_restored - t_start, 3)}
-        run.update(fig)
+        run.update(fn.figures(m))
         runs.append(run)
     return {"runs": runs, "peers": peers, "timeline": fn.timeline_data(t_start)}
 
