@@ -215,6 +215,7 @@ class Mme:
     def __init__(self, fabric: Fabric, workdir: Path, enbs: int = 3):
         self.fabric, self.workdir, self.enbs = fabric, workdir, enbs
         self.peers: dict[str, subprocess.Popen] = {}
+        self.history: dict[str, list[float]] = {}  # every ack time seen, per base station
 
     @property
     def note(self) -> str:
@@ -249,7 +250,14 @@ class Mme:
         return self.pid
 
     def _acks(self, name: str) -> list[float]:
-        return self._status(name).get("ack_times", {}).get("ack", [])
+        """Every ack time of ``name`` seen so far. A base station keeps its latest 2,000
+        (200 s); each read (serving() polls after every move) adds the new ones, so a
+        long run keeps its first moves' windows."""
+        hist = self.history.setdefault(name, [])
+        last = hist[-1] if hist else float("-inf")
+        hist.extend(t for t in self._status(name).get("ack_times", {}).get("ack", [])
+                    if t > last)
+        return hist
 
     def serving(self, since: float) -> bool:
         """Every base station got an answer after ``since`` and saw nothing wrong."""

@@ -48,3 +48,21 @@ def test_json_carries_runs_summary_and_paper():
     assert doc["hss"]["summary"]["total_s"]["median"] == 4.0
     assert doc["hss"]["paper"]["total_s"] == [15, 33]
     assert doc["hss"]["note"] == "x"
+
+
+def test_mme_keeps_every_ack_time_its_base_stations_have_shown(tmp_path):
+    # a base station's status file (fake: written here) keeps only its latest ack times;
+    # the MME's record keeps them all, so a long run keeps its first move's window
+    from scenario.functions import Mme
+
+    mme = Mme(None, tmp_path)  # type: ignore[arg-type]  # no fabric needed to read records
+
+    def shown(times):
+        (tmp_path / "enb0.json").write_text(json.dumps({"ack_times": {"ack": times}}))
+        return list(mme._acks("enb0"))
+
+    assert shown([1.0, 2.0, 3.0]) == [1.0, 2.0, 3.0]
+    assert shown([3.0, 4.0, 5.0]) == [1.0, 2.0, 3.0, 4.0, 5.0]  # 1 and 2 fell out there
+    (tmp_path / "enb0.json").unlink()
+    assert list(mme._acks("enb0")) == [1.0, 2.0, 3.0, 4.0, 5.0]  # an unreadable status adds nothing
+    assert gaps(mme._acks("enb0"), 1.5, 4.5) == 1.0
