@@ -91,7 +91,7 @@ def warm_all(plugins: list[Any], action: str) -> None:
 class Warmup:
     """``warm_all`` in a thread, while something slow runs elsewhere (CRIU's pre-copy
     rounds are other processes); ``join`` waits and raises what the thread raised.
-    warm is idempotent: a later ``warm_all`` finds the imports done."""
+    The caller then marks its Session ``warmed``, so rpc.begin does not warm again."""
 
     def __init__(self, plugins: list[Any], action: str) -> None:
         import threading

@@ -198,7 +198,9 @@ def _open_dirs(o: Options) -> tuple[int, int | None, str, str]:
 
 def begin(session: Session) -> None:
     """Before CRIU starts: the plugins' imports and ``prepare`` (PhaseFailed: nothing touched)."""
-    warm_all(session.plugins, session.action)  # imports now, not in the freeze window
+    if not session.warmed:  # imports now, not in the freeze window
+        warm_all(session.plugins, session.action)
+        session.warmed = True
     session.prepare()
 
 

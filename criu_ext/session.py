@@ -61,6 +61,7 @@ class Session:
         self.rolled_back = False
         self.timings: list[dict] = []  # {"phase", "plugin", "seconds", "ok"}
         self.phases_seen: list[str] = []
+        self.warmed = False  # the plugins' warm(action) has run (rpc.begin, or a Warmup)
 
     # -- planning -------------------------------------------------------------
 

@@ -171,6 +171,7 @@ class Session:
         t0 = time.monotonic()
         handoff = Handoff(self.chan, t0)
         session = PluginSession(ph.RESTORE, images, [*plugins, handoff], "rpc", self.log)
+        session.warmed = True  # by the Warmup joined before this
         opts = Options(images_dir=images, tcp_established=bool(self.hello.get("tcp_established")),
                        shell_job=bool(self.hello.get("shell_job")), external=list(self.cfg.external),
                        log_file="restore.log", log_level=self.cfg.log_level,

@@ -240,6 +240,7 @@ def migrate(cfg: MigrateConfig, log: Log, progress: Progress | None = None) -> R
                                   f"{_one_line(exc)}") from None
         handoff = Handoff(chan, rep, progress)
         session = Session(ph.DUMP, images, [*plugins, handoff], "rpc", log)
+        session.warmed = True  # by the Warmup above
         handoff.session = session
         progress.phase("final dump: tasks frozen")
         t2 = time.monotonic()

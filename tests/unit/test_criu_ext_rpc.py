@@ -221,3 +221,24 @@ def test_images_fd_is_closed_afterwards(fake, tmp_path, monkeypatch):
     before = set(os.listdir("/proc/self/fd"))
     go(fake, tmp_path, monkeypatch, "dump", "pre-dump", Rec())
     assert set(os.listdir("/proc/self/fd")) == before
+
+
+def test_begin_warms_the_plugins_once_per_session(tmp_path):
+    class Warms(Plugin):
+        name = "warms"
+
+        def __init__(self):
+            self.warmed = []
+
+        def warm(self, action):
+            self.warmed.append(action)
+
+    p = Warms()
+    s = Session("restore", str(tmp_path), [p], "rpc", Log(level=0))
+    driver.begin(s)
+    driver.begin(s)
+    assert p.warmed == ["restore"] and s.warmed
+    s2 = Session("restore", str(tmp_path), [p], "rpc", Log(level=0))
+    s2.warmed = True  # a migration's Warmup did it beside pre-copy
+    driver.begin(s2)
+    assert p.warmed == ["restore"]
