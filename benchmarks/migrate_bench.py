@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from criu_ext.migrate.wire import NETWORK_LOCKS
 from scenario.fabric import BRIDGE, Fabric, outer_name
 from scenario.functions import Hss
 from scenario.hosts import Hosts
@@ -75,7 +76,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--subscribers", type=int, default=100_000)
     ap.add_argument("--interval", type=float, default=0.005)
-    ap.add_argument("--network-lock", default="nftables", choices=("iptables", "nftables"),
+    ap.add_argument("--network-lock", default="nftables", choices=NETWORK_LOCKS,
                     help="CRIU's network lock, both modes (criu-ext migrate --network-lock)")
     ap.add_argument("--out", default="out/migrate-bench.json")
     a = ap.parse_args()

@@ -249,21 +249,22 @@ class Mme:
                 str(self.workdir / f"enb{i}.json")], self.workdir / f"enb{i}.log")
         return self.pid
 
-    def _acks(self, name: str) -> list[float]:
-        """Every ack time of ``name`` seen so far. A base station keeps its latest 2,000
-        (200 s); each read (serving() polls after every move) adds the new ones, so a
-        long run keeps its first moves' windows."""
+    def _acks(self, name: str, status: dict | None = None) -> list[float]:
+        """Every ack time of ``name`` seen so far (from ``status`` when the caller has
+        just read it). A base station keeps its latest 2,000 (200 s); each read
+        (serving() polls after every move) adds the new ones, so a long run keeps its
+        first moves' windows."""
         hist = self.history.setdefault(name, [])
         last = hist[-1] if hist else float("-inf")
-        hist.extend(t for t in self._status(name).get("ack_times", {}).get("ack", [])
-                    if t > last)
+        st = self._status(name) if status is None else status
+        hist.extend(t for t in st.get("ack_times", {}).get("ack", []) if t > last)
         return hist
 
     def serving(self, since: float) -> bool:
         """Every base station got an answer after ``since`` and saw nothing wrong."""
         for name in self.peers:
             st = self._status(name)
-            acks = self._acks(name)
+            acks = self._acks(name, st)
             if st.get("errors") or not acks or acks[-1] <= since:
                 return False
         return True

@@ -98,8 +98,10 @@ class Session:
         if hello.get("version") != wire.VERSION:
             raise wire.PeerFailed("hello", f"protocol version {hello.get('version')!r}, "
                                   f"this receiver speaks {wire.VERSION}")
-        if hello.get("network_lock", "iptables") not in wire.NETWORK_LOCKS:
-            raise wire.PeerFailed("hello", f"network lock {hello.get('network_lock')!r}: "
+        # a source that does not say used CRIU's default
+        self.network_lock = hello.get("network_lock", "iptables")
+        if self.network_lock not in wire.NETWORK_LOCKS:
+            raise wire.PeerFailed("hello", f"network lock {self.network_lock!r}: "
                                   f"one of {', '.join(wire.NETWORK_LOCKS)}")
         self.hello = hello
         if hello.get("dry_run"):
@@ -175,7 +177,7 @@ class Session:
         opts = Options(images_dir=images, tcp_established=bool(self.hello.get("tcp_established")),
                        shell_job=bool(self.hello.get("shell_job")), external=list(self.cfg.external),
                        log_file="restore.log", log_level=self.cfg.log_level,
-                       extra={"network_lock": self.hello.get("network_lock", "iptables")})
+                       extra={"network_lock": self.network_lock})
         res = run(ph.RESTORE, opts, session, self.cfg.criu)
         pid = res.resp.restore.pid
         self.phase = "resume"
