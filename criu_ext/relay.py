@@ -122,6 +122,22 @@ def notify_answer(ok: bool) -> bytes:
     return ans.SerializeToString()
 
 
+def note_in_criu_log(opts: Any, line: str) -> None:
+    """Write ``line`` to the CRIU log an engine names in its error ("log file: ..."),
+    which CRIU never wrote when criu-ext refused before starting it. Never through a
+    link; best effort: the RPC answer carries the reason too."""
+    if not opts.log_file:
+        return
+    path = os.path.join(work_path(opts), os.path.basename(opts.log_file))
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW |
+                     os.O_CLOEXEC, 0o600)
+    except OSError:
+        return
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(line.replace("\n", " ") + "\n")
+
+
 def failure_response(req_type: rpc.criu_req_type, message: str) -> bytes:
     resp = rpc.criu_resp()
     resp.type = req_type
@@ -181,8 +197,9 @@ class Relay:
             except (driver.PhaseFailed, PluginError) as exc:  # CRIU not asked: nothing touched
                 msg.close_fds()
                 self.session = None
-                self.engine.send(Message(failure_response(
-                    req.type, f"criu-ext: {action} not started: {exc}"), []))
+                reason = f"criu-ext: {action} not started: {exc}"
+                note_in_criu_log(req.opts, reason)
+                self.engine.send(Message(failure_response(req.type, reason), []))
                 return False
         try:
             self.criu.send(msg)

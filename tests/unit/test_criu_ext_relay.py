@@ -237,7 +237,7 @@ def test_plugin_selection_error_answers_engine_without_criu(tmp_path):
         raise PluginError("no plugin named 'nope'")
 
     try:
-        engine = FakeEngine(eng_a, req(rpc.DUMP, images_dir_fd=dfd, pid=1))
+        engine = FakeEngine(eng_a, req(rpc.DUMP, images_dir_fd=dfd, pid=1, log_file="dump.log"))
         engine.start()
         relay.Relay(relay.Channel(eng_b, "engine"), relay.Channel(cr_a, "criu"), bad_session,
                     os.dup).serve()
@@ -245,9 +245,26 @@ def test_plugin_selection_error_answers_engine_without_criu(tmp_path):
     finally:
         os.close(dfd)
     assert engine.final.success is False and "nope" in engine.final.cr_errmsg
+    # the log an engine points at ("log file: .../dump.log") says why
+    assert (tmp_path / "dump.log").read_text() == \
+        "criu-ext: dump not started: no plugin named 'nope'\n"
     cr_b.setblocking(False)
     with pytest.raises(BlockingIOError):
         cr_b.recv(10)  # CRIU was never asked
+
+
+def test_the_note_in_criu_log_never_follows_a_link(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("kept\n")
+    (tmp_path / "restore.log").symlink_to(victim)
+    dfd = os.open(tmp_path, os.O_DIRECTORY)
+    try:
+        opts = rpc.criu_req().opts
+        opts.images_dir_fd, opts.log_file = dfd, "../restore.log"
+        relay.note_in_criu_log(opts, "criu-ext: restore not started: bad image")
+    finally:
+        os.close(dfd)
+    assert victim.read_text() == "kept\n"
 
 
 def test_truncated_control_data_is_refused():
