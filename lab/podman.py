@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 from lab import oci
@@ -42,12 +43,29 @@ class Podman:
 
     def run(self, *args: str, criu: str = PLAIN_CRIU, check: bool = True,
             timeout: float = 600) -> subprocess.CompletedProcess:
-        p = subprocess.run(self.argv(*args, criu=criu), capture_output=True, text=True,
-                           timeout=timeout)
-        if check and p.returncode:
-            raise RuntimeError(f"podman {' '.join(args)}: exit status {p.returncode}: "
-                               f"{(p.stdout + p.stderr).strip()[-1500:]}")
-        return p
+        """``podman ARGS``; its output through files, not pipes: a process it leaves
+        behind (conmon, a container) must not keep us waiting for an end of file.
+        Past ``timeout`` it is killed and the error lists what was still running."""
+        argv = self.argv(*args, criu=criu)
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                 text=True)
+            try:
+                rc = p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+                ps = subprocess.run(["ps", "-eo", "pid,ppid,stat,wchan:24,args"],
+                                    capture_output=True, text=True).stdout
+                raise RuntimeError(f"podman {' '.join(args)}: no end after {timeout:.0f} s; "
+                                   f"running then:\n{ps}\n{self.logs()}") from None
+            out.seek(0)
+            err.seek(0)
+            res = subprocess.CompletedProcess(argv, rc, out.read(), err.read())
+        if check and rc:
+            raise RuntimeError(f"podman {' '.join(args)}: exit status {rc}: "
+                               f"{(res.stdout + res.stderr).strip()[-1500:]}")
+        return res
 
     def import_image(self) -> str:
         """The lab's image (oci.make_rootfs: busybox-static, /lib into the bound /usr)."""

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 FUNCTIONS = ("spgw", "hss", "mme")
+ENGINES = ("criu-ext", "podman")  # scenario.engines.ENGINES, without importing lab here
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,7 +28,13 @@ def main() -> None:
               show_default=True, help="subscribers in the HSS's in-memory database")
 @click.option("--only", type=click.Choice(FUNCTIONS), multiple=True,
               help="migrate only these functions (repeatable; default: all)")
-def run_cmd(out: Path, ues: int, repeat: int, subscribers: int, only: tuple[str, ...]) -> None:
+@click.option("--engine", "engines", type=click.Choice(ENGINES), multiple=True,
+              help="how the functions run and move (repeatable; default criu-ext): criu-ext: "
+              "tasks in a netns, moved by criu-ext migrate / receive; podman: Podman "
+              "containers, moved by podman container checkpoint --export / restore "
+              "--import through criu-ext-criu")
+def run_cmd(out: Path, ues: int, repeat: int, subscribers: int, only: tuple[str, ...],
+            engines: tuple[str, ...]) -> None:
     """Run the scenario. Needs root, gtp, SCTP and CRIU: run it inside the test VM."""
     from criu_ext.check import probe_in_scratch_netns
     from scenario.run import run
@@ -37,7 +44,8 @@ def run_cmd(out: Path, ues: int, repeat: int, subscribers: int, only: tuple[str,
         raise click.ClickException(f"this kernel lacks {', '.join(missing)}: "
                                    "run the scenario through scripts/migrate (it boots a VM)")
     try:
-        run(out, ues, repeat, subscribers, list(only or FUNCTIONS))
+        run(out, ues, repeat, subscribers, list(only or FUNCTIONS),
+            engines=engines or ("criu-ext",))
     except KeyboardInterrupt:
         sys.exit(130)
 

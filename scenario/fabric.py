@@ -17,6 +17,8 @@ reaching it through the switch, as in a data-centre fabric.
 from __future__ import annotations
 
 import hashlib
+import json
+from collections.abc import Callable
 
 from lab.netns import NetnsSet, sh
 
@@ -52,10 +54,11 @@ class Fabric:
 
     @staticmethod
     def _link(ns_in: str, if_in: str, ns_bridge: str, if_bridge: str,
-              addr: str | None = None) -> None:
-        """veth: ``if_in`` in ``ns_in`` (addressed, up); ``if_bridge`` on ``ns_bridge``'s br0."""
-        sh("ip", "link", "add", if_in, "netns", ns_in, "type", "veth",
-           "peer", if_bridge, "netns", ns_bridge)
+              addr: str | None = None, mac: str | None = None) -> None:
+        """veth: ``if_in`` in ``ns_in`` (addressed, up; ``mac`` if given); ``if_bridge`` on
+        ``ns_bridge``'s br0."""
+        sh("ip", "link", "add", if_in, *(["address", mac] if mac else []), "netns", ns_in,
+           "type", "veth", "peer", if_bridge, "netns", ns_bridge)
         sh("ip", "-n", ns_bridge, "link", "set", if_bridge, "master", BRIDGE, "up")
         if addr:
             sh("ip", "-n", ns_in, "addr", "add", addr, "dev", if_in)
@@ -76,6 +79,25 @@ class Fabric:
         for ifname, addr in links.items():
             self._link(name, ifname, self.hosts[host], outer_name(role, ifname), addr)
         return name
+
+    def remake(self, name: str, links: dict[str, str], src: str, dst: str,
+               prepare: Callable[[str], None]) -> None:
+        """What a container host's network set-up does when a function moves: the
+        function's netns on host ``src`` goes, and a fresh one at the same path joins host
+        ``dst``'s bridge with the same links, addresses and MACs (the peers' ARP caches
+        stay right); ``prepare(name)`` runs on it before its links exist."""
+        role = name.removeprefix(f"{self.ns.tag}-")
+        macs = {ifname: json.loads(sh("ip", "-j", "-n", name, "link", "show", ifname).stdout)
+                [0]["address"] for ifname in links}
+        for ifname in links:  # now, not when the kernel gets round to freeing the netns
+            sh("ip", "-n", self.hosts[src], "link", "del", outer_name(role, ifname))
+        sh("ip", "netns", "del", name)
+        sh("ip", "netns", "add", name)
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+        prepare(name)
+        for ifname, addr in links.items():
+            self._link(name, ifname, self.hosts[dst], outer_name(role, ifname), addr,
+                       macs[ifname])
 
     @staticmethod
     def retire(name: str) -> None:

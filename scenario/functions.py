@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from criu_ext import sctp_fence
 from lab.netns import NetnsSet, sh
 from lab.sctp_lab import PATIENCE
 from lab.topology import ENB_IP, GW_S1U_IP, GW_SGI_IP, PDN_IP, UE_POOL
@@ -53,12 +54,33 @@ def wait_line(log: Path, prefix: str, proc: subprocess.Popen, timeout: float = 1
     raise RuntimeError(f"{log.name}: no {prefix!r} within {timeout:.0f} s")
 
 
-class Spgw:
-    """The GTP gateway (lab.gateway) with N UEs pinging the PDN every 100 ms."""
+class Function:
+    """What every function has: its links ({inner name: address} on the host bridge),
+    how its task is started (``launch``: :func:`spawn`, or a container engine's), and
+    what a host's network set-up gives its netns besides the links (:meth:`netns_setup`)."""
+
+    name = ""
+    addrs: dict[str, str] = {}
+    tcp_established = False
+    launch = staticmethod(spawn)
+    container_opts: tuple[str, ...] = ()  # ``podman run`` options its container needs
+
+    @property
+    def links(self) -> list[str]:
+        return list(self.addrs)
+
+    def netns_setup(self, ns: str, for_restore: bool = False) -> None:
+        """Settings of a netns made for the function outside CRIU (a container's), before
+        its links exist; ``for_restore``: the netns a restore will put the task in."""
+
+
+class Spgw(Function):
+    """The GTP gateway (lab.gateway) with N UEs pinging the PDN every 100 ms. In a fresh
+    netns (a container's) criu-ext's gtp plugin restores the forwarding sysctl and the
+    masquerade along with the tunnels: nothing to set up."""
 
     name = "spgw"
-    links = ["s1u0", "sgi0"]
-    tcp_established = False
+    addrs = {"s1u0": f"{GW_S1U_IP}/24", "sgi0": f"{GW_SGI_IP}/24"}
 
     def __init__(self, fabric: Fabric, workdir: Path, ues: int, interval: float = 0.1,
                  contexts: int | None = None):
@@ -75,14 +97,15 @@ class Spgw:
 
     def start(self) -> int:
         f = self.fabric
-        self.ns = f.function("spgw", {"s1u0": f"{GW_S1U_IP}/24", "sgi0": f"{GW_SGI_IP}/24"})
+        self.ns = f.function("spgw", self.addrs)
         sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=self.ns)
         sh("iptables", "-w", "-t", "nat", "-A", "POSTROUTING", "-s", UE_POOL, "-o", "sgi0",
            "-j", "MASQUERADE", ns=self.ns)
         log = self.workdir / "gateway.log"
-        gw = spawn(self.ns, [sys.executable, "-m", "lab.gateway", "--ues", str(self.contexts)],
-                   log)
-        self.pid = int(wait_line(log, "READY", gw).split()[1])
+        gw = self.launch(self.ns, [sys.executable, "-m", "lab.gateway", "--ues",
+                                   str(self.contexts)], log)
+        wait_line(log, "READY", gw, timeout=300)
+        self.pid = gw.pid
         self.enb = f.peer("enb", "s1u0", f"{ENB_IP}/24")
         f.peer("pdn", "eth0", f"{PDN_IP}/24")
         self.replies_file = self.workdir / "pinger.json"
@@ -149,13 +172,13 @@ class Spgw:
                 for i in range(0, len(self.replies), step)}
 
 
-class Hss:
+class Hss(Function):
     """The HSS (scenario.hss) with an MME-side client querying it every 50 ms over TCP."""
 
     name = "hss"
-    links = ["eth0"]
     tcp_established = True
     ADDR, CLIENT = "172.31.0.10", "172.31.0.20"
+    addrs = {"eth0": f"{ADDR}/24"}
 
     def __init__(self, fabric: Fabric, workdir: Path, subscribers: int):
         self.fabric, self.workdir, self.subscribers = fabric, workdir, subscribers
@@ -165,11 +188,12 @@ class Hss:
         return f"{self.subscribers} subscribers, a query every 50 ms"
 
     def start(self) -> int:
-        self.ns = self.fabric.function("hss", {"eth0": f"{self.ADDR}/24"})
+        self.ns = self.fabric.function("hss", self.addrs)
         log = self.workdir / "hss.log"
-        proc = spawn(self.ns, [sys.executable, "-m", "scenario.hss", "--subscribers",
-                               str(self.subscribers)], log)
-        self.pid = int(wait_line(log, "READY", proc).split()[1])
+        proc = self.launch(self.ns, [sys.executable, "-m", "scenario.hss", "--subscribers",
+                                     str(self.subscribers)], log)
+        wait_line(log, "READY", proc, timeout=300)
+        self.pid = proc.pid
         peer = self.fabric.peer("mmeq", "eth0", f"{self.CLIENT}/24")
         with in_netns(NetnsSet.path(peer)):
             self.client = hss.Client(self.ADDR)
@@ -195,7 +219,7 @@ class Hss:
         return {"MME client": [round(t - t0, 3) for t in self.client.replies]}
 
 
-class Mme:
+class Mme(Function):
     """An MME-like SCTP server (lab.sctp_node) with base stations sending an
     S1AP-like request every 100 ms each on one association (lab.sctp_peer).
 
@@ -208,9 +232,12 @@ class Mme:
     """
 
     name = "mme"
-    links = ["eth0"]
-    tcp_established = False
     ADDR, PORT = "172.31.0.30", 36412
+    addrs = {"eth0": f"{ADDR}/24"}
+    # The sctp plugin swaps the task's sockets by running system calls in it (ptrace),
+    # and refuses a task under a seccomp filter, which could kill it for one: Podman's
+    # default profile is such a filter.
+    container_opts = ("--security-opt", "seccomp=unconfined")
 
     def __init__(self, fabric: Fabric, workdir: Path, enbs: int = 3):
         self.fabric, self.workdir, self.enbs = fabric, workdir, enbs
@@ -228,9 +255,9 @@ class Mme:
             return {}
 
     def start(self) -> int:
-        self.ns = self.fabric.function("mme", {"eth0": f"{self.ADDR}/24"})
-        sh("sysctl", "-qw", *PATIENCE, ns=self.ns)
-        node = spawn(self.ns, [sys.executable, "-m", "lab.sctp_node", "mme", "--listen",
+        self.ns = self.fabric.function("mme", self.addrs)
+        self.netns_setup(self.ns)
+        node = self.launch(self.ns, [sys.executable, "-m", "lab.sctp_node", "mme", "--listen",
                                f"{self.ADDR}:{self.PORT}", "--status",
                                str(self.workdir / "mme.json")], self.workdir / "mme.log")
         self.pid = node.pid
@@ -248,6 +275,14 @@ class Mme:
                 f"{self.ADDR}:{self.PORT}", "--bind", addr, "--status",
                 str(self.workdir / f"enb{i}.json")], self.workdir / f"enb{i}.log")
         return self.pid
+
+    def netns_setup(self, ns: str, for_restore: bool = False) -> None:
+        sh("sysctl", "-qw", *PATIENCE, ns=ns)
+        if for_restore:
+            # Until the sctp plugin puts the sockets back (it lifts this table then), an
+            # address without a socket would answer the base stations' retransmissions
+            # and heartbeats with an ABORT: drop the MME's SCTP port both ways.
+            sctp_fence.hold(NetnsSet.path(ns), [self.PORT])
 
     def _acks(self, name: str, status: dict | None = None) -> list[float]:
         """Every ack time of ``name`` seen so far (from ``status`` when the caller has

@@ -33,6 +33,19 @@ PAPER = {
 }
 TITLES = {"spgw": "SPGW (GTP user plane)", "hss": "HSS (TCP, --tcp-established)",
           "mme": "MME (SCTP)"}
+ENGINE_TITLES = {"podman": "in a Podman container, checkpoint --export / restore --import"}
+
+
+def title(key: str) -> str:
+    """A result's heading: ``spgw`` (criu-ext migrate) or ``spgw@podman``."""
+    fn, _, engine = key.partition("@")
+    head = TITLES.get(fn, fn)
+    return f"{head} {ENGINE_TITLES.get(engine, engine)}" if engine else head
+
+
+def paper(key: str) -> dict:
+    """The paper's container figures for the function of result ``key``."""
+    return PAPER.get(key.partition("@")[0], {})
 
 
 def stats(values: list[float]) -> dict | None:
@@ -61,7 +74,7 @@ def _num(value: float, scale: float, unit: str = "s") -> str:
 
 
 def _paper(fn: str, key: str, scale: float) -> str:
-    rng = PAPER.get(fn, {}).get(key)
+    rng = paper(fn).get(key)
     if rng is None:
         return "-"
     lo, hi = (x * scale for x in rng)
@@ -72,7 +85,7 @@ def _paper(fn: str, key: str, scale: float) -> str:
 def table(fn: str, summary: dict, note: str = "") -> str:
     """One function's table: a row per metric, min/median/max, and the paper's range."""
     n = max((s["n"] for s in summary.values()), default=0)
-    head = f"{TITLES.get(fn, fn)}, {n} run{'s' if n != 1 else ''}"
+    head = f"{title(fn)}, {n} run{'s' if n != 1 else ''}"
     if note:
         head += f", {note}"
     rows = [head, f"  {'':<26}{'min':>10}{'median':>10}{'max':>10}   paper (container)"]
@@ -92,7 +105,7 @@ def report_json(results: dict) -> str:
     doc = {}
     for fn, res in results.items():
         doc[fn] = dict(res, summary=summarize(res.get("runs", [])),
-                       paper={k: list(v) for k, v in PAPER.get(fn, {}).items()})
+                       paper={k: list(v) for k, v in paper(fn).items()})
     return json.dumps(doc, indent=2, sort_keys=True)
 
 

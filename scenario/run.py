@@ -13,10 +13,9 @@ import shutil
 import time
 from pathlib import Path
 
+from scenario.engines import make_engine
 from scenario.fabric import Fabric
 from scenario.functions import Hss, Mme, Spgw
-from scenario.hosts import Hosts
-from scenario.migration import migrate_cli
 
 MME_NOTE = ("not migrated: this kernel has no SCTP repair mode, which carrying established "
             "SCTP associations needs; scripts/migrate boots the kernel built from "
@@ -37,10 +36,10 @@ def recover(fn, since: float, timeout: float = 60.0) -> float:
                        f"{fn.diagnose()}\n{fn.fabric.diagnose()}")
 
 
-def migrate_once(fn, hosts: Hosts, moves: int = 1) -> dict:
-    """Start ``fn`` on host A, migrate it ``moves`` times (A -> B, B -> A, ...), stop it,
-    through ``criu-ext migrate`` / ``criu-ext receive`` (separate processes, one per host).
-    """
+def migrate_once(fn, engine, moves: int = 1) -> dict:
+    """Start ``fn`` on host A, migrate it ``moves`` times (A -> B, B -> A, ...) with
+    ``engine`` (scenario.engines), stop it."""
+    engine.adopt(fn)
     pid = fn.start()
     recover(fn, time.monotonic())
     time.sleep(1.0)  # a steady state before the first freeze
@@ -48,13 +47,12 @@ def migrate_once(fn, hosts: Hosts, moves: int = 1) -> dict:
     done = []
     src, dst = "a", "b"
     for _ in range(moves):
-        m = migrate_cli(hosts, fn.ns, fn.name, pid, fn.links, src, dst,
-                        tcp_established=fn.tcp_established)
+        m = engine.move(fn, pid, src, dst)
         pid = m.ns_pid
         fn.pid = m.pid
         back = recover(fn, m.t_restored)
-        say(f"{fn.name}:   host {src.upper()} -> {dst.upper()}: {m.pre_copy_rounds} pre-copy "
-            f"round(s), frozen {m.frozen_s:.2f} s, checkpoint "
+        say(f"{key(fn.name, engine.name)}:   host {src.upper()} -> {dst.upper()}: "
+            f"{m.pre_copy_rounds} pre-copy round(s), frozen {m.frozen_s:.2f} s, checkpoint "
             f"{m.checkpoint_s:.2f} s, transfer {m.transfer_s:.2f} s, restore {m.restore_s:.2f} s, "
             f"image {m.image_bytes / 1e6:.1f} MB, peers served again {back:.2f} s after it")
         done.append(m)
@@ -74,50 +72,58 @@ def migrate_once(fn, hosts: Hosts, moves: int = 1) -> dict:
     return {"runs": runs, "peers": peers, "timeline": fn.timeline_data(t_start)}
 
 
-def migrate_function(name: str, make, workdir: Path, repeat: int, moves: int = 1) -> dict:
+def migrate_function(name: str, make, workdir: Path, repeat: int, moves: int = 1,
+                     engine: str = "criu-ext") -> dict:
     """``repeat`` independent repetitions: a fresh fabric and function each time."""
     runs, peers, timeline, note = [], [], None, ""
     for r in range(repeat):
         rep = workdir / f"rep{r + 1}"
         rep.mkdir(parents=True)
         fabric = Fabric(name).start()
-        hosts = None
+        mover = None
         try:
-            hosts = Hosts(fabric, rep / "hosts")
+            mover = make_engine(engine, fabric, rep)
             fn = make(fabric, rep)
             note = fn.note
-            say(f"{name}: repetition {r + 1}/{repeat} ({note})")
-            res = migrate_once(fn, hosts, moves)
+            say(f"{key(name, engine)}: repetition {r + 1}/{repeat} ({note})")
+            res = migrate_once(fn, mover, moves)
         finally:
-            if hosts is not None:
-                hosts.close()
+            if mover is not None:
+                mover.close()
             fabric.cleanup()
         runs += [dict(run, rep=r + 1) for run in res["runs"]]
         peers.append(res["peers"])
         timeline = timeline or res["timeline"]
-    say(f"{name}: done; peers: {json.dumps(peers)}")
+    say(f"{key(name, engine)}: done; peers: {json.dumps(peers)}")
     return {"runs": runs, "note": note, "peers": peers, "timeline": timeline}
 
 
+def key(function: str, engine: str) -> str:
+    """A result's name: the function, and the engine unless it is criu-ext migrate's."""
+    return function if engine == "criu-ext" else f"{function}@{engine}"
+
+
 def run(out: Path, ues: int, repeat: int, subscribers: int, functions: list[str],
-        moves: int = 1) -> dict:
+        moves: int = 1, engines: tuple[str, ...] = ("criu-ext",)) -> dict:
+    """Every function of ``functions`` moved by every engine of ``engines``."""
     out.mkdir(parents=True, exist_ok=True)
     work = Path("/tmp/criu-ext-scenario")
     shutil.rmtree(work, ignore_errors=True)
     results: dict = {}
-    for name in functions:
+    for engine, name in ((e, f) for e in engines for f in functions):
         if name == "mme":
             from sctp_repair import probe
             if not probe().repair:
-                say(f"mme: {MME_NOTE}")
-                results["mme"] = {"runs": [], "note": MME_NOTE}
+                say(f"{key(name, engine)}: {MME_NOTE}")
+                results[key(name, engine)] = {"runs": [], "note": MME_NOTE}
                 continue
             make = lambda fabric, wd: Mme(fabric, wd)  # noqa: E731
         elif name == "spgw":
             make = lambda fabric, wd: Spgw(fabric, wd, ues)  # noqa: E731
         else:
             make = lambda fabric, wd: Hss(fabric, wd, subscribers)  # noqa: E731
-        results[name] = migrate_function(name, make, work / name, repeat, moves)
+        results[key(name, engine)] = migrate_function(name, make, work / key(name, engine).replace("@", "-"),
+                                                      repeat, moves, engine)
     timelines = {k: v.pop("timeline") for k, v in results.items() if "timeline" in v}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "timeline.json").write_text(json.dumps(timelines))

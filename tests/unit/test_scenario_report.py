@@ -43,6 +43,17 @@ def test_table_counts_pre_copy_rounds_and_shows_the_frozen_time():
     assert frozen.split() == ["frozen", "(source)", "(s)", "1.250", "1.500", "1.750", "-"]
 
 
+def test_a_container_run_has_its_own_heading_and_the_same_paper_figures():
+    runs = [{"checkpoint_s": 5.0, "image_bytes": 20_000_000}]
+    lines = table("spgw@podman", summarize(runs), "4 UEs").splitlines()
+    assert lines[0] == ("SPGW (GTP user plane) in a Podman container, checkpoint --export / "
+                        "restore --import, 1 run, 4 UEs")
+    ckpt = next(line for line in lines if line.strip().startswith("checkpoint"))
+    assert ckpt.split()[-3:] == ["4", "-", "7"]
+    doc = json.loads(report_json({"mme@podman": {"runs": runs}}))
+    assert doc["mme@podman"]["paper"]["restore_s"] == [2.39, 3.42]
+
+
 def test_json_carries_runs_summary_and_paper():
     doc = json.loads(report_json({"hss": {"runs": [{"total_s": 4.0}], "note": "x"}}))
     assert doc["hss"]["summary"]["total_s"]["median"] == 4.0

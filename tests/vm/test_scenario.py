@@ -50,3 +50,27 @@ def test_spgw_migrates_there_and_back(tmp_path):
     assert [p["ues_answered"] for p in spgw["peers"]] == [4]
     assert [p["wrong_teid"] for p in spgw["peers"]] == [0]
     assert all(r["ues_recovered"] == 4 for r in spgw["runs"])
+
+
+def test_spgw_and_hss_in_podman_containers_move_without_their_peers_noticing(tmp_path):
+    """``--engine podman``: each function runs in a Podman container (runc, netns given by
+    path) and moves by checkpoint --export / restore --import through criu-ext-criu into
+    a netns made afresh on host B: the UEs keep their tunnels, the HSS its TCP client
+    (``--tcp-established``)."""
+    results = run(tmp_path, ues=4, repeat=1, subscribers=2000, functions=["spgw", "hss"],
+                  engines=("podman",))
+    spgw, hss = results["spgw@podman"], results["hss@podman"]
+    assert [p["ues_answered"] for p in spgw["peers"]] == [4]
+    assert [p["wrong_teid"] for p in spgw["peers"]] == [0]
+    assert all(r["ues_recovered"] == 4 for r in spgw["runs"])
+    assert [p["errors"] for p in hss["peers"]] == [[]]
+    for fn in (spgw, hss):
+        assert [(r["from"], r["to"]) for r in fn["runs"]] == [("a", "b")]
+        for r in fn["runs"]:
+            assert r["checkpoint_s"] > 0 and r["restore_s"] > 0
+            assert r["image_bytes"] > 1_000_000 and r["downtime_s"] is not None
+            assert 0 < r["frozen_s"] < r["total_s"]  # CRIU's, from the archive's stats
+    # criu-ext's plugins ran at the checkpoint (the gtp plugin has work to do)
+    assert spgw["runs"][0]["plugin_frozen_s"] > 0
+    for name in ("spgw@podman", "hss@podman"):
+        print(table(name, summarize(results[name]["runs"]), results[name]["note"]))
