@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 FUNCTIONS = ("spgw", "hss", "mme")
-ENGINES = ("criu-ext", "podman")  # scenario.engines.ENGINES, without importing lab here
+ENGINES = ("criu-ext", "podman")  # scenario.engines.make_engine's; not imported: render runs anywhere
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
