@@ -37,18 +37,3 @@ def test_mme_migrates_there_and_back_with_its_base_stations_attached(tmp_path):
         assert r["checkpoint_s"] > 0 and r["restore_s"] > 0 and r["transfer_s"] > 0
         assert r["downtime_s"] is not None and r["downtime_s"] > 0
     print(table("mme", summarize(mme["runs"]), mme["note"]))
-
-
-def test_mme_in_a_podman_container_keeps_its_base_stations(tmp_path):
-    """``--engine podman``: the MME in a Podman container (runc, netns given by path) moves
-    by checkpoint --export / restore --import through criu-ext-criu, there and back; the
-    sctp plugin carries its associations into the netns made afresh on each host."""
-    results = run(tmp_path, ues=4, repeat=1, subscribers=2000, functions=["mme"], moves=2,
-                  engines=("podman",))
-    mme = results["mme@podman"]
-    assert [(r["from"], r["to"]) for r in mme["runs"]] == [("a", "b"), ("b", "a")]
-    check_base_stations(mme["peers"][0])
-    for r in mme["runs"]:
-        assert r["checkpoint_s"] > 0 and r["restore_s"] > 0 and r["plugin_frozen_s"] > 0
-        assert r["downtime_s"] is not None and r["downtime_s"] > 0
-    print(table("mme@podman", summarize(mme["runs"]), mme["note"]))
