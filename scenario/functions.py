@@ -258,8 +258,8 @@ class Mme(Function):
         self.ns = self.fabric.function("mme", self.addrs)
         self.netns_setup(self.ns)
         node = self.launch(self.ns, [sys.executable, "-m", "lab.sctp_node", "mme", "--listen",
-                               f"{self.ADDR}:{self.PORT}", "--status",
-                               str(self.workdir / "mme.json")], self.workdir / "mme.log")
+                                     f"{self.ADDR}:{self.PORT}", "--status",
+                                     str(self.workdir / "mme.json")], self.workdir / "mme.log")
         self.pid = node.pid
         end = time.monotonic() + 120
         while not self._status("mme"):

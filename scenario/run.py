@@ -122,8 +122,9 @@ def run(out: Path, ues: int, repeat: int, subscribers: int, functions: list[str]
             make = lambda fabric, wd: Spgw(fabric, wd, ues)  # noqa: E731
         else:
             make = lambda fabric, wd: Hss(fabric, wd, subscribers)  # noqa: E731
-        results[key(name, engine)] = migrate_function(name, make, work / key(name, engine).replace("@", "-"),
-                                                      repeat, moves, engine)
+        k = key(name, engine)
+        results[k] = migrate_function(name, make, work / k.replace("@", "-"), repeat, moves,
+                                      engine)
     timelines = {k: v.pop("timeline") for k, v in results.items() if "timeline" in v}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "timeline.json").write_text(json.dumps(timelines))
