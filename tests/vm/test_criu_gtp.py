@@ -370,52 +370,50 @@ FAILURES = {
 }
 
 
-@pytest.mark.parametrize("mode", ["rpc", "script"])
-@pytest.mark.parametrize("failure", sorted(FAILURES))
-def test_failed_dump_leaves_the_source_forwarding(failure, mode, hosts, tmp_path):
-    h = hosts
+def failed_dump(h: TwoHosts, failure: str, mode: str, tmp: Path) -> None:
+    """One dump made to fail: the source runs on with its tunnels, forwarding."""
+    tmp.mkdir()
     t_start = time.monotonic()
-    assert h.pinger.wait_all(t_start, 15) == expected()
+    assert h.pinger.wait_all(t_start, 15) == expected(), failure
     gw = f"/run/netns/{h.gw}"
     before = gtp_state(gw)
-    images = tmp_path / "img"
+    images = tmp / "img"
     images.mkdir()
     if failure.startswith("criu"):
-        breaker = tmp_path / "breaker.py"
+        breaker = tmp / "breaker.py"
         breaker.write_text(BREAKER)
         plugins = f"gtp,netfilter,{breaker}:CriuBreaker"
     else:
         plugins = "gtp,netfilter,trace"
-    env = env_for(tmp_path, plugins=plugins, **FAILURES[failure])
+    env = env_for(tmp, plugins=plugins, **FAILURES[failure])
     t0 = time.monotonic()
-    d = h.in_host(h.a, dump_cmd(mode, h, images, tmp_path), env=env)
+    d = h.in_host(h.a, dump_cmd(mode, h, images, tmp), env=env)
     t1 = time.monotonic()
     log = (images / "dump.log").read_text() if (images / "dump.log").exists() else ""
-    assert d.returncode != 0, "the dump was supposed to fail"
-    assert h.gateway.poll() is None, "the source gateway must keep running"
-    assert (images / "criu-ext-gtp.img").exists()  # gtp acted before the failure...
-    assert gtp_state(gw) == before  # ...and put everything back
-    assert h.check_gateway() == "PASS"  # bound to the live socket again
-    got = h.pinger.wait_all(t1, 15)
-    assert got == expected()
+    assert d.returncode != 0, f"{failure}: the dump was supposed to fail"
+    assert h.gateway.poll() is None, f"{failure}: the source gateway must keep running"
+    assert (images / "criu-ext-gtp.img").exists(), failure  # gtp acted before the failure...
+    assert gtp_state(gw) == before, failure  # ...and put everything back
+    assert h.check_gateway() == "PASS", failure  # bound to the live socket again
+    assert h.pinger.wait_all(t1, 15) == expected(), failure
     m = json.loads((images / "criu-ext.json").read_text())
-    assert m["dump"]["rolled_back"] is True
+    assert m["dump"]["rolled_back"] is True, failure
     record(f"rollback-{mode}-{failure}", {"outage_s": h.pinger.gap(t0, t1),
                                           "dump_s": round(t1 - t0, 3),
                                           "criu_said": [ln for ln in (log + d.stderr).splitlines()
                                                         if "Error" in ln][:3]})
 
 
-@pytest.mark.parametrize("mode", ["rpc", "script"])
-def test_leave_running_dump_leaves_the_source_untouched(mode, hosts, tmp_path):
-    h = hosts
+def leave_running_dump(h: TwoHosts, mode: str, tmp: Path) -> None:
+    """A dump that leaves the task running: nothing of the source touched."""
+    tmp.mkdir()
     assert h.pinger.wait_all(time.monotonic(), 15) == expected()
     gw = f"/run/netns/{h.gw}"
     before = gtp_state(gw)
-    images = tmp_path / "img"
+    images = tmp / "img"
     images.mkdir()
     flag = "--leave-running" if mode == "script" else "-R"
-    d = h.in_host(h.a, dump_cmd(mode, h, images, tmp_path, [flag]), env=env_for(tmp_path))
+    d = h.in_host(h.a, dump_cmd(mode, h, images, tmp, [flag]), env=env_for(tmp))
     assert d.returncode == 0, d.stdout + d.stderr
     t1 = time.monotonic()
     assert h.gateway.poll() is None
@@ -423,6 +421,16 @@ def test_leave_running_dump_leaves_the_source_untouched(mode, hosts, tmp_path):
     assert h.check_gateway() == "PASS"
     assert h.pinger.wait_all(t1, 15) == expected()
     assert (images / "criu-ext-gtp.img").exists()
+
+
+@pytest.mark.parametrize("mode", ["rpc", "script"])
+def test_failed_and_leave_running_dumps_leave_the_source_forwarding(mode, hosts, tmp_path):
+    """One gateway through every failure in turn (a plugin at network-lock, at post-dump,
+    CRIU after network-lock), then a --leave-running dump: each leaves it whole and
+    forwarding, so the next starts from what the last one put back."""
+    for failure in sorted(FAILURES):
+        failed_dump(hosts, failure, mode, tmp_path / failure)
+    leave_running_dump(hosts, mode, tmp_path / "leave-running")
 
 
 def test_restore_failure_in_a_plugin_aborts_with_a_clear_message(hosts, tmp_path):

@@ -16,7 +16,10 @@ not be paid per case):
   restore (one shot), a plugin failing at restore (one shot). Each time the HSS
   runs on at A and its client is answered, nothing is left on B; then it moves
   A -> B (CRIU's iptables network lock) -> A (its nftables lock);
-* the SPGW (gtp0, 50 UEs) moved A -> B -> A: every UE answered with its TEIDs.
+* the SPGW (gtp0, 200 UEs) moved A -> B -> A: every UE answered with its TEIDs.
+  The move back starts from a namespace CRIU restored: its nat table is in nft's
+  own form and its UE flows' conntrack entries come back broken; the UEs must not
+  notice (the main job's moves back are the same path).
 
 Figures go to out/migrate.json.
 """
