@@ -3,7 +3,9 @@
 What the peers saw must prove the migrations were seamless: every UE answered
 again through its own tunnel (no reply ever came back with a wrong TEID), the
 HSS client's checks of the server's own counters found nothing lost or
-repeated, and each migration has its timings, image size and downtime.
+repeated, and each migration has its timings, image size and downtime. The
+stock kernel has no SCTP repair mode: the MME is reported as not migrated (the
+repair tier moves it, tests/repair/test_scenario_mme.py).
 """
 
 from __future__ import annotations
@@ -18,27 +20,26 @@ from scenario.run import run
 pytestmark = pytest.mark.vm
 
 
-def test_spgw_and_hss_migrate_without_their_peers_noticing(tmp_path):
-    results = run(tmp_path, ues=4, repeat=1, subscribers=2000, functions=["spgw", "hss", "mme"])
-    spgw, hss, mme = results["spgw"], results["hss"], results["mme"]
+def test_spgw_migrates_without_its_ues_noticing(tmp_path):
+    """criu-ext migrate's engine. (The HSS's moves through criu-ext migrate are
+    tests/vm/test_migrate.py's, through the scenario's Podman engine the next test's.)"""
+    results = run(tmp_path, ues=4, repeat=1, subscribers=2000, functions=["spgw", "mme"])
+    spgw, mme = results["spgw"], results["mme"]
 
     assert [p["wrong_teid"] for p in spgw["peers"]] == [0]
     assert [p["ues_answered"] for p in spgw["peers"]] == [4]
-    assert [p["errors"] for p in hss["peers"]] == [[]]
-    for fn in (spgw, hss):
-        assert [(r["from"], r["to"]) for r in fn["runs"]] == [("a", "b")]
-        for r in fn["runs"]:
-            assert r["checkpoint_s"] > 0 and r["restore_s"] > 0 and r["transfer_s"] > 0
-            assert r["image_bytes"] > 1_000_000
-            # the peers saw a gap, and service came back after it
-            assert r["downtime_s"] is not None and r["downtime_s"] > 0
+    assert [(r["from"], r["to"]) for r in spgw["runs"]] == [("a", "b")]
+    for r in spgw["runs"]:
+        assert r["checkpoint_s"] > 0 and r["restore_s"] > 0 and r["transfer_s"] > 0
+        assert r["image_bytes"] > 1_000_000
+        # the peers saw a gap, and service came back after it
+        assert r["downtime_s"] is not None and r["downtime_s"] > 0
     assert all(r["ues_recovered"] == 4 and r["srt_s"] > 0 for r in spgw["runs"])
     assert mme["runs"] == [] and "not migrated" in mme["note"]
 
     timeline = json.loads((tmp_path / "timeline.json").read_text())
-    assert set(timeline) == {"spgw", "hss"}
+    assert set(timeline) == {"spgw"}
     print(table("spgw", summarize(spgw["runs"]), spgw["note"]))
-    print(table("hss", summarize(hss["runs"]), hss["note"]))
 
 
 def test_spgw_and_hss_in_podman_containers_move_without_their_peers_noticing(tmp_path):
