@@ -42,25 +42,20 @@ def test_spgw_migrates_without_its_ues_noticing(tmp_path):
     print(table("spgw", summarize(spgw["runs"]), spgw["note"]))
 
 
-def test_spgw_and_hss_in_podman_containers_move_without_their_peers_noticing(tmp_path):
-    """``--engine podman``: each function runs in a Podman container (runc, netns given by
+def test_hss_in_a_podman_container_moves_without_its_client_noticing(tmp_path):
+    """``--engine podman``: the function runs in a Podman container (runc, netns given by
     path) and moves by checkpoint --export / restore --import through criu-ext-criu into
-    a netns made afresh on host B: the UEs keep their tunnels, the HSS its TCP client
-    (``--tcp-established``)."""
-    results = run(tmp_path, ues=4, repeat=1, subscribers=2000, functions=["spgw", "hss"],
+    a netns made afresh on host B; the HSS keeps its TCP client (``--tcp-established``).
+    (A GTP gateway through the same Podman path, 300 PDP contexts and their TEIDs
+    checked: tests/vm/test_container_gtp.py; the MME: the repair tier.)"""
+    results = run(tmp_path, ues=4, repeat=1, subscribers=2000, functions=["hss"],
                   engines=("podman",))
-    spgw, hss = results["spgw@podman"], results["hss@podman"]
-    assert [p["ues_answered"] for p in spgw["peers"]] == [4]
-    assert [p["wrong_teid"] for p in spgw["peers"]] == [0]
-    assert all(r["ues_recovered"] == 4 for r in spgw["runs"])
+    hss = results["hss@podman"]
     assert [p["errors"] for p in hss["peers"]] == [[]]
-    for fn in (spgw, hss):
-        assert [(r["from"], r["to"]) for r in fn["runs"]] == [("a", "b")]
-        for r in fn["runs"]:
-            assert r["checkpoint_s"] > 0 and r["restore_s"] > 0
-            assert r["image_bytes"] > 1_000_000 and r["downtime_s"] is not None
-            assert 0 < r["frozen_s"] < r["total_s"]  # CRIU's, from the archive's stats
-    # criu-ext's plugins ran at the checkpoint (the gtp plugin has work to do)
-    assert spgw["runs"][0]["plugin_frozen_s"] > 0
-    for name in ("spgw@podman", "hss@podman"):
-        print(table(name, summarize(results[name]["runs"]), results[name]["note"]))
+    assert [(r["from"], r["to"]) for r in hss["runs"]] == [("a", "b")]
+    for r in hss["runs"]:
+        assert r["checkpoint_s"] > 0 and r["restore_s"] > 0
+        assert r["image_bytes"] > 1_000_000 and r["downtime_s"] is not None
+        assert 0 < r["frozen_s"] < r["total_s"]  # CRIU's, from the archive's stats
+        assert r["plugin_frozen_s"] > 0  # criu-ext's plugins ran at the checkpoint
+    print(table("hss@podman", summarize(hss["runs"]), hss["note"]))
