@@ -16,49 +16,44 @@ headers and a parasite blob; four system calls per socket do not.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import signal
+import socket
 import struct
 import time
 
 from criu_ext import ptrace, tasks
+from procns.fds import steal_fd
 
 NR_CLOSE = 3
 NR_MMAP = 9
 NR_MUNMAP = 11
+NR_RECVMSG = 47
+NR_SOCKETPAIR = 53
 NR_EPOLL_CTL = 233
 NR_DUP3 = 292
 NR_PIPE2 = 293
-NR_PIDFD_OPEN = 434
-NR_PIDFD_GETFD = 438
 
 PROT_READ, PROT_WRITE = 1, 2
 MAP_PRIVATE, MAP_ANONYMOUS = 0x02, 0x20
 EPOLL_CTL_ADD, EPOLL_CTL_DEL = 1, 2
 O_CLOEXEC = 0o2000000
+MSG_CMSG_CLOEXEC = 0x40000000
+# struct msghdr (x86_64): name, namelen, iov, iovlen, control, controllen, flags
+MSGHDR = struct.Struct("=QI4xQQQQi4x")
+IOVEC = struct.Struct("=QQ")
+CMSG_FD = struct.Struct("=Qiii")  # cmsghdr (len, level, type) and one int of data
+CMSG_SPACE_FD = 24
 PAGE = 4096
 SYSCALL_INT3 = 0xCC050F  # bytes 0f 05 cc: syscall; int3
 EPOLL_EVENT = struct.Struct("=IQ")  # struct epoll_event is packed on x86_64
 FAULTS = (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE)
 
-PR_SET_PTRACER = 0x59616D61
-PR_SET_PTRACER_ANY = 0xFFFFFFFFFFFFFFFF
 
 
 class InjectError(Exception):
     """A system call could not be run in the task, or returned an error."""
-
-
-def allow_tasks_to_fetch_from_us() -> None:
-    """Let any task take a descriptor from this process with pidfd_getfd.
-
-    Only matters under Yama's ptrace_scope 1, which otherwise restricts
-    ptrace-class access to descendants.
-    """
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PTRACER, ctypes.c_ulong(PR_SET_PTRACER_ANY), 0, 0, 0)
 
 
 def seccomp_mode(pid: int, tid: int) -> int:
@@ -276,13 +271,30 @@ class Remote:
         self.syscall(NR_DUP3, fd, target, O_CLOEXEC if cloexec else 0)
         self.close(fd)
 
-    def fetch(self, pid: int, fd: int) -> int:
-        """Copy descriptor ``fd`` of process ``pid`` (usually us) into the task."""
-        pidfd = self.syscall(NR_PIDFD_OPEN, pid, 0)
+    def receive(self, fd: int) -> int:
+        """A copy of our descriptor ``fd`` in the task (close-on-exec), sent over a
+        socket pair made in the task (SCM_RIGHTS). Unlike pidfd_open + pidfd_getfd run
+        in the task, this needs neither us visible in the task's PID namespace (a
+        container's has its own) nor the task's ptrace rights over us."""
+        self.syscall(NR_SOCKETPAIR, socket.AF_UNIX, socket.SOCK_DGRAM | O_CLOEXEC, 0,
+                     self.write(bytes(8)))
+        ends = struct.unpack("=ii", self.read(8))
         try:
-            return self.syscall(NR_PIDFD_GETFD, pidfd, fd, 0)
+            with socket.socket(fileno=steal_fd(self.pid, ends[0])) as ours:
+                socket.send_fds(ours, [b"\0"], [fd])
+            iov, control, byte = 64, 96, 128  # offsets in the scratch page
+            self.write(IOVEC.pack(self.scratch + byte, 1), iov)
+            self.write(bytes(CMSG_SPACE_FD), control)
+            msg = self.write(MSGHDR.pack(0, 0, self.scratch + iov, 1, self.scratch + control,
+                                         CMSG_SPACE_FD, 0))
+            self.syscall(NR_RECVMSG, ends[1], msg, MSG_CMSG_CLOEXEC)
+            length, level, kind, got = CMSG_FD.unpack(self.read(CMSG_FD.size, control))
+            if (length, level, kind) != (CMSG_FD.size, socket.SOL_SOCKET, socket.SCM_RIGHTS):
+                raise InjectError(f"task {self.pid}: no descriptor arrived over its socket pair")
+            return got
         finally:
-            self.close(pidfd)
+            for end in ends:
+                self.close(end)
 
     def epoll_del(self, epfd: int, fd: int) -> bool:
         """Remove ``fd`` from epoll ``epfd``; False if it was not registered."""

@@ -323,14 +323,12 @@ def swap_out(pid: int, items: list[Carried], done: list[Carried]) -> None:
 
 def swap_in(pid: int, items: list[Carried], socks: dict[int, socket.socket]) -> None:
     """Install ``socks[fd]`` at each item's descriptor of ``pid``, with its epoll registrations."""
-    inject.allow_tasks_to_fetch_from_us()
-    me = os.getpid()
     try:
         with inject.Remote(pid) as r:
             for it in items:
                 for w in it.epoll:
                     r.epoll_del(w.epfd, it.fd)
-                r.install(r.fetch(me, socks[it.fd].fileno()), it.fd, it.cloexec)
+                r.install(r.receive(socks[it.fd].fileno()), it.fd, it.cloexec)
                 for w in it.epoll:
                     r.epoll_add(w.epfd, it.fd, w.events, w.data)
     except inject.InjectError as exc:

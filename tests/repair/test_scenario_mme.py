@@ -37,3 +37,19 @@ def test_mme_migrates_there_and_back_with_its_base_stations_attached(tmp_path):
         assert r["checkpoint_s"] > 0 and r["restore_s"] > 0 and r["transfer_s"] > 0
         assert r["downtime_s"] is not None and r["downtime_s"] > 0
     print(table("mme", summarize(mme["runs"]), mme["note"]))
+
+
+def test_mme_in_a_podman_container_keeps_its_base_stations(tmp_path):
+    """``--engine podman``: the MME in a Podman container (runc, netns given by path) moves
+    by checkpoint --export / restore --import through criu-ext-criu from host A to B; the
+    sctp plugin carries its associations into the netns made afresh there (the move
+    back from a restored netns is the criu-ext engine's test above)."""
+    results = run(tmp_path, ues=4, repeat=1, subscribers=2000, functions=["mme"],
+                  engines=("podman",))
+    mme = results["mme@podman"]
+    assert [(r["from"], r["to"]) for r in mme["runs"]] == [("a", "b")]
+    check_base_stations(mme["peers"][0])
+    for r in mme["runs"]:
+        assert r["checkpoint_s"] > 0 and r["restore_s"] > 0 and r["plugin_frozen_s"] > 0
+        assert r["downtime_s"] is not None and r["downtime_s"] > 0
+    print(table("mme@podman", summarize(mme["runs"]), mme["note"]))

@@ -83,13 +83,12 @@ def test_sockets_leave_for_pipes_and_come_back_with_their_epoll_registration(chi
     assert [(w.fd, w.events, w.data) for w in tasks.epoll_watches(p.pid)] == \
         [(w.fd, w.events, w.data) for w in watches]
 
-    inject.allow_tasks_to_fetch_from_us()
     with inject.Remote(p.pid) as r:
         for fd in (efd, bfd):
             for w in watches:
                 if w.fd == fd:
                     r.epoll_del(w.epfd, fd)
-            r.install(r.fetch(os.getpid(), copies[fd]), fd, cloexec=False)
+            r.install(r.receive(copies[fd]), fd, cloexec=False)
             for w in watches:
                 if w.fd == fd:
                     r.epoll_add(w.epfd, fd, w.events, w.data)
@@ -180,8 +179,8 @@ SECCOMP = textwrap.dedent(r"""
                     ("k", ctypes.c_uint)]
     class Prog(ctypes.Structure):
         _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Filter))]
-    # load the syscall number; kill the process on pidfd_open (434), allow the rest
-    prog = (Filter * 4)(Filter(0x20, 0, 0, 0), Filter(0x15, 0, 1, 434),
+    # load the syscall number; kill the process on socketpair (53), allow the rest
+    prog = (Filter * 4)(Filter(0x20, 0, 0, 0), Filter(0x15, 0, 1, 53),
                         Filter(0x06, 0, 0, 0x80000000), Filter(0x06, 0, 0, 0x7fff0000))
     assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
     assert libc.prctl(22, 2, ctypes.byref(Prog(4, prog)), 0, 0) == 0  # SECCOMP_MODE_FILTER
@@ -197,7 +196,7 @@ def test_a_task_under_a_seccomp_filter_is_refused_before_anything_runs_in_it():
         tasks.stop([p.pid])
         with pytest.raises(inject.InjectError, match="seccomp"):
             with inject.Remote(p.pid) as r:
-                r.fetch(os.getpid(), 0)  # pidfd_open: the filter kills the task
+                r.receive(0)  # socketpair: the filter kills the task
         assert p.poll() is None and tasks.tracer(p.pid) == 0
         tasks.cont([p.pid])
     finally:
