@@ -149,31 +149,13 @@ def _saved(sdir: str, criu_pid: int) -> dict | None:
                         "remove it")
     if data.get("criu_start") != rundir.proc_start(criu_pid):
         return None  # an earlier CRIU that had the same PID
+    from criu_ext.session import check_json  # here: the hook's start stays stdlib-only
+
     try:
-        check_session(data["session"])
+        check_json(data["session"])
     except ValueError as exc:
         raise HookError(f"session file {path} is corrupt ({exc}); remove it") from None
     return data["session"]
-
-
-def check_session(data: dict) -> None:
-    """The shape Session.from_json reads, checked before any plugin is imported from it."""
-    if data.get("action") not in (ph.DUMP, ph.RESTORE):
-        raise ValueError("no valid action")
-    plugins = data.get("plugins")
-    if not isinstance(plugins, list) or not all(
-            isinstance(p, dict) and isinstance(p.get("name"), str)
-            and isinstance(p.get("target"), str) and ":" in p["target"] for p in plugins):
-        raise ValueError("bad plugin list")
-    for key, typ in (("state", dict), ("acted", list), ("timings", list),
-                     ("phases_seen", list), ("options", dict)):
-        if key in data and not isinstance(data[key], typ):
-            raise ValueError(f"{key} is not a {typ.__name__}")
-    if not isinstance(data.get("images_dir"), str) or not isinstance(data.get("mode"), str):
-        raise ValueError("no images directory or mode")
-    pid = data.get("init_pid")
-    if pid is not None and (not isinstance(pid, int) or not 0 < pid < proto.PID_MAX):
-        raise ValueError("bad init_pid")
 
 
 def _images_dir() -> str | None:

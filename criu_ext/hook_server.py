@@ -140,6 +140,7 @@ class Server:
             self.load_error = str(exc)
             return
         self.session.resident = True
+        self.session.on_change = self._keep_session  # a takeover then knows what was done
 
     def handle(self, req: proto.Request) -> int:
         from criu_ext.plugin import PluginError
@@ -171,6 +172,15 @@ class Server:
                   + (f", {age:.0f} ms since exec" if age is not None else ""))
         return rc
 
+    def _keep_session(self) -> None:
+        """The session file, for a session process that takes over should this one die."""
+        s = self.session
+        assert s is not None
+        rundir.write_file(os.path.join(self.sdir, rundir.SESSION),
+                          json.dumps({"criu_pid": self.criu_pid,
+                                      "criu_start": rundir.proc_start(self.criu_pid),
+                                      "session": s.to_json()}).encode("utf-8"))
+
     def _save(self, log, phase: str) -> None:
         s = self.session
         assert s is not None  # handle() answers only with a loaded session
@@ -179,10 +189,7 @@ class Server:
                 rundir.write_file(os.path.join(self.sdir, rundir.PLAN),
                                   proto.format_plan(s.phases()).encode("ascii"))
                 self.plan_due = False
-            rundir.write_file(os.path.join(self.sdir, rundir.SESSION),
-                              json.dumps({"criu_pid": self.criu_pid,
-                                          "criu_start": rundir.proc_start(self.criu_pid),
-                                          "session": s.to_json()}).encode("utf-8"))
+            self._keep_session()
         except (OSError, rundir.RunDirError) as exc:
             log.warning(f"cannot keep the session in {self.sdir}: {exc}")
         if phase not in ph.FIRST:

@@ -21,7 +21,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from criu_ext import phases as ph
 
@@ -173,6 +173,10 @@ class Context:
     # True when this plugin object lives on to the next phase (RPC mode, and the
     # action-script session process): what it keeps in memory is there next time.
     resident: bool = False
+    # Write ``state`` where it survives this process being killed (the dump's journal,
+    # the session file), now. A plugin calls it between setting a rollback mark and
+    # changing the source, so ``criu-ext recover`` knows what to undo.
+    persist: Callable[[], None] = field(default=lambda: None, repr=False)
 
     @property
     def netns_path(self) -> str | None:

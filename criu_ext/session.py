@@ -21,9 +21,10 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 from criu_ext import phases as ph
+from criu_ext.hook_proto import PID_MAX
 from criu_ext.plugin import Context, Log, PluginError, handles, load_registered, reference
 from procns.files import MiB, UnsafeFile, atomic_file, read_json
 
@@ -62,6 +63,10 @@ class Session:
         self.timings: list[dict] = []  # {"phase", "plugin", "seconds", "ok"}
         self.phases_seen: list[str] = []
         self.warmed = False  # the plugins' warm(action) has run (rpc.begin, or a Warmup)
+        # keeps the state where a SIGKILL of this process cannot take it (journal.Journal
+        # in RPC mode, the session file in script mode); called at phase boundaries and
+        # by the plugins (Context.persist)
+        self.on_change: Callable[[], None] | None = None
 
     # -- planning -------------------------------------------------------------
 
@@ -101,7 +106,16 @@ class Session:
         return Context(phase=phase, action=self.action, images_dir=self.images_dir,
                        init_pid=self.init_pid, mode=self.mode, plugin=plugin.name,
                        log=self.log.child(plugin.name), state=self.state.setdefault(plugin.name, {}),
-                       options=self.options, resident=self.resident)
+                       options=self.options, resident=self.resident, persist=self.persist)
+
+    def persist(self) -> None:
+        """Hand the state to ``on_change``. A failure to keep it is logged, not raised: the
+        dump itself can go on, only a crash of this process would need what was lost."""
+        if self.on_change is not None:
+            try:
+                self.on_change()
+            except Exception as exc:  # noqa: BLE001 - see above
+                self.log.warning(f"cannot keep this {self.action}'s state: {exc}")
 
     def run(self, phase: str, init_pid: int | None = None) -> None:
         """Run the plugins of ``phase``; raise PhaseFailed if CRIU must stop."""
@@ -115,18 +129,26 @@ class Session:
             self.check_restore()
         fatal = phase in ph.FATAL[self.action]
         errors: list[PhaseFailed] = []
-        for plugin in self.plugins:
-            if not handles(plugin, phase):
-                continue
-            if self.action == ph.DUMP and phase != "network-unlock" and plugin.name not in self.acted:
-                self.acted.append(plugin.name)
-            err = self._call(plugin, phase, getattr(plugin, ph.method_name(phase)))
-            if err:
-                if fatal:
-                    raise err
-                errors.append(err)
-        if phase == "network-unlock" and self.action == ph.DUMP:
-            errors += self.rollback()
+        if self.action == ph.DUMP:
+            self.persist()  # how far the dump got, should this process die in the phase
+        try:
+            for plugin in self.plugins:
+                if not handles(plugin, phase):
+                    continue
+                if (self.action == ph.DUMP and phase != "network-unlock"
+                        and plugin.name not in self.acted):
+                    self.acted.append(plugin.name)
+                    self.persist()  # a rollback candidate from now on
+                err = self._call(plugin, phase, getattr(plugin, ph.method_name(phase)))
+                if err:
+                    if fatal:
+                        raise err
+                    errors.append(err)
+            if phase == "network-unlock" and self.action == ph.DUMP:
+                errors += self.rollback()
+        finally:
+            if self.action == ph.DUMP:
+                self.persist()
         for err in errors:
             self.log.error(f"{err} (CRIU goes on: this phase's failures are only logged)")
 
@@ -243,6 +265,29 @@ class Session:
                 f.write("\n")
         except OSError as exc:
             self.log.warning(f"cannot write {MANIFEST}: {exc}")
+
+
+def check_json(data: object) -> None:
+    """The shape Session.from_json reads, checked before any plugin is imported from it
+    (ValueError says what is wrong)."""
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    if data.get("action") not in (ph.DUMP, ph.RESTORE):
+        raise ValueError("no valid action")
+    plugins = data.get("plugins")
+    if not isinstance(plugins, list) or not all(
+            isinstance(p, dict) and isinstance(p.get("name"), str)
+            and isinstance(p.get("target"), str) and ":" in p["target"] for p in plugins):
+        raise ValueError("bad plugin list")
+    for key, typ in (("state", dict), ("acted", list), ("timings", list),
+                     ("phases_seen", list), ("options", dict)):
+        if key in data and not isinstance(data[key], typ):
+            raise ValueError(f"{key} is not a {typ.__name__}")
+    if not isinstance(data.get("images_dir"), str) or not isinstance(data.get("mode"), str):
+        raise ValueError("no images directory or mode")
+    pid = data.get("init_pid")
+    if pid is not None and (type(pid) is not int or not 0 < pid < PID_MAX):
+        raise ValueError("bad init_pid")
 
 
 def read_manifest(images_dir: str) -> dict | None:
