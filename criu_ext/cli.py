@@ -20,6 +20,7 @@ COMMANDS = {
     "hook-script": "criu_ext.hook_script_cmd:hook_script",
     "migrate": "criu_ext.migrate_cmd:migrate",
     "receive": "criu_ext.migrate_cmd:receive",
+    "recover": "criu_ext.recover_cmd:recover",
     "tls-init": "criu_ext.migrate_cmd:tls_init",
 }
 

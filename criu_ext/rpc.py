@@ -21,6 +21,7 @@ import pycriu.rpc_pb2 as rpc
 
 from criu_ext import phases as ph
 from criu_ext.plugin import warm_all
+from criu_ext.rundir import RunDirError
 from criu_ext.session import PhaseFailed, Session
 
 RECV_MAX = 1 << 20
@@ -196,6 +197,26 @@ def _open_dirs(o: Options) -> tuple[int, int | None, str, str]:
     return images_fd, work_fd, log_name, log_path
 
 
+def open_journal(session: Session, root: int):
+    """The dump's journal (criu_ext.journal), refusing to start over an interrupted dump
+    of the same tree; None (with a warning) when the run directory is unusable."""
+    from criu_ext import journal as jr
+
+    left = jr.pending_for(root)
+    if left is not None:
+        raise CriuError(f"dump not started: an interrupted dump of PID {root} left "
+                        f"{left.path}; run `criu-ext recover` first", errno.EBUSY)
+    try:
+        j = jr.Journal(session, root)
+    except (jr.JournalError, RunDirError) as exc:
+        session.log.warning(f"no journal for this dump ({exc}): a crash of criu-ext now "
+                            "cannot be recovered with criu-ext recover")
+        return None
+    session.on_change = j.write
+    j.write()
+    return j
+
+
 def begin(session: Session) -> None:
     """Before CRIU starts: the plugins' imports and ``prepare`` (PhaseFailed: nothing touched)."""
     if not session.warmed:  # imports now, not in the freeze window
@@ -248,6 +269,7 @@ def run(action: str, o: Options, session: Session | None, criu: str = "criu",
     if not o.log_file:
         o.log_file = f"{action}.log"
     t_begin = time.perf_counter()
+    journal = None
     if session is not None:
         try:
             begin(session)
@@ -266,7 +288,16 @@ def run(action: str, o: Options, session: Session | None, criu: str = "criu",
             if action == ph.DUMP:
                 session.init_pid = o.pid
         begin_seconds = time.perf_counter() - t_begin
-        swrk = Swrk(criu)
+        if session is not None and action == ph.DUMP and o.pid is not None:
+            journal = open_journal(session, o.pid)
+        try:
+            swrk = Swrk(criu)
+        except CriuError:
+            if journal is not None:
+                journal.close()  # nothing started, nothing to recover
+            raise
+        if journal is not None:
+            journal.started_criu(swrk.proc.pid)
         notify: list[dict] = []
         failure: PhaseFailed | None = None
         t0 = time.perf_counter()
@@ -314,6 +345,8 @@ def run(action: str, o: Options, session: Session | None, criu: str = "criu",
         if late and result.ok and action == ph.DUMP:
             result.ok = False
             failure = failure or late[0]
+        if journal is not None:
+            journal.close()  # done or rolled back: nothing for criu-ext recover
     if result.ok:
         return result
     if resp is None:

@@ -134,6 +134,10 @@ class Handoff:
             self.rep.times["restore_until_ready"] = time.monotonic() - t1
             self.rep.times["dest_restore_until_ready"] = float(ready.get("restore_s", 0.0))
             self.phase = "commit"
+            # journaled first: from here the tree belongs to the destination, and
+            # criu-ext recover must not make it run on here too
+            ctx.state["committing"] = True
+            ctx.persist()
             self.chan.send("commit")
             self.committed_at = time.monotonic()
             self.committed = True

@@ -4,7 +4,9 @@ Off unless selected (``--plugins trace`` or ``CRIU_EXT_PLUGINS=trace``). For eac
 phase it records the action, the root task's PID and state, its netns inode and
 the time into ``criu-ext-trace.json``. ``$CRIU_EXT_TRACE_FAIL`` (comma-separated
 phases, ``rollback`` included) makes it fail there, to test what CRIU and the
-other plugins do then.
+other plugins do then; ``$CRIU_EXT_TRACE_STALL`` (one phase) makes it log
+``stalled at PHASE`` there and sleep until killed, to test what a SIGKILL of
+criu-ext at that point leaves (``criu-ext recover``).
 """
 
 from __future__ import annotations
@@ -66,6 +68,10 @@ class TracePlugin(Plugin):
         fail = os.environ.get("CRIU_EXT_TRACE_FAIL", "").split(",")
         if what in fail:
             raise PluginError(f"failing at {what} as asked by CRIU_EXT_TRACE_FAIL")
+        if what and what == os.environ.get("CRIU_EXT_TRACE_STALL"):
+            ctx.log.info(f"stalled at {what} as asked by CRIU_EXT_TRACE_STALL")
+            while True:  # until killed, like a criu-ext that hangs
+                time.sleep(3600)
 
     def rollback(self, ctx) -> None:
         self._record(ctx, "rollback")

@@ -98,6 +98,7 @@ def fake(tmp_path, monkeypatch):
     path.write_text(FAKE.format(python=sys.executable))
     path.chmod(0o755)
     monkeypatch.setenv("FAKE_REQ", str(tmp_path / "req.json"))
+    monkeypatch.setenv("CRIU_EXT_RUN_DIR", str(tmp_path / "run"))  # the dumps' journals
     (tmp_path / "img").mkdir()
     return str(path)
 

@@ -1,0 +1,191 @@
+"""What a dump in progress has changed on the source, kept where a SIGKILL cannot take it.
+
+``criu-ext dump`` and ``criu-ext migrate`` (RPC mode: the plugins live in our
+process) write one journal per dump: ``$CRIU_EXT_RUN_DIR/journal/<our PID>.json``
+holds the session (plugins, their state, the phases seen), who we are (PID and
+start time), the CRIU we started and the dumped tree's root. It is rewritten when a
+plugin becomes a rollback candidate, when a plugin asks (Context.persist: between
+setting a rollback mark and changing the source) and after every dump phase, and
+removed once the dump ended one way or the other. A journal whose writer is gone
+is what ``criu-ext recover`` works from (criu_ext.recover).
+
+The directory is the run directory's rules: 0700, ours, files written through
+O_EXCL|O_NOFOLLOW temporaries and read as bounded regular files (rundir).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+
+from criu_ext import rundir
+from criu_ext.hook_proto import PID_MAX
+from criu_ext.session import Session, check_json
+
+SUBDIR = "journal"
+FORMAT = 1
+READ_MAX = 4 << 20
+
+
+class JournalError(Exception):
+    """A journal cannot be written or read; one line says why."""
+
+
+def directory(base: str | None = None) -> str:
+    """The journal directory under the run directory, made and checked."""
+    root = rundir.ensure_base(base)
+    path = os.path.join(root, SUBDIR)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise JournalError(f"cannot create {path}: {exc.strerror}") from None
+    try:
+        rundir.check_dir(path)
+    except rundir.RunDirError as exc:
+        raise JournalError(str(exc)) from None
+    return path
+
+
+@dataclass(frozen=True)
+class Proc:
+    """A process known by its PID and start time (a reused PID is another process)."""
+
+    pid: int
+    start: int | None
+
+    @classmethod
+    def of(cls, pid: int) -> Proc:
+        return cls(pid, rundir.proc_start(pid))
+
+    def running(self) -> bool:
+        return self.start is not None and rundir.proc_start(self.pid, running=True) == self.start
+
+    def to_json(self) -> dict:
+        return {"pid": self.pid, "start": self.start}
+
+    @classmethod
+    def from_json(cls, data: object, what: str) -> Proc:
+        if not isinstance(data, dict):
+            raise ValueError(f"{what}: not an object")
+        pid, start = data.get("pid"), data.get("start")
+        if type(pid) is not int or not 0 < pid < PID_MAX:
+            raise ValueError(f"{what}: bad pid")
+        if start is not None and (type(start) is not int or start < 0):
+            raise ValueError(f"{what}: bad start time")
+        return cls(pid, start)
+
+
+class Journal:
+    """The journal of one dump, written by the process running its plugins."""
+
+    def __init__(self, session: Session, root_pid: int, base: str | None = None) -> None:
+        self.session = session
+        self.path = os.path.join(directory(base), f"{os.getpid()}.json")
+        self.owner = Proc.of(os.getpid())
+        self.root = Proc.of(root_pid)
+        self.criu: Proc | None = None
+        self.began = time.time()
+        self.error: str | None = None  # the first write that failed, said once
+
+    def started_criu(self, pid: int) -> None:
+        self.criu = Proc.of(pid)
+        self.write()
+
+    def write(self) -> None:
+        data = {"format": FORMAT, "owner": self.owner.to_json(), "root": self.root.to_json(),
+                "criu": self.criu.to_json() if self.criu else None, "began": self.began,
+                "session": self.session.to_json()}
+        try:
+            rundir.write_file(self.path, json.dumps(data).encode("utf-8"))
+        except (OSError, rundir.RunDirError) as exc:
+            if self.error is None:  # the dump goes on; only a crash would need the journal
+                self.error = str(exc)
+                self.session.log.warning(f"cannot keep the journal {self.path}: {exc}")
+
+    def close(self) -> None:
+        """The dump ended (done, or rolled back): nothing left to recover."""
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+@dataclass
+class Entry:
+    """A journal read back: its file, its writer, CRIU, the dumped root, the session."""
+
+    path: str
+    owner: Proc
+    root: Proc
+    criu: Proc | None
+    began: float
+    session: dict
+
+    @property
+    def phases(self) -> list[str]:
+        return [p for p in self.session.get("phases_seen", []) if isinstance(p, str)]
+
+    def remove(self) -> None:
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def read(path: str) -> Entry:
+    """One journal, its shape checked (JournalError, one line, when it is not usable)."""
+    try:
+        data = json.loads(rundir.read_file(path, READ_MAX))
+    except FileNotFoundError:
+        raise JournalError(f"{path}: gone") from None
+    except (rundir.RunDirError, ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise JournalError(f"{path}: unreadable ({str(exc)[:160]})") from None
+    try:
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError(f"not a journal of format {FORMAT}")
+        owner = Proc.from_json(data.get("owner"), "owner")
+        root = Proc.from_json(data.get("root"), "root")
+        criu = Proc.from_json(data["criu"], "criu") if data.get("criu") is not None else None
+        began = data.get("began")
+        if not isinstance(began, (int, float)) or isinstance(began, bool):
+            raise ValueError("bad start time")
+        check_json(data.get("session"))
+        if data["session"]["action"] != "dump":
+            raise ValueError("not a dump's")
+    except (ValueError, KeyError) as exc:
+        raise JournalError(f"{path}: corrupt ({exc})") from None
+    return Entry(path, owner, root, criu, float(began), data["session"])
+
+
+def entries(base: str | None = None) -> list[Entry | JournalError]:
+    """Every journal of the run directory (oldest first); unusable ones as their error."""
+    d = directory(base)
+    names = sorted((n for n in os.listdir(d) if n.endswith(".json") and n[:-5].isdigit()),
+                   key=lambda n: int(n[:-5]))
+    out: list[Entry | JournalError] = []
+    for name in names:
+        try:
+            out.append(read(os.path.join(d, name)))
+        except JournalError as exc:
+            out.append(exc)
+    return sorted(out, key=lambda e: e.began if isinstance(e, Entry) else 0.0)
+
+
+def pending_for(root_pid: int, base: str | None = None) -> Entry | None:
+    """An interrupted dump of the tree rooted at ``root_pid`` (its writer gone), if any:
+    a new dump must not start over what that one left on the source."""
+    try:
+        found = entries(base)
+    except (JournalError, rundir.RunDirError):
+        return None
+    root = Proc.of(root_pid)
+    if not root.running():
+        return None
+    for e in found:
+        if isinstance(e, Entry) and e.root == root and not e.owner.running():
+            return e
+    return None
