@@ -30,6 +30,7 @@ import os
 import select
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from criu_ext import inject, sctp_fence, tasks
@@ -335,8 +336,12 @@ def swap_in(pid: int, items: list[Carried], socks: dict[int, socket.socket]) -> 
         raise CarryError(f"putting the SCTP sockets of pid {pid} back: {exc}") from exc
 
 
-def take(root: int, items: list[Carried], drain_timeout: float) -> list[int]:
-    """Steps 2-6 of the dump. Returns the stopped tree. On failure the tree runs on as before."""
+def take(root: int, items: list[Carried], drain_timeout: float,
+         on_saved: Callable[[list[int]], None] | None = None) -> list[int]:
+    """Steps 2-6 of the dump. Returns the stopped tree. On failure the tree runs on as before.
+    ``on_saved(tree)`` runs once every association is saved, before the first swap: where
+    the caller writes the image, so that from then on the image can put them back even if
+    this process dies."""
     pids = tasks.tree(root)
     netns = netns_path(pid=root)
     ports = {it.setup.port for it in items if it.setup.port}
@@ -353,9 +358,11 @@ def take(root: int, items: list[Carried], drain_timeout: float) -> list[int]:
         if ports:
             sctp_fence.hold(netns, ports)
         save(items, wait=drain_timeout)
+        if on_saved is not None:
+            on_saved(pids)
         for pid, group in by_process(items).items():
             swap_out(pid, group, swapped.setdefault(pid, []))
-    except (CarryError, sctp_fence.FenceError, TimeoutError, OSError) as exc:
+    except (CarryError, sctp_fence.FenceError, TimeoutError, OSError, UnsafeFile) as exc:
         _undo_take(items, swapped, pids, netns, stopped)
         raise CarryError(str(exc)) from exc
     close_copies(items)  # repair mode is on: the associations end without a word
@@ -377,6 +384,40 @@ def _undo_take(items, swapped, pids, netns, stopped) -> None:
         pass
     if stopped:
         tasks.cont(pids)
+
+
+def release(root: int, where: list[tuple[int, int]]) -> None:
+    """What :func:`take` leaves when the process running it dies before the image was
+    written (``where``: the (pid, fd) of each socket): the sockets are still the task's,
+    in repair mode, the tree stopped, the drain or hold rules in place. Repair mode off,
+    rules lifted, tree continued: the associations go on as if nothing was tried."""
+    from sctp_repair import repair
+
+    problems = []
+    for pid, fd in where:
+        try:
+            pidfd = os.pidfd_open(pid)
+            try:
+                copy = socket.socket(fileno=pidfd_getfd(pidfd, fd))
+            finally:
+                os.close(pidfd)
+        except OSError as exc:
+            problems.append(f"fd {fd} of pid {pid}: {exc.strerror or exc}")
+            continue
+        try:
+            if copy.proto == abi.IPPROTO_SCTP:
+                repair.resume(copy)
+        except repair.RepairError as exc:
+            problems.append(f"fd {fd} of pid {pid}: {exc}")
+        finally:
+            copy.close()
+    try:
+        sctp_fence.lift(netns_path(pid=root))
+    except sctp_fence.FenceError as exc:
+        problems.append(str(exc))
+    tasks.cont(tasks.tree(root))
+    if problems:
+        raise CarryError(f"releasing the SCTP sockets of pid {root}: {'; '.join(problems)}")
 
 
 # -- image ------------------------------------------------------------------------------

@@ -210,13 +210,14 @@ class GtpPlugin(Plugin):
             ctx.log.info(f"saved {_summary(snap)}, {len(snap.nat_rules)} NAT rule(s) of an "
                          "external netns; devices left in place")
             return
-        try:
-            if fresh:  # ifindexes known good (the watch saw no link change): no lookup
-                g.delete_links(ctx.netns_path, [d.ifindex for d in snap.devices])
-            else:
-                g.remove(snap, ctx.netns_path, nat_rules=False)
-        finally:
-            ctx.state["removed"] = True  # maybe partly: rollback re-creates what is missing
+        # marked (and journaled) first: whatever part of the removal happens, a rollback or
+        # ``criu-ext recover`` re-creates what is missing
+        ctx.state["removed"] = True
+        ctx.persist()
+        if fresh:  # ifindexes known good (the watch saw no link change): no lookup
+            g.delete_links(ctx.netns_path, [d.ifindex for d in snap.devices])
+        else:
+            g.remove(snap, ctx.netns_path, nat_rules=False)
         ctx.log.info(f"saved {_summary(snap)}; devices removed for the dump")
 
     def rollback(self, ctx) -> None:

@@ -43,6 +43,19 @@ def _carry():
     return sctp_carry
 
 
+def _where(taking: object) -> list[tuple[int, int]]:
+    """The journal's (pid, fd) list, checked (it is read back from a file)."""
+    if not isinstance(taking, list) or len(taking) > 4096:
+        raise ValueError("the journal's SCTP socket list is malformed")
+    out = []
+    for pair in taking:
+        if (not isinstance(pair, list) or len(pair) != 2
+                or not all(type(v) is int and 0 <= v < (1 << 31) for v in pair)):
+            raise ValueError("the journal's SCTP socket list is malformed")
+        out.append((pair[0], pair[1]))
+    return out
+
+
 def _repair_available() -> bool:
     from sctp_repair.repair import probe
     return probe().repair
@@ -72,16 +85,26 @@ class SctpPlugin(Plugin):
         if fallback not in (None, "", "restart"):
             raise PluginError(f"unknown SCTP fallback {fallback!r} (the only one is 'restart')")
         drain = float(os.environ.get("CRIU_EXT_SCTP_DRAIN", "5"))
+        def saved(pids: list[int]) -> None:  # before the first swap (see take)
+            c.write_image(ctx.image_path(IMAGE), ctx.init_pid, pids, items)
+            ctx.state["taken"] = True  # from here the image puts the sockets back
+            ctx.persist()
+
         try:
             items = c.discover(ctx.init_pid, fallback or None, _repair_available())
             if not items:
                 ctx.log.debug("no SCTP socket in the tree")
                 return
-            pids = c.take(ctx.init_pid, items, drain)
+            # journaled before repair mode goes on: should this process die before the
+            # image is written, criu-ext recover releases them (sctp_carry.release)
+            ctx.state["taking"] = [[it.pid, it.fd] for it in items]
+            ctx.persist()
+            c.take(ctx.init_pid, items, drain, on_saved=saved)
         except c.CarryError as exc:
+            ctx.state["taken"] = False  # take put everything back itself
             raise PluginError(str(exc)) from exc
-        c.write_image(ctx.image_path(IMAGE), ctx.init_pid, pids, items)
-        ctx.state["taken"] = True
+        finally:
+            ctx.state.pop("taking", None)
         for it in items:
             ctx.log.info(f"carried {it.describe()}")
             if it.role == c.RESTART:
@@ -100,6 +123,16 @@ class SctpPlugin(Plugin):
             raise PluginError(str(exc)) from exc
 
     def rollback(self, ctx) -> None:
+        taking = ctx.state.get("taking")
+        if taking and not ctx.state.get("taken"):  # only in a journal: died inside take
+            c = _carry()
+            try:
+                c.release(ctx.init_pid, _where(taking))
+            except (c.CarryError, ValueError) as exc:
+                raise PluginError(str(exc)) from exc
+            ctx.state.pop("taking", None)
+            ctx.log.info("SCTP sockets released in place (the dump died before saving them)")
+            return
         if not ctx.state.get("taken"):
             return
         from criu_ext import tasks
