@@ -7,6 +7,8 @@ Both interfaces take the same images directory and write CRIU's log there
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,3 +54,33 @@ def restore_cmd(mode: str, images: Path, tmp: Path, external: list[str]) -> list
 def log_of(images: Path, name: str, tail: int = 12000) -> str:
     p = images / name
     return p.read_text()[-tail:] if p.exists() else ""
+
+
+def recover_cmd() -> list[str]:
+    return [str(VENV_BIN / "criu-ext"), "recover", "-v"]
+
+
+def kill_when_stalled(argv: list[str], env: dict, log: Path, phase: str,
+                      timeout: float = 180) -> None:
+    """Run ``argv`` (a criu-ext dump whose trace plugin has CRIU_EXT_TRACE_STALL=``phase``),
+    SIGKILL it once it says it stalled there, and wait until the CRIU it started ended
+    (CRIU fails at its next word with the dead criu-ext and lets the tree run again)."""
+    from lab.procs import gone
+
+    with open(log, "w") as f:
+        p = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=f)
+    end = time.monotonic() + timeout
+    while f"stalled at {phase}" not in log.read_text():
+        assert p.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < end, f"never stalled at {phase}: {log.read_text()[-3000:]}"
+        time.sleep(0.1)
+    try:  # nsenter execs: p is criu-ext itself, CRIU its child
+        with open(f"/proc/{p.pid}/task/{p.pid}/children") as f:
+            children = [int(x) for x in f.read().split()]
+    except OSError:
+        children = []
+    p.kill()
+    p.wait()
+    for pid in children:
+        assert gone(pid, 120), f"CRIU (PID {pid}) still runs after criu-ext was killed"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.criu_cmds import log_of
+from lab.criu_cmds import kill_when_stalled, log_of, recover_cmd
 from lab.files import record_json
 from lab.sctp_migrate import MIB_KEYS, assert_clean, dump_cmd, env_for, migrate, peer_gap, verdicts
 
@@ -95,6 +95,37 @@ def test_failed_dump_puts_every_socket_back(failure, mode, lab_factory, tmp_path
     ruleset = lab.in_host(lab.node_ns, ["nft", "list", "ruleset"]).stdout
     assert "criu_ext_sctp" not in ruleset  # the fence was lifted
     assert "blackhole" not in lab.in_host(lab.node_ns, ["ip", "rule"]).stdout  # unsealed
+
+
+def test_a_killed_dump_is_recovered_and_no_peer_notices(lab_factory, tmp_path):
+    """``criu-ext dump`` SIGKILLed at network-lock (the sockets swapped out for pipes,
+    the tree stopped, the ports held) and at post-dump (sealed as well): CRIU lets the
+    tree run again, and ``criu-ext recover`` puts the sockets back from the image the
+    sctp plugin wrote before the first swap; the base stations notice nothing."""
+    lab = lab_factory("mme")
+    lab.wait_flowing(["node", "p1", "p2"], 5)
+    notes = {n: st.get("notifications") for n, st in verdicts(lab).items()}
+    rec = {}
+    for phase in ("network-lock", "post-dump"):
+        tmp = tmp_path / phase
+        images = tmp / "img"
+        images.mkdir(parents=True)
+        env = env_for(tmp, CRIU_EXT_TRACE_STALL=phase)
+        t0 = time.monotonic()
+        kill_when_stalled(["nsenter", f"--net=/run/netns/{lab.a}", "--",
+                           *dump_cmd("rpc", lab, images, tmp)], env, tmp / "dump.err", phase)
+        assert lab.node.poll() is None, "the source must keep running"
+        assert list((tmp / "run" / "journal").glob("*.json")), "no journal left"
+        r = lab.in_host(lab.a, recover_cmd(), env=env)
+        t1 = time.monotonic()
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "rolled back" in r.stdout and "sctp" in r.stdout, r.stdout
+        lab.wait_flowing(["node", "p1", "p2"], 20)
+        rec[phase] = {"recover_said": r.stdout.strip(), "killed_to_recovered_s": round(t1 - t0, 3)}
+        assert "criu_ext_sctp" not in lab.in_host(lab.node_ns, ["nft", "list", "ruleset"]).stdout
+        assert "blackhole" not in lab.in_host(lab.node_ns, ["ip", "rule"]).stdout
+    rec["path_notifications"] = assert_clean(lab, notes)
+    record_json(RESULTS, "killed-dump-recovered", rec)
 
 
 def test_source_left_behind_sends_no_abort(lab_factory, tmp_path):

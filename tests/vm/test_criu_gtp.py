@@ -423,13 +423,59 @@ def leave_running_dump(h: TwoHosts, mode: str, tmp: Path) -> None:
     assert (images / "criu-ext-gtp.img").exists()
 
 
+def killed_dump(h: TwoHosts, phase: str, tmp: Path) -> dict:
+    """``criu-ext dump`` SIGKILLed while the trace plugin (after gtp) stalls at ``phase``;
+    then ``criu-ext recover``. Returns what was seen in between."""
+    tmp.mkdir()
+    gw = f"/run/netns/{h.gw}"
+    assert h.pinger.wait_all(time.monotonic(), 15) == expected(), phase
+    before = gtp_state(gw)
+    images = tmp / "img"
+    images.mkdir()
+    env = env_for(tmp, plugins="gtp,netfilter,trace", CRIU_EXT_TRACE_STALL=phase)
+    t0 = time.monotonic()
+    criu_cmds.kill_when_stalled(["nsenter", f"--net=/run/netns/{h.a}", "--",
+                                 *dump_cmd("rpc", h, images, tmp)], env, tmp / "dump.err", phase)
+    (journal,) = (tmp / "run" / "journal").glob("*.json")
+    assert h.gateway.poll() is None, "the source gateway must have survived"
+    t1 = time.monotonic()
+    lost = gtp_state(gw)["devices"] == []
+    if lost:  # the removed devices stay removed: the UEs have no service until recover
+        time.sleep(2)
+        assert set(h.pinger.teids_since(t1 + 0.5)) == set(), phase
+    r = h.in_host(h.a, criu_cmds.recover_cmd(), env=env)
+    t2 = time.monotonic()
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert gtp_state(gw) == before, phase
+    assert h.check_gateway() == "PASS", phase  # bound to the live socket again
+    assert h.pinger.wait_all(t2, 15) == expected(), phase
+    assert not journal.exists()
+    return {"devices_lost": lost, "recover_said": r.stdout.strip(),
+            "ue_gap_s": h.pinger.gap(t0, t2), "recover_s": round(t2 - t1, 3)}
+
+
 @pytest.mark.parametrize("mode", ["rpc", "script"])
-def test_failed_and_leave_running_dumps_leave_the_source_forwarding(mode, hosts, tmp_path):
+def test_failed_killed_and_leave_running_dumps_leave_the_source_forwarding(mode, hosts,
+                                                                           tmp_path):
     """One gateway through every failure in turn (a plugin at network-lock, at post-dump,
     CRIU after network-lock), then a --leave-running dump: each leaves it whole and
-    forwarding, so the next starts from what the last one put back."""
+    forwarding, so the next starts from what the last one put back.
+
+    RPC mode also: criu-ext killed with SIGKILL at pre-dump (nothing changed yet), at
+    network-lock (gtp has removed the devices) and at post-dump (every image written).
+    Each time CRIU fails on its own and the gateway runs on without its tunnels until
+    ``criu-ext recover`` puts them back from the dump's journal, bound to the live
+    socket."""
     for failure in sorted(FAILURES):
         failed_dump(hosts, failure, mode, tmp_path / failure)
+    if mode == "rpc":
+        seen = {phase: killed_dump(hosts, phase, tmp_path / f"killed-{phase}")
+                for phase in ("pre-dump", "network-lock", "post-dump")}
+        assert [seen[p]["devices_lost"] for p in seen] == [False, True, True], seen
+        for p in ("network-lock", "post-dump"):
+            assert "rolled back" in seen[p]["recover_said"], seen
+            assert "gtp" in seen[p]["recover_said"], seen
+        record("killed-dump-recovered", seen)
     leave_running_dump(hosts, mode, tmp_path / "leave-running")
 
 
