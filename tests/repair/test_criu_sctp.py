@@ -75,57 +75,63 @@ FAILURES = {
 }
 
 
-@pytest.mark.parametrize("mode", ["script", "rpc"])
-@pytest.mark.parametrize("failure", sorted(FAILURES))
-def test_failed_dump_puts_every_socket_back(failure, mode, lab_factory, tmp_path):
-    lab = lab_factory("mme")
-    lab.wait_flowing(["node", "p1", "p2"], 5)
-    notes = {n: st.get("notifications") for n, st in verdicts(lab).items()}
-    images = tmp_path / "img"
-    images.mkdir()
-    d = lab.in_host(lab.a, dump_cmd(mode, lab, images, tmp_path),
-                    env=env_for(tmp_path, **FAILURES[failure]))
-    assert d.returncode != 0, "the dump was supposed to fail"
+def failed_dump(lab, failure: str, mode: str, tmp: Path) -> None:
+    """One dump made to fail: every socket back, fence lifted, unsealed."""
+    images = tmp / "img"
+    images.mkdir(parents=True)
+    d = lab.in_host(lab.a, dump_cmd(mode, lab, images, tmp),
+                    env=env_for(tmp, **FAILURES[failure]))
+    assert d.returncode != 0, f"{failure}: the dump was supposed to fail"
     assert lab.node.poll() is None, "the source must keep running"
     assert (images / "criu-ext-sctp.json").exists()  # the plugin acted before the failure
     lab.wait_flowing(["node", "p1", "p2"], 10)
-    assert_clean(lab, notes)
     m = json.loads((images / "criu-ext.json").read_text())
-    assert m["dump"]["rolled_back"] is True
-    ruleset = lab.in_host(lab.node_ns, ["nft", "list", "ruleset"]).stdout
-    assert "criu_ext_sctp" not in ruleset  # the fence was lifted
+    assert m["dump"]["rolled_back"] is True, failure
+    assert_unfenced(lab)
+
+
+def assert_unfenced(lab) -> None:
+    assert "criu_ext_sctp" not in lab.in_host(lab.node_ns, ["nft", "list", "ruleset"]).stdout
     assert "blackhole" not in lab.in_host(lab.node_ns, ["ip", "rule"]).stdout  # unsealed
 
 
-def test_a_killed_dump_is_recovered_and_no_peer_notices(lab_factory, tmp_path):
-    """``criu-ext dump`` SIGKILLed at network-lock (the sockets swapped out for pipes,
-    the tree stopped, the ports held) and at post-dump (sealed as well): CRIU lets the
-    tree run again, and ``criu-ext recover`` puts the sockets back from the image the
-    sctp plugin wrote before the first swap; the base stations notice nothing."""
+def killed_dump(lab, phase: str, tmp: Path) -> dict:
+    """criu-ext dump SIGKILLed while stalled at ``phase``, then criu-ext recover."""
+    images = tmp / "img"
+    images.mkdir(parents=True)
+    env = env_for(tmp, CRIU_EXT_TRACE_STALL=phase)
+    t0 = time.monotonic()
+    kill_when_stalled(["nsenter", f"--net=/run/netns/{lab.a}", "--",
+                       *dump_cmd("rpc", lab, images, tmp)], env, tmp / "dump.err", phase)
+    assert lab.node.poll() is None, "the source must keep running"
+    assert list((tmp / "run" / "journal").glob("*.json")), "no journal left"
+    r = lab.in_host(lab.a, recover_cmd(), env=env)
+    t1 = time.monotonic()
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "rolled back" in r.stdout and "sctp" in r.stdout, r.stdout
+    lab.wait_flowing(["node", "p1", "p2"], 20)
+    assert_unfenced(lab)
+    return {"recover_said": r.stdout.strip(), "killed_to_recovered_s": round(t1 - t0, 3)}
+
+
+@pytest.mark.parametrize("mode", ["script", "rpc"])
+def test_failed_and_killed_dumps_put_every_socket_back(mode, lab_factory, tmp_path):
+    """One MME through a plugin failing at network-lock, then at post-dump: each time
+    every socket goes back. RPC mode also: criu-ext SIGKILLed at network-lock (the
+    sockets swapped out for pipes, the tree stopped, the ports held) and at post-dump
+    (sealed as well); CRIU lets the tree run again and ``criu-ext recover`` puts the
+    sockets back from the image the sctp plugin wrote before the first swap. The base
+    stations notice none of it."""
     lab = lab_factory("mme")
     lab.wait_flowing(["node", "p1", "p2"], 5)
     notes = {n: st.get("notifications") for n, st in verdicts(lab).items()}
-    rec = {}
-    for phase in ("network-lock", "post-dump"):
-        tmp = tmp_path / phase
-        images = tmp / "img"
-        images.mkdir(parents=True)
-        env = env_for(tmp, CRIU_EXT_TRACE_STALL=phase)
-        t0 = time.monotonic()
-        kill_when_stalled(["nsenter", f"--net=/run/netns/{lab.a}", "--",
-                           *dump_cmd("rpc", lab, images, tmp)], env, tmp / "dump.err", phase)
-        assert lab.node.poll() is None, "the source must keep running"
-        assert list((tmp / "run" / "journal").glob("*.json")), "no journal left"
-        r = lab.in_host(lab.a, recover_cmd(), env=env)
-        t1 = time.monotonic()
-        assert r.returncode == 0, r.stdout + r.stderr
-        assert "rolled back" in r.stdout and "sctp" in r.stdout, r.stdout
-        lab.wait_flowing(["node", "p1", "p2"], 20)
-        rec[phase] = {"recover_said": r.stdout.strip(), "killed_to_recovered_s": round(t1 - t0, 3)}
-        assert "criu_ext_sctp" not in lab.in_host(lab.node_ns, ["nft", "list", "ruleset"]).stdout
-        assert "blackhole" not in lab.in_host(lab.node_ns, ["ip", "rule"]).stdout
-    rec["path_notifications"] = assert_clean(lab, notes)
-    record_json(RESULTS, "killed-dump-recovered", rec)
+    for failure in sorted(FAILURES):
+        failed_dump(lab, failure, mode, tmp_path / failure)
+    if mode == "rpc":
+        rec = {phase: killed_dump(lab, phase, tmp_path / f"killed-{phase}")
+               for phase in ("network-lock", "post-dump")}
+        record_json(RESULTS, "killed-dump-recovered", rec)
+    assert_clean(lab, notes)
 
 
 def test_source_left_behind_sends_no_abort(lab_factory, tmp_path):
