@@ -461,18 +461,19 @@ def test_failed_killed_and_leave_running_dumps_leave_the_source_forwarding(mode,
     CRIU after network-lock), then a --leave-running dump: each leaves it whole and
     forwarding, so the next starts from what the last one put back.
 
-    RPC mode also: criu-ext killed with SIGKILL at pre-dump (nothing changed yet), at
-    network-lock (gtp has removed the devices) and at post-dump (every image written).
-    Each time CRIU fails on its own and the gateway runs on without its tunnels until
-    ``criu-ext recover`` puts them back from the dump's journal, bound to the live
-    socket."""
+    RPC mode also: criu-ext killed with SIGKILL at network-lock (gtp has removed the
+    devices) and at post-dump (every image written). Each time CRIU fails on its own and
+    the gateway runs on without its tunnels until ``criu-ext recover`` puts them back
+    from the dump's journal, bound to the live socket. (A kill at pre-dump, before
+    anything changed, is left out: tried, the UEs saw no gap and recover's rollbacks
+    had nothing to undo.)"""
     for failure in sorted(FAILURES):
         failed_dump(hosts, failure, mode, tmp_path / failure)
     if mode == "rpc":
         seen = {phase: killed_dump(hosts, phase, tmp_path / f"killed-{phase}")
-                for phase in ("pre-dump", "network-lock", "post-dump")}
-        assert [seen[p]["devices_lost"] for p in seen] == [False, True, True], seen
-        for p in ("network-lock", "post-dump"):
+                for phase in ("network-lock", "post-dump")}
+        for p in seen:
+            assert seen[p]["devices_lost"], seen
             assert "rolled back" in seen[p]["recover_said"], seen
             assert "gtp" in seen[p]["recover_said"], seen
         record("killed-dump-recovered", seen)
