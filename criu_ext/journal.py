@@ -30,24 +30,20 @@ READ_MAX = 4 << 20
 
 
 class JournalError(Exception):
-    """A journal cannot be written or read; one line says why."""
+    """A journal cannot be read back; one line says why."""
 
 
 def directory(base: str | None = None) -> str:
-    """The journal directory under the run directory, made and checked."""
-    root = rundir.ensure_base(base)
-    path = os.path.join(root, SUBDIR)
+    """The journal directory under the run directory, made and checked like it
+    (RunDirError when it cannot be trusted or made)."""
+    return rundir.ensure_base(os.path.join(rundir.ensure_base(base), SUBDIR))
+
+
+def _remove(path: str) -> None:
     try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
+        os.unlink(path)
+    except FileNotFoundError:
         pass
-    except OSError as exc:
-        raise JournalError(f"cannot create {path}: {exc.strerror}") from None
-    try:
-        rundir.check_dir(path)
-    except rundir.RunDirError as exc:
-        raise JournalError(str(exc)) from None
-    return path
 
 
 @dataclass(frozen=True)
@@ -108,10 +104,7 @@ class Journal:
 
     def close(self) -> None:
         """The dump ended (done, or rolled back): nothing left to recover."""
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        _remove(self.path)
 
 
 @dataclass
@@ -130,10 +123,7 @@ class Entry:
         return [p for p in self.session.get("phases_seen", []) if isinstance(p, str)]
 
     def remove(self) -> None:
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        _remove(self.path)
 
 
 def read(path: str) -> Entry:
@@ -180,7 +170,7 @@ def pending_for(root_pid: int, base: str | None = None) -> Entry | None:
     a new dump must not start over what that one left on the source."""
     try:
         found = entries(base)
-    except (JournalError, rundir.RunDirError):
+    except rundir.RunDirError:
         return None
     root = Proc.of(root_pid)
     if not root.running():

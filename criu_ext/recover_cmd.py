@@ -36,7 +36,7 @@ def recover(run_dir: str | None, wait: float, dry_run: bool, verbose: int) -> No
     log = Log(sys.stderr, level=2 + min(verbose, 2))
     try:
         found = jr.entries(run_dir)
-    except (jr.JournalError, RunDirError) as exc:
+    except RunDirError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(1)
     if not found:

@@ -208,7 +208,7 @@ def open_journal(session: Session, root: int):
                         f"{left.path}; run `criu-ext recover` first", errno.EBUSY)
     try:
         j = jr.Journal(session, root)
-    except (jr.JournalError, RunDirError) as exc:
+    except RunDirError as exc:
         session.log.warning(f"no journal for this dump ({exc}): a crash of criu-ext now "
                             "cannot be recovered with criu-ext recover")
         return None
