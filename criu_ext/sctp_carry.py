@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from criu_ext import inject, sctp_fence, tasks
+from procns.fds import steal_fd
 from procns.files import MiB, UnsafeFile, atomic_file, read_json
 from procns.netns import in_netns, netns_path
 from procns.syscalls import pidfd_getfd
@@ -396,11 +397,7 @@ def release(root: int, where: list[tuple[int, int]]) -> None:
     problems = []
     for pid, fd in where:
         try:
-            pidfd = os.pidfd_open(pid)
-            try:
-                copy = socket.socket(fileno=pidfd_getfd(pidfd, fd))
-            finally:
-                os.close(pidfd)
+            copy = socket.socket(fileno=steal_fd(pid, fd))
         except OSError as exc:
             problems.append(f"fd {fd} of pid {pid}: {exc.strerror or exc}")
             continue

@@ -65,6 +65,7 @@ def kill_when_stalled(argv: list[str], env: dict, log: Path, phase: str,
     """Run ``argv`` (a criu-ext dump whose trace plugin has CRIU_EXT_TRACE_STALL=``phase``),
     SIGKILL it once it says it stalled there, and wait until the CRIU it started ended
     (CRIU fails at its next word with the dead criu-ext and lets the tree run again)."""
+    from criu_ext import tasks
     from lab.procs import gone
 
     with open(log, "w") as f:
@@ -75,11 +76,7 @@ def kill_when_stalled(argv: list[str], env: dict, log: Path, phase: str,
         assert p.poll() is None, log.read_text()[-3000:]
         assert time.monotonic() < end, f"never stalled at {phase}: {log.read_text()[-3000:]}"
         time.sleep(0.1)
-    try:  # nsenter execs: p is criu-ext itself, CRIU its child
-        with open(f"/proc/{p.pid}/task/{p.pid}/children") as f:
-            children = [int(x) for x in f.read().split()]
-    except OSError:
-        children = []
+    children = tasks.tree(p.pid)[1:]  # nsenter execs: p is criu-ext itself, CRIU below it
     p.kill()
     p.wait()
     for pid in children:
