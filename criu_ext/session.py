@@ -129,8 +129,9 @@ class Session:
             self.check_restore()
         fatal = phase in ph.FATAL[self.action]
         errors: list[PhaseFailed] = []
-        if self.action == ph.DUMP:
-            self.persist()  # how far the dump got, should this process die in the phase
+        # journaled before the phase's first plugin runs (how far the dump got) and before
+        # each plugin that becomes a rollback candidate runs, should this process die
+        due = self.action == ph.DUMP
         try:
             for plugin in self.plugins:
                 if not handles(plugin, phase):
@@ -138,7 +139,10 @@ class Session:
                 if (self.action == ph.DUMP and phase != "network-unlock"
                         and plugin.name not in self.acted):
                     self.acted.append(plugin.name)
-                    self.persist()  # a rollback candidate from now on
+                    due = True
+                if due:
+                    self.persist()
+                    due = False
                 err = self._call(plugin, phase, getattr(plugin, ph.method_name(phase)))
                 if err:
                     if fatal:
