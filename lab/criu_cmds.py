@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +66,14 @@ def kill_when_stalled(argv: list[str], env: dict, log: Path, phase: str,
     """Run ``argv`` (a criu-ext dump whose trace plugin has CRIU_EXT_TRACE_STALL=``phase``),
     SIGKILL it once it says it stalled there, and wait until the CRIU it started ended
     (CRIU fails at its next word with the dead criu-ext and lets the tree run again)."""
+    kill_when(argv, env, log, f"stalled at {phase}",
+              lambda: f"stalled at {phase}" in log.read_text(), timeout)
+
+
+def kill_when(argv: list[str], env: dict, log: Path, what: str, ready: Callable[[], bool],
+              timeout: float = 180) -> None:
+    """Run ``argv`` (a criu-ext dump, stderr to ``log``), SIGKILL it once ``ready()`` (which
+    ``what`` describes), then wait until every process it started ended."""
     from criu_ext import tasks
     from lab.procs import gone
 
@@ -72,9 +81,9 @@ def kill_when_stalled(argv: list[str], env: dict, log: Path, phase: str,
         p = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
                              stdout=subprocess.DEVNULL, stderr=f)
     end = time.monotonic() + timeout
-    while f"stalled at {phase}" not in log.read_text():
+    while not ready():
         assert p.poll() is None, log.read_text()[-3000:]
-        assert time.monotonic() < end, f"never stalled at {phase}: {log.read_text()[-3000:]}"
+        assert time.monotonic() < end, f"never {what}: {log.read_text()[-3000:]}"
         time.sleep(0.1)
     children = tasks.tree(p.pid)[1:]  # nsenter execs: p is criu-ext itself, CRIU below it
     p.kill()

@@ -186,6 +186,10 @@ class SctpLab:
             p = subprocess.run(["nsenter", "-t", str(self.pid), "-n", *argv],
                                capture_output=True, text=True)
             out.append(f"--- {title}\n{p.stdout}{p.stderr}")
+        for name, ns in sorted(self.peer_ns.items()):  # the other end's T3 and queues
+            p = subprocess.run(["ip", "netns", "exec", ns, "cat", "/proc/net/sctp/assocs"],
+                               capture_output=True, text=True)
+            out.append(f"--- {name} assocs\n{p.stdout}{p.stderr}")
         for f in sorted(self.tmp.glob("*.err")) + sorted(self.tmp.glob("*.out")):
             out.append(f"--- {f.name}\n{f.read_text()[-1500:]}")
         return "\n" + "\n".join(out)

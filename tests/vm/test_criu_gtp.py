@@ -42,7 +42,7 @@ from lab.enb import GTPU_PORT, gtpu, icmp_echo, parse_reply
 from lab.files import record_json
 from lab.gateway import I_TEI_BASE, O_TEI_BASE, UE_BASE
 from lab.netns import NetnsSet, sh
-from lab.procs import gone, state
+from lab.procs import criu_ext_processes, gone, state, wait_no_criu_ext
 from scenario.migration import image_bytes as image_size
 
 pytestmark = pytest.mark.vm
@@ -454,6 +454,47 @@ def killed_dump(h: TwoHosts, phase: str, tmp: Path) -> dict:
             "ue_gap_s": h.pinger.gap(t0, t2), "recover_s": round(t2 - t1, 3)}
 
 
+def session_killed_dump(h: TwoHosts, tmp: Path) -> dict:
+    """Action-script mode: the session process SIGKILLed while the trace plugin (after
+    gtp) stalls at network-lock, the devices removed. The hook CRIU waits on fails, so
+    the dump fails; the next hook CRIU runs (network-unlock) finds the session gone and
+    starts one that takes over from the session file, which rolls back once CRIU ended:
+    the gateway gets its tunnels back with no ``criu-ext recover``."""
+    tmp.mkdir()
+    gw = f"/run/netns/{h.gw}"
+    assert h.pinger.wait_all(time.monotonic(), 15) == expected()
+    before = gtp_state(gw)
+    images = tmp / "img"
+    images.mkdir()
+    env = env_for(tmp, plugins="gtp,netfilter,trace", CRIU_EXT_TRACE_STALL="network-lock")
+    run_dir = env["CRIU_EXT_RUN_DIR"]
+    t0 = time.monotonic()
+    with open(tmp / "dump.err", "w") as f:
+        p = subprocess.Popen(["nsenter", f"--net=/run/netns/{h.a}", "--",
+                              *dump_cmd("script", h, images, tmp)], env=env,
+                             stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT)
+    log = images / "dump.log"
+    end = time.monotonic() + 180
+    while "stalled at network-lock" not in (log.read_text() if log.exists() else ""):
+        assert p.poll() is None and time.monotonic() < end, criu_cmds.log_of(images, "dump.log")
+        time.sleep(0.1)
+    (first,) = criu_ext_processes(run_dir)
+    os.kill(first, signal.SIGKILL)
+    t1 = time.monotonic()
+    assert p.wait(timeout=180) != 0, "the dump was supposed to fail"
+    assert h.gateway.poll() is None, "the source gateway must have survived"
+    assert not wait_no_criu_ext(run_dir, timeout=120), "the session that took over stayed"
+    t2 = time.monotonic()
+    dump_log = log.read_text()
+    assert "is gone; a new one" in dump_log, dump_log[-3000:]  # the takeover said so
+    assert gtp_state(gw) == before, dump_log[-3000:]
+    assert h.check_gateway() == "PASS"  # bound to the live socket again
+    assert h.pinger.wait_all(t2, 15) == expected()
+    m = json.loads((images / "criu-ext.json").read_text())
+    assert m["dump"]["rolled_back"] is True
+    return {"ue_gap_s": h.pinger.gap(t0, t2), "killed_to_rolled_back_s": round(t2 - t1, 3)}
+
+
 @pytest.mark.parametrize("mode", ["rpc", "script"])
 def test_failed_killed_and_leave_running_dumps_leave_the_source_forwarding(mode, hosts,
                                                                            tmp_path):
@@ -466,7 +507,8 @@ def test_failed_killed_and_leave_running_dumps_leave_the_source_forwarding(mode,
     the gateway runs on without its tunnels until ``criu-ext recover`` puts them back
     from the dump's journal, bound to the live socket. (A kill at pre-dump, before
     anything changed, is left out: tried, the UEs saw no gap and recover's rollbacks
-    had nothing to undo.)"""
+    had nothing to undo.) Action-script mode also: the session process SIGKILLed at
+    network-lock, which the next hook's session takes over and rolls back."""
     for failure in sorted(FAILURES):
         failed_dump(hosts, failure, mode, tmp_path / failure)
     if mode == "rpc":
@@ -477,6 +519,8 @@ def test_failed_killed_and_leave_running_dumps_leave_the_source_forwarding(mode,
             assert "rolled back" in seen[p]["recover_said"], seen
             assert "gtp" in seen[p]["recover_said"], seen
         record("killed-dump-recovered", seen)
+    else:
+        record("killed-session-took-over", session_killed_dump(hosts, tmp_path / "killed-sess"))
     leave_running_dump(hosts, mode, tmp_path / "leave-running")
 
 
