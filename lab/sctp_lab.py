@@ -182,7 +182,8 @@ class SctpLab:
         out = []
         for title, argv in (("node assocs", ["cat", "/proc/net/sctp/assocs"]),
                             ("node eps", ["cat", "/proc/net/sctp/eps"]),
-                            ("node ruleset", ["nft", "list", "ruleset"])):
+                            ("node ruleset", ["nft", "list", "ruleset"]),
+                            ("node ip rules", ["ip", "rule"])):
             p = subprocess.run(["nsenter", "-t", str(self.pid), "-n", *argv],
                                capture_output=True, text=True)
             out.append(f"--- {title}\n{p.stdout}{p.stderr}")

@@ -118,6 +118,7 @@ class SctpPlugin(Plugin):
         try:
             _, items = c.read_image(ctx.image_path(IMAGE))
             ctx.state["sealed"] = True  # first: the rollback undoes a partial seal too
+            ctx.persist()  # and so does recover, should this process die from here on
             sctp_fence.seal(ctx.netns_path, c.peers(items))
         except (c.CarryError, sctp_fence.FenceError) as exc:
             raise PluginError(str(exc)) from exc
