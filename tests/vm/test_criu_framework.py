@@ -171,7 +171,9 @@ def test_action_script_from_a_criu_config_file(task, images, tmp_path):
     check_memstate(pid, out, expect)
 
 
-@pytest.mark.parametrize("phase", ["network-lock", "post-dump"])
+# network-lock only: a plugin failing at post-dump, in both modes, is test_criu_gtp's
+# (the gateway's state compared and its forwarding checked after the rollback)
+@pytest.mark.parametrize("phase", ["network-lock"])
 def test_action_script_failed_dump_leaves_the_task_running(phase, task, images, tmp_path):
     proc, ns, out, expect, pids = task
     script = launcher.install(str(tmp_path / "hook.sh"))
@@ -299,7 +301,9 @@ def test_rpc_dump_and_restore_answer_notify_in_process(task, images, tmp_path):
     })
 
 
-@pytest.mark.parametrize("phase", ["network-lock", "post-dump"])
+# network-lock only: a plugin failing at post-dump, in both modes, is test_criu_gtp's
+# (the gateway's state compared and its forwarding checked after the rollback)
+@pytest.mark.parametrize("phase", ["network-lock"])
 def test_rpc_failed_dump_rolls_back_and_leaves_the_task_running(phase, task, images, tmp_path):
     proc, ns, out, expect, pids = task
     env = hook_env(tmp_path, "trace", CRIU_EXT_TRACE_FAIL=phase)

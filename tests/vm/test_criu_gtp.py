@@ -287,7 +287,10 @@ def manifest_seconds(images: Path, action: str, phases=None) -> float:
 
 # -- the migration ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("mode", ["rpc", "script"])
+# RPC mode only: the action-script engine's restore path is test_criu_framework's
+# (every phase, a failing post-restore), and the gtp plugin is the same in both modes;
+# the script-mode gateway goes through every failed dump and a good one below.
+@pytest.mark.parametrize("mode", ["rpc"])
 def test_gateway_moves_between_hosts_and_keeps_its_tunnels(mode, hosts, tmp_path):
     from criu_ext import criulog
     from criu_ext import phases as ph
