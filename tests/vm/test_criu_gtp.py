@@ -287,16 +287,16 @@ def manifest_seconds(images: Path, action: str, phases=None) -> float:
 
 # -- the migration ---------------------------------------------------------------------------
 
-# RPC mode only: the action-script engine's restore path is test_criu_framework's
-# (every phase, a failing post-restore), and the gtp plugin is the same in both modes;
-# the script-mode gateway goes through every failed dump and a good one below.
-@pytest.mark.parametrize("mode", ["rpc"])
-def test_gateway_moves_between_hosts_and_keeps_its_tunnels(mode, hosts, tmp_path):
+def test_gateway_moves_between_hosts_and_keeps_its_tunnels(hosts, tmp_path):
+    """RPC mode only: the action-script engine's restore path is test_criu_framework's
+    (every phase, a failing post-restore), and the gtp plugin is the same in both modes;
+    the script-mode gateway goes through every failed dump and a good one below."""
     from criu_ext import criulog
     from criu_ext import phases as ph
     from criu_ext.criu_images import stats
 
     h = hosts
+    mode = "rpc"
     t_start = time.monotonic()
     assert h.pinger.wait_all(t_start, 15) == expected(), "no GTP service before the migration"
     before = gtp_state(f"/run/netns/{h.gw}")
@@ -341,9 +341,8 @@ def test_gateway_moves_between_hosts_and_keeps_its_tunnels(mode, hosts, tmp_path
         "restore_phase_costs": criulog.phase_costs(rlog),
         "ues": N_UES, "wait_s": round(t3 - t2, 3),
     }
-    if mode == "rpc":
-        rec["dump_notify"] = json.loads(d.stdout)["notify"]
-        rec["restore_notify"] = json.loads(r.stdout)["notify"]
+    rec["dump_notify"] = json.loads(d.stdout)["notify"]
+    rec["restore_notify"] = json.loads(r.stdout)["notify"]
     record(f"migrate-{mode}", rec)
     print(json.dumps(rec, indent=1))
     assert rec["downtime_s"] is not None
