@@ -94,7 +94,7 @@ def probe_criu() -> list[Finding]:
 
 def _probe_gtp() -> Finding:
     """Create a gtp link bound to a UDP socket on 2152, as a gateway does, then delete it."""
-    from pyroute2 import IPRoute
+    from pyroute2.iproute.linux import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
     from gtp_util.netlink import register_link_kind

@@ -39,6 +39,8 @@ no netlink code until a function needs it)::
 
 from __future__ import annotations
 
+from procns.imports import skip_package_init
+
 from .errors import (
     BadImage,
     Conflict,
@@ -49,6 +51,8 @@ from .errors import (
     RestoreFailed,
 )
 from .model import PdpContext, PdpTable, Snapshot
+
+skip_package_init("pyroute2")  # its __init__ imports the whole library: procns/imports.py
 
 __all__ = [
     'BadImage', 'Conflict', 'GtpError', 'GtpUnavailable', 'NoPermission', 'NoSuchTarget',

@@ -33,7 +33,7 @@ def check_target(netns: str | None) -> None:
 
 
 def open_iproute(netns: str | None):
-    from pyroute2 import IPRoute
+    from pyroute2.iproute.linux import IPRoute
     register_link_kind()
     try:
         with in_netns(netns):

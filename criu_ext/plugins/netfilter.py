@@ -132,7 +132,7 @@ def drop_translated_flows(netns: str | None, pools) -> int:
     """
     import ipaddress
 
-    from pyroute2 import Conntrack
+    from pyroute2.conntrack import Conntrack
 
     from procns.netns import in_netns
 
@@ -242,7 +242,7 @@ class NetfilterPlugin(Plugin):
     images = (IMAGE,)
 
     def warm(self, action: str) -> None:
-        from pyroute2 import Conntrack
+        from pyroute2.conntrack import Conntrack
 
         import gtp_util.dump  # noqa: F401
         import gtp_util.nat  # noqa: F401

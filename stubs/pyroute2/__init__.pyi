@@ -1,12 +1,4 @@
-# Hand-written: the names criu-ext imports from pyroute2 0.9 (see stubs/README.md).
-from typing import Any
-
-from pyroute2.netlink.nlsocket import NetlinkSocket
-
-class IPRoute(NetlinkSocket):
-    def __enter__(self) -> IPRoute: ...
-
-class Conntrack(NetlinkSocket):
-    def __enter__(self) -> Conntrack: ...
-    def dump_entries(self, **kwargs: Any) -> Any: ...
-    def delete(self, entry: Any) -> Any: ...
+# Hand-written (see stubs/README.md). criu-ext imports from the submodules, not from
+# here: the package's __init__ is skipped at run time (procns/imports.py).
+from pyroute2.conntrack import Conntrack as Conntrack
+from pyroute2.iproute.linux import IPRoute as IPRoute

@@ -1,0 +1,9 @@
+# Hand-written: the names criu-ext imports from pyroute2 0.9 (see stubs/README.md).
+from typing import Any
+
+from pyroute2.netlink.nlsocket import NetlinkSocket
+
+class Conntrack(NetlinkSocket):
+    def __enter__(self) -> Conntrack: ...
+    def dump_entries(self, **kwargs: Any) -> Any: ...
+    def delete(self, entry: Any) -> Any: ...

@@ -1,0 +1,1 @@
+# Hand-written (see stubs/README.md): only the submodule criu-ext imports from.
