@@ -67,15 +67,16 @@ def test_absent_and_plain_modules_are_left_to_the_normal_import():
     assert got == [False, False]
 
 
-def test_dump_and_restore_code_loads_no_unused_pyroute2_module():
+def test_dump_and_restore_code_loads_no_unused_pyroute2_or_pycriu_module():
     got = fresh(f"""
         import json, sys
-        import criu_ext.plugins.gtp, criu_ext.plugins.netfilter, criu_ext.check
+        import criu_ext.plugins.gtp, criu_ext.plugins.netfilter, criu_ext.check, criu_ext.rpc
         import gtp_util.dump, gtp_util.restorer, gtp_util.netlink, gtp_util.rtnl
         from pyroute2.iproute.linux import IPRoute
         from pyroute2.conntrack import Conntrack
         loaded = [m for m in {list(UNUSED)!r} if m in sys.modules]
+        images = "pycriu.images" in sys.modules     # every image type's protobuf module
         from pyroute2 import IPRoute as Full        # code that wants the whole package
-        print(json.dumps([loaded, Full is IPRoute, "pyroute2.ndb.main" in sys.modules]))
+        print(json.dumps([loaded, images, Full is IPRoute, "pyroute2.ndb.main" in sys.modules]))
         """)
-    assert got == [[], True, True]
+    assert got == [[], False, True, True]
