@@ -23,7 +23,6 @@ import contextlib
 import errno
 import json
 import os
-import secrets
 import stat
 from typing import IO, Any, Iterator
 
@@ -141,7 +140,7 @@ def atomic_file(path: str, mode: str = "w", perm: int = 0o600) -> Iterator[IO]:
     The temporary file next to ``path`` is created with ``O_EXCL | O_NOFOLLOW``
     under an unpredictable name: nothing planted there can redirect the write.
     """
-    tmp = f"{path}.tmp{os.getpid()}.{secrets.token_hex(4)}"
+    tmp = f"{path}.tmp{os.getpid()}.{os.urandom(4).hex()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, perm)
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
