@@ -7,6 +7,7 @@ stands on nothing of theirs (only the standard library):
 * :mod:`procns.netns`: naming a network namespace and running code inside one;
 * :mod:`procns.fds`: taking a copy of another process's file descriptor;
 * :mod:`procns.caps`: the caller's effective capabilities;
+* :mod:`procns.imports`: a package's submodules without its ``__init__`` (start-up time);
 * :mod:`procns.files`: reading untrusted files (regular files only, no links, size
   caps) and writing without following planted links.
 """
