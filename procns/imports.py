@@ -40,4 +40,3 @@ def skip_package_init(name: str) -> None:
 
     package.__dict__["__getattr__"] = complete
     sys.modules[name] = package
-

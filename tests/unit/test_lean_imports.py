@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -18,9 +19,9 @@ ROOT = Path(__file__).resolve().parents[2]
 UNUSED = ("pyroute2.ndb.main", "pyroute2.ipdb", "pyroute2.ipset", "pyroute2.iwutil")
 
 
-def fresh(code: str, cwd: Path = ROOT) -> dict:
+def fresh(code: str) -> Any:
     """Run ``code`` in a new interpreter; it prints one JSON value, returned here."""
-    p = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd,
+    p = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     return json.loads(p.stdout)

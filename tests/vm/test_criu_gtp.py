@@ -498,18 +498,18 @@ def session_killed_dump(h: TwoHosts, tmp: Path) -> dict:
     return {"ue_gap_s": h.pinger.gap(t0, t2), "killed_to_rolled_back_s": round(t2 - t1, 3)}
 
 
-def restore_fails_in_a_plugin(h: TwoHosts, tmp_path: Path) -> None:
+def restore_fails_in_a_plugin(h: TwoHosts, tmp: Path) -> None:
     """The restored netns already has a link named gtp0 that is not the image's (made by a
     test plugin that runs before gtp at post-restore): the gtp plugin fails and CRIU aborts.
     The squatter is a dummy link: a gtp link made without fds has the kernel open UDP 2152,
     which the restored gateway already holds (EADDRINUSE). The dump ends the source."""
-    tmp_path.mkdir()
-    images = tmp_path / "img"
+    tmp.mkdir()
+    images = tmp / "img"
     images.mkdir()
-    d = h.in_host(h.a, dump_cmd("rpc", h, images, tmp_path), env=env_for(tmp_path))
+    d = h.in_host(h.a, dump_cmd("rpc", h, images, tmp), env=env_for(tmp))
     assert d.returncode == 0, d.stderr
     h.gateway.wait(timeout=10)
-    plug = tmp_path / "squatter.py"
+    plug = tmp / "squatter.py"
     plug.write_text(
         "import subprocess\n"
         "class Squatter:\n"
@@ -518,12 +518,12 @@ def restore_fails_in_a_plugin(h: TwoHosts, tmp_path: Path) -> None:
         "    def post_restore(self, ctx):\n"
         "        subprocess.run(['nsenter', f'--net={ctx.netns_path}', '--', 'ip', 'link', 'add',\n"
         "                        'gtp0', 'type', 'dummy'], check=True)\n")
-    env = env_for(tmp_path, plugins=f"{plug}:Squatter")
-    r = h.in_host(h.b, restore_cmd("rpc", images, tmp_path), env=env)
+    env = env_for(tmp, plugins=f"{plug}:Squatter")
+    r = h.in_host(h.b, restore_cmd("rpc", images, tmp), env=env)
     assert r.returncode != 0
     assert "plugin gtp failed at post-restore" in r.stderr, r.stderr
     assert "gtp0" in r.stderr
-    assert not (tmp_path / "pid").exists()
+    assert not (tmp / "pid").exists()
     assert gone(h.gateway.pid), state(h.gateway.pid)  # CRIU killed what it had restored
 
 
