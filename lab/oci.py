@@ -30,7 +30,8 @@ def make_rootfs(rootfs: Path) -> None:
 
 def _bind(src: str, dest: str | None = None) -> dict:
     return {"destination": dest or src, "type": "bind", "source": src,
-            "options": ["rbind", "ro", "nosuid", "nodev"]}
+            # not rbind: see Podman.start in lab/podman.py
+            "options": ["bind", "ro", "nosuid", "nodev"]}
 
 
 def config(args: list[str], cwd: str, netns: str, binds: list[str], env: dict[str, str],

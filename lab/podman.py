@@ -90,7 +90,10 @@ class Podman:
                 # explicit ulimits: Podman's defaults may exceed the limits it runs under
                 "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
         opts += [a for c in caps for a in ("--cap-add", c)]
-        opts += [a for d in ["/usr", *ro] for a in ("-v", f"{d}:{d}:ro")]
+        # non-recursive: the test VM mounts cached copies below /usr and the repository
+        # (tests/vm/runner.py), and CRIU cannot checkpoint a container holding 9p mounts
+        opts += [a for d in ["/usr", *ro] for a in (
+            "--mount", f"type=bind,source={d},destination={d},ro=true,bind-nonrecursive")]
         opts += [a for d in rw for a in ("-v", f"{d}:{d}")]
         opts += [a for k, v in (env or {}).items() for a in ("-e", f"{k}={v}")]
         opts += extra
