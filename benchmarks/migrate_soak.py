@@ -9,7 +9,9 @@ Run inside the test VM, as root (the MME part needs the repair-mode kernel):
 One fabric and one pair of hosts (scenario.hosts) per function. The SPGW holds
 ``--contexts`` PDP contexts, the first ``--ues`` of which are pinged through
 their tunnels; the MME has three base stations, one association each. Each is
-moved A -> B -> A ... ``--moves`` times. After every move:
+moved A -> B -> A ... ``--moves`` times (with ``--idle-seconds``, each first runs
+that long on a fabric of its own without moves, its RSS sampled as often: the
+baseline of the moves' RSS). After every move:
 
 * the peers are served again (every pinged UE answered with its TEID and the
   gateway's own check PASS; every base station answered),
@@ -136,6 +138,21 @@ def soak(fn, hosts: Hosts, moves: int) -> dict:
             "footprint": base}
 
 
+def idle(fn, seconds: float, samples: int) -> dict:
+    """The function left where it started for ``seconds``: its resident memory at
+    ``samples`` even steps, the baseline the moves' RSS is read against (a lab
+    function keeps records of its peers' requests, which grow with time alone)."""
+    pid = fn.start()
+    recover(fn, time.monotonic(), timeout=300)
+    rss = []
+    for _ in range(samples):
+        time.sleep(seconds / samples)
+        rss.append(rss_kb(pid))
+    fn.stop()
+    return {"seconds": round(seconds, 1), "rss_kb": rss,
+            "rss_kb_first_last": [rss[0], rss[-1]] if rss else []}
+
+
 def peers_ok(name: str, peers: dict, ues: int) -> list[str]:
     if name == "spgw":
         ok = peers["wrong_teid"] == 0 and peers["ues_answered"] == ues
@@ -145,12 +162,20 @@ def peers_ok(name: str, peers: dict, ues: int) -> list[str]:
     return [f"mme peers: {b}" for b in bad]
 
 
+def make(name: str, fabric: Fabric, workdir: Path, a: argparse.Namespace):
+    return (Spgw(fabric, workdir, a.ues, contexts=a.contexts) if name == "spgw"
+            else Mme(fabric, workdir))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--moves", type=int, default=50)
     ap.add_argument("--contexts", type=int, default=10_000, help="PDP contexts on the SPGW")
     ap.add_argument("--ues", type=int, default=50, help="of those, UEs pinged every 100 ms")
     ap.add_argument("--only", choices=("spgw", "mme"), action="append")
+    ap.add_argument("--idle-seconds", type=float, default=0.0,
+                    help="first run each function this long without moves, its RSS "
+                         "sampled --moves times: the baseline of the moves' RSS")
     ap.add_argument("--out", default="out/migrate-soak.json")
     a = ap.parse_args()
     from sctp_repair import probe
@@ -164,18 +189,26 @@ def main() -> None:
         (work / "tmp").mkdir(parents=True, exist_ok=True)
         # the sources' image directories go here: what is left in it is ours alone
         os.environ["TMPDIR"] = str(work / "tmp")
+        baseline = None
+        if a.idle_seconds > 0:
+            fabric = Fabric(name[:2] + "i").start()
+            try:
+                (work / "idle").mkdir(exist_ok=True)
+                baseline = idle(make(name, fabric, work / "idle", a), a.idle_seconds, a.moves)
+            finally:
+                fabric.cleanup()
         fabric = Fabric(name[:3]).start()
         hosts = None
         t0 = time.monotonic()
         try:
             hosts = Hosts(fabric, work / "hosts")
-            fn = (Spgw(fabric, work, a.ues, contexts=a.contexts) if name == "spgw"
-                  else Mme(fabric, work))
-            out = soak(fn, hosts, a.moves)
+            out = soak(make(name, fabric, work, a), hosts, a.moves)
         finally:
             if hosts is not None:
                 hosts.close()
             fabric.cleanup()
+        if baseline is not None:
+            out["idle_baseline"] = baseline
         out["drift"] += peers_ok(name, out["peers"], a.ues)
         out["seconds"] = round(time.monotonic() - t0, 1)
         res[name] = out
