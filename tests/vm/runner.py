@@ -163,18 +163,20 @@ def cached_shares() -> list[tuple[str, Path]]:
 
 
 def guest_script(command: list[str], kernel: Path | None = None,
-                 kernel_files: Path | None = None) -> str:
+                 kernel_files: Path | None = None,
+                 shares: list[tuple[str, Path]] | None = None) -> str:
     """The shell script the guest runs: load modules, then ``command`` in the repository.
 
     ``CRIU_EXT_KERNEL`` tells the tests which image the guest booted;
     ``CRIU_EXT_KERNEL_FILES`` where its headers and selftests are (see
-    :func:`stage_kernel_files`), empty for a kernel without them.
+    :func:`stage_kernel_files`), empty for a kernel without them. ``shares``: the
+    (tag, path) of each cached share to mount (:func:`cached_shares`).
     """
     mods = " ".join(MODULES)
     mounts = "\n".join(
         f"mount -t 9p -o ro,trans=virtio,version=9p2000.L,msize=512000,cache=loose "
         f"{tag} {shlex.quote(str(path))} || echo 'criu-ext-vm: {tag} not mounted, uncached'"
-        for tag, path in cached_shares())
+        for tag, path in shares or [])
     return f"""\
 echo "{GUEST_UP} $(uname -r)"
 # A kernel built with everything in (the repair-mode kernel) has no modules dir.
@@ -197,7 +199,8 @@ exit $rc
 """
 
 
-def vng_command(kernel: Path, script: Path, *, kvm: bool, memory: str, cpus: int) -> list[str]:
+def vng_command(kernel: Path, script: Path, *, kvm: bool, memory: str, cpus: int,
+                shares: list[tuple[str, Path]] | None = None) -> list[str]:
     vng = shutil.which("vng", path=f"{REPO / '.venv/bin'}:{os.environ.get('PATH', '')}")
     if vng is None:
         raise VMError("virtme-ng (vng) not found: run scripts/setup")
@@ -205,7 +208,7 @@ def vng_command(kernel: Path, script: Path, *, kvm: bool, memory: str, cpus: int
            "--cpus", str(cpus), "--rwdir", str(REPO), "--exec", f"sh {script}"]
     if not kvm:
         cmd.insert(3, "--disable-kvm")
-    for tag, path in cached_shares():
+    for tag, path in shares or []:
         fsdev = tag.replace("-", "")
         # one word with "=": a value starting with "-" is otherwise taken for an option
         cmd[3:3] = [f"--qemu-opts=-fsdev local,id={fsdev},path={path},security_model=none,"
@@ -223,12 +226,13 @@ def run(kernel: Path, command: list[str], *, timeout: float, memory: str = "2G",
     if kvm is None:
         kvm = kvm_works(kernel)
     precompile()
+    shares = cached_shares()  # what qemu exports, the guest mounts
     env = dict(os.environ, PATH=f"{REPO / '.venv/bin'}:{os.environ.get('PATH', '')}")
     with tempfile.NamedTemporaryFile("w", prefix="criu-ext-guest-", suffix=".sh",
                                      dir="/tmp", delete=False) as f:
-        f.write(guest_script(command, kernel, stage_kernel_files(kernel)))
+        f.write(guest_script(command, kernel, stage_kernel_files(kernel), shares))
         script = Path(f.name)
-    cmd = vng_command(kernel, script, kvm=kvm, memory=memory, cpus=cpus)
+    cmd = vng_command(kernel, script, kvm=kvm, memory=memory, cpus=cpus, shares=shares)
     print(f"criu-ext-vm: booting {kernel} ({'KVM' if kvm else 'software emulation'}), "
           f"{label or command[0]}, timeout {timeout:.0f} s", flush=True)
     start = time.monotonic()
