@@ -181,6 +181,11 @@ def make(name: str, fabric: Fabric, workdir: Path, a: argparse.Namespace):
             else Mme(fabric, workdir))
 
 
+def write(path: Path, res: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(res, indent=2) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--moves", type=int, default=50)
@@ -226,10 +231,10 @@ def main() -> None:
         out["drift"] += peers_ok(name, out["peers"], a.ues)
         out["seconds"] = round(time.monotonic() - t0, 1)
         res[name] = out
-    text = json.dumps(res, indent=2)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(text + "\n")
-    print(text)
+        # written after each function: a long run cut short keeps what it finished
+        write(Path(a.out), res)
+    write(Path(a.out), res)
+    print(json.dumps(res, indent=2))
     drifted = [d for v in res.values() if isinstance(v, dict) for d in v.get("drift", [])]
     for d in drifted:
         print(f"migrate_soak: {d}", file=sys.stderr)
