@@ -45,7 +45,7 @@ import gtp_util
 from criu_ext import inject, tasks
 from gtp_util.model import SOCKET_KERNEL, SOCKET_TASK, Device, SocketRef
 from gtp_util.rtnl import Rtnl
-from gtp_util.sockets import GTP1U_PORT
+from gtp_util.sockets import GTP1U_PORT, udp_sockets
 from lab.files import record_json, wait_for
 from lab.gateway import build_snapshot
 from procns.fds import steal_fd
@@ -68,10 +68,7 @@ def fd_inode(pid: int, fd: int) -> int:
 
 def udp_bound(ns: str, port: int) -> int:
     """How many UDP sockets of namespace ``ns`` are bound to ``port``."""
-    with in_netns(f"/run/netns/{ns}"):
-        with open("/proc/thread-self/net/udp") as f:
-            rows = f.read().splitlines()[1:]
-    return sum(1 for r in rows if int(r.split()[1].split(":")[1], 16) == port)
+    return len(udp_sockets(f"/run/netns/{ns}", (port,)))
 
 
 def links(ns: str) -> list[str]:
