@@ -186,6 +186,37 @@ def write(path: Path, res: dict) -> None:
     path.write_text(json.dumps(res, indent=2) + "\n")
 
 
+def run_one(name: str, a: argparse.Namespace) -> dict:
+    """The soak of one function, after its idle baseline when ``--idle-seconds``."""
+    work = Path(f"/tmp/criu-ext-soak/{name}")
+    (work / "tmp").mkdir(parents=True, exist_ok=True)
+    # the sources' image directories go here: what is left in it is ours alone
+    os.environ["TMPDIR"] = str(work / "tmp")
+    baseline = None
+    if a.idle_seconds > 0:
+        fabric = Fabric(name[:2] + "i").start()
+        try:
+            (work / "idle").mkdir(exist_ok=True)
+            baseline = idle(make(name, fabric, work / "idle", a), a.idle_seconds, a.moves)
+        finally:
+            fabric.cleanup()
+    fabric = Fabric(name[:3]).start()
+    hosts = None
+    t0 = time.monotonic()
+    try:
+        hosts = Hosts(fabric, work / "hosts")
+        out = soak(make(name, fabric, work, a), hosts, a.moves)
+    finally:
+        if hosts is not None:
+            hosts.close()
+        fabric.cleanup()
+    if baseline is not None:
+        out["idle_baseline"] = baseline
+    out["drift"] += peers_ok(name, out["peers"], a.ues)
+    out["seconds"] = round(time.monotonic() - t0, 1)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--moves", type=int, default=50)
@@ -203,37 +234,10 @@ def main() -> None:
     for name in a.only or ["spgw", "mme"]:
         if name == "mme" and not probe().repair:
             res[name] = {"skipped": "this kernel has no SCTP repair mode"}
-            continue
-        work = Path(f"/tmp/criu-ext-soak/{name}")
-        (work / "tmp").mkdir(parents=True, exist_ok=True)
-        # the sources' image directories go here: what is left in it is ours alone
-        os.environ["TMPDIR"] = str(work / "tmp")
-        baseline = None
-        if a.idle_seconds > 0:
-            fabric = Fabric(name[:2] + "i").start()
-            try:
-                (work / "idle").mkdir(exist_ok=True)
-                baseline = idle(make(name, fabric, work / "idle", a), a.idle_seconds, a.moves)
-            finally:
-                fabric.cleanup()
-        fabric = Fabric(name[:3]).start()
-        hosts = None
-        t0 = time.monotonic()
-        try:
-            hosts = Hosts(fabric, work / "hosts")
-            out = soak(make(name, fabric, work, a), hosts, a.moves)
-        finally:
-            if hosts is not None:
-                hosts.close()
-            fabric.cleanup()
-        if baseline is not None:
-            out["idle_baseline"] = baseline
-        out["drift"] += peers_ok(name, out["peers"], a.ues)
-        out["seconds"] = round(time.monotonic() - t0, 1)
-        res[name] = out
+        else:
+            res[name] = run_one(name, a)
         # written after each function: a long run cut short keeps what it finished
         write(Path(a.out), res)
-    write(Path(a.out), res)
     print(json.dumps(res, indent=2))
     drifted = [d for v in res.values() if isinstance(v, dict) for d in v.get("drift", [])]
     for d in drifted:
