@@ -42,7 +42,7 @@ def tree(root: int) -> list[int]:
             try:
                 with open(f"/proc/{pid}/task/{tid}/children", encoding="ascii") as f:
                     todo.extend(int(c) for c in f.read().split())
-            except FileNotFoundError:
+            except (FileNotFoundError, ProcessLookupError):  # the thread ended meanwhile
                 pass
     return out
 

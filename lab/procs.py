@@ -11,7 +11,7 @@ def alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone before the open, or between it and the read
         return False
 
 
@@ -29,7 +29,7 @@ def state(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/status") as f:
             return " ".join(ln.strip() for ln in f if ln.startswith(("State", "PPid", "TracerPid")))
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return "gone"
 
 
