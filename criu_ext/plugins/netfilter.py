@@ -12,8 +12,9 @@ netns. This plugin makes sure of it without adding a second copy:
                 them, counters aside: CRIU restored them then; otherwise check
                 the live chains with one ``nft list chain`` each. If something is
                 missing, read the rules with gtp_util and add only the missing
-                ones. Then delete the UE flows' conntrack entries CRIU restored
-                with a NAT mapping it does not apply (see drop_translated_flows).
+                ones. Then give the UE flows' conntrack entries CRIU restored
+                their NAT binding back (gtp_util.natflows.rebind): CRIU keeps a
+                flow's translated tuple, not the binding that translates it.
                 A failure aborts the restore.
 
 Nothing is removed at dump, so there is nothing to roll back.
@@ -120,48 +121,6 @@ def criu_image_chains(images_dir: str) -> dict[str, list[str]]:
 def _held(recorded: dict[str, list[str]], chains: dict[str, list[str]]) -> bool:
     return all(key in chains and not Counter(lines) - Counter(chains[key])
                for key, lines in recorded.items())
-
-
-def drop_translated_flows(netns: str | None, pools) -> int:
-    """Delete the conntrack entries of UE flows that CRIU restored with a NAT mapping.
-
-    CRIU 3.17 restores conntrack entries with their translated reply tuple but not as
-    NATed flows: packets of those flows then leave unmasqueraded, and a UE pinging
-    every 100 ms keeps the broken entry alive for ever. Without the entry, the next
-    packet is a new flow and MASQUERADE maps it again (to the same SGi address).
-    """
-    import ipaddress
-
-    from pyroute2.conntrack import Conntrack
-
-    from procns.netns import in_netns
-
-    def in_pool(addr) -> bool:
-        try:
-            a = ipaddress.ip_address(addr)
-        except (TypeError, ValueError):
-            return False
-        return any(a.version == p.version and a in p for p in pools)
-
-    # All of it inside the namespace: pyroute2 may open the netlink socket lazily, at
-    # the first request, in whatever namespace the thread is in then.
-    with in_netns(netns):
-        ct = Conntrack()
-        try:
-            stale = [e for e in ct.dump_entries()
-                     if e.tuple_orig is not None and e.tuple_reply is not None
-                     and in_pool(e.tuple_orig.saddr)
-                     and e.tuple_reply.daddr != e.tuple_orig.saddr]
-            gone = 0
-            for e in stale:
-                try:
-                    ct.delete(e)
-                    gone += 1
-                except Exception:  # noqa: BLE001 - timed out meanwhile: fine
-                    pass
-        finally:
-            ct.close()
-    return gone
 
 
 def chains_match(netns: str | None, recorded: dict[str, list[str]]) -> bool:
@@ -307,13 +266,18 @@ class NetfilterPlugin(Plugin):
                     nat.add(ctx.netns_path, r)
             except GtpError as exc:
                 raise PluginError(f"cannot restore the NAT rules: {exc}") from exc
+        from gtp_util.natflows import rebind
+
         try:
-            dropped = drop_translated_flows(ctx.netns_path, pools)
+            rebound, failed = rebind(ctx.netns_path, pools)
         except OSError as exc:
-            raise PluginError(f"cannot clean the restored conntrack table: {exc}") from exc
+            raise PluginError(f"cannot rebind the restored conntrack entries: {exc}") from exc
+        for flow, why in failed[:5]:
+            ctx.log.warning(f"{flow.describe()}: not rebound ({why}); it will be "
+                            "masqueraded afresh")
         ctx.log.info(f"{len(saved) - len(missing)} NAT rule(s) came back with CRIU's netns, "
-                     f"{len(missing)} re-added; {dropped} restored NAT flow(s) of the UE pool "
-                     "dropped from conntrack, to be masqueraded afresh")
+                     f"{len(missing)} re-added; {len(rebound)} UE flow(s) of the pool given "
+                     f"their NAT binding back, {len(failed)} not")
 
     def show(self, images_dir: str) -> dict | None:
         try:

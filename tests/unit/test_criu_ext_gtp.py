@@ -15,6 +15,7 @@ from criu_ext.plugins import gtp as gtp_plugin
 from criu_ext.plugins.gtp import GtpPlugin, bind_pid_for
 from criu_ext.plugins.netfilter import NetfilterPlugin
 from criu_ext.session import PhaseFailed, Session
+from gtp_util import natflows
 from gtp_util.model import Device, NatRule, PdpTable, Route, Snapshot, SocketRef
 
 
@@ -273,9 +274,8 @@ def test_netfilter_records_at_pre_dump_and_re_adds_only_missing(monkeypatch, tmp
     shown = NetfilterPlugin().show(str(tmp_path))
     assert shown["pools"] == ["10.128.0.0/16"] and "MASQUERADE" in shown["text"]
 
-    from criu_ext.plugins import netfilter
 
-    monkeypatch.setattr(netfilter, "drop_translated_flows", lambda netns, pools: 0)
+    monkeypatch.setattr(natflows, "rebind", lambda netns, pools: ([], []))
     added = []
     monkeypatch.setattr(nat, "add", lambda netns, r: added.append(r))
     monkeypatch.setattr(nat, "read_rules", lambda netns, pools: [])
@@ -363,7 +363,7 @@ def test_rules_found_in_crius_nft_image_need_no_nft_run(tmp_path, monkeypatch):
     (tmp_path / netfilter.IMAGE).write_text(json.dumps(
         {"pools": ["10.128.0.0/16"], "rules": [vars(r)], "nft_chains": recorded}))
     monkeypatch.setattr(netfilter.subprocess, "run", lambda *a, **k: pytest.fail("ran nft"))
-    monkeypatch.setattr(netfilter, "drop_translated_flows", lambda netns, pools: 0)
+    monkeypatch.setattr(natflows, "rebind", lambda netns, pools: ([], []))
     s = session(tmp_path, "restore", [NetfilterPlugin()])
     s.run("post-restore", os.getpid())
     assert s.timings[-1]["ok"]

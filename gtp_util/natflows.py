@@ -1,0 +1,173 @@
+"""The UE flows the SGi masquerade translated, as conntrack holds them, and how to put
+one back with its NAT binding (ctnetlink through pyroute2).
+
+A masqueraded flow's conntrack entry has two parts: its tuples, and the NAT binding
+(status bits IPS_SRC_NAT / IPS_SRC_NAT_DONE) that makes the kernel rewrite its
+packets. CRIU 3.17 restores an entry's tuples only: the reply tuple still names the
+SGi address and port, but nothing translates, so the uplink leaves with the UE's own
+address and a download's next segment from the PDN reaches the gateway's own stack,
+which answers it with a reset. ctnetlink cannot add a binding to an existing entry,
+so :func:`rebind` deletes such an entry and creates it again with ``CTA_NAT_SRC``
+set to the address and port (or ICMP id) of its reply tuple: the kernel binds it
+exactly as MASQUERADE had.
+
+The entry's TCP window tracking is gone with it (the kernel restarts it from the
+next packets), so re-created TCP entries are made liberal (IP_CT_TCP_FLAG_BE_LIBERAL
+on both directions), as conntrackd does for the entries it commits.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+from dataclasses import dataclass
+
+IPS_SEEN_REPLY = 1 << 1
+IPS_ASSURED = 1 << 2
+IPS_CONFIRMED = 1 << 3
+IPS_SRC_NAT = 1 << 4
+IPS_DST_NAT = 1 << 5
+TCP_FLAG_BE_LIBERAL = 0x08
+_ICMP_ECHO = {socket.IPPROTO_ICMP: (8, 0), socket.IPPROTO_ICMPV6: (128, 129)}
+
+
+@dataclass(frozen=True)
+class NatFlow:
+    """One UE flow and the SGi address/port it was translated to. For ICMP echo the
+    "ports" are the echo identifier before and after translation."""
+
+    family: int
+    proto: int
+    ue: str  # the UE's address (original source)
+    peer: str  # the PDN host's address (original destination, not translated)
+    ue_port: int
+    peer_port: int  # 0 for ICMP
+    nat_addr: str
+    nat_port: int
+    timeout: int  # seconds left
+    status: int  # IPS_SEEN_REPLY / IPS_ASSURED, what ctnetlink lets one set
+    tcp_state: int | None = None
+    mark: int = 0
+
+    def describe(self) -> str:
+        name = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp"}.get(self.proto, "icmp")
+        return (f"{name} {self.ue}:{self.ue_port} -> {self.peer}:{self.peer_port} "
+                f"as {self.nat_addr}:{self.nat_port}")
+
+
+def flow_of(entry, pools) -> NatFlow | None:
+    """The NatFlow of a pyroute2 ConntrackEntry when it is a UE flow (source in one of
+    ``pools``) source-translated and nothing else; None otherwise."""
+    o, r = entry.tuple_orig, entry.tuple_reply
+    if o is None or r is None or o.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    try:
+        ue = ipaddress.ip_address(o.saddr)
+    except (TypeError, ValueError):
+        return None
+    if not any(ue.version == p.version and ue in p for p in pools):
+        return None
+    if r.saddr != o.daddr or r.daddr == o.saddr:  # translated destination, or not at all
+        return None
+    if o.proto in (socket.IPPROTO_TCP, socket.IPPROTO_UDP):
+        if r.sport != o.dport:
+            return None
+        ports = (o.sport, o.dport, r.dport)
+    elif o.proto in _ICMP_ECHO and o.icmp_type == _ICMP_ECHO[o.proto][0]:
+        ports = (o.icmp_id, 0, r.icmp_id)
+    else:
+        return None
+    if any(not isinstance(p, int) or not 0 <= p <= 0xFFFF for p in ports):
+        return None
+    tcp_state = entry.protoinfo.state if entry.protoinfo is not None else None
+    return NatFlow(o.family, o.proto, str(ue), str(o.daddr), ports[0], ports[1],
+                   str(r.daddr), ports[2], max(int(entry.timeout or 0), 1),
+                   int(entry.status or 0) & (IPS_SEEN_REPLY | IPS_ASSURED), tcp_state,
+                   int(entry.mark or 0))
+
+
+def bound(entry) -> bool:
+    """The kernel translates this entry's packets (it holds a NAT binding)."""
+    return bool(int(entry.status or 0) & (IPS_SRC_NAT | IPS_DST_NAT))
+
+
+def _tuples(f: NatFlow):
+    from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
+
+    if f.proto in _ICMP_ECHO:
+        req, rep = _ICMP_ECHO[f.proto]
+        orig = NFCTAttrTuple(family=f.family, saddr=f.ue, daddr=f.peer, proto=f.proto,
+                             icmp_id=f.ue_port, icmp_type=req, icmp_code=0)
+        reply = NFCTAttrTuple(family=f.family, saddr=f.peer, daddr=f.ue, proto=f.proto,
+                              icmp_id=f.ue_port, icmp_type=rep, icmp_code=0)
+    else:
+        orig = NFCTAttrTuple(family=f.family, saddr=f.ue, daddr=f.peer, proto=f.proto,
+                             sport=f.ue_port, dport=f.peer_port)
+        reply = orig.reverse()  # untranslated: the binding below computes the SGi side
+    return orig, reply
+
+
+def entry_attrs(f: NatFlow) -> dict:
+    """The ctnetlink attributes that create ``f`` with its source NAT binding."""
+    orig, reply = _tuples(f)
+    v = "V4" if f.family == socket.AF_INET else "V6"
+    nat = {"attrs": [[f"CTA_NAT_{v}_MINIP", f.nat_addr], [f"CTA_NAT_{v}_MAXIP", f.nat_addr],
+                     ["CTA_NAT_PROTO", {"attrs": [["CTA_PROTONAT_PORT_MIN", f.nat_port],
+                                                  ["CTA_PROTONAT_PORT_MAX", f.nat_port]]}]]}
+    # CONFIRMED: ctnetlink confirms a new entry before it applies CTA_STATUS, and
+    # refuses (EBUSY) a status that would clear it
+    attrs = {"tuple_orig": orig, "tuple_reply": reply, "timeout": f.timeout,
+             "status": f.status | IPS_CONFIRMED, "nat_src": nat}
+    if f.mark:
+        attrs["mark"] = f.mark
+    if f.tcp_state is not None:
+        liberal = {"value": (TCP_FLAG_BE_LIBERAL, TCP_FLAG_BE_LIBERAL)}
+        attrs["protoinfo"] = {"attrs": [["CTA_PROTOINFO_TCP", {"attrs": [
+            ["CTA_PROTOINFO_TCP_STATE", f.tcp_state],
+            ["CTA_PROTOINFO_TCP_FLAGS_ORIGINAL", liberal],
+            ["CTA_PROTOINFO_TCP_FLAGS_REPLY", liberal]]}]]}
+    return attrs
+
+
+def install(ct, f: NatFlow) -> None:
+    """Create ``f``'s entry with its binding through the open Conntrack socket ``ct``,
+    in place of any entry of the same original tuple. Raises the kernel's error."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    orig, _ = _tuples(f)
+    try:
+        ct.entry("del", tuple_orig=orig)
+    except NetlinkError as exc:
+        if exc.code != errno.ENOENT:
+            raise
+    ct.entry("add", **entry_attrs(f))
+
+
+def rebind(netns: str | None, pools) -> tuple[list[NatFlow], list[tuple[NatFlow, str]]]:
+    """Give the UE flows of ``pools`` in ``netns`` that are translated but unbound (as
+    CRIU restores them) their binding back. Returns (rebound, [(flow, why) not])."""
+    from pyroute2.conntrack import Conntrack
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    from procns.netns import in_netns
+
+    done: list[NatFlow] = []
+    failed: list[tuple[NatFlow, str]] = []
+    # All of it inside the namespace: pyroute2 may open the netlink socket lazily, at
+    # the first request, in whatever namespace the thread is in then.
+    with in_netns(netns):
+        ct = Conntrack()
+        try:
+            flows = [f for e in ct.dump_entries() if not bound(e)
+                     and (f := flow_of(e, pools)) is not None]
+            for f in flows:
+                try:
+                    install(ct, f)
+                    done.append(f)
+                except NetlinkError as exc:  # a packet of the flow may have made a
+                    # fresh entry meanwhile (EEXIST): that one is masqueraded anew
+                    failed.append((f, str(exc)))
+        finally:
+            ct.close()
+    return done, failed

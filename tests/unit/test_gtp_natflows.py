@@ -1,0 +1,97 @@
+"""gtp_util.natflows' pure logic: which conntrack entries are UE flows the masquerade
+translated, and the ctnetlink attributes that re-create one with its binding. The
+entries are stand-ins (FakeEntry) built from pyroute2's own tuple type; the kernel
+side (the binding really translating a TCP download across a move) is
+tests/vm/test_migrate.py's."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple, nfct_msg
+
+from gtp_util.natflows import (
+    IPS_ASSURED,
+    IPS_CONFIRMED,
+    IPS_SEEN_REPLY,
+    IPS_SRC_NAT,
+    bound,
+    entry_attrs,
+    flow_of,
+)
+
+POOLS = [ipaddress.ip_network("10.128.0.0/16")]
+UE, PDN, SGI = "10.128.1.5", "192.168.50.2", "192.168.50.1"
+
+
+class FakeEntry:
+    """What pyroute2's ConntrackEntry offers, made by hand."""
+
+    def __init__(self, orig, reply, status=0x0E, timeout=431999, tcp_state=None, mark=0):
+        self.tuple_orig, self.tuple_reply = orig, reply
+        self.status, self.timeout, self.mark = status, timeout, mark
+        self.protoinfo = type("P", (), {"state": tcp_state})() if tcp_state is not None else None
+
+
+def tcp(src, dst, sport, dport):
+    return NFCTAttrTuple(saddr=src, daddr=dst, proto=6, sport=sport, dport=dport)
+
+
+def test_a_masqueraded_tcp_flow_and_its_entry():
+    e = FakeEntry(tcp(UE, PDN, 40000, 5001), tcp(PDN, SGI, 5001, 41234), tcp_state=3, mark=7)
+    f = flow_of(e, POOLS)
+    assert f is not None
+    assert (f.ue, f.peer, f.ue_port, f.peer_port, f.nat_addr, f.nat_port) == \
+        (UE, PDN, 40000, 5001, SGI, 41234)
+    assert f.status == IPS_SEEN_REPLY | IPS_ASSURED  # CONFIRMED is not for ctnetlink to set
+    assert f.tcp_state == 3 and f.timeout == 431999 and f.mark == 7
+
+    msg = nfct_msg.create_from(**entry_attrs(f))
+    msg["nfgen_family"] = socket.AF_INET
+    msg.encode()
+    back = nfct_msg(msg.data)
+    back.decode()
+    reply = back.get_attr("CTA_TUPLE_REPLY")
+    # the reply tuple goes in untranslated: the kernel derives the SGi side from the binding
+    assert reply.get_attr("CTA_TUPLE_IP").get_attr("CTA_IP_V4_DST") == UE
+    assert reply.get_attr("CTA_TUPLE_PROTO").get_attr("CTA_PROTO_DST_PORT") == 40000
+    nat = back.get_attr("CTA_NAT_SRC")
+    assert nat.get_attr("CTA_NAT_V4_MINIP") == SGI == nat.get_attr("CTA_NAT_V4_MAXIP")
+    proto = nat.get_attr("CTA_NAT_PROTO")
+    assert proto.get_attr("CTA_PROTONAT_PORT_MIN") == 41234 == proto.get_attr("CTA_PROTONAT_PORT_MAX")
+    tcpinfo = back.get_attr("CTA_PROTOINFO").get_attr("CTA_PROTOINFO_TCP")
+    assert tcpinfo.get_attr("CTA_PROTOINFO_TCP_STATE") == 3
+    assert tcpinfo.get_attr("CTA_PROTOINFO_TCP_FLAGS_ORIGINAL") == (8, 8)  # be liberal
+    assert back.get_attr("CTA_MARK") == 7
+    assert back.get_attr("CTA_STATUS") == IPS_SEEN_REPLY | IPS_ASSURED | IPS_CONFIRMED
+
+
+def test_an_icmp_echo_flow_keeps_its_translated_identifier():
+    orig = NFCTAttrTuple(saddr=UE, daddr=PDN, proto=1, icmp_id=9, icmp_type=8, icmp_code=0)
+    reply = NFCTAttrTuple(saddr=PDN, daddr=SGI, proto=1, icmp_id=12, icmp_type=0, icmp_code=0)
+    f = flow_of(FakeEntry(orig, reply, timeout=0), POOLS)
+    assert f is not None and (f.ue_port, f.nat_port, f.timeout) == (9, 12, 1)
+    attrs = entry_attrs(f)
+    assert (attrs["tuple_reply"].icmp_type, attrs["tuple_reply"].icmp_id) == (0, 9)
+    assert "protoinfo" not in attrs
+
+
+def test_what_is_not_a_translated_ue_flow_is_left_alone():
+    untranslated = FakeEntry(tcp(UE, PDN, 40000, 5001), tcp(PDN, UE, 5001, 40000))
+    elsewhere = FakeEntry(tcp("10.0.0.7", PDN, 40000, 5001), tcp(PDN, SGI, 5001, 40000))
+    dnat = FakeEntry(tcp(UE, PDN, 40000, 5001), tcp("192.168.50.9", SGI, 5001, 40000))
+    port_dnat = FakeEntry(tcp(UE, PDN, 40000, 5001), tcp(PDN, SGI, 8080, 40000))
+    reply_first = FakeEntry(NFCTAttrTuple(saddr=UE, daddr=PDN, proto=1, icmp_id=9, icmp_type=0,
+                                          icmp_code=0),
+                            NFCTAttrTuple(saddr=PDN, daddr=SGI, proto=1, icmp_id=9, icmp_type=8,
+                                          icmp_code=0))
+    sctp = FakeEntry(NFCTAttrTuple(saddr=UE, daddr=PDN, proto=132),
+                     NFCTAttrTuple(saddr=PDN, daddr=SGI, proto=132))
+    for e in (untranslated, elsewhere, dnat, port_dnat, reply_first, sctp):
+        assert flow_of(e, POOLS) is None
+
+
+def test_bound_is_the_kernels_nat_status():
+    assert bound(FakeEntry(None, None, status=IPS_SRC_NAT | 0x0E))
+    assert not bound(FakeEntry(None, None, status=0x0E))
