@@ -271,6 +271,17 @@ class Remote:
         self.syscall(NR_DUP3, fd, target, O_CLOEXEC if cloexec else 0)
         self.close(fd)
 
+    def plug(self, target: int, cloexec: bool) -> None:
+        """Put at ``target`` the read end of a new pipe whose write end is closed: a
+        descriptor that stays valid (reads give EOF) in place of one taken away."""
+        rfd, wfd = self.pipe()
+        self.close(wfd)
+        self.install(rfd, target, cloexec)
+
+    def put(self, fd: int, target: int, cloexec: bool) -> None:
+        """Make the task's descriptor ``target`` a copy of our ``fd``."""
+        self.install(self.receive(fd), target, cloexec)
+
     def receive(self, fd: int) -> int:
         """A copy of our descriptor ``fd`` in the task (close-on-exec), sent over a
         socket pair made in the task (SCM_RIGHTS). Unlike pidfd_open + pidfd_getfd run

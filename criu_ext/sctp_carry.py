@@ -314,9 +314,7 @@ def swap_out(pid: int, items: list[Carried], done: list[Carried]) -> None:
                 done.append(it)
                 for w in it.epoll:
                     r.epoll_del(w.epfd, it.fd)
-                rfd, wfd = r.pipe()
-                r.close(wfd)
-                r.install(rfd, it.fd, it.cloexec)
+                r.plug(it.fd, it.cloexec)
                 for w in it.epoll:
                     r.epoll_add(w.epfd, it.fd, w.events, w.data)
     except inject.InjectError as exc:
@@ -330,7 +328,7 @@ def swap_in(pid: int, items: list[Carried], socks: dict[int, socket.socket]) -> 
             for it in items:
                 for w in it.epoll:
                     r.epoll_del(w.epfd, it.fd)
-                r.install(r.receive(socks[it.fd].fileno()), it.fd, it.cloexec)
+                r.put(socks[it.fd].fileno(), it.fd, it.cloexec)
                 for w in it.epoll:
                     r.epoll_add(w.epfd, it.fd, w.events, w.data)
     except inject.InjectError as exc:

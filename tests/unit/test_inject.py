@@ -71,9 +71,7 @@ def test_sockets_leave_for_pipes_and_come_back_with_their_epoll_registration(chi
             for w in watches:
                 if w.fd == fd:
                     assert r.epoll_del(w.epfd, fd)
-            rfd, wfd = r.pipe()
-            r.close(wfd)
-            r.install(rfd, fd, cloexec=False)
+            r.plug(fd, cloexec=False)
             for w in watches:
                 if w.fd == fd:
                     r.epoll_add(w.epfd, fd, w.events, w.data)
@@ -88,7 +86,7 @@ def test_sockets_leave_for_pipes_and_come_back_with_their_epoll_registration(chi
             for w in watches:
                 if w.fd == fd:
                     r.epoll_del(w.epfd, fd)
-            r.install(r.receive(copies[fd]), fd, cloexec=False)
+            r.put(copies[fd], fd, cloexec=False)
             for w in watches:
                 if w.fd == fd:
                     r.epoll_add(w.epfd, fd, w.events, w.data)

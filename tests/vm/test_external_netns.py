@@ -92,11 +92,9 @@ def swap(pid: int, fd: int, ours: int | None) -> None:
     try:
         with inject.Remote(pid) as r:
             if ours is None:
-                rfd, wfd = r.pipe()
-                r.close(wfd)
+                r.plug(fd, cloexec=False)
             else:
-                rfd = r.receive(ours)
-            r.install(rfd, fd, cloexec=False)
+                r.put(ours, fd, cloexec=False)
     finally:
         tasks.cont([pid])
 
