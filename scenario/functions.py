@@ -83,16 +83,24 @@ class Spgw(Function):
     addrs = {"s1u0": f"{GW_S1U_IP}/24", "sgi0": f"{GW_SGI_IP}/24"}
 
     def __init__(self, fabric: Fabric, workdir: Path, ues: int, interval: float = 0.1,
-                 contexts: int | None = None):
+                 contexts: int | None = None, download: bool = False):
         """``ues`` UEs ping; the gateway holds ``contexts`` PDP contexts (default: one per
-        pinging UE; more for a large tunnel list whose first ``ues`` are pinged)."""
+        pinging UE; more for a large tunnel list whose first ``ues`` are pinged);
+        ``download``: one more UE, a real stack, downloads from the PDN through the
+        masquerade meanwhile (scenario.download)."""
         self.fabric, self.workdir, self.ues, self.interval = fabric, workdir, ues, interval
         self.contexts = max(contexts or ues, ues)
+        self.download = None
+        if download:
+            from scenario.download import Download  # it uses this module's spawn
+            self.download = Download(fabric, workdir)
         self.timeline: dict = {}
 
     @property
     def note(self) -> str:
         extra = "" if self.contexts == self.ues else f", {self.contexts} PDP contexts"
+        if self.download:
+            extra += ", a UE's TCP download through the SGi masquerade"
         return f"{self.ues} UEs pinging every {self.interval * 1000:.0f} ms{extra}"
 
     def start(self) -> int:
@@ -107,7 +115,7 @@ class Spgw(Function):
         wait_line(log, "READY", gw, timeout=300)
         self.pid = gw.pid
         self.enb = f.peer("enb", "s1u0", f"{ENB_IP}/24")
-        f.peer("pdn", "eth0", f"{PDN_IP}/24")
+        self.pdn = f.peer("pdn", "eth0", f"{PDN_IP}/24")
         self.replies_file = self.workdir / "pinger.json"
         plog = self.workdir / "pinger.log"
         self.pinger = spawn(self.enb, [sys.executable, "-m", "scenario.pinger", "--netns",
@@ -115,6 +123,8 @@ class Spgw(Function):
                                        "--interval", str(self.interval),
                                        "--out", str(self.replies_file)], plog)
         wait_line(plog, PINGER_READY, self.pinger)
+        if self.download:
+            self.download.start(self.ns, self.pdn)
         return self.pid
 
     def serving(self, since: float) -> bool:
@@ -154,8 +164,11 @@ class Spgw(Function):
         self.pinger.wait(timeout=60)
         data = json.loads(self.replies_file.read_text())
         self.replies = data["replies"]
-        return {"sent": data["sent"], "wrong_teid": data["wrong_teid"],
+        seen = {"sent": data["sent"], "wrong_teid": data["wrong_teid"],
                 "ues_answered": sum(1 for r in self.replies if r)}
+        if self.download:
+            seen["download"] = self.download.finish()
+        return seen
 
     def figures(self, m: Migration) -> dict:
         merged = sorted(t for r in self.replies for t in r)

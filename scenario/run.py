@@ -119,7 +119,10 @@ def run(out: Path, ues: int, repeat: int, subscribers: int, functions: list[str]
                 continue
             make = lambda fabric, wd: Mme(fabric, wd)  # noqa: E731
         elif name == "spgw":
-            make = lambda fabric, wd: Spgw(fabric, wd, ues)  # noqa: E731
+            # a download through the masquerade: its conntrack entry comes with CRIU's
+            # netns (Podman's restores into a netns made afresh, without it)
+            make = lambda fabric, wd, dl=engine == "criu-ext": Spgw(  # noqa: E731
+                fabric, wd, ues, download=dl)
         else:
             make = lambda fabric, wd: Hss(fabric, wd, subscribers)  # noqa: E731
         k = key(name, engine)

@@ -16,10 +16,13 @@ not be paid per case):
   restore (one shot), a plugin failing at restore (one shot). Each time the HSS
   runs on at A and its client is answered, nothing is left on B; then it moves
   A -> B (CRIU's iptables network lock) -> A (its nftables lock);
-* the SPGW (gtp0, 200 UEs) moved A -> B -> A: every UE answered with its TEIDs.
-  The move back starts from a namespace CRIU restored: its nat table is in nft's
-  own form and its UE flows' conntrack entries come back broken; the UEs must not
-  notice (the main job's moves back are the same path).
+* the SPGW (gtp0, 200 UEs) moved A -> B -> A: every UE answered with its TEIDs,
+  and a UE's TCP download through the SGi masquerade (a real stack behind its own
+  bearer) ran across both moves and ended intact, without a reset. The move back
+  starts from a namespace CRIU restored: its nat table is in nft's own form and
+  its UE flows' conntrack entries come back without their NAT binding (the
+  netfilter plugin gives it back); the UEs must not notice (the main job's moves
+  back are the same path).
 
 Figures go to out/migrate.json.
 """
@@ -38,6 +41,7 @@ import pytest
 
 from lab.files import record_json, wait_for
 from lab.procs import alive
+from scenario.download import Download
 from scenario.fabric import BRIDGE, Fabric, outer_name
 from scenario.functions import Hss, Spgw
 from scenario.hosts import Hosts
@@ -222,19 +226,43 @@ def test_hss_failures_leave_it_running_then_it_moves_there_and_back(hosts, tmp_p
 
 
 def test_spgw_there_and_back(hosts, tmp_path):
+    """...with a UE's TCP download through the SGi masquerade running across both
+    moves: CRIU restores its conntrack entry without the NAT binding, the netfilter
+    plugin gives it back (gtp_util.natflows), so the PDN's segments are translated
+    back to the UE instead of reset by the gateway."""
     fn = Spgw(hosts.fabric, tmp_path, UES)
     pid = fn.start()
     recover(fn, time.monotonic(), timeout=120)
+    download = Download(hosts.fabric, tmp_path)
+    download.start(fn.ns, fn.pdn)
     ext = [f"veth[{i}]:{outer_name('spgw', i)}@{BRIDGE}" for i in fn.links]
     runs = {}
-    for src, dst in (("a", "b"), ("b", "a")):
-        rx = hosts.receiver(dst, ext)
-        rc, rep, err = hosts.migrate(src, pid, rx)
-        t = time.monotonic()
-        pid = moved(hosts, fn.ns, rx, rc, rep, err)
-        fn.pid = hosts.global_pid(dst, pid)
-        back = recover(fn, t, timeout=90)  # every UE answered, the gateway's check PASS
-        runs[f"{src}->{dst}"] = figures(rep) | {"answered_again_s": round(back, 3)}
+    try:
+        for src, dst in (("a", "b"), ("b", "a")):
+            before = wait_download(download, download.received() + 100_000)
+            rx = hosts.receiver(dst, ext)
+            rc, rep, err = hosts.migrate(src, pid, rx)
+            t = time.monotonic()
+            pid = moved(hosts, fn.ns, rx, rc, rep, err)
+            fn.pid = hosts.global_pid(dst, pid)
+            back = recover(fn, t, timeout=90)  # every UE answered, the gateway's check PASS
+            wait_download(download, before + 300_000)  # it carries on through the new host
+            runs[f"{src}->{dst}"] = figures(rep) | {"answered_again_s": round(back, 3)}
+    finally:
+        seen = download.finish()
     peers = fn.stop()
-    assert peers["wrong_teid"] == 0 and peers["ues_answered"] == UES, peers
+    runs["download"] = seen
     record_json(RESULTS, "spgw", runs)
+    assert peers["wrong_teid"] == 0 and peers["ues_answered"] == UES, peers
+    assert seen["pdn_error"] is None and seen["ue_error"] is None, seen  # no reset
+    assert seen["clean_close"] and seen["intact"], seen
+    assert seen["received"] == seen["sent"] > 1_000_000, seen
+
+
+def wait_download(download: Download, at_least: int, timeout: float = 120) -> int:
+    """The bytes the UE has read once they reach ``at_least``."""
+    end = time.monotonic() + timeout
+    while (got := download.received()) < at_least:
+        assert time.monotonic() < end, f"the UE's download stalled at {got} bytes"
+        time.sleep(0.2)
+    return got

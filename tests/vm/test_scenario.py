@@ -28,6 +28,10 @@ def test_spgw_migrates_without_its_ues_noticing(tmp_path):
 
     assert [p["wrong_teid"] for p in spgw["peers"]] == [0]
     assert [p["ues_answered"] for p in spgw["peers"]] == [4]
+    # a UE's TCP download through the masquerade ran across the move: no reset, intact
+    [dl] = [p["download"] for p in spgw["peers"]]
+    assert dl["pdn_error"] is None and dl["ue_error"] is None, dl
+    assert dl["clean_close"] and dl["intact"] and dl["received"] == dl["sent"] > 500_000, dl
     assert [(r["from"], r["to"]) for r in spgw["runs"]] == [("a", "b")]
     for r in spgw["runs"]:
         assert r["checkpoint_s"] > 0 and r["restore_s"] > 0 and r["transfer_s"] > 0
