@@ -215,7 +215,11 @@ def _matching_copy(pid: int, fd: int, ref: SocketRef) -> int | None:
         mine = steal_fd(pid, fd)
     except OSError:
         return None
-    s = socket.socket(fileno=mine)
+    try:
+        s = socket.socket(fileno=mine)  # ENOTSOCK: that descriptor is no socket
+    except OSError:
+        os.close(mine)
+        return None
     try:
         ok = (s.type == socket.SOCK_DGRAM and s.family == (ref.family or s.family)
               and s.proto in (0, socket.IPPROTO_UDP))

@@ -1,4 +1,5 @@
-"""Socket discovery: /proc/net/udp parsing and the socket-to-device matching (pure)."""
+"""Socket discovery: /proc/net/udp parsing and the socket-to-device matching (pure), and
+finding a task's socket by descriptor or port (this process's own sockets)."""
 
 import socket
 
@@ -48,3 +49,29 @@ def test_no_candidate_socket_is_unknown():
     held_twice = [UdpSocket(2, '0.0.0.0', 2152, 1, holders=[(1, 3)], encap=5),
                   UdpSocket(2, '0.0.0.0', 2152, 2, holders=[(1, 4)], encap=5)]
     assert assign([3], held_twice)[3][1].kind == 'unknown'
+
+
+def test_a_recorded_fd_that_is_no_socket_falls_back_to_the_port():
+    """The task's descriptor at the recorded number is a pipe now (a restored task's
+    numbers may differ): the socket bound to the port is found, no ENOTSOCK."""
+    import os
+    import socket
+
+    from gtp_util.model import SocketRef
+    from gtp_util.sockets import find_in_task
+
+    r, w = os.pipe()
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.bind(("127.0.0.1", 0))
+        ref = SocketRef(kind="task", pid=os.getpid(), fd=r, family=socket.AF_INET,
+                        addr="127.0.0.1", port=s.getsockname()[1])
+        fd = find_in_task(os.getpid(), ref)
+        try:
+            assert os.stat(fd).st_ino == os.fstat(s.fileno()).st_ino
+        finally:
+            os.close(fd)
+    finally:
+        s.close()
+        os.close(r)
+        os.close(w)
