@@ -1,0 +1,193 @@
+"""Make-before-break, the user plane's half: the source's gtp user plane staged in a
+namespace on the destination, and kept equal to the source until the freeze (#14).
+
+A kernel gtp device forwards the packets of existing bearers on its own; the task is
+needed for signalling only. So the destination can hold a working copy of the data
+path before the task is frozen:
+
+* source (:class:`StageSender`): a :class:`gtp_util.follow.Follower` joins the gtp
+  family's multicast group first, then the user plane is read (devices, contexts,
+  routes, NAT rules, sysctls) and sent as a gtp image (``stage.img``);
+  :meth:`StageSender.pump` sends what changed since, as ``pdp`` messages, while
+  pre-copy runs; :meth:`StageSender.finish`, in the frozen window, sends the last
+  changes and ``pdp-end`` with the count: one read of the follower, not the list.
+* destination (:class:`StagedPlane`): restores the image into the staged namespace,
+  every device bound to a GTP-U socket it binds there itself and holds for the task
+  (CRIU cannot hand an inet socket over: docs/migrate.md); replays every ``pdp``
+  message in order; :meth:`StagedPlane.finish` checks the count; :meth:`remove`
+  takes it all out again when the migration fails before the switch.
+
+Everything received is checked before use: the image through gtp_util's validating
+reader, each change's fields as numbers in their ranges and its device as one the
+image holds.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import tempfile
+from dataclasses import replace
+from typing import Any
+
+from gtp_util.follow import Change, Follower, replay
+from gtp_util.model import PdpContext, Snapshot, SocketRef
+
+from .wire import Channel, ProtocolError
+
+IMAGE = "stage.img"
+PER_MESSAGE = 8192  # changes per pdp message: about 0.5 MB of JSON, under MAX_MESSAGE
+_LIMITS = (1, 0xFFFFFFFF, 1, 0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF,
+           0xFFFFFFFFFFFFFFFF, 0xFFFF)  # add, link, version, peer, ms, i_tei, o_tei, tid, flow
+
+
+def encode(c: Change) -> list[Any]:
+    x = c.ctx
+    row: list[Any] = [int(c.add), c.link, x.version, x.peer, x.ms, x.i_tei, x.o_tei, x.tid,
+                      x.flow]
+    if x.peer6 or x.ms6:
+        row += [x.peer6, x.ms6]
+    return row
+
+
+def decode(row: Any, links: dict[int, int]) -> Change:
+    """A change as :func:`encode` wrote it, every field range-checked; its device one of
+    ``links`` (the source's ifindexes the stage holds a copy of)."""
+    if not isinstance(row, list) or len(row) not in (9, 11):
+        raise ProtocolError("malformed PDP change")
+    nums = row[:9]
+    if any(type(v) is not int or not 0 <= v <= top for v, top in zip(nums, _LIMITS)):
+        raise ProtocolError(f"PDP change out of range: {str(row)[:120]}")
+    add, link, version, peer, ms, i_tei, o_tei, tid, flow = nums
+    if version not in (0, 1) or link not in links:
+        raise ProtocolError(f"PDP change of version {version} on device {link}: refused")
+    v6 = ["", ""]
+    if len(row) == 11:
+        for i, text in enumerate(row[9:]):
+            try:
+                v6[i] = str(ipaddress.IPv6Address(text)) if text else ""
+            except (ValueError, TypeError):
+                raise ProtocolError("PDP change with a malformed IPv6 address") from None
+    return Change(bool(add), link, PdpContext(version, peer, ms, i_tei, o_tei, tid, flow, *v6))
+
+
+class StageSender:
+    """The source's side: its user plane, then every change, over ``chan``."""
+
+    def __init__(self, netns: str, chan: Channel) -> None:
+        import gtp_util
+
+        self.chan = chan
+        self.follower = Follower(netns)  # before the copy: nothing falls between
+        try:
+            self.snapshot = gtp_util.take_snapshot(netns)
+        except BaseException:
+            self.follower.close()
+            raise
+        self.sent = 0
+
+    def send_base(self) -> int:
+        """The user plane as it is now, as a gtp image; returns its size."""
+        import gtp_util
+
+        with tempfile.TemporaryDirectory(prefix="criu-ext-stage-") as d:
+            path = os.path.join(d, IMAGE)
+            gtp_util.save(self.snapshot, path)
+            return self.chan.send_file(path, IMAGE)
+
+    def pump(self) -> int:
+        """Send what changed since the last call; returns how many changes."""
+        changes = self.follower.read()
+        for i in range(0, len(changes), PER_MESSAGE):
+            self.chan.send("pdp", changes=[encode(c) for c in changes[i:i + PER_MESSAGE]])
+        self.sent += len(changes)
+        return len(changes)
+
+    def finish(self) -> int:
+        """The last changes and the count (the task frozen: no more come)."""
+        self.pump()
+        self.chan.send("pdp-end", count=self.sent)
+        return self.sent
+
+    def close(self) -> None:
+        self.follower.close()
+
+
+class StagedPlane:
+    """The destination's copy, in namespace ``netns`` (made by the host's network set-up,
+    with the function's links and addresses), built from the image at ``image``."""
+
+    def __init__(self, netns: str, image: str) -> None:
+        import gtp_util
+
+        self.netns = netns
+        snap: Snapshot = gtp_util.load(image)
+        self.held: dict[tuple[str, int], socket.socket] = {}
+        try:
+            for dev in snap.devices:
+                for ver, attr in ((0, "sock0"), (1, "sock1")):
+                    ref = getattr(dev, attr)
+                    if ref.kind == "task":
+                        s = self.held[(dev.name, ver)] = self._hold(ref)
+                        setattr(dev, attr, replace(ref, pid=os.getpid(), fd=s.fileno()))
+            gtp_util.restore(snap, netns, bind_pid=os.getpid())
+        except BaseException:
+            self._release()
+            raise
+        from procns.netns import in_netns
+
+        with in_netns(netns):
+            self.links = {d.ifindex: socket.if_nametoindex(d.name) for d in snap.devices}
+        self.snapshot = snap
+        self.applied = 0
+
+    def _hold(self, ref: SocketRef) -> socket.socket:
+        """A UDP socket of ours where the task's was (no SO_REUSEADDR: nothing else can
+        take the port; the task gets this very socket after its restore)."""
+        from procns.netns import in_netns
+
+        with in_netns(self.netns):
+            s = socket.socket(ref.family or socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            s.bind((ref.addr or "0.0.0.0", ref.port))
+        except OSError as exc:
+            s.close()
+            raise OSError(exc.errno, f"cannot hold {ref.addr}:{ref.port} in the staged "
+                                     f"namespace: {exc.strerror}") from None
+        return s
+
+    def apply(self, msg: dict) -> int:
+        """Replay a ``pdp`` message; returns how many changes it held."""
+        from gtp_util.netlink import PdpChannel
+
+        rows = msg.get("changes")
+        if not isinstance(rows, list) or len(rows) > PER_MESSAGE:
+            raise ProtocolError("malformed pdp message")
+        changes = [decode(r, self.links) for r in rows]
+        with PdpChannel(self.netns) as chan:
+            replay(chan, changes, self.links)
+        self.applied += len(changes)
+        return len(changes)
+
+    def finish(self, msg: dict) -> int:
+        """``pdp-end``: the source's count must be what was applied."""
+        count = msg.get("count")
+        if count != self.applied:
+            raise ProtocolError(f"the source changed {count!r} PDP contexts during the "
+                                f"migration, {self.applied} arrived")
+        return self.applied
+
+    def remove(self) -> None:
+        """Take the staged user plane out (before the switch: the source still forwards)."""
+        import gtp_util
+
+        try:
+            gtp_util.remove(self.snapshot, self.netns)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        for s in self.held.values():
+            s.close()
+        self.held.clear()
