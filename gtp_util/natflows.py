@@ -144,30 +144,105 @@ def install(ct, f: NatFlow) -> None:
     ct.entry("add", **entry_attrs(f))
 
 
-def rebind(netns: str | None, pools) -> tuple[list[NatFlow], list[tuple[NatFlow, str]]]:
-    """Give the UE flows of ``pools`` in ``netns`` that are translated but unbound (as
-    CRIU restores them) their binding back. Returns (rebound, [(flow, why) not])."""
-    from pyroute2.conntrack import Conntrack
-    from pyroute2.netlink.exceptions import NetlinkError
+def _in(netns: str | None, work):
+    """``work(ct)`` with a Conntrack socket of ``netns`` (:func:`open_in`), closed after."""
+    ct = open_in(netns)
+    try:
+        return work(ct)
+    finally:
+        ct.close()
 
-    from procns.netns import in_netns
+
+def _install_each(ct, flows) -> tuple[list[NatFlow], list[tuple[NatFlow, str]]]:
+    from pyroute2.netlink.exceptions import NetlinkError
 
     done: list[NatFlow] = []
     failed: list[tuple[NatFlow, str]] = []
-    # All of it inside the namespace: pyroute2 may open the netlink socket lazily, at
-    # the first request, in whatever namespace the thread is in then.
+    for f in flows:
+        try:
+            install(ct, f)
+            done.append(f)
+        except NetlinkError as exc:  # a packet of the flow may have made a fresh
+            # entry meanwhile (EEXIST): that one is masqueraded anew
+            failed.append((f, str(exc)))
+    return done, failed
+
+
+def translated(netns: str | None, pools, ct=None) -> list[NatFlow]:
+    """Every UE flow of ``pools`` in ``netns`` the masquerade translated (bound or not).
+    ``ct``: a Conntrack socket of ``netns`` already open (:func:`open_in`) to use."""
+    def read(ct):
+        return [f for e in ct.dump_entries() if (f := flow_of(e, pools)) is not None]
+    return read(ct) if ct is not None else _in(netns, read)
+
+
+def open_in(netns: str | None):
+    """A Conntrack socket of ``netns``, its first request made there: pyroute2 opens the
+    netlink socket lazily, at the first request, in whatever namespace the thread is in
+    then; and its first-use costs (about 0.2 s in the emulated VM) are then paid, not in
+    a freeze window."""
+    from pyroute2.conntrack import Conntrack
+
+    from procns.netns import in_netns
+
     with in_netns(netns):
         ct = Conntrack()
         try:
-            flows = [f for e in ct.dump_entries() if not bound(e)
-                     and (f := flow_of(e, pools)) is not None]
-            for f in flows:
-                try:
-                    install(ct, f)
-                    done.append(f)
-                except NetlinkError as exc:  # a packet of the flow may have made a
-                    # fresh entry meanwhile (EEXIST): that one is masqueraded anew
-                    failed.append((f, str(exc)))
-        finally:
+            ct.count()
+        except BaseException:
             ct.close()
-    return done, failed
+            raise
+    return ct
+
+
+def install_all(netns: str | None, flows) -> tuple[list[NatFlow], list[tuple[NatFlow, str]]]:
+    """Create each of ``flows`` in ``netns`` with its binding (another host's flows, the
+    user plane staged there). Returns (installed, [(flow, why) not])."""
+    return _in(netns, lambda ct: _install_each(ct, flows))
+
+
+def rebind(netns: str | None, pools) -> tuple[list[NatFlow], list[tuple[NatFlow, str]]]:
+    """Give the UE flows of ``pools`` in ``netns`` that are translated but unbound (as
+    CRIU restores them) their binding back. Returns (rebound, [(flow, why) not])."""
+    return _in(netns, lambda ct: _install_each(
+        ct, [f for e in ct.dump_entries() if not bound(e) and (f := flow_of(e, pools)) is not None]))
+
+
+# -- the wire form: a flow as a JSON row, read back typed and range-checked --------------
+
+_PROTOS = (socket.IPPROTO_TCP, socket.IPPROTO_UDP, *_ICMP_ECHO)
+
+
+def to_row(f: NatFlow) -> list:
+    return [f.family, f.proto, f.ue, f.peer, f.ue_port, f.peer_port, f.nat_addr, f.nat_port,
+            f.timeout, f.status, f.tcp_state, f.mark]
+
+
+def from_row(row, pools) -> NatFlow:
+    """The NatFlow of a row :func:`to_row` wrote; ValueError for anything else, or a UE
+    outside ``pools``."""
+    if not isinstance(row, list) or len(row) != 12:
+        raise ValueError("not a NAT flow row")
+    family, proto, ue, peer, ue_port, peer_port, nat_addr, nat_port, timeout, status, \
+        tcp_state, mark = row
+    ints = (family, proto, ue_port, peer_port, nat_port, timeout, status, mark)
+    if any(type(v) is not int for v in ints) or not all(isinstance(a, str)
+                                                        for a in (ue, peer, nat_addr)):
+        raise ValueError("NAT flow field of the wrong type")
+    version = {socket.AF_INET: 4, socket.AF_INET6: 6}.get(family)
+    addrs = [ipaddress.ip_address(a) for a in (ue, peer, nat_addr)]
+    if version is None or any(a.version != version for a in addrs):
+        raise ValueError(f"NAT flow of family {family} with addresses of another")
+    if proto not in _PROTOS or (proto in _ICMP_ECHO) != (peer_port == 0):
+        raise ValueError(f"NAT flow of protocol {proto}")
+    if not all(0 <= p <= 0xFFFF for p in (ue_port, peer_port, nat_port)) \
+            or not 1 <= timeout < 1 << 31 or status & ~(IPS_SEEN_REPLY | IPS_ASSURED) \
+            or status < 0 or not 0 <= mark < 1 << 32:
+        raise ValueError("NAT flow field out of range")
+    if (tcp_state is None) != (proto != socket.IPPROTO_TCP) \
+            or (tcp_state is not None and (type(tcp_state) is not int or not 0 <= tcp_state < 10)):
+        raise ValueError("NAT flow with a bad TCP state")
+    if not any(addrs[0].version == p.version and addrs[0] in p for p in pools):
+        raise ValueError(f"NAT flow of {addrs[0]}, outside the UE pools")
+    return NatFlow(family, proto, str(addrs[0]), str(addrs[1]), ue_port, peer_port,
+                   str(addrs[2]), nat_port, timeout, status, tcp_state, mark)

@@ -28,6 +28,16 @@ def ue_addr(i: int) -> str:
     return str(ipaddress.IPv4Address(UE_BASE + i))
 
 
+def segment(ns: NetnsSet, gw: str, tag: str = '') -> tuple[str, str]:
+    """An eNB and a PDN host (namespaces ``enb<tag>``, ``pdn<tag>`` of ``ns``) on the S1-U
+    and SGi links of gateway namespace ``gw``, addressed as in the picture above;
+    returns their names. A second one serves a user plane staged in another namespace."""
+    enb, pdn = ns.add(f'enb{tag}'), ns.add(f'pdn{tag}')
+    ns.veth(enb, 's1u0', f'{ENB_IP}/24', gw, 's1u0', f'{GW_S1U_IP}/24')
+    ns.veth(gw, 'sgi0', f'{GW_SGI_IP}/24', pdn, 'eth0', f'{PDN_IP}/24')
+    return enb, pdn
+
+
 class GtpLab:
     def __init__(self, n_ues: int = 4, *, masquerade: bool = True):
         assert ENB_ADDR == 0x0A000002
@@ -48,11 +58,8 @@ class GtpLab:
 
     def start(self) -> GtpLab:
         try:
-            self.enb_name = self.ns.add('enb')
             self.gw = self.ns.add('gw')
-            self.pdn = self.ns.add('pdn')
-            self.ns.veth(self.enb_name, 's1u0', f'{ENB_IP}/24', self.gw, 's1u0', f'{GW_S1U_IP}/24')
-            self.ns.veth(self.gw, 'sgi0', f'{GW_SGI_IP}/24', self.pdn, 'eth0', f'{PDN_IP}/24')
+            self.enb_name, self.pdn = segment(self.ns, self.gw)
             sh('sysctl', '-qw', 'net.ipv4.ip_forward=1', ns=self.gw)
             if self.masquerade:
                 sh('iptables', '-w', '-t', 'nat', '-A', 'POSTROUTING', '-s', UE_POOL, '-o', 'sgi0',

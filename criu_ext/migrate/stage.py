@@ -10,11 +10,14 @@ path before the task is frozen:
   routes, NAT rules, sysctls) and sent as a gtp image (``stage.img``);
   :meth:`StageSender.pump` sends what changed since, as ``pdp`` messages, while
   pre-copy runs; :meth:`StageSender.finish`, in the frozen window, sends the last
-  changes and ``pdp-end`` with the count: one read of the follower, not the list.
+  changes, the UE flows' conntrack entries (``nat``: gtp_util.natflows, each to be
+  created with its NAT binding) and ``pdp-end`` with the count: one read of the
+  follower, not the list.
 * destination (:class:`StagedPlane`): restores the image into the staged namespace,
   every device bound to a GTP-U socket it binds there itself and holds for the task
   (CRIU cannot hand an inet socket over: docs/migrate.md); replays every ``pdp``
-  message in order; :meth:`StagedPlane.finish` checks the count; :meth:`remove`
+  message in order, creates the ``nat`` flows; :meth:`StagedPlane.finish` checks
+  the count; :meth:`remove`
   takes it all out again when the migration fails before the switch.
 
 Everything received is checked before use: the image through gtp_util's validating
@@ -33,6 +36,7 @@ from typing import Any
 
 from gtp_util.follow import Change, Follower, replay
 from gtp_util.model import PdpContext, Snapshot, SocketRef
+from gtp_util.natflows import open_in
 
 from .wire import Channel, ProtocolError
 
@@ -72,18 +76,27 @@ def decode(row: Any, links: dict[int, int]) -> Change:
     return Change(bool(add), link, PdpContext(version, peer, ms, i_tei, o_tei, tid, flow, *v6))
 
 
+def pools(snap: Snapshot) -> list:
+    """The UE pools of a user plane: the prefixes routed through its gtp devices."""
+    return sorted({ipaddress.ip_network(r.cidr(), strict=False) for r in snap.routes},
+                  key=str)
+
+
 class StageSender:
     """The source's side: its user plane, then every change, over ``chan``."""
 
     def __init__(self, netns: str, chan: Channel) -> None:
         import gtp_util
 
-        self.chan = chan
+        self.chan, self.netns = chan, netns
+        self.nat_flows = 0
         self.follower = Follower(netns)  # before the copy: nothing falls between
+        self.conntrack = None
         try:
             self.snapshot = gtp_util.take_snapshot(netns)
+            self.conntrack = open_in(netns)  # opened now, read in the frozen window
         except BaseException:
-            self.follower.close()
+            self.close()
             raise
         self.sent = 0
 
@@ -105,13 +118,23 @@ class StageSender:
         return len(changes)
 
     def finish(self) -> int:
-        """The last changes and the count (the task frozen: no more come)."""
+        """The last changes, the UE flows' NAT state, and the count (the task frozen: no
+        more changes come). Returns the count."""
+        from gtp_util.natflows import to_row, translated
+
         self.pump()
+        flows = translated(self.netns, pools(self.snapshot), self.conntrack)
+        for i in range(0, len(flows), PER_MESSAGE):
+            self.chan.send("nat", flows=[to_row(f) for f in flows[i:i + PER_MESSAGE]])
+        self.nat_flows = len(flows)
         self.chan.send("pdp-end", count=self.sent)
         return self.sent
 
     def close(self) -> None:
         self.follower.close()
+        if self.conntrack is not None:
+            self.conntrack.close()
+            self.conntrack = None
 
 
 class StagedPlane:
@@ -140,7 +163,9 @@ class StagedPlane:
         with in_netns(netns):
             self.links = {d.ifindex: socket.if_nametoindex(d.name) for d in snap.devices}
         self.snapshot = snap
-        self.applied = 0
+        self.pools = pools(snap)
+        self.applied = self.nat_flows = 0
+        self.nat_failed: list = []
 
     def _hold(self, ref: SocketRef) -> socket.socket:
         """A UDP socket of ours where the task's was (no SO_REUSEADDR: nothing else can
@@ -169,6 +194,23 @@ class StagedPlane:
             replay(chan, changes, self.links)
         self.applied += len(changes)
         return len(changes)
+
+    def install_nat(self, msg: dict) -> int:
+        """A ``nat`` message: the source's UE flows, created here with their binding
+        (checked: well-formed, of this plane's UE pools). Returns how many were made; an
+        entry a packet made first is left to the masquerade."""
+        from gtp_util.natflows import from_row, install_all
+
+        rows = msg.get("flows")
+        if not isinstance(rows, list) or len(rows) > PER_MESSAGE:
+            raise ProtocolError("malformed nat message")
+        try:
+            flows = [from_row(r, self.pools) for r in rows]
+        except ValueError as exc:
+            raise ProtocolError(f"NAT flow refused: {exc}") from None
+        done, self.nat_failed = install_all(self.netns, flows)
+        self.nat_flows += len(done)
+        return len(done)
 
     def finish(self, msg: dict) -> int:
         """``pdp-end``: the source's count must be what was applied."""

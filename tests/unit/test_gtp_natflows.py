@@ -1,14 +1,16 @@
 """gtp_util.natflows' pure logic: which conntrack entries are UE flows the masquerade
-translated, and the ctnetlink attributes that re-create one with its binding. The
+translated, the ctnetlink attributes that re-create one with its binding, and a flow's
+wire form (what a peer must not send is refused). The
 entries are stand-ins (FakeEntry) built from pyroute2's own tuple type; the kernel
 side (the binding really translating a TCP download across a move) is
-tests/vm/test_migrate.py's."""
+tests/vm/test_nat_flows.py's, test_migrate.py's and test_stage.py's."""
 
 from __future__ import annotations
 
 import ipaddress
 import socket
 
+import pytest
 from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple, nfct_msg
 
 from gtp_util.natflows import (
@@ -95,3 +97,26 @@ def test_what_is_not_a_translated_ue_flow_is_left_alone():
 def test_bound_is_the_kernels_nat_status():
     assert bound(FakeEntry(None, None, status=IPS_SRC_NAT | 0x0E))
     assert not bound(FakeEntry(None, None, status=0x0E))
+
+
+def test_a_flow_crosses_the_wire_as_a_row_and_comes_back_equal():
+    from gtp_util.natflows import NatFlow, from_row, to_row
+
+    for f in (NatFlow(2, 6, UE, PDN, 40000, 5001, SGI, 41234, 431999, 6, 3, 7),
+              NatFlow(2, 1, UE, PDN, 9, 0, SGI, 12, 30, 2, None, 0)):
+        assert from_row(to_row(f), POOLS) == f
+
+
+@pytest.mark.parametrize("change", [
+    {0: 3}, {1: 132}, {2: "10.200.0.1"}, {2: "::1"}, {3: "not an address"},  # family, proto, pool
+    {4: 70000}, {5: 65536}, {7: -1}, {8: 0}, {9: 1 << 4}, {10: None}, {10: 99}, {11: 1 << 32},
+    {4: "40000"}, {10: True},
+])
+def test_a_row_a_peer_must_not_send_is_refused(change):
+    from gtp_util.natflows import NatFlow, from_row, to_row
+
+    row = to_row(NatFlow(2, 6, UE, PDN, 40000, 5001, SGI, 41234, 431999, 6, 3, 7))
+    for i, v in change.items():
+        row[i] = v
+    with pytest.raises(ValueError):
+        from_row(row, POOLS)

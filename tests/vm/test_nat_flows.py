@@ -5,12 +5,13 @@ The UE is a real stack behind a GTP tunnel (lab.ue_stack: an SGSN-role gtp devic
 its own netns), the gateway lab.gateway with its gtp0, the PDN a paced stream
 (lab.bulk). Two downloads, one after the other, through the same bearer:
 
-* the first one's entry is replaced by CRIU's form and left so: the PDN's next
+* the first one's entry is replaced by CRIU's form (behind a lock like CRIU's network
+  lock: a packet in between would make a fresh entry) and left so: the PDN's next
   segments reach the gateway's own stack and the PDN gets a reset (this is what a
   move did to a download before rebind);
-* the second one's entry is replaced the same way behind a lock like CRIU's
-  network lock, then ``rebind`` gives it its binding back and the lock goes: the
-  download carries on and ends with every byte intact, no reset.
+* the second one's entry is replaced the same way, then ``rebind`` gives it its
+  binding back and the lock goes: the download carries on and ends with every byte
+  intact, no reset.
 
 (A download across real moves, CRIU restoring the entry: tests/vm/test_migrate.py.)
 What was seen goes to out/nat-flows.json.
@@ -24,7 +25,9 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,9 +59,20 @@ def entries(gw: str, port: int) -> list:
             ct.close()
 
 
+def locked(gw: str, then: Callable[[], Any]) -> Any:
+    """``then()`` with every packet into ``gw`` dropped, as CRIU's network lock does while
+    it restores a netns (lifted after post-restore, where the plugins ran)."""
+    sh("iptables", "-w", "-t", "raw", "-I", "PREROUTING", "-j", "DROP", ns=gw)
+    try:
+        return then()
+    finally:
+        sh("iptables", "-w", "-t", "raw", "-D", "PREROUTING", "-j", "DROP", ns=gw)
+
+
 def as_criu_restores(gw: str, port: int) -> None:
     """Replace the download's entry by what CRIU 3.17's restore makes of it: the same
-    tuples (the reply one translated), state and timeout, and no NAT binding."""
+    tuples (the reply one translated), state and timeout, and no NAT binding. (Behind
+    :func:`locked`: a packet in between would make a fresh entry.)"""
     from pyroute2.conntrack import Conntrack
     from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
 
@@ -130,21 +144,19 @@ def test_a_download_through_the_masquerade_survives_only_when_rebound(tmp_path):
 
         # 1. the entry as CRIU restores it, left so
         wait_received(outs["left"], 200_000)
-        as_criu_restores(gw, 5001)
+        locked(gw, lambda: as_criu_restores(gw, 5001))
         servers["left"].wait(timeout=60)  # its send fails: the gateway reset the flow
         left = json.loads((tmp_path / "server-left.json").read_text())
 
         # 2. the same, then rebind
         wait_received(outs["rebound"], 200_000, timeout=90)  # after the first one stalled
-        # CRIU restores a netns behind its network lock and lifts it after post-restore,
-        # where the netfilter plugin rebinds: nothing reaches the flow in between
-        lock = ["PREROUTING", "-i", "sgi0", "-j", "DROP"]
-        sh("iptables", "-w", "-t", "raw", "-I", *lock, ns=gw)
-        as_criu_restores(gw, 5002)
-        t = time.monotonic()
-        done, failed = rebind(NetnsSet.path(gw), POOLS)
-        rebind_s = time.monotonic() - t
-        sh("iptables", "-w", "-t", "raw", "-D", *lock, ns=gw)
+        def restore_and_rebind():
+            as_criu_restores(gw, 5002)
+            t = time.monotonic()
+            done, failed = rebind(NetnsSet.path(gw), POOLS)
+            return done, failed, time.monotonic() - t
+
+        done, failed, rebind_s = locked(gw, restore_and_rebind)
         [e] = entries(gw, 5002)
         assert bound(e), e
         at_rebind = progress(outs["rebound"])["received"]

@@ -8,10 +8,11 @@ socket pair (the framing of criu_ext.migrate.wire; TLS is wire's business). Whil
 the stage follows, 500 UEs attach and 300 detach on the source. Then:
 
 * the staged copy holds exactly the source's contexts, routes and NAT rules, with
-  the count check of ``pdp-end`` passing;
-* it forwards on its own: no task in it, only the socket the stager holds, and UEs
-  pinged through it (old and newly attached) answer with their own downlink TEIDs,
-  a detached UE does not; the source forwards on as before;
+  the count check of ``pdp-end`` passing, and the conntrack entries of the UE flows
+  pinged through the source before the freeze, with their NAT binding;
+* it forwards on its own, through those entries: no task in it, only the socket the
+  stager holds, and UEs pinged through it (old and newly attached) answer with their
+  own downlink TEIDs, a detached UE does not; the source forwards on as before;
 * ``remove`` leaves the staged namespace without a gtp device and with port 2152
   free; the source's list is untouched.
 
@@ -30,15 +31,16 @@ from pathlib import Path
 import pytest
 
 import gtp_util
-from criu_ext.migrate.stage import IMAGE, StagedPlane, StageSender
+from criu_ext.migrate.stage import IMAGE, StagedPlane, StageSender, pools
 from criu_ext.migrate.wire import Channel
 from gtp_util.model import PdpTable
+from gtp_util.natflows import translated
 from gtp_util.netlink import PdpChannel
 from lab.enb import Enb
 from lab.files import record_json
 from lab.gateway import ENB_ADDR, I_TEI_BASE, O_TEI_BASE, UE_BASE
 from lab.netns import NetnsSet, sh
-from lab.topology import ENB_IP, GW_S1U_IP, GW_SGI_IP, PDN_IP, UE_POOL, ue_addr
+from lab.topology import ENB_IP, GW_S1U_IP, PDN_IP, UE_POOL, segment, ue_addr
 from procns.netns import in_netns
 from scenario.functions import spawn, wait_line
 
@@ -46,14 +48,6 @@ pytestmark = pytest.mark.vm
 
 RESULTS = Path(__file__).resolve().parents[2] / "out" / "stage.json"
 BASE, ATTACH, DETACH = 2000, 500, 300
-
-
-def segment(ns: NetnsSet, gw: str, tag: str) -> tuple[str, str]:
-    """An eNB and a PDN host on ``gw``'s S1-U and SGi links; the gateway's side addressed."""
-    enb, pdn = ns.add(f"enb{tag}"), ns.add(f"pdn{tag}")
-    ns.veth(enb, "s1u0", f"{ENB_IP}/24", gw, "s1u0", f"{GW_S1U_IP}/24")
-    ns.veth(gw, "sgi0", f"{GW_SGI_IP}/24", pdn, "eth0", f"{PDN_IP}/24")
-    return enb, pdn
 
 
 def contexts(path: str) -> set:
@@ -67,10 +61,13 @@ def receive(rx: Channel, dst: str, workdir: str, out: dict) -> None:
         rx.recv_file(rx.recv("file"), workdir, 64 << 20)
         plane = out["plane"] = StagedPlane(dst, f"{workdir}/{IMAGE}")
         while True:
-            msg = rx.recv("pdp", "pdp-end")
+            msg = rx.recv("pdp", "nat", "pdp-end")
             if msg["op"] == "pdp-end":
                 out["count"] = plane.finish(msg)
                 return
+            if msg["op"] == "nat":
+                plane.install_nat(msg)
+                continue
             out["messages"] = out.get("messages", 0) + 1
             plane.apply(msg)
     except BaseException as exc:  # noqa: BLE001 - reported by the test
@@ -126,6 +123,10 @@ def test_staged_copy_follows_the_source_and_forwards_on_its_own(tmp_path):
                 chan.add(link, PdpTable(new[j] for j in range(start, start + 100)))
                 sender.pump()
             chan.delete(link, gone)
+        # UE flows through the source's masquerade: their conntrack entries go with finish()
+        ues = [0, DETACH, DETACH + 1, BASE - 1, BASE, BASE + ATTACH - 1]
+        up = {i: I_TEI_BASE + i for i in ues}
+        before = ping(enb_a, ues, up)
         t_freeze = time.monotonic()
         count = sender.finish()  # what the frozen window would hold
         final_s = time.monotonic() - t_freeze
@@ -142,9 +143,14 @@ def test_staged_copy_follows_the_source_and_forwards_on_its_own(tmp_path):
         assert [r.rule for r in dst_snap.nat_rules] == [r.rule for r in src_snap.nat_rules]
         assert dst_snap.device("gtp0").sock1.kind == "kernel"  # only the stager holds it
 
-        # it forwards on its own; the source does too
-        ues = [0, DETACH, DETACH + 1, BASE - 1, BASE, BASE + ATTACH - 1]
-        up = {i: I_TEI_BASE + i for i in ues}
+        # the flows' NAT state: the source's translated entries, bound, in the stage
+        key = lambda f: (f.proto, f.ue, f.peer, f.ue_port, f.nat_addr, f.nat_port)  # noqa: E731
+        src_flows = {key(f) for f in translated(src_path, pools(src_snap))}
+        dst_entries = translated(dst_path, pools(src_snap))
+        assert len(src_flows) == len(ues) - 1 and {key(f) for f in dst_entries} == src_flows
+        assert plane.nat_flows == len(src_flows) and plane.nat_failed == []
+
+        # it forwards on its own, through those entries; the source does too
         via_stage = ping(enb_b, ues, up)
         via_source = ping(enb_a, ues, up)
         want = {i: (None if i < DETACH else O_TEI_BASE + i) for i in ues}
@@ -159,7 +165,9 @@ def test_staged_copy_follows_the_source_and_forwards_on_its_own(tmp_path):
             "contexts": BASE, "attached": ATTACH, "detached": DETACH,
             "image_bytes": image_bytes, "pdp_messages": seen.get("messages", 0),
             "staged_s": round(t_freeze - t0, 3), "final_check_s": round(final_s, 4),
+            "nat_flows": len(src_flows), "before": before,
             "via_stage": via_stage, "via_source": via_source})
+        assert before == want, before
         assert via_stage == want, via_stage
         assert via_source == want, via_source
         assert after.devices == [] and len(contexts(src_path)) == BASE + ATTACH - DETACH
