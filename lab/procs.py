@@ -15,6 +15,14 @@ def alive(pid: int) -> bool:
         return False
 
 
+def kill_all(procs) -> None:
+    """Kill and reap each Popen of ``procs`` still running (a test's programs, at its end)."""
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def gone(pid: int, timeout: float = 10.0) -> bool:
     """True once ``pid`` is dead (or a zombie); False if it still lives after ``timeout``."""
     end = time.monotonic() + timeout

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from lab.netns import NetnsSet
+from lab.procs import kill_all
 from lab.topology import GW_S1U_IP, PDN_IP
 from lab.ue_stack import attach
 from scenario.fabric import Fabric
@@ -60,10 +61,7 @@ class Download:
             self.server.wait(timeout=120)
             self.reader.wait(timeout=120)
         finally:
-            for p in (self.server, self.reader):
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
+            kill_all((self.server, self.reader))
         sent = json.loads(self.server_out.read_text())
         got = json.loads(self.ue_out.read_text())
         return {"sent": sent["sent"], "received": got["received"], "intact": got["intact"],

@@ -34,6 +34,7 @@ import pytest
 from gtp_util.natflows import bound, entry_attrs, flow_of, rebind
 from lab.files import record_json
 from lab.netns import NetnsSet, sh
+from lab.procs import kill_all
 from lab.topology import GW_S1U_IP, GW_SGI_IP, PDN_IP, UE_POOL
 from lab.ue_stack import attach
 from procns.netns import in_netns
@@ -178,8 +179,5 @@ def test_a_download_through_the_masquerade_survives_only_when_rebound(tmp_path):
         assert got["error"] is None and got["eof"] and got["intact"], got
         assert got["received"] == sent["sent"] > 1_400_000
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        kill_all(procs)
         ns.cleanup()

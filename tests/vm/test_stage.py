@@ -40,6 +40,7 @@ from lab.enb import Enb
 from lab.files import record_json
 from lab.gateway import ENB_ADDR, I_TEI_BASE, O_TEI_BASE, UE_BASE
 from lab.netns import NetnsSet, sh
+from lab.procs import kill_all
 from lab.topology import ENB_IP, GW_S1U_IP, PDN_IP, UE_POOL, segment, ue_addr
 from procns.netns import in_netns
 from scenario.functions import spawn, wait_line
@@ -172,8 +173,5 @@ def test_staged_copy_follows_the_source_and_forwards_on_its_own(tmp_path):
         assert via_source == want, via_source
         assert after.devices == [] and len(contexts(src_path)) == BASE + ATTACH - DETACH
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        kill_all(procs)
         ns.cleanup()
