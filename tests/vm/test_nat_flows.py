@@ -177,7 +177,7 @@ def test_a_download_through_the_masquerade_survives_only_when_rebound(tmp_path):
         assert any(":5002 as" in f.describe() for f in done), (done, failed)
         assert sent["error"] is None and sent["clean_close"], sent
         assert got["error"] is None and got["eof"] and got["intact"], got
-        assert got["received"] == sent["sent"] > 1_400_000
+        assert got["received"] == sent["sent"] >= 1_200_000
     finally:
         kill_all(procs)
         ns.cleanup()
