@@ -36,7 +36,7 @@ from typing import Any
 
 from gtp_util.follow import Change, Follower, replay
 from gtp_util.model import PdpContext, Snapshot, SocketRef
-from gtp_util.natflows import open_in
+from gtp_util.natflows import CtBatch
 
 from .wire import Channel, ProtocolError
 
@@ -91,10 +91,10 @@ class StageSender:
         self.chan, self.netns = chan, netns
         self.nat_flows = 0
         self.follower = Follower(netns)  # before the copy: nothing falls between
-        self.conntrack = None
+        self.conntrack: CtBatch | None = None
         try:
             self.snapshot = gtp_util.take_snapshot(netns)
-            self.conntrack = open_in(netns)  # opened now, read in the frozen window
+            self.conntrack = CtBatch(netns)  # opened now, read in the freeze
         except BaseException:
             self.close()
             raise
