@@ -201,13 +201,9 @@ class NetfilterPlugin(Plugin):
     images = (IMAGE,)
 
     def warm(self, action: str) -> None:
-        from pyroute2.conntrack import Conntrack
-
         import gtp_util.dump  # noqa: F401
         import gtp_util.nat  # noqa: F401
-
-        if action == "restore":  # the first conntrack socket costs more than the rest
-            Conntrack().close()
+        import gtp_util.natflows  # noqa: F401 - its conntrack requests need no pyroute2
 
     def pre_dump(self, ctx) -> None:
         import gtp_util
