@@ -284,6 +284,17 @@ def parse_entry(buf: bytes, off: int, end: int) -> CtEntry:
                    _be(buf, top.get(8)) or 0, info)
 
 
+def _messages(data: bytes):
+    """(payload start, end, type, sequence) of each netlink message in ``data``."""
+    off = 0
+    while off + _HDR.size <= len(data):
+        length, mtype, _, seq, _ = _HDR.unpack_from(data, off)
+        if length < _HDR.size or off + length > len(data):
+            return
+        yield off + _HDR.size, off + length, mtype, seq
+        off += (length + 3) & ~3
+
+
 class CtBatch:
     """A NETLINK_NETFILTER socket of one namespace that creates entries in batches: one
     send of many requests (packed by hand), their acknowledgements read in bulk.
@@ -316,20 +327,16 @@ class CtBatch:
         out: list[CtEntry] = []
         while True:
             data = self.sock.recv(1 << 17)
-            off = 0
-            while off + _HDR.size <= len(data):
-                length, mtype, _, seq, _ = _HDR.unpack_from(data, off)
-                if length < _HDR.size:
-                    break
-                if seq == self.seq:
-                    if mtype == _NLMSG_DONE:
-                        return out
-                    if mtype == _NLMSG_ERROR:
-                        err = -_ERR.unpack_from(data, off + _HDR.size)[0]
-                        raise OSError(err, f"conntrack dump: {os.strerror(err)}")
-                    if mtype == (_SUBSYS_CTNETLINK << 8) | _CT_NEW:
-                        out.append(parse_entry(data, off + _HDR.size, off + length))
-                off += (length + 3) & ~3
+            for off, end, mtype, seq in _messages(data):
+                if seq != self.seq:
+                    continue
+                if mtype == _NLMSG_DONE:
+                    return out
+                if mtype == _NLMSG_ERROR:
+                    err = -_ERR.unpack_from(data, off)[0]
+                    raise OSError(err, f"conntrack dump: {os.strerror(err)}")
+                if mtype == (_SUBSYS_CTNETLINK << 8) | _CT_NEW:
+                    out.append(parse_entry(data, off, end))
 
     def install(self, flows) -> tuple[list[NatFlow], list[tuple[NatFlow, str]]]:
         """Create each flow's entry with its binding, in place of any entry of the same
@@ -361,14 +368,9 @@ class CtBatch:
         out: dict[int, int] = {}
         while len(out) < last - first + 1:
             data = self.sock.recv(1 << 16)
-            off = 0
-            while off + _HDR.size <= len(data):
-                length, mtype, _, seq, _ = _HDR.unpack_from(data, off)
-                if length < _HDR.size:
-                    break
+            for off, _, mtype, seq in _messages(data):
                 if mtype == _NLMSG_ERROR and first <= seq <= last:
-                    out[seq] = -_ERR.unpack_from(data, off + _HDR.size)[0]
-                off += (length + 3) & ~3
+                    out[seq] = -_ERR.unpack_from(data, off)[0]
         return out
 
 
