@@ -1,5 +1,6 @@
 """The UE flows the SGi masquerade translated, as conntrack holds them, and how to put
-one back with its NAT binding (ctnetlink through pyroute2).
+one back with its NAT binding (ctnetlink requests packed and parsed here: pyroute2's
+session and codec cost too much in a freeze window).
 
 A masqueraded flow's conntrack entry has two parts: its tuples, and the NAT binding
 (status bits IPS_SRC_NAT / IPS_SRC_NAT_DONE) that makes the kernel rewrite its
@@ -62,6 +63,11 @@ class NatFlow:
                 f"as {self.nat_addr}:{self.nat_port}")
 
 
+def in_pools(addr, pools) -> bool:
+    """``addr`` (an ip_address) lies in one of ``pools`` (ip_networks, either family)."""
+    return any(addr.version == p.version and addr in p for p in pools)
+
+
 def flow_of(entry, pools) -> NatFlow | None:
     """The NatFlow of a conntrack entry (a :class:`CtEntry`, or pyroute2's ConntrackEntry,
     which has the same fields) when it is a UE flow (source in one of
@@ -73,7 +79,7 @@ def flow_of(entry, pools) -> NatFlow | None:
         ue = ipaddress.ip_address(o.saddr)
     except (TypeError, ValueError):
         return None
-    if not any(ue.version == p.version and ue in p for p in pools):
+    if not in_pools(ue, pools):
         return None
     if r.saddr != o.daddr or r.daddr == o.saddr:  # translated destination, or not at all
         return None
@@ -433,7 +439,7 @@ def from_row(row, pools) -> NatFlow:
     if (tcp_state is None) != (proto != socket.IPPROTO_TCP) \
             or (tcp_state is not None and (type(tcp_state) is not int or not 0 <= tcp_state < 10)):
         raise ValueError("NAT flow with a bad TCP state")
-    if not any(addrs[0].version == p.version and addrs[0] in p for p in pools):
+    if not in_pools(addrs[0], pools):
         raise ValueError(f"NAT flow of {addrs[0]}, outside the UE pools")
     return NatFlow(family, proto, str(addrs[0]), str(addrs[1]), ue_port, peer_port,
                    str(addrs[2]), nat_port, timeout, status, tcp_state, mark)

@@ -243,8 +243,8 @@ class NetfilterPlugin(Plugin):
         except FileNotFoundError:
             return
         covered = all(nft_chain(r) for r in saved)
-        # No recorded rule still needs the conntrack clean-up below: the restored
-        # UE flows are broken either way.
+        # No recorded rule still needs the rebinding below: the restored UE flows
+        # lack their NAT binding either way.
         # CRIU's own nftables image holding them means CRIU restored them (it fails the
         # restore otherwise): a file read, where asking nft would start a process in
         # the freeze window. The live chains are read only when the image cannot tell.
