@@ -13,7 +13,9 @@ not be paid per case):
   checked by itself (ZDTM style) on B;
 * the HSS (TCP, --tcp-established) through failures: a certificate of another CA,
   the receiver killed during pre-copy, during the final transfer and during
-  restore (one shot), a plugin failing at restore (one shot). Each time the HSS
+  restore (one shot), the source's criu-ext killed during the final transfer and
+  during restore (one shot each, then ``criu-ext recover`` on A), a plugin
+  failing at restore (one shot). Each time the HSS
   runs on at A and its client is answered, nothing is left on B; then it moves
   A -> B (CRIU's iptables network lock) -> A (its nftables lock);
 * the SPGW (gtp0, 200 UEs) moved A -> B -> A: every UE answered with its TEIDs,
@@ -23,6 +25,8 @@ not be paid per case):
   its UE flows' conntrack entries come back without their NAT binding (the
   netfilter plugin gives it back); the UEs must not notice (the main job's moves
   back are the same path).
+
+test_migrate_staged.py moves an SPGW with ``--stage`` on a fabric of its own.
 
 Figures go to out/migrate.json.
 """
@@ -150,15 +154,43 @@ def _source_runs_on(hosts: Hosts, fn, pid: int, rx, rc: int, rep: dict, err: str
     assert hosts.links("b") == sorted([BRIDGE, "lo", "up-b"])
 
 
-def _kill_at(hosts: Hosts, rx, needle: str, delay: float = 0.0, timeout: float = 300) -> None:
-    """SIGKILL the receiver (only it: its children see it go) once it logged ``needle``."""
+def _logged(hosts: Hosts, rx, needle: str, mig=None, timeout: float = 300) -> None:
+    """Once the receiver logged ``needle`` (the receiver, and ``mig`` if given, still run)."""
     end = time.monotonic() + timeout
     while needle not in hosts.log(rx):
         assert rx.poll() is None, hosts.log(rx)
+        assert mig is None or mig.poll() is None, hosts.finish(mig)
         assert time.monotonic() < end, f"the receiver never logged {needle!r}"
         time.sleep(0.02)
+
+
+def _kill_at(hosts: Hosts, rx, needle: str, delay: float = 0.0) -> None:
+    """SIGKILL the receiver (only it: its children see it go) once it logged ``needle``."""
+    _logged(hosts, rx, needle)
     time.sleep(delay)
     os.kill(rx.rx_pid, signal.SIGKILL)
+
+
+def _kill_source_at(hosts: Hosts, mig, rx, needle: str, delay: float,
+                    timeout: float = 300) -> str:
+    """SIGKILL the source's ``criu-ext migrate`` once the receiver logged ``needle``, wait
+    for the CRIU it started to end, run ``criu-ext recover`` on host A. Returns what
+    recover said."""
+    from criu_ext import tasks
+    from lab.criu_cmds import recover_cmd
+    from lab.procs import gone
+
+    _logged(hosts, rx, needle, mig, timeout)
+    time.sleep(delay)
+    children = tasks.tree(mig.pid)[1:]  # nsenter execs: mig is criu-ext itself
+    mig.kill()
+    mig.communicate(timeout=60)
+    for p in children:
+        assert gone(p, 120), f"CRIU (PID {p}) still runs after criu-ext was killed"
+    r = subprocess.run(hosts.prefix("a") + recover_cmd(), capture_output=True, text=True,
+                       timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return (r.stdout + r.stderr).strip()
 
 
 def test_hss_failures_leave_it_running_then_it_moves_there_and_back(hosts, tmp_path):
@@ -199,6 +231,21 @@ def test_hss_failures_leave_it_running_then_it_moves_there_and_back(hosts, tmp_p
         rc, rep, err = hosts.finish(mig)
         _source_runs_on(hosts, fn, pid, rx, rc, rep, err, phase)
         cases[f"killed during {phase}"] = err.strip()
+    # the source's criu-ext killed while it sends the final images, then while the
+    # destination restores: CRIU lets the tree run again, `criu-ext recover` on A finds
+    # nothing committed and rolls back, the receiver sees the source go and cleans up
+    for needle, phase, delay in (("receiving images", "transfer", 0.0),
+                                 ("restoring from", "restore", 1.0)):
+        rx = hosts.receiver("b", ext)
+        mig = hosts.migrate("a", pid, rx, extra=one_shot, wait=False)
+        said = _kill_source_at(hosts, mig, rx, needle, delay)
+        assert alive(pid) and "committed" not in said, said
+        recover(fn, time.monotonic(), timeout=60)
+        assert not fn.client.errors
+        assert rx.wait(timeout=120) != 0, hosts.log(rx)
+        b_empty(hosts)
+        assert hosts.links("b") == sorted([BRIDGE, "lo", "up-b"])
+        cases[f"source killed during {phase}"] = said
     # a plugin failing at restore
     env = dict(os.environ, CRIU_EXT_TRACE_FAIL="post-restore",
                CRIU_EXT_PLUGINS="sctp,gtp,netfilter,announce,trace")
