@@ -78,6 +78,13 @@ def _tls(cacert, cert, key):
                    "iptables (CRIU's default) starts iptables-restore while the tasks "
                    "are frozen")
 @click.option("--external", multiple=True, metavar="RES", help="CRIU --external at dump (repeatable)")
+@click.option("--stage", is_flag=True,
+              help="make-before-break for a GTP user plane: stage it in the receiver's "
+                   "--stage-netns during pre-copy, keep it forwarding here while the tasks "
+                   "are frozen, then switch the --switch-link links over (docs/migrate.md)")
+@click.option("--switch-link", "switch_links", multiple=True, metavar="OUTER",
+              help="with --stage: a link of this host taken off its bridge at the switch "
+                   "(the function's outer veth end; repeatable)")
 @criu_options("dump", "receiver")
 @click.option("--work-dir", type=click.Path(file_okay=False, exists=True),
               help="where the source's image directories go (default: $TMPDIR)")
@@ -86,8 +93,8 @@ def _tls(cacert, cert, key):
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 @click.option("-q", "--quiet", is_flag=True, help="plugin messages: errors only")
 def migrate(pid, dest, tls_cacert, tls_cert, tls_key, no_pre_copy, max_rounds, min_pages,
-            tcp_established, shell_job, network_lock, external, plugin_spec, criu_bin, log_level, timeout,
-            work_dir, dry_run, as_json, quiet):
+            tcp_established, shell_job, network_lock, external, stage, switch_links, plugin_spec,
+            criu_bin, log_level, timeout, work_dir, dry_run, as_json, quiet):
     """Move the task tree rooted at PID to a `criu-ext receive` on another host.
 
     Memory is pre-copied through CRIU's page server (TLS) while the tasks run,
@@ -109,7 +116,10 @@ def migrate(pid, dest, tls_cacert, tls_cert, tls_key, no_pre_copy, max_rounds, m
                         tcp_established=tcp_established, shell_job=shell_job,
                         network_lock=network_lock, external=list(external),
                         plugin_spec=plugin_spec, criu=criu_bin,
-                        log_level=log_level, timeout=timeout, work_dir=work_dir)
+                        log_level=log_level, timeout=timeout, work_dir=work_dir,
+                        stage=stage, switch_links=list(switch_links))
+    if switch_links and not stage:
+        raise click.BadParameter("only with --stage", param_hint="--switch-link")
     log = Log(sys.stderr, 1 if quiet else 2)
     if dry_run:
         res = check(cfg, log)
@@ -141,14 +151,22 @@ def migrate(pid, dest, tls_cacert, tls_cert, tls_key, no_pre_copy, max_rounds, m
               type=click.Path(file_okay=False), help="where incoming images go (removed after)")
 @click.option("--external", multiple=True, metavar="RES",
               help="CRIU --external at restore, e.g. 'veth[eth0]:fn-eth0@br0' (repeatable)")
+@click.option("--stage-netns", type=click.Path(exists=True, dir_okay=False),
+              help="for a source with --stage: the function's netns made here beforehand "
+                   "(links and addresses, outer ends off the fabric), where its user plane "
+                   "is staged and its tasks restored")
+@click.option("--switch-link", "switch_links", multiple=True, metavar="OUTER@BRIDGE",
+              help="with --stage-netns: a link of this host put on BRIDGE at the switch "
+                   "(the function's outer veth end; repeatable)")
 @criu_options("restore", "source")
 @click.option("--port-file", type=click.Path(dir_okay=False),
               help="write the listening port here once listening")
 @click.option("--keep-going", is_flag=True, help="serve migrations until killed (default: one)")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 @click.option("-q", "--quiet", is_flag=True, help="plugin messages: errors only")
-def receive(listen, tls_cacert, tls_cert, tls_key, work_dir, external, plugin_spec, criu_bin,
-            log_level, timeout, port_file, keep_going, as_json, quiet):
+def receive(listen, tls_cacert, tls_cert, tls_key, work_dir, external, stage_netns,
+            switch_links, plugin_spec, criu_bin, log_level, timeout, port_file, keep_going,
+            as_json, quiet):
     """Accept a migration from `criu-ext migrate` and restore it here with the plugins.
 
     Only a source whose certificate the CA signed gets past the TLS handshake;
@@ -166,7 +184,15 @@ def receive(listen, tls_cacert, tls_cert, tls_key, work_dir, external, plugin_sp
     cfg = ReceiveConfig(listen=host_port(listen, "--listen", any_port=True),
                         tls=_tls(tls_cacert, tls_cert, tls_key), work_dir=os.path.abspath(work_dir),
                         external=list(external), plugin_spec=plugin_spec, criu=criu_bin,
-                        timeout=timeout, log_level=log_level)
+                        timeout=timeout, log_level=log_level,
+                        stage_netns=os.path.abspath(stage_netns) if stage_netns else None,
+                        switch_links=list(switch_links))
+    for spec in switch_links:
+        name, sep, bridge = spec.partition("@")
+        if not (name and sep and bridge):
+            raise click.BadParameter(f"{spec!r}: OUTER@BRIDGE expected", param_hint="--switch-link")
+    if switch_links and not stage_netns:
+        raise click.BadParameter("only with --stage-netns", param_hint="--switch-link")
     log = Log(sys.stderr, 1 if quiet else 3)
 
     def ready(port: int) -> None:

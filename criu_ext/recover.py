@@ -82,6 +82,27 @@ def _committed(e: Entry, what: str, wait: float, dry_run: bool) -> Outcome:
                    f"tree ({len(pids)} task(s)), which CRIU let run again, was killed")
 
 
+def _unswitch(handoff: dict, root: int) -> str | None:
+    """A staged migration (``criu-ext migrate --stage``) killed before its commit: the
+    source's outer links back on their bridges, the GTP-U pass through CRIU's lock
+    gone. Returns what failed, or None."""
+    from criu_ext.migrate import switch
+
+    try:
+        detached = handoff.get("detached") or {}
+        if not isinstance(detached, dict):
+            return "malformed journal: detached links"
+        for name, bridge in detached.items():
+            if not isinstance(name, str) or not (bridge is None or isinstance(bridge, str)):
+                return "malformed journal: detached links"
+            switch.attach([name], bridge) if bridge else switch.up([name])
+        if handoff.get("staged"):
+            switch.close_pass(f"/proc/{root}/ns/net")
+    except switch.SwitchError as exc:
+        return f"could not undo the switch: {exc}"
+    return None
+
+
 def recover(e: Entry, log: Log, wait: float = 30.0, dry_run: bool = False) -> Outcome:
     what = f"dump of PID {e.root.pid} (criu-ext PID {e.owner.pid})"
     if e.owner.running():
@@ -100,6 +121,10 @@ def recover(e: Entry, log: Log, wait: float = 30.0, dry_run: bool = False) -> Ou
     if not _wait_criu(e, wait):
         return Outcome(e.path, "failed", f"{what}: its CRIU (PID {e.criu.pid if e.criu else '?'}) "
                        f"still runs after {wait:.0f} s; run criu-ext recover again once it ended")
+    if isinstance(handoff, dict) and not dry_run:
+        problem = _unswitch(handoff, e.root.pid)
+        if problem:
+            return Outcome(e.path, "failed", f"{what}: {problem} (journal kept: {e.path})")
     data = dict(e.session, plugins=[p for p in e.session["plugins"] if p["name"] != HANDOFF])
     try:
         session = Session.from_json(data, log)

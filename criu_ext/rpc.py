@@ -59,6 +59,9 @@ class Options:
     config_file: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     page_server: tuple[str, int] | None = None  # (address, port): memory goes there
+    # restore: {fd: key}, descriptors of ours CRIU takes for what the dump called ``key``
+    # (``--inherit-fd fd[N]:KEY``; swrk only, so they are passed to criu at the same number)
+    inherit_fd: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -132,18 +135,22 @@ def build_opts(o: Options, images_fd: int, work_fd: int | None, log_name: str) -
         set_opt(opts, k, v)
     if o.page_server is not None:
         opts.ps.address, opts.ps.port = o.page_server
+    for fd, key in o.inherit_fd.items():
+        inh = opts.inherit_fd.add()
+        inh.fd, inh.key = fd, key
     return opts
 
 
 class Swrk:
     """One ``criu swrk`` child talking SOCK_SEQPACKET with us."""
 
-    def __init__(self, criu: str = "criu", quiet: bool = False) -> None:
+    def __init__(self, criu: str = "criu", quiet: bool = False, pass_fds=()) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.sk = ours
         try:
             self.proc = subprocess.Popen([criu, "swrk", str(theirs.fileno())],
-                                         pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                                         pass_fds=[theirs.fileno(), *pass_fds],
+                                         stdin=subprocess.DEVNULL,
                                          stdout=subprocess.DEVNULL, close_fds=True,
                                          stderr=subprocess.DEVNULL if quiet else None)
         except OSError as exc:
@@ -291,7 +298,7 @@ def run(action: str, o: Options, session: Session | None, criu: str = "criu",
         if session is not None and action == ph.DUMP and o.pid is not None:
             journal = open_journal(session, o.pid)
         try:
-            swrk = Swrk(criu)
+            swrk = Swrk(criu, pass_fds=tuple(o.inherit_fd))
         except CriuError:
             if journal is not None:
                 journal.close()  # nothing started, nothing to recover

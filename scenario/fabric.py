@@ -99,6 +99,26 @@ class Fabric:
             self._link(name, ifname, self.hosts[dst], outer_name(role, ifname), addr,
                        macs[ifname])
 
+    def stage(self, name: str, links: dict[str, str], host: str) -> str:
+        """What a host's network set-up does before a make-before-break move
+        (``criu-ext migrate --stage``): a second netns for the function in ``name``, on
+        ``host``, with the same links, addresses and MACs, their outer ends on ``host``
+        but off its bridge and down until the switch puts them on. Returns its name."""
+        role = name.removeprefix(f"{self.ns.tag}-").split("@")[0]
+        macs = {ifname: json.loads(sh("ip", "-j", "-n", name, "link", "show", ifname).stdout)
+                [0]["address"] for ifname in links}
+        staged = self.ns.add(f"{role}@{host}")
+        for ifname, addr in links.items():
+            outer = outer_name(role, ifname)
+            # one left by the function's earlier stay on ``host`` (its netns retired, the
+            # kernel not yet round to freeing it): now, not later
+            sh("ip", "-n", self.hosts[host], "link", "del", outer, check=False)
+            sh("ip", "link", "add", ifname, "address", macs[ifname], "netns", staged,
+               "type", "veth", "peer", outer, "netns", self.hosts[host])
+            sh("ip", "-n", staged, "addr", "add", addr, "dev", ifname)
+            sh("ip", "-n", staged, "link", "set", ifname, "up")
+        return staged
+
     @staticmethod
     def retire(name: str) -> None:
         """After a dump: the source namespace goes, with its veths (no twin on the fabric)."""

@@ -45,8 +45,11 @@ class Hosts:
     def __init__(self, fabric: Fabric, tmp: Path) -> None:
         self.fabric, self.tmp = fabric, tmp
         tmp.mkdir(parents=True, exist_ok=True)
+        # mounts propagate into B's mount namespace (slave), so a netns the host's set-up
+        # names later (/run/netns: a staged move's) is seen there too
         self.init = subprocess.Popen(["nsenter", f"--net={fabric.host_path('b')}", "--",
-                                      "unshare", "--pid", "--fork", "--mount", "--mount-proc",
+                                      "unshare", "--pid", "--fork", "--mount",
+                                      "--propagation", "slave", "--mount-proc",
                                       sys.executable, "-c", REAPER], start_new_session=True)
         end = time.monotonic() + 30
         while not _children(self.init.pid):
@@ -105,14 +108,14 @@ class Hosts:
                              capture_output=True, text=True, check=True)
         return sorted(line.split()[0].split("@")[0] for line in res.stdout.splitlines())
 
-    def receiver(self, h: str, external: list[str], env: dict | None = None):
+    def receiver(self, h: str, external: list[str], env: dict | None = None, extra=()):
         self.n += 1
         name = f"rx{self.n}-{h}"
         port_file = self.tmp / f"{name}.port"
         argv = self.prefix(h) + [CRIU_EXT, "receive", "--listen", f"{HOST_ADDR[h]}:0",
                                  "--port-file", str(port_file), *self.tls[h],
                                  "--work-dir", str(self.work[h]), "--timeout", "600", "--json",
-                                 *[a for e in external for a in ("--external", e)]]
+                                 *[a for e in external for a in ("--external", e)], *extra]
         err = open(self.tmp / f"{name}.err", "w")
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=err, text=True, env=env, start_new_session=True,

@@ -50,6 +50,12 @@ class ReceiveConfig:
     timeout: float = 300.0  # a source silent this long is gone
     budget: int = DEFAULT_BUDGET
     log_level: int = 2
+    # make-before-break (#14): a netns the host's network set-up made for the function
+    # (its links and addresses; their outer ends off the fabric), where a staging
+    # source's user plane is built and the task restored; ``switch_links``
+    # ("OUTER@BRIDGE", this host's netns) go onto the fabric at the switch
+    stage_netns: str | None = None
+    switch_links: list[str] = field(default_factory=list)
 
 
 class ReceiveFailed(wire.PhaseError):
@@ -65,20 +71,94 @@ class Handoff:
     images = ()
     default = False
 
-    def __init__(self, chan: wire.Channel, t0: float) -> None:
+    def __init__(self, chan: wire.Channel, t0: float, staged=None) -> None:
         self.chan = chan
         self.t0 = t0
         self.ready_at: float | None = None
         self.committed_at: float | None = None
+        self.staged = staged  # _Staged, when the source stages its user plane
 
     def post_restore(self, ctx) -> None:
-        self.ready_at = time.monotonic()
         try:
+            if self.staged is not None:  # the devices' sockets become the task's
+                try:
+                    self.staged.plane.hand_over(ctx.init_pid)
+                except Exception as exc:  # noqa: BLE001 - InjectError, OSError
+                    raise PluginError(f"GTP sockets not handed to PID {ctx.init_pid}: "
+                                      f"{exc}") from None
+            self.ready_at = time.monotonic()
             self.chan.send("ready", restore_s=round(self.ready_at - self.t0, 6))
+            if self.staged is not None:
+                self.staged.last_steps(self.chan)
             self.chan.recv("commit")
             self.committed_at = time.monotonic()
+            if self.staged is not None:
+                self.staged.committed = True
         except wire.ProtocolError as exc:
             raise PluginError(f"no commit from the source ({exc}): restore abandoned") from None
+
+
+class _Staged:
+    """This end of a staged user plane: the plane, then the switch."""
+
+    def __init__(self, cfg: ReceiveConfig, image: str, log: Log) -> None:
+        from criu_ext.migrate.stage import StagedPlane
+
+        self.cfg, self.log = cfg, log
+        assert cfg.stage_netns is not None
+        self.links = [_link_spec(x) for x in cfg.switch_links]
+        self.plane = StagedPlane(cfg.stage_netns, image, share_port=True)
+        self.attached = self.committed = False
+
+    def last_steps(self, chan: wire.Channel) -> None:
+        """After ``ready``: the source's last changes and UE flows (``staged``), then its
+        ``switch``: our links onto the fabric, a gratuitous ARP (``switched``)."""
+        from criu_ext.migrate import switch
+
+        while True:
+            msg = chan.recv("pdp", "nat", "pdp-end")
+            if msg["op"] == "pdp":
+                self.plane.apply(msg)
+            elif msg["op"] == "nat":
+                self.plane.install_nat(msg)
+            else:
+                self.plane.finish(msg)
+                break
+        chan.send("staged", applied=self.plane.applied, nat_flows=self.plane.nat_flows)
+        chan.recv("switch")
+        self.attached = True  # whatever part of it happens is undone on failure
+        try:
+            for name, bridge in self.links:
+                switch.attach([name], bridge)
+            sent = switch.announce(self.plane.netns)
+        except switch.SwitchError as exc:
+            raise wire.ProtocolError(f"switch: {exc}") from None
+        chan.send("switched", announced=sent)
+        self.log.info(f"switched: {', '.join(n for n, _ in self.links) or 'no link'} on the "
+                      f"fabric, {sent} gratuitous ARP(s)")
+
+    def undo(self) -> None:
+        """The migration failed: our links off the fabric again, the plane removed."""
+        from criu_ext.migrate import switch
+
+        if self.committed:  # the task runs here now, on these links
+            return
+        if self.attached:
+            try:
+                switch.detach([n for n, _ in self.links])
+            except switch.SwitchError as exc:
+                self.log.error(f"could not take the links off the fabric: {exc}")
+        try:
+            self.plane.remove()
+        except Exception as exc:  # noqa: BLE001 - gtp_util's
+            self.log.error(f"could not remove the staged user plane: {exc}")
+
+
+def _link_spec(text: str) -> tuple[str, str]:
+    name, sep, bridge = text.partition("@")
+    if not sep or not name or not bridge:
+        raise ValueError(f"--switch-link {text!r}: OUTER@BRIDGE expected")
+    return name, bridge
 
 
 class Session:
@@ -92,6 +172,7 @@ class Session:
         self.budget = cfg.budget
         self.phase = "hello"
         self.result: dict = {}
+        self.staged: _Staged | None = None
 
     def run(self) -> dict:
         hello = self.chan.recv("hello")
@@ -114,6 +195,9 @@ class Session:
                 report["problems"].append(f"work directory {self.cfg.work_dir} is not writable")
             self.chan.send("checked", **report)
             return {"dry_run": True, **report}
+        if hello.get("stage") and not self.cfg.stage_netns:
+            raise wire.PeerFailed("hello", "the source stages its user plane, and this "
+                                  "receiver has no --stage-netns to build it in")
         plugins = select(self.cfg.plugin_spec, self.log)  # a bad selection fails now
         # imports and first sockets beside the pre-copy rounds (CRIU's page servers are
         # other processes), done before the restore, which runs while the source is frozen
@@ -122,7 +206,8 @@ class Session:
         write_atomic(os.path.join(self.dir, "owner"), f"{os.getpid()}\n")
         self.chan.send("welcome", plugins=[p.name for p in plugins])
         while True:
-            msg = self.chan.recv("page-server", "round-done", "file", "restore", "abort")
+            msg = self.chan.recv("page-server", "round-done", "file", "restore", "abort",
+                                 "pdp")
             op = msg["op"]
             if op == "page-server":
                 self.phase = "page server"
@@ -138,6 +223,13 @@ class Session:
                 self.phase = f"pre-copy round {self.round}"
                 self._end_page_server()
                 self.chan.send("round-ok", round=self.round)
+            elif op == "file" and self.round == 0 and self.hello.get("stage") \
+                    and self.staged is None:
+                self._stage(msg)
+            elif op == "pdp":
+                if self.staged is None:
+                    raise wire.ProtocolError("a PDP change before the staged user plane")
+                self.staged.plane.apply(msg)
             elif op == "file":
                 if self.phase != "transfer":
                     self.log.info(f"round {self.round}: receiving images")
@@ -153,6 +245,25 @@ class Session:
                 self._end_page_server()
                 warmup.join()
                 return self._restore(plugins)
+
+    def _stage(self, msg: dict) -> None:
+        """The source's user plane (stage.img), built in the staged netns."""
+        from criu_ext.migrate.stage import IMAGE
+
+        self.phase = "stage"
+        if msg.get("name") != IMAGE:
+            raise wire.ProtocolError(f"a file before any round: {str(msg.get('name'))[:64]!r}")
+        self.budget -= self.chan.recv_file(msg, self.dir, self.budget)
+        t0 = time.monotonic()
+        try:
+            self.staged = _Staged(self.cfg, os.path.join(self.dir, IMAGE), self.log)
+        except (ValueError, OSError) as exc:
+            raise wire.ProtocolError(f"staging the user plane: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - gtp_util's GtpError
+            raise wire.ProtocolError(f"staging the user plane: {exc}") from None
+        self.log.info(f"user plane staged in {self.cfg.stage_netns}: "
+                      f"{self.staged.plane.snapshot.n_contexts} PDP contexts "
+                      f"({time.monotonic() - t0:.2f} s)")
 
     def _end_page_server(self) -> None:
         if self.ps is None:
@@ -171,14 +282,25 @@ class Session:
         self.log.info(f"restoring from round {self.round}")
         images = os.path.join(self.dir, str(self.round))
         t0 = time.monotonic()
-        handoff = Handoff(self.chan, t0)
+        handoff = Handoff(self.chan, t0, self.staged)
         session = PluginSession(ph.RESTORE, images, [*plugins, handoff], "rpc", self.log)
         session.warmed = True  # by the Warmup joined before this
         opts = Options(images_dir=images, tcp_established=bool(self.hello.get("tcp_established")),
                        shell_job=bool(self.hello.get("shell_job")), external=list(self.cfg.external),
                        log_file="restore.log", log_level=self.cfg.log_level,
                        extra={"network_lock": self.network_lock})
-        res = run(ph.RESTORE, opts, session, self.cfg.criu)
+        nsfd = None
+        if self.staged is not None:  # the task's netns: the staged one (CRIU: external)
+            from criu_ext.migrate.source import STAGE_KEY
+
+            opts.external = []
+            nsfd = os.open(self.staged.plane.netns, os.O_RDONLY | os.O_CLOEXEC)
+            opts.inherit_fd = {nsfd: STAGE_KEY}
+        try:
+            res = run(ph.RESTORE, opts, session, self.cfg.criu)
+        finally:
+            if nsfd is not None:
+                os.close(nsfd)
         pid = res.resp.restore.pid
         self.phase = "resume"
         late = [t for t in session.timings if not t["ok"]]
@@ -201,6 +323,9 @@ class Session:
         if self.ps is not None:
             self.ps.kill()
             self.ps = None
+        if self.staged is not None:
+            self.staged.undo()
+            self.staged = None
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -39,6 +39,8 @@ class Report:
     # long it was answered, for the final dump here and the restore there: where the
     # time before the freeze and inside it goes
     timeline: dict[str, list[dict]] = field(default_factory=dict)
+    # --stage: what the staged user plane carried (base contexts, changes, NAT flows)
+    stage: dict[str, int] = field(default_factory=dict)
 
     @property
     def page_bytes(self) -> int:

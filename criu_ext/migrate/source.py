@@ -16,6 +16,15 @@ Order of the conversation (destination.py has the other side):
    Any failure up to ``ready`` fails post-dump: CRIU unlocks the network, the
    plugins roll back, the tasks run on here with all their state.
 4. ``done`` from the destination: the task runs there.
+
+With ``stage`` (make-before-break, stage.py and switch.py): after ``hello`` the
+user plane goes over as ``stage.img`` and every PDP change after each pre-copy
+round; the final dump treats the task's netns as external (CRIU dumps none of its
+configuration) and lets GTP-U through CRIU's network lock, so the source forwards
+while it is frozen. After ``ready``: the last changes, the UE flows and
+``pdp-end`` (the destination answers ``staged``), then the switch: our outer links
+off the bridge, ``switch``, the destination's onto its bridge and a gratuitous ARP
+(``switched``), then ``commit``. A failure after our links went down puts them back.
 """
 
 from __future__ import annotations
@@ -30,10 +39,11 @@ from dataclasses import dataclass, field
 
 from criu_ext import phases as ph
 from criu_ext.criu_images import stats
-from criu_ext.migrate import wire
+from criu_ext.migrate import switch, wire
 from criu_ext.migrate.pagesrv import page_server_opts, pre_dump, round_dir
 from criu_ext.migrate.policy import Policy, next_round
 from criu_ext.migrate.report import Progress, Report, Round, notify_timeline
+from criu_ext.migrate.switch import SwitchError
 from criu_ext.migrate.tls import TlsError, TlsFiles
 from criu_ext.plugin import Log, PluginError, Warmup, select
 from criu_ext.rpc import CriuError, Options, run
@@ -62,6 +72,11 @@ class MigrateConfig:
     timeout: float = 300.0
     work_dir: str | None = None  # parent of the source's round directories (default: TMPDIR)
     keep: bool = False  # keep the source's directories (logs) after a success
+    # make-before-break (#14): the user plane staged on the destination during pre-copy,
+    # the task's netns left to criu-ext (CRIU: external), and at the end the function's
+    # outer links (``switch_links``, in this host's netns) moved to the destination
+    stage: bool = False
+    switch_links: list[str] = field(default_factory=list)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -104,15 +119,22 @@ class Handoff:
     images = ()
     default = False
 
-    def __init__(self, chan: wire.Channel, rep: Report, progress: Progress) -> None:
+    def __init__(self, chan: wire.Channel, rep: Report, progress: Progress,
+                 stager=None, switch_links: list[str] | None = None) -> None:
         self.chan, self.rep, self.progress = chan, rep, progress
         self.session: Session | None = None
         self.phase = "final dump"
         self.committed = False
         self.post_dump_at = self.committed_at = 0.0
+        self.stager = stager  # stage.StageSender, with --stage
+        self.switch_links = list(switch_links or ())
+        self.detached: dict[str, str | None] = {}  # our links taken off: name -> bridge
 
     def post_dump(self, ctx) -> None:
         t0 = self.post_dump_at = time.monotonic()
+        if self.stager is not None:  # criu-ext recover removes the GTP-U pass
+            ctx.state["staged"] = True
+            ctx.persist()
         try:
             self.phase = "transfer"
             self.progress.phase("transfer: images")
@@ -133,6 +155,8 @@ class Handoff:
             ready = self.chan.recv("ready")
             self.rep.times["restore_until_ready"] = time.monotonic() - t1
             self.rep.times["dest_restore_until_ready"] = float(ready.get("restore_s", 0.0))
+            if self.stager is not None:
+                self._switch(ctx)
             self.phase = "commit"
             # journaled first: from here the tree belongs to the destination, and
             # criu-ext recover must not make it run on here too
@@ -142,9 +166,45 @@ class Handoff:
             self.committed_at = time.monotonic()
             self.committed = True
         except wire.PeerFailed as exc:
+            self._switch_back(ctx)
             raise PluginError(f"the destination failed at {exc.phase}: {exc.reason}") from None
-        except wire.ProtocolError as exc:
+        except (wire.ProtocolError, SwitchError) as exc:
+            self._switch_back(ctx)
             raise PluginError(f"{exc}") from None
+
+    def _switch(self, ctx) -> None:
+        """The staged user plane brought up to date, then the links moved over."""
+        t0 = time.monotonic()
+        self.phase = "stage"
+        self.progress.phase("user plane: last changes")
+        self.rep.stage["changes"] = self.stager.finish()
+        self.rep.stage["nat_flows"] = self.stager.nat_flows
+        self.chan.recv("staged")
+        t1 = time.monotonic()
+        self.phase = "switch"
+        self.progress.phase("switch")
+        self.detached = switch.masters(self.switch_links)
+        ctx.state["detached"] = self.detached  # journaled: recover puts them back
+        ctx.persist()
+        switch.detach(self.switch_links)
+        self.chan.send("switch")
+        self.chan.recv("switched")
+        t2 = time.monotonic()
+        self.rep.times["stage_final"] = t1 - t0
+        self.rep.times["switch"] = t2 - t1
+
+    def _switch_back(self, ctx) -> None:
+        """After a failure: our links back where they were (the source runs on)."""
+        if not self.detached:
+            return
+        for name, bridge in self.detached.items():
+            try:
+                switch.attach([name], bridge) if bridge else switch.up([name])
+            except SwitchError as exc:
+                ctx.log.error(f"could not put link {name} back: {exc}")
+        self.detached = {}
+        ctx.state.pop("detached", None)
+        ctx.persist()
 
 
 def _pre_dump_round(cfg: MigrateConfig, chan: wire.Channel, work: str, n: int,
@@ -167,8 +227,9 @@ def _pre_dump_round(cfg: MigrateConfig, chan: wire.Channel, work: str, n: int,
 
 
 def _pre_copy(cfg: MigrateConfig, chan: wire.Channel, work: str, rep: Report,
-              progress: Progress) -> int:
-    """Pre-dump rounds while the tasks run; returns the number of rounds taken."""
+              progress: Progress, stager=None) -> int:
+    """Pre-dump rounds while the tasks run (after each, the user plane's changes when it
+    is staged); returns the number of rounds taken."""
     pages: list[int] = []
     n = 0
     while True:
@@ -180,6 +241,9 @@ def _pre_copy(cfg: MigrateConfig, chan: wire.Channel, work: str, rep: Report,
         phase = f"pre-copy round {n}"
         try:
             r = _pre_dump_round(cfg, chan, work, n, progress)
+            if stager is not None:
+                rep.stage["changes_pre_copy"] = rep.stage.get("changes_pre_copy", 0) \
+                    + stager.pump()
         except wire.PeerFailed as exc:
             raise MigrationFailed(phase, f"the destination failed at {exc.phase}: "
                                   f"{exc.reason}") from None
@@ -187,9 +251,52 @@ def _pre_copy(cfg: MigrateConfig, chan: wire.Channel, work: str, rep: Report,
             raise MigrationFailed(phase, str(exc)) from None
         except CriuError as exc:
             raise MigrationFailed(phase, _one_line(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - the follower (gtp_util.follow.Lost...)
+            raise MigrationFailed(phase, f"user plane: {_one_line(exc)}") from None
         rep.rounds.append(r)
         progress.round(r)
         pages.append(r.pages)
+
+
+STAGE_KEY = "criu-ext-stage"  # the task's netns in CRIU's --external / --inherit-fd
+
+
+class _Staging:
+    """The source's side of a staged user plane: the sender, the task's netns (held
+    open: the task goes at the end, the netns path with it) and the lock pass."""
+
+    def __init__(self, pid: int, chan: wire.Channel) -> None:
+        from criu_ext.migrate.stage import StageSender
+
+        self.nsfd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        self.netns = f"/proc/{os.getpid()}/fd/{self.nsfd}"
+        self.passing = False
+        try:
+            self.sender = StageSender(self.netns, chan)
+        except BaseException:
+            os.close(self.nsfd)
+            raise
+        if not self.sender.snapshot.devices:
+            self.close()
+            raise MigrationFailed("stage", "--stage: the task's netns holds no gtp device")
+
+    def external(self) -> str:
+        """CRIU's ``--external`` for the task's netns: its inode, our key."""
+        return f"net[{os.fstat(self.nsfd).st_ino}]:{STAGE_KEY}"
+
+    def open_pass(self) -> None:
+        ports = sorted({getattr(d, a).port for d in self.sender.snapshot.devices
+                        for a in ("sock0", "sock1") if getattr(d, a).kind == "task"})
+        self.passing = True
+        switch.pass_user_plane(self.netns, ports)
+
+    def close(self) -> None:
+        try:
+            if self.passing:
+                switch.close_pass(self.netns)
+        finally:
+            self.sender.close()
+            os.close(self.nsfd)
 
 
 def migrate(cfg: MigrateConfig, log: Log, progress: Progress | None = None) -> Report:
@@ -207,23 +314,40 @@ def migrate(cfg: MigrateConfig, log: Log, progress: Progress | None = None) -> R
         plugins = select(cfg.plugin_spec, log)
     except PluginError as exc:
         raise MigrationFailed("connect", str(exc)) from None
+    if cfg.stage:  # the stage carries the user plane: no gtp image in the freeze
+        plugins = [p for p in plugins if p.name != "gtp"]
     progress.phase(f"connecting to {cfg.dest[0]}:{cfg.dest[1]}")
     warmup = Warmup(plugins, ph.DUMP)  # the plugins' imports run beside pre-copy's CRIU
     chan = connect(cfg)
     work = tempfile.mkdtemp(prefix="criu-ext-migrate-", dir=cfg.work_dir)
     phase = "hello"
     ok = False
+    staging: _Staging | None = None
     try:
         chan.send("hello", version=wire.VERSION, pid=cfg.pid, pre_copy=cfg.pre_copy,
                   tcp_established=cfg.tcp_established, shell_job=cfg.shell_job,
-                  network_lock=cfg.network_lock)
+                  network_lock=cfg.network_lock, stage=cfg.stage)
         chan.recv("welcome")
         rep.times["connect"] = time.monotonic() - t_start
+        if cfg.stage:
+            phase = "stage"
+            t0 = time.monotonic()
+            progress.phase("user plane: staging on the destination")
+            try:
+                staging = _Staging(cfg.pid, chan)
+                staging.sender.send_base()
+            except (MigrationFailed, wire.ProtocolError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - gtp_util's, OSError
+                raise MigrationFailed("stage", _one_line(exc)) from None
+            rep.stage["contexts"] = staging.sender.snapshot.n_contexts
+            rep.times["stage_base"] = time.monotonic() - t0
         t1 = time.monotonic()
         n = 0
         if cfg.pre_copy:
             phase = "pre-copy"
-            n = _pre_copy(cfg, chan, work, rep, progress)
+            n = _pre_copy(cfg, chan, work, rep, progress,
+                          staging.sender if staging else None)
         else:
             rep.stop_reason = "no pre-copy"
         rep.times["pre_copy"] = time.monotonic() - t1
@@ -242,7 +366,15 @@ def migrate(cfg: MigrateConfig, log: Log, progress: Progress | None = None) -> R
         except Exception as exc:
             raise MigrationFailed("final dump", f"the plugins cannot start: "
                                   f"{_one_line(exc)}") from None
-        handoff = Handoff(chan, rep, progress)
+        if staging is not None:
+            o.external.append(staging.external())
+            try:
+                staging.open_pass()
+            except SwitchError as exc:
+                raise MigrationFailed("final dump", f"GTP-U through CRIU's lock: {exc}") \
+                    from None
+        handoff = Handoff(chan, rep, progress, staging.sender if staging else None,
+                          cfg.switch_links)
         session = Session(ph.DUMP, images, [*plugins, handoff], "rpc", log)
         session.warmed = True  # by the Warmup above
         handoff.session = session
@@ -298,6 +430,8 @@ def migrate(cfg: MigrateConfig, log: Log, progress: Progress | None = None) -> R
                                   "destination's ready; check the destination") from None
         raise MigrationFailed(phase, str(exc)) from None
     finally:
+        if staging is not None:
+            staging.close()
         if not ok:
             try:
                 chan.send("abort", reason="the source gave up")

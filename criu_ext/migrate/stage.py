@@ -37,6 +37,7 @@ from typing import Any
 from gtp_util.follow import Change, Follower, replay
 from gtp_util.model import PdpContext, Snapshot, SocketRef
 from gtp_util.natflows import CtBatch
+from gtp_util.netlink import PdpChannel
 
 from .wire import Channel, ProtocolError
 
@@ -141,18 +142,23 @@ class StagedPlane:
     """The destination's copy, in namespace ``netns`` (made by the host's network set-up,
     with the function's links and addresses), built from the image at ``image``."""
 
-    def __init__(self, netns: str, image: str) -> None:
+    def __init__(self, netns: str, image: str, share_port: bool = False) -> None:
+        """``share_port``: the held sockets let another bind their port (SO_REUSEADDR), as
+        CRIU's restore of the task into this namespace does before :meth:`hand_over`."""
         import gtp_util
 
-        self.netns = netns
+        self.netns, self.share_port = netns, share_port
         snap: Snapshot = gtp_util.load(image)
         self.held: dict[tuple[str, int], socket.socket] = {}
+        self.task_fds: dict[tuple[str, int], int] = {}  # the task's own, as the source had
+        self._chan: PdpChannel | None = None
         try:
             for dev in snap.devices:
                 for ver, attr in ((0, "sock0"), (1, "sock1")):
                     ref = getattr(dev, attr)
                     if ref.kind == "task":
                         s = self.held[(dev.name, ver)] = self._hold(ref)
+                        self.task_fds[(dev.name, ver)] = ref.fd
                         setattr(dev, attr, replace(ref, pid=os.getpid(), fd=s.fileno()))
             gtp_util.restore(snap, netns, bind_pid=os.getpid())
         except BaseException:
@@ -168,13 +174,15 @@ class StagedPlane:
         self.nat_failed: list = []
 
     def _hold(self, ref: SocketRef) -> socket.socket:
-        """A UDP socket of ours where the task's was (no SO_REUSEADDR: nothing else can
-        take the port; the task gets this very socket after its restore)."""
+        """A UDP socket of ours where the task's was (without ``share_port`` nothing else
+        can take the port; the task gets this very socket after its restore)."""
         from procns.netns import in_netns
 
         with in_netns(self.netns):
             s = socket.socket(ref.family or socket.AF_INET, socket.SOCK_DGRAM)
         try:
+            if self.share_port:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind((ref.addr or "0.0.0.0", ref.port))
         except OSError as exc:
             s.close()
@@ -184,14 +192,13 @@ class StagedPlane:
 
     def apply(self, msg: dict) -> int:
         """Replay a ``pdp`` message; returns how many changes it held."""
-        from gtp_util.netlink import PdpChannel
-
         rows = msg.get("changes")
         if not isinstance(rows, list) or len(rows) > PER_MESSAGE:
             raise ProtocolError("malformed pdp message")
         changes = [decode(r, self.links) for r in rows]
-        with PdpChannel(self.netns) as chan:
-            replay(chan, changes, self.links)
+        if self._chan is None:  # one for the plane's life
+            self._chan = PdpChannel(self.netns)
+        replay(self._chan, changes, self.links)
         self.applied += len(changes)
         return len(changes)
 
@@ -220,6 +227,32 @@ class StagedPlane:
                                 f"migration, {self.applied} arrived")
         return self.applied
 
+    def ports(self) -> list[int]:
+        """The UDP ports of the task's GTP sockets."""
+        return sorted({getattr(d, a).port for d in self.snapshot.devices
+                       for a in ("sock0", "sock1") if getattr(d, a).kind == "task"})
+
+    def hand_over(self, pid: int) -> int:
+        """The restored task (PID ``pid``, stopped: post-restore) gets the sockets the
+        devices are bound to, at the descriptors its own had: CRIU's new sockets there are
+        closed, the devices keep forwarding. Returns how many were handed over."""
+        from criu_ext import inject, tasks
+
+        watched = {w.fd for w in tasks.epoll_watches(pid)} & set(self.task_fds.values())
+        if watched:  # an epoll set would go on watching CRIU's socket, now closed
+            raise inject.InjectError(f"task {pid} watches its GTP socket (fd "
+                                     f"{min(watched)}) with epoll: it cannot be handed over")
+        flags = {k: tasks.cloexec(pid, fd) for k, fd in self.task_fds.items()}
+        with inject.Remote(pid) as r:
+            for key, s in self.held.items():
+                r.put(s.fileno(), self.task_fds[key], flags[key])
+        for s in self.held.values():
+            if self.share_port:  # the task's socket did not have it
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+        n = len(self.held)
+        self._release()
+        return n
+
     def remove(self) -> None:
         """Take the staged user plane out (before the switch: the source still forwards)."""
         import gtp_util
@@ -233,3 +266,6 @@ class StagedPlane:
         for s in self.held.values():
             s.close()
         self.held.clear()
+        if self._chan is not None:
+            self._chan.close()
+            self._chan = None

@@ -234,3 +234,52 @@ def test_dry_run_verdict_counts_what_the_tree_needs():
     assert v["problems"] == ["sctp: not probed here"]
     v = evaluate([Finding("criu check", False, "vdso")], [], "nosuchplugin")
     assert not v["ok"] and len(v["problems"]) == 2
+
+
+# -- make-before-break: the lock pass and the switch's arguments -----------------------------
+
+def test_the_user_plane_pass_marks_gtpu_both_ways_before_criu_s_lock(monkeypatch):
+    """pass_user_plane's nftables commands, seen through a stand-in for libnftables
+    (fake: records the JSON, runs nothing; the VM test runs them for real)."""
+    from criu_ext.migrate import switch
+
+    seen = []
+    monkeypatch.setattr("gtp_util.nat.nft_json",
+                        lambda netns, cmds, check=True: seen.append((netns, cmds, check)) or (0, "", ""))
+    switch.pass_user_plane("/run/netns/x", [2152, 3386, 2152])
+    (_, delete, unchecked), (netns, cmds, checked) = seen
+    assert not unchecked and checked and netns == "/run/netns/x"
+    assert delete == [{"delete": {"table": {"family": "inet", "name": switch.PASS_TABLE}}}]
+    chains = [c["add"]["chain"] for c in cmds if "chain" in c["add"]]
+    assert [(c["hook"], c["prio"]) for c in chains] == [("prerouting", -150), ("output", -150)]
+    rules = [c["add"]["rule"]["expr"] for c in cmds if "rule" in c["add"]]
+    assert [r[0]["match"]["left"]["payload"]["field"] for r in rules] == ["dport", "sport"]
+    assert all(r[0]["match"]["right"] == {"set": [2152, 3386]} for r in rules)
+    assert all(r[1]["mangle"]["value"] == switch.SOCCR_MARK == 0xC114 for r in rules)
+
+
+@pytest.mark.parametrize("ports", [[], [0], [70000], ["2152"], [True]])
+def test_the_user_plane_pass_refuses_ports_that_are_not_ports(ports):
+    from criu_ext.migrate import switch
+
+    with pytest.raises(switch.SwitchError):
+        switch.pass_user_plane("/run/netns/x", ports)
+
+
+def test_switch_link_arguments_are_checked_before_anything_runs():
+    from click.testing import CliRunner
+
+    from criu_ext.migrate.destination import _link_spec
+    from criu_ext.migrate_cmd import migrate, receive
+
+    assert _link_spec("spgw-s1u0@br0") == ("spgw-s1u0", "br0")
+    for bad in ("spgw-s1u0", "@br0", "spgw@"):
+        with pytest.raises(ValueError):
+            _link_spec(bad)
+    r = CliRunner().invoke(migrate, ["-t", "1", "--to", "h:1", "--tls-cacert", "c",
+                                     "--tls-cert", "c", "--tls-key", "k",
+                                     "--switch-link", "x"])
+    assert r.exit_code == 2 and "only with --stage" in r.output
+    r = CliRunner().invoke(receive, ["--listen", "h:0", "--tls-cacert", "c", "--tls-cert", "c",
+                                     "--tls-key", "k", "--switch-link", "x@br0"])
+    assert r.exit_code == 2 and "only with --stage-netns" in r.output

@@ -1,0 +1,138 @@
+"""Make-before-break, the network's half: keep the source's user plane forwarding
+through CRIU's network lock, and move the function's links from one host's bridge to
+the other's in one step (#14).
+
+* :func:`pass_user_plane` / :func:`close_pass`: CRIU locks the tree's netns for the
+  whole frozen window, even one it was told is external (``network_lock()`` runs
+  before it looks at what it dumps): its iptables or nftables lock drops every
+  packet at input and output but those carrying SOCCR_MARK, the mark CRIU's own
+  TCP repair traffic wears. A kernel gtp device forwards without its task, so the
+  GTP-U packets (the socket's UDP ports, both ways) are given that mark before the
+  lock sees them (priority -150, before the lock's 0): the UEs keep their service
+  while the task is frozen and CRIU dumps it. Forwarded packets (SGi) never meet
+  the lock. Structured nftables (libnftables JSON), one table of our own.
+* :func:`detach` / :func:`attach`: a function's outer veth ends, in the host's own
+  namespace: off the bridge and down on the source, onto the bridge and up on the
+  destination. The source's ends go first: the two copies share addresses and MACs
+  and are never both on the fabric, and nothing the source sends after the switch
+  (an ICMP error, a reset) reaches a peer.
+* :func:`announce`: a gratuitous ARP for every IPv4 address of the destination's
+  links, so every bridge on the way learns the MACs' new port at once instead of
+  when the function next speaks.
+"""
+
+from __future__ import annotations
+
+import socket
+
+SOCCR_MARK = 0xC114  # CRIU's soccr/soccr.h: what its network lock lets through
+PASS_TABLE = "criu-ext-upass"
+_PRIO = -150  # mangle's: before CRIU's lock chains (priority 0)
+IFF_UP = 0x1
+
+
+class SwitchError(Exception):
+    pass
+
+
+def _nft(netns: str | None, cmds: list[dict], check: bool = True) -> int:
+    from gtp_util.errors import GtpError
+    from gtp_util.nat import nft_json
+
+    try:
+        return nft_json(netns, cmds, check=check)[0]
+    except GtpError as exc:
+        raise SwitchError(str(exc)) from None
+
+
+def pass_user_plane(netns: str, ports: list[int]) -> None:
+    """GTP-U of ``ports`` marked in ``netns`` so CRIU's network lock lets it through."""
+    if not ports or any(type(p) is not int or not 0 < p < 65536 for p in ports):
+        raise SwitchError(f"no valid GTP-U port to let through: {ports!r}")
+    close_pass(netns)  # one left by a killed run: start from ours
+    where = {"family": "inet", "table": PASS_TABLE}
+    cmds: list[dict] = [{"add": {"table": {"family": "inet", "name": PASS_TABLE}}}]
+    for chain, hook, field in (("pre", "prerouting", "dport"), ("out", "output", "sport")):
+        cmds.append({"add": {"chain": {**where, "name": chain, "type": "filter",
+                                       "hook": hook, "prio": _PRIO, "policy": "accept"}}})
+        cmds.append({"add": {"rule": {**where, "chain": chain, "expr": [
+            {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": field}},
+                       "right": {"set": sorted(set(ports))}}},
+            {"mangle": {"key": {"meta": {"key": "mark"}}, "value": SOCCR_MARK}}]}}})
+    _nft(netns, cmds)
+
+
+def close_pass(netns: str) -> None:
+    """Remove the table :func:`pass_user_plane` made (absent: nothing to do)."""
+    _nft(netns, [{"delete": {"table": {"family": "inet", "name": PASS_TABLE}}}], check=False)
+
+
+def _set_links(names: list[str], master: str | None, up: bool) -> None:
+    """Every link of ``names`` (this process's netns) onto ``master`` (None: off any
+    bridge), and up or down; one rtnetlink request each."""
+    from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
+    from pyroute2.netlink.rtnl import RTM_NEWLINK
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+    from gtp_util.rtnl import Rtnl
+
+    try:
+        mindex = socket.if_nametoindex(master) if master else 0
+        indexes = [socket.if_nametoindex(n) for n in names]
+    except OSError as exc:
+        raise SwitchError(f"no such link: {master if master else ''} {names} ({exc})") from None
+    with Rtnl() as rt:
+        for name, index in zip(names, indexes):
+            msg = ifinfmsg()
+            msg["index"] = index
+            msg["flags"] = IFF_UP if up else 0
+            msg["change"] = IFF_UP
+            msg["attrs"] = [("IFLA_MASTER", mindex)]
+            try:
+                rt.request(msg, RTM_NEWLINK, f"link {name}", NLM_F_REQUEST | NLM_F_ACK)
+            except OSError as exc:
+                raise SwitchError(str(exc)) from None
+
+
+def masters(names: list[str]) -> dict[str, str | None]:
+    """The bridge each link of ``names`` (this process's netns) is on (None: none), to
+    put them back. Read over rtnetlink: /sys shows the netns that mounted it."""
+    from pyroute2.netlink.rtnl import RTM_GETLINK
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+    from gtp_util.rtnl import Rtnl
+
+    with Rtnl() as rt:
+        links = {m["index"]: (m.get_attr("IFLA_IFNAME"), m.get_attr("IFLA_MASTER"))
+                 for m in rt.dump(RTM_GETLINK, ifinfmsg)}
+    by_name = {name: master for name, master in links.values()}
+    out: dict[str, str | None] = {}
+    for name in names:
+        if name not in by_name:
+            raise SwitchError(f"no such link: {name}")
+        master = by_name[name]
+        out[name] = links[master][0] if master in links else None
+    return out
+
+
+def up(names: list[str]) -> None:
+    """Links up, on no bridge."""
+    _set_links(names, None, True)
+
+
+def detach(names: list[str]) -> None:
+    """The source's outer ends off their bridge and down."""
+    _set_links(names, None, False)
+
+
+def attach(names: list[str], bridge: str) -> None:
+    """The destination's outer ends onto ``bridge`` and up."""
+    _set_links(names, bridge, True)
+
+
+def announce(netns: str) -> int:
+    """A gratuitous ARP from each IPv4 address of ``netns``'s Ethernet links (the
+    announce plugin's); returns how many were sent."""
+    from criu_ext.plugins.announce import announce as garp
+
+    return len(garp(netns, close_later=True))

@@ -1,0 +1,120 @@
+"""`criu-ext migrate --stage` (make-before-break) between the scenario's two hosts.
+
+The SPGW (gtp0, 200 UEs pinging every 100 ms, 300 PDP contexts) moved A -> B -> A
+with its user plane staged in a netns the host made beforehand (scenario.fabric's
+``stage``: the same links, addresses and MACs, outer ends off the bridge): during
+the first move's pre-copy 50 UEs attach and 50 detach on the source; GTP-U passes
+CRIU's network lock, so the source forwards while frozen; at the end the outer
+links are switched. After each move: exactly the source's contexts there, the
+device bound to the restored task's own socket, every UE answered with its TEIDs.
+A UE's TCP download through the SGi masquerade runs across both moves, intact and
+without a reset. The largest gap any UE saw is printed and recorded, and must be
+well under the frozen window (without staging it is at least that window).
+
+Its own module: the fabric of test_migrate.py already holds an SPGW's namespaces.
+Figures go to out/migrate.json (``spgw_staged``).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import pytest
+
+import gtp_util
+from gtp_util.model import PdpTable
+from gtp_util.netlink import PdpChannel
+from lab.files import record_json
+from lab.gateway import ENB_ADDR, I_TEI_BASE, O_TEI_BASE, UE_BASE
+from lab.netns import NetnsSet
+from scenario.download import Download
+from scenario.fabric import BRIDGE, outer_name
+from scenario.functions import Spgw
+from scenario.report import gaps
+from scenario.run import recover
+from tests.vm.test_migrate import RESULTS, UES, _logged, figures, hosts, moved, wait_download
+
+pytestmark = pytest.mark.vm
+__all__ = ["hosts"]  # the module-scoped fixture: a fabric and hosts of this module's own
+
+
+def _contexts(netns: str) -> set:
+    t = gtp_util.take_snapshot(NetnsSet.path(netns), with_nat=False).device("gtp0").contexts
+    return {t[i] for i in range(len(t))}
+
+
+def _churn(netns: str, attach: range, detach: range) -> None:
+    """UEs attach and detach on the source gateway, as its signalling would."""
+    def table(ues: range) -> PdpTable:
+        t = PdpTable()
+        for i in ues:
+            t.append_v1(ENB_ADDR, UE_BASE + i, I_TEI_BASE + i, O_TEI_BASE + i)
+        return t
+
+    path = NetnsSet.path(netns)
+    link = gtp_util.take_snapshot(path, with_nat=False).device("gtp0").ifindex
+    with PdpChannel(path) as chan:
+        chan.add(link, table(attach))
+        chan.delete(link, table(detach))
+
+
+def test_spgw_staged_make_before_break(hosts, tmp_path):
+    """``criu-ext migrate --stage``: the user plane staged in a netns the host made on
+    the destination during pre-copy, UEs attaching and detaching meanwhile; GTP-U passes
+    CRIU's network lock, so the source forwards while frozen; the outer links switched
+    at the end, the task restored into the staged netns with the devices' own socket.
+    A -> B (with churn) -> A; 200 UEs pinging, a UE's TCP download across both."""
+    fn = Spgw(hosts.fabric, tmp_path, UES, contexts=UES + 100)
+    pid = fn.start()
+    recover(fn, time.monotonic(), timeout=120)
+    download = Download(hosts.fabric, tmp_path)
+    download.start(fn.ns, fn.pdn)
+    outer = [outer_name("spgw", i) for i in fn.links]
+    runs, windows = {}, []
+    try:
+        for n, (src, dst) in enumerate((("a", "b"), ("b", "a"))):
+            before = wait_download(download, download.received() + 100_000)
+            staged = hosts.fabric.stage(fn.ns, fn.addrs, dst)
+            rx = hosts.receiver(dst, [], extra=[
+                "--stage-netns", NetnsSet.path(staged),
+                *[x for o in outer for x in ("--switch-link", f"{o}@{BRIDGE}")]])
+            t0 = time.monotonic()
+            mig = hosts.migrate(src, pid, rx, wait=False, extra=[
+                "--stage", *[x for o in outer for x in ("--switch-link", o)]])
+            if n == 0:  # 50 UEs attach, 50 detach while the stage follows
+                _logged(hosts, rx, "user plane staged", mig)
+                _churn(fn.ns, range(UES + 100, UES + 150), range(UES + 50, UES + 100))
+            want = _contexts(fn.ns)
+            rc, rep, err = hosts.finish(mig)
+            t1 = time.monotonic()
+            pid = moved(hosts, None, rx, rc, rep, err)
+            hosts.fabric.retire(fn.ns)
+            fn.ns, fn.pid = staged, hosts.global_pid(dst, pid)
+            assert _contexts(fn.ns) == want  # the churn there, nothing else
+            dev = gtp_util.take_snapshot(NetnsSet.path(fn.ns), with_nat=False).device("gtp0")
+            assert dev.sock1.kind == "task" and dev.sock1.pid == fn.pid, dev.sock1
+            back = recover(fn, t1, timeout=90)
+            wait_download(download, before + 300_000)
+            windows.append((t0, t1))
+            runs[f"{src}->{dst}"] = figures(rep) | {"answered_again_s": round(back, 3),
+                                                     "stage": rep["stage"]}
+    finally:
+        seen = download.finish()
+    peers = fn.stop()
+    for (t0, t1), run in zip(windows, runs.values()):
+        per_ue = [g for g in (gaps(r, t0, t1) for r in fn.replies) if g is not None]
+        run["ues_measured"] = len(per_ue)
+        run["ue_gap_max_s"] = round(max(per_ue), 3)
+        run["ue_gap_median_s"] = round(statistics.median(per_ue), 3)
+        print(f"staged move: largest UE gap {run['ue_gap_max_s']} s, frozen "
+              f"{run['times']['frozen']:.2f} s, total {run['times']['total']:.2f} s")
+    runs["download"] = seen
+    record_json(RESULTS, "spgw_staged", runs)
+    assert peers["wrong_teid"] == 0 and peers["ues_answered"] == UES, peers
+    assert seen["pdn_error"] is None and seen["ue_error"] is None, seen  # no reset
+    assert seen["clean_close"] and seen["intact"], seen
+    for run in runs.values():
+        if "times" in run:  # the UEs' gap is the switch, not the frozen window
+            assert run["ues_measured"] == UES, run
+            assert run["ue_gap_max_s"] < run["times"]["frozen"] / 2, run
