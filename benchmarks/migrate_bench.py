@@ -27,18 +27,16 @@ import time
 from pathlib import Path
 
 from criu_ext.migrate.wire import NETWORK_LOCKS
-from scenario.fabric import BRIDGE, Fabric, outer_name
+from scenario.fabric import BRIDGE, outer_name
 from scenario.functions import Hss
-from scenario.hosts import Hosts
+from scenario.hosts import two_hosts
 from scenario.report import gaps
 from scenario.run import recover
 
 
 def one(mode: str, subscribers: int, interval: float, tmp: Path, lock: str) -> dict:
-    fabric = Fabric("mb").start()
-    hosts = None
-    try:
-        hosts = Hosts(fabric, tmp)
+    with two_hosts("mb", tmp) as hosts:
+        fabric = hosts.fabric
         fn = Hss(fabric, tmp, subscribers)
         pid = fn.start()
         fn.client.interval = interval
@@ -66,10 +64,6 @@ def one(mode: str, subscribers: int, interval: float, tmp: Path, lock: str) -> d
                 "times": rep["times"],  # every phase, as criu-ext migrate --json reports it
                 "timeline": rep.get("timeline", {}),  # CRIU's notifications, both ends
                 "answers": peers["answers"]}
-    finally:
-        if hosts is not None:
-            hosts.close()
-        fabric.cleanup()
 
 
 def main() -> None:

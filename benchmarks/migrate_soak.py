@@ -41,7 +41,7 @@ from pathlib import Path
 from lab.netns import sh
 from scenario.fabric import Fabric
 from scenario.functions import Mme, Spgw
-from scenario.hosts import Hosts
+from scenario.hosts import Hosts, two_hosts
 from scenario.migration import migrate_cli
 from scenario.run import recover
 
@@ -200,16 +200,9 @@ def run_one(name: str, a: argparse.Namespace) -> dict:
             baseline = idle(make(name, fabric, work / "idle", a), a.idle_seconds, a.moves)
         finally:
             fabric.cleanup()
-    fabric = Fabric(name[:3]).start()
-    hosts = None
     t0 = time.monotonic()
-    try:
-        hosts = Hosts(fabric, work / "hosts")
-        out = soak(make(name, fabric, work, a), hosts, a.moves)
-    finally:
-        if hosts is not None:
-            hosts.close()
-        fabric.cleanup()
+    with two_hosts(name[:3], work / "hosts") as hosts:
+        out = soak(make(name, hosts.fabric, work, a), hosts, a.moves)
     if baseline is not None:
         out["idle_baseline"] = baseline
     out["drift"] += peers_ok(name, out["peers"], a.ues)

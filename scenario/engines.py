@@ -2,7 +2,9 @@
 
 * ``criu-ext`` (:class:`MigrateEngine`): the task runs in its netns on host A;
   ``criu-ext receive`` on host B and ``criu-ext migrate`` on host A move it, CRIU
-  carrying the netns (scenario.migration).
+  carrying the netns, or, for a function with a gtp user plane, host B's set-up
+  making it and ``--stage`` readying the user plane there before the freeze
+  (scenario.migration).
 * ``podman`` (:class:`PodmanEngine`): the task runs in a Podman container (runtime
   runc) whose netns is the function's, given by path. A move is
   ``podman container checkpoint --export`` with criu-ext-criu as runc's CRIU, the
@@ -51,7 +53,8 @@ class MigrateEngine:
     def move(self, fn: Function, pid: int, src: str, dst: str) -> Migration:
         """``pid``: the task's PID in host ``src``'s PID namespace."""
         return migrate_cli(self.hosts, fn.ns, fn.name, pid, fn.links, src, dst,
-                           tcp_established=fn.tcp_established)
+                           tcp_established=fn.tcp_established,
+                           stage=fn.addrs if fn.make_before_break else None)
 
     def close(self) -> None:
         self.hosts.close()

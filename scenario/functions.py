@@ -62,6 +62,7 @@ class Function:
     name = ""
     addrs: dict[str, str] = {}
     tcp_established = False
+    make_before_break = False  # criu-ext migrate --stage (a gtp user plane)
     launch = staticmethod(spawn)
     container_opts: tuple[str, ...] = ()  # ``podman run`` options its container needs
 
@@ -81,6 +82,7 @@ class Spgw(Function):
 
     name = "spgw"
     addrs = {"s1u0": f"{GW_S1U_IP}/24", "sgi0": f"{GW_SGI_IP}/24"}
+    make_before_break = True
 
     def __init__(self, fabric: Fabric, workdir: Path, ues: int, interval: float = 0.1,
                  contexts: int | None = None, download: bool = False):

@@ -16,6 +16,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from criu_ext.migrate.tls import make_test_pki
@@ -169,3 +171,18 @@ class Hosts:
     def close(self) -> None:
         os.killpg(self.init.pid, signal.SIGKILL)
         self.init.wait()
+
+
+@contextmanager
+def two_hosts(prefix: str, tmp: Path) -> Iterator[Hosts]:
+    """A started fabric (namespaces named ``prefix``-...) and its two hosts; both taken
+    down after."""
+    fabric = Fabric(prefix).start()
+    hosts = None
+    try:
+        hosts = Hosts(fabric, tmp)
+        yield hosts
+    finally:
+        if hosts is not None:
+            hosts.close()
+        fabric.cleanup()

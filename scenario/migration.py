@@ -4,7 +4,8 @@
 ``criu-ext migrate`` on the source host, separate processes talking over the
 fabric (mutual TLS, pre-copy through CRIU's page server; scenario.hosts starts
 them). Its figures come from migrate's JSON report. Every function moves this
-way: the SPGW (gtp), the HSS (TCP) and, on the repair-mode kernel, the MME (SCTP).
+way: the SPGW (gtp; make-before-break, ``--stage``), the HSS (TCP) and, on the
+repair-mode kernel, the MME (SCTP).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from lab.netns import NetnsSet, sh
 from scenario.fabric import BRIDGE, outer_name
 from scenario.hosts import Hosts
 
@@ -44,19 +46,34 @@ def image_bytes(path: Path) -> int:
 
 
 def migrate_cli(hosts: Hosts, fn_ns: str, role: str, pid: int, links: list[str], src: str,
-                dst: str, *, tcp_established: bool = False) -> Migration:
+                dst: str, *, tcp_established: bool = False,
+                stage: dict[str, str] | None = None) -> Migration:
     """Move ``pid`` (its PID in host ``src``'s PID namespace) with ``criu-ext migrate``
     on host ``src`` and ``criu-ext receive`` on host ``dst``.
+
+    ``stage`` ({link: address}): make-before-break (``--stage``): host ``dst``'s
+    set-up makes the function's netns first (Fabric.stage), the user plane is staged
+    in it and the links are switched at the end; otherwise CRIU carries the netns.
+    Either way the function's netns name then refers to the task's netns on ``dst``.
 
     checkpoint: pre-copy and the final dump, the images' transfer and the restore
     on the destination taken out (they run inside the final dump's post-dump);
     transfer: the non-page images after the dump; image size: every byte sent.
     """
-    external = [f"veth[{ifname}]:{outer_name(role, ifname)}@{BRIDGE}" for ifname in links]
-    rx = hosts.receiver(dst, external)
+    outer = [outer_name(role, ifname) for ifname in links]
+    extra = ["--tcp-established"] if tcp_established else []
+    staged = None
+    if stage is not None:
+        staged = hosts.fabric.stage(fn_ns, stage, dst)
+        rx = hosts.receiver(dst, [], extra=["--stage-netns", NetnsSet.path(staged),
+                                            *[x for o in outer for x in ("--switch-link",
+                                                                         f"{o}@{BRIDGE}")]])
+        extra += ["--stage", *[x for o in outer for x in ("--switch-link", o)]]
+    else:
+        rx = hosts.receiver(dst, [f"veth[{ifname}]:{o}@{BRIDGE}"
+                                  for ifname, o in zip(links, outer)])
     t0 = time.monotonic()
-    rc, rep, err = hosts.migrate(src, pid, rx,
-                                 extra=["--tcp-established"] if tcp_established else [])
+    rc, rep, err = hosts.migrate(src, pid, rx, extra=extra)
     t1 = time.monotonic()
     try:
         out, _ = rx.communicate(timeout=120 if rc == 0 else 5)
@@ -64,6 +81,8 @@ def migrate_cli(hosts: Hosts, fn_ns: str, role: str, pid: int, links: list[str],
         rx.kill()
         out, _ = rx.communicate()
     if rc != 0 or rx.returncode != 0:
+        if staged is not None:  # the host's set-up takes its netns back
+            sh("ip", "netns", "del", staged, check=False)
         last = [ln for ln in err.splitlines() if ln.strip()][-1:] or [f"exit status {rc}"]
         raise RuntimeError(f"criu-ext migrate from host {src} to host {dst}: {last[0]}\n"
                            f"receiver: {hosts.log(rx)[-2000:]}")
@@ -72,6 +91,8 @@ def migrate_cli(hosts: Hosts, fn_ns: str, role: str, pid: int, links: list[str],
     fabric = hosts.fabric
     fabric.retire(fn_ns)
     fabric.adopt(fn_ns, new_pid)
+    if staged is not None:  # the function's name now; the staged one's goes
+        sh("ip", "netns", "del", staged)
     t = rep["times"]
     checkpoint = t["pre_copy"] + t["final_dump"] - t["transfer"] - t["restore_until_ready"]
     return Migration(src, dst, new_pid, checkpoint, t["transfer"], t["dest_restore"],

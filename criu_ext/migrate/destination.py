@@ -132,7 +132,7 @@ class _Staged:
                 switch.attach([name], bridge)
             sent = switch.announce(self.plane.netns)
         except switch.SwitchError as exc:
-            raise wire.ProtocolError(f"switch: {exc}") from None
+            raise PluginError(f"switch: {exc}") from None
         chan.send("switched", announced=sent)
         self.log.info(f"switched: {', '.join(n for n, _ in self.links) or 'no link'} on the "
                       f"fabric, {sent} gratuitous ARP(s)")

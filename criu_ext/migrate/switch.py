@@ -76,11 +76,14 @@ def _set_links(names: list[str], master: str | None, up: bool) -> None:
 
     from gtp_util.rtnl import Rtnl
 
-    try:
-        mindex = socket.if_nametoindex(master) if master else 0
-        indexes = [socket.if_nametoindex(n) for n in names]
-    except OSError as exc:
-        raise SwitchError(f"no such link: {master if master else ''} {names} ({exc})") from None
+    def index_of(name: str) -> int:
+        try:
+            return socket.if_nametoindex(name)
+        except OSError:
+            raise SwitchError(f"no such link: {name}") from None
+
+    mindex = index_of(master) if master else 0
+    indexes = [index_of(n) for n in names]
     with Rtnl() as rt:
         for name, index in zip(names, indexes):
             msg = ifinfmsg()

@@ -46,9 +46,9 @@ import pytest
 from lab.files import record_json, wait_for
 from lab.procs import alive
 from scenario.download import Download
-from scenario.fabric import BRIDGE, Fabric, outer_name
+from scenario.fabric import BRIDGE, outer_name
 from scenario.functions import Hss, Spgw
-from scenario.hosts import Hosts
+from scenario.hosts import Hosts, two_hosts
 from scenario.run import recover
 
 pytestmark = pytest.mark.vm
@@ -61,15 +61,8 @@ UES = 200  # as the issue asks; the UE peers ping them all after every move
 
 @pytest.fixture(scope="module")
 def hosts(tmp_path_factory):
-    fabric = Fabric("mg").start()
-    h = None
-    try:
-        h = Hosts(fabric, tmp_path_factory.mktemp("hosts"))
+    with two_hosts("mg", tmp_path_factory.mktemp("hosts")) as h:
         yield h
-    finally:
-        if h is not None:
-            h.close()
-        fabric.cleanup()
 
 
 def b_empty(hosts: Hosts, timeout: float = 30) -> None:

@@ -7,7 +7,12 @@ the first move's pre-copy 50 UEs attach and 50 detach on the source; GTP-U passe
 CRIU's network lock, so the source forwards while frozen; at the end the outer
 links are switched. After each move: exactly the source's contexts there, the
 device bound to the restored task's own socket, every UE answered with its TEIDs.
-A UE's TCP download through the SGi masquerade runs across both moves, intact and
+Before them, two staged moves that fail: the restore (a plugin failing at
+post-restore, before the switch), then the switch half-way (the receiver's second
+link names no bridge, after its first went on the fabric): each time the source
+serves on with its links back on the bridge, and B is left clean (no gtp device,
+no socket on 2152 in the staged netns, its link ends off the fabric, no task).
+A UE's TCP download through the SGi masquerade runs across all of it, intact and
 without a reset. The largest gap any UE saw is printed and recorded, and must be
 well under the frozen window (without staging it is at least that window).
 
@@ -17,6 +22,8 @@ Figures go to out/migrate.json (``spgw_staged``).
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
 import time
 
@@ -25,15 +32,26 @@ import pytest
 import gtp_util
 from gtp_util.model import PdpTable
 from gtp_util.netlink import PdpChannel
+from gtp_util.sockets import udp_sockets
 from lab.files import record_json
 from lab.gateway import ENB_ADDR, I_TEI_BASE, O_TEI_BASE, UE_BASE
-from lab.netns import NetnsSet
+from lab.netns import NetnsSet, sh
+from lab.procs import alive
 from scenario.download import Download
 from scenario.fabric import BRIDGE, outer_name
 from scenario.functions import Spgw
 from scenario.report import gaps
 from scenario.run import recover
-from tests.vm.test_migrate import RESULTS, UES, _logged, figures, hosts, moved, wait_download
+from tests.vm.test_migrate import (
+    RESULTS,
+    UES,
+    _logged,
+    b_empty,
+    figures,
+    hosts,
+    moved,
+    wait_download,
+)
 
 pytestmark = pytest.mark.vm
 __all__ = ["hosts"]  # the module-scoped fixture: a fabric and hosts of this module's own
@@ -59,6 +77,39 @@ def _churn(netns: str, attach: range, detach: range) -> None:
         chan.delete(link, table(detach))
 
 
+def _link_state(hosts, h: str, name: str) -> tuple[str | None, bool]:
+    """(bridge, up) of link ``name`` in host ``h``."""
+    d = json.loads(sh("ip", "-j", "-n", hosts.fabric.hosts[h], "link", "show", name).stdout)[0]
+    return d.get("master"), "UP" in d["flags"]
+
+
+def _failed_attempt(hosts, fn, pid: int, outer: list[str], links: list[str],
+                    env: dict | None = None) -> dict:
+    """A staged move A -> B that must fail (``links``: the receiver's --switch-link,
+    ``env`` its environment): the source serves on, its links on the bridge; B's staged
+    netns without a gtp device or a socket on the port, B's ends off the fabric, no task
+    on B. Returns the error and the largest UE gap of the attempt."""
+    staged = hosts.fabric.stage(fn.ns, fn.addrs, "b")
+    rx = hosts.receiver("b", [], env=env, extra=["--stage-netns", NetnsSet.path(staged),
+                                                 *[x for ln in links for x in ("--switch-link", ln)]])
+    t0 = time.monotonic()
+    rc, rep, err = hosts.migrate("a", pid, rx, extra=[
+        "--stage", *[x for o in outer for x in ("--switch-link", o)]])
+    t1 = time.monotonic()
+    assert rc == 1 and alive(pid), err
+    assert rx.wait(timeout=120) != 0, hosts.log(rx)
+    back = recover(fn, t1, timeout=90)  # every UE answered, the gateway's check PASS
+    assert [_link_state(hosts, "a", o) for o in outer] == [(BRIDGE, True)] * len(outer)
+    assert [_link_state(hosts, "b", o) for o in outer] == [(None, False)] * len(outer)
+    path = NetnsSet.path(staged)
+    assert gtp_util.take_snapshot(path, with_nat=False).devices == []
+    assert udp_sockets(path, (2152,)) == []
+    b_empty(hosts)
+    sh("ip", "netns", "del", staged)  # the host's set-up's, as it made it
+    return {"error": err.strip().splitlines()[-1], "window": (t0, t1),
+            "answered_again_s": round(back, 3)}
+
+
 def test_spgw_staged_make_before_break(hosts, tmp_path):
     """``criu-ext migrate --stage``: the user plane staged in a netns the host made on
     the destination during pre-copy, UEs attaching and detaching meanwhile; GTP-U passes
@@ -72,7 +123,15 @@ def test_spgw_staged_make_before_break(hosts, tmp_path):
     download.start(fn.ns, fn.pdn)
     outer = [outer_name("spgw", i) for i in fn.links]
     runs, windows = {}, []
+    ends = [f"{o}@{BRIDGE}" for o in outer]
+    trace = dict(os.environ, CRIU_EXT_TRACE_FAIL="post-restore",
+                 CRIU_EXT_PLUGINS="sctp,gtp,netfilter,announce,trace")
     try:
+        # failures first, before the switch and half-way through it; the source serves on
+        failures = {"restore fails, before the switch":
+                    _failed_attempt(hosts, fn, pid, outer, ends, trace),
+                    "the switch fails half-way":
+                    _failed_attempt(hosts, fn, pid, outer, [ends[0], f"{outer[1]}@nobridge"])}
         for n, (src, dst) in enumerate((("a", "b"), ("b", "a"))):
             before = wait_download(download, download.received() + 100_000)
             staged = hosts.fabric.stage(fn.ns, fn.addrs, dst)
@@ -102,6 +161,12 @@ def test_spgw_staged_make_before_break(hosts, tmp_path):
     finally:
         seen = download.finish()
     peers = fn.stop()
+    for case in failures.values():
+        window = case.pop("window")
+        per_ue = [g for g in (gaps(r, *window) for r in fn.replies) if g is not None]
+        case["ue_gap_max_s"] = round(max(per_ue), 3)
+    runs["failures"] = failures
+    print(f"failed staged moves: {json.dumps(failures)}")
     for (t0, t1), run in zip(windows, runs.values()):
         per_ue = [g for g in (gaps(r, t0, t1) for r in fn.replies) if g is not None]
         run["ues_measured"] = len(per_ue)

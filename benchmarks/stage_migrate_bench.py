@@ -1,0 +1,128 @@
+"""The UEs' gap during an SPGW move, with and without ``--stage`` (JSON out).
+
+Run inside the test VM, as root:
+
+    python -m tests.vm.runner --exec --timeout 3600 -- \\
+        .venv/bin/python -m benchmarks.stage_migrate_bench [--ues 200] [--contexts 10000] \\
+        [--out out/stage-migrate-bench.json]
+
+In the same run, each on a fresh fabric (scenario.fabric, scenario.hosts): the
+SPGW holding ``--contexts`` PDP contexts, the first ``--ues`` pinged through their
+tunnels every 100 ms, moved from host A to host B with ``criu-ext migrate`` (the
+baseline: the tunnel list carried in the frozen window, the path the main job
+takes) and with ``criu-ext migrate --stage`` (the user plane staged during
+pre-copy in a netns host B's set-up made, the switch at the end). Figures per
+mode: the largest and the median gap any UE saw, the total migration time,
+CRIU's frozen window, and criu-ext's own work inside that window: the plugins'
+at every notification of the freeze but the handoff (the source's and the
+destination's), plus, with ``--stage``, the last changes and flows and the
+switch. Targets (issue #14): the staged gap at most 0.5 s and at most 10 % of the
+total migration time; criu-ext's work at most 1 % of the frozen window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from lab.netns import NetnsSet
+from scenario.fabric import BRIDGE, outer_name
+from scenario.functions import Spgw
+from scenario.hosts import two_hosts
+from scenario.report import gaps
+from scenario.run import recover
+
+
+def in_freeze(rep: dict) -> dict:
+    """criu-ext's work in CRIU's frozen window, from the report: the source's plugins at
+    every notification after pre-dump (post-dump's less the handoff: the transfer, the
+    restore there, and the stage's last step and switch, counted apart), the
+    destination's plugins, the stage's last step and the switch."""
+    t = rep["times"]
+    handoff = sum(t.get(k, 0.0) for k in ("transfer", "restore_until_ready", "stage_final",
+                                          "switch"))
+    source = 0.0
+    for n in rep["timeline"]["final_dump"]:
+        if n["phase"] == "pre-dump":
+            continue
+        source += n["seconds"] - (handoff if n["phase"] == "post-dump" else 0.0)
+    parts = {"source_plugins": max(source, 0.0), "dest_plugins": t["plugins_dest"],
+             "stage_final": t.get("stage_final", 0.0), "switch": t.get("switch", 0.0)}
+    return {k: round(v, 3) for k, v in parts.items()} | {"total": round(sum(parts.values()), 3)}
+
+
+def one(mode: str, ues: int, contexts: int, tmp: Path) -> dict:
+    with two_hosts("sb", tmp) as hosts:
+        fabric = hosts.fabric
+        fn = Spgw(fabric, tmp, ues, contexts=contexts)
+        pid = fn.start()
+        recover(fn, time.monotonic(), timeout=600)
+        time.sleep(2.0)
+        outer = [outer_name("spgw", i) for i in fn.links]
+        if mode == "stage":
+            staged = fabric.stage(fn.ns, fn.addrs, "b")
+            rx = hosts.receiver("b", [], extra=[
+                "--stage-netns", NetnsSet.path(staged),
+                *[x for o in outer for x in ("--switch-link", f"{o}@{BRIDGE}")]])
+            extra = ["--stage", *[x for o in outer for x in ("--switch-link", o)]]
+        else:
+            rx = hosts.receiver("b", [f"veth[{i}]:{o}@{BRIDGE}" for i, o in zip(fn.links, outer)])
+            extra = []
+        t0 = time.monotonic()
+        rc, rep, err = hosts.migrate("a", pid, rx, extra=extra)
+        t1 = time.monotonic()
+        out, _ = rx.communicate(timeout=120)
+        if rc:
+            raise RuntimeError(f"{mode}: {err.strip()}")
+        if mode == "stage":
+            fabric.retire(fn.ns)
+            fn.ns = staged
+        else:
+            fabric.retire(fn.ns)
+            fabric.adopt(fn.ns, hosts.global_pid("b", json.loads(out)["pid"]))
+        fn.pid = hosts.global_pid("b", json.loads(out)["pid"])
+        back = recover(fn, t1, timeout=300)
+        time.sleep(1.0)
+        peers = fn.stop()
+        if peers["wrong_teid"] or peers["ues_answered"] != ues:
+            raise RuntimeError(f"{mode}: the UEs saw {peers}")
+        per_ue = [g for g in (gaps(r, t0, t1) for r in fn.replies) if g is not None]
+        work = in_freeze(rep)
+        total, frozen = rep["times"]["total"], rep["times"]["criu_frozen"]
+        return {"ue_gap_max_s": round(max(per_ue), 3),
+                "ue_gap_median_s": round(statistics.median(per_ue), 3),
+                "ues_measured": len(per_ue), "total_s": round(total, 3),
+                "criu_frozen_s": round(frozen, 3), "answered_again_s": round(back, 3),
+                "gap_share_of_total": round(max(per_ue) / total, 4),
+                "criu_ext_in_freeze": work,
+                "criu_ext_share_of_freeze": round(work["total"] / frozen, 4),
+                "stage": rep.get("stage", {}), "times": rep["times"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ues", type=int, default=200)
+    ap.add_argument("--contexts", type=int, default=10_000)
+    ap.add_argument("--out", default="out/stage-migrate-bench.json")
+    a = ap.parse_args()
+    res: dict = {"ues": a.ues, "contexts": a.contexts}
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode in ("carried", "stage"):
+            d = Path(tmp) / mode
+            d.mkdir()
+            res[mode] = one(mode, a.ues, max(a.contexts, a.ues), d)
+            print(json.dumps({mode: res[mode]}), file=sys.stderr, flush=True)
+    res["gap_ratio"] = round(res["stage"]["ue_gap_max_s"] / res["carried"]["ue_gap_max_s"], 4)
+    text = json.dumps(res, indent=2)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
