@@ -199,6 +199,10 @@ class Session:
             raise wire.PeerFailed("hello", "the source stages its user plane, and this "
                                   "receiver has no --stage-netns to build it in")
         plugins = select(self.cfg.plugin_spec, self.log)  # a bad selection fails now
+        if hello.get("stage"):
+            from criu_ext.migrate.stage import REPLACES
+
+            plugins = [p for p in plugins if p.name not in REPLACES]
         # imports and first sockets beside the pre-copy rounds (CRIU's page servers are
         # other processes), done before the restore, which runs while the source is frozen
         warmup = Warmup(plugins, "restore")

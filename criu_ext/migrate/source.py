@@ -314,8 +314,10 @@ def migrate(cfg: MigrateConfig, log: Log, progress: Progress | None = None) -> R
         plugins = select(cfg.plugin_spec, log)
     except PluginError as exc:
         raise MigrationFailed("connect", str(exc)) from None
-    if cfg.stage:  # the stage carries the user plane: no gtp image in the freeze
-        plugins = [p for p in plugins if p.name != "gtp"]
+    if cfg.stage:  # the stage carries the user plane: nothing of it in the freeze
+        from criu_ext.migrate.stage import REPLACES
+
+        plugins = [p for p in plugins if p.name not in REPLACES]
     progress.phase(f"connecting to {cfg.dest[0]}:{cfg.dest[1]}")
     warmup = Warmup(plugins, ph.DUMP)  # the plugins' imports run beside pre-copy's CRIU
     chan = connect(cfg)

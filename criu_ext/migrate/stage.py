@@ -42,6 +42,9 @@ from gtp_util.netlink import PdpChannel
 from .wire import Channel, ProtocolError
 
 IMAGE = "stage.img"
+# plugins whose work a staged migration does itself, out of the frozen window: the
+# user plane (gtp), its NAT rules and flows (netfilter), the announcement (the switch)
+REPLACES = ("gtp", "netfilter", "announce")
 PER_MESSAGE = 8192  # changes per pdp message: about 0.5 MB of JSON, under MAX_MESSAGE
 _LIMITS = (1, 0xFFFFFFFF, 1, 0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF,
            0xFFFFFFFFFFFFFFFF, 0xFFFF)  # add, link, version, peer, ms, i_tei, o_tei, tid, flow
