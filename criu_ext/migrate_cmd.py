@@ -120,6 +120,9 @@ def migrate(pid, dest, tls_cacert, tls_cert, tls_key, no_pre_copy, max_rounds, m
                         stage=stage, switch_links=list(switch_links))
     if switch_links and not stage:
         raise click.BadParameter("only with --stage", param_hint="--switch-link")
+    if stage and not switch_links:  # both copies would be on the fabric at once
+        raise click.BadParameter("the links to take off the fabric at the switch are "
+                                 "needed (--switch-link)", param_hint="--stage")
     log = Log(sys.stderr, 1 if quiet else 2)
     if dry_run:
         res = check(cfg, log)
@@ -193,6 +196,9 @@ def receive(listen, tls_cacert, tls_cert, tls_key, work_dir, external, stage_net
             raise click.BadParameter(f"{spec!r}: OUTER@BRIDGE expected", param_hint="--switch-link")
     if switch_links and not stage_netns:
         raise click.BadParameter("only with --stage-netns", param_hint="--switch-link")
+    if stage_netns and not switch_links:
+        raise click.BadParameter("the links to put on the fabric at the switch are needed "
+                                 "(--switch-link)", param_hint="--stage-netns")
     log = Log(sys.stderr, 1 if quiet else 3)
 
     def ready(port: int) -> None:

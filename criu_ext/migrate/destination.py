@@ -195,9 +195,10 @@ class Session:
                 report["problems"].append(f"work directory {self.cfg.work_dir} is not writable")
             self.chan.send("checked", **report)
             return {"dry_run": True, **report}
-        if hello.get("stage") and not self.cfg.stage_netns:
+        if hello.get("stage") and not (self.cfg.stage_netns and self.cfg.switch_links):
             raise wire.PeerFailed("hello", "the source stages its user plane, and this "
-                                  "receiver has no --stage-netns to build it in")
+                                  "receiver has no --stage-netns to build it in or no "
+                                  "--switch-link to put on the fabric")
         plugins = select(self.cfg.plugin_spec, self.log)  # a bad selection fails now
         if hello.get("stage"):
             from criu_ext.migrate.stage import REPLACES

@@ -226,6 +226,18 @@ def _pre_dump_round(cfg: MigrateConfig, chan: wire.Channel, work: str, n: int,
                  st.get("frozen_time", 0) / 1e6)
 
 
+def _pump(stager) -> int:
+    """The staged user plane's changes since the last call, sent; the follower's own
+    failures (gtp_util.follow.Lost: notifications lost, the list must be copied again;
+    netlink errors) as the protocol's."""
+    try:
+        return stager.pump()
+    except wire.ProtocolError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - gtp_util's, OSError
+        raise wire.ProtocolError(f"user plane: {_one_line(exc)}") from None
+
+
 def _pre_copy(cfg: MigrateConfig, chan: wire.Channel, work: str, rep: Report,
               progress: Progress, stager=None) -> int:
     """Pre-dump rounds while the tasks run (after each, the user plane's changes when it
@@ -243,7 +255,7 @@ def _pre_copy(cfg: MigrateConfig, chan: wire.Channel, work: str, rep: Report,
             r = _pre_dump_round(cfg, chan, work, n, progress)
             if stager is not None:
                 rep.stage["changes_pre_copy"] = rep.stage.get("changes_pre_copy", 0) \
-                    + stager.pump()
+                    + _pump(stager)
         except wire.PeerFailed as exc:
             raise MigrationFailed(phase, f"the destination failed at {exc.phase}: "
                                   f"{exc.reason}") from None
@@ -251,8 +263,6 @@ def _pre_copy(cfg: MigrateConfig, chan: wire.Channel, work: str, rep: Report,
             raise MigrationFailed(phase, str(exc)) from None
         except CriuError as exc:
             raise MigrationFailed(phase, _one_line(exc)) from None
-        except Exception as exc:  # noqa: BLE001 - the follower (gtp_util.follow.Lost...)
-            raise MigrationFailed(phase, f"user plane: {_one_line(exc)}") from None
         rep.rounds.append(r)
         progress.round(r)
         pages.append(r.pages)
@@ -310,6 +320,9 @@ def migrate(cfg: MigrateConfig, log: Log, progress: Progress | None = None) -> R
         raise MigrationFailed("connect", str(exc)) from None
     if not os.path.exists(f"/proc/{cfg.pid}"):
         raise MigrationFailed("connect", f"no process with PID {cfg.pid}")
+    if cfg.stage and not cfg.switch_links:  # both copies would be on the fabric at once
+        raise MigrationFailed("connect", "--stage needs the links to take off the fabric at "
+                              "the switch (--switch-link)")
     try:
         plugins = select(cfg.plugin_spec, log)
     except PluginError as exc:

@@ -230,11 +230,6 @@ class StagedPlane:
                                 f"migration, {self.applied} arrived")
         return self.applied
 
-    def ports(self) -> list[int]:
-        """The UDP ports of the task's GTP sockets."""
-        return sorted({getattr(d, a).port for d in self.snapshot.devices
-                       for a in ("sock0", "sock1") if getattr(d, a).kind == "task"})
-
     def hand_over(self, pid: int) -> int:
         """The restored task (PID ``pid``, stopped: post-restore) gets the sockets the
         devices are bound to, at the descriptors its own had: CRIU's new sockets there are

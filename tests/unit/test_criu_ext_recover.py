@@ -204,3 +204,14 @@ def test_a_journal_that_is_a_link_is_refused(lab):
     (d / "78.json").symlink_to(target)
     out = CliRunner().invoke(recover, [])
     assert out.exit_code == 1 and "78.json" in out.output
+
+
+def test_a_staged_handoff_s_journal_is_checked_before_any_link_moves():
+    """``criu-ext recover`` of a killed ``migrate --stage``: the journaled links are
+    names and bridges, or nothing is touched (no rtnetlink request is made for these:
+    each fails the type check first)."""
+    from criu_ext.recover import _unswitch
+
+    assert _unswitch({}, 1) is None  # not staged, nothing detached: nothing to undo
+    for bad in (["spgw-s1u0"], {"spgw-s1u0": 3}, {7: "br0"}, "br0"):
+        assert "malformed journal" in _unswitch({"detached": bad}, 1)

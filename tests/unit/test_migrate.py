@@ -283,3 +283,9 @@ def test_switch_link_arguments_are_checked_before_anything_runs():
     r = CliRunner().invoke(receive, ["--listen", "h:0", "--tls-cacert", "c", "--tls-cert", "c",
                                      "--tls-key", "k", "--switch-link", "x@br0"])
     assert r.exit_code == 2 and "only with --stage-netns" in r.output
+    r = CliRunner().invoke(migrate, ["-t", "1", "--to", "h:1", "--tls-cacert", "c",
+                                     "--tls-cert", "c", "--tls-key", "k", "--stage"])
+    assert r.exit_code == 2 and "--switch-link" in r.output
+    r = CliRunner().invoke(receive, ["--listen", "h:0", "--tls-cacert", "c", "--tls-cert", "c",
+                                     "--tls-key", "k", "--stage-netns", "/proc/self/ns/net"])
+    assert r.exit_code == 2 and "--switch-link" in r.output
