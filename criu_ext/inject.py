@@ -80,6 +80,7 @@ class Remote:
         self.pid = pid
         self.tid = pid
         self.threads: list[int] = []  # seized
+        self.stopped: set[int] = set()  # of them, those in a group stop when seized
         self.saved: ptrace.Regs | None = None
         self.code_addr = 0
         self.code_word = 0
@@ -129,6 +130,7 @@ class Remote:
                     raise OSError(errno.ESRCH, "No such process")
                 return
             for tid in new:
+                state = tasks.thread_state(self.pid, tid)
                 try:
                     ptrace.seize(tid)
                 except OSError as exc:
@@ -136,6 +138,8 @@ class Remote:
                         continue  # exited meanwhile
                     raise
                 self.threads.append(tid)
+                if state == "T":
+                    self.stopped.add(tid)
                 ptrace.interrupt(tid)
                 self._wait(tid)
             self.threads.sort()
@@ -169,7 +173,7 @@ class Remote:
             detached, self.threads = self.threads, []
             if not self.dead:
                 self._redeliver()
-                self._wait_restopped(detached)
+                self._wait_restopped([t for t in detached if t in self.stopped])
 
     def _redeliver(self) -> None:
         """Send the signals held back during the borrow again, as they were sent."""
@@ -185,7 +189,9 @@ class Remote:
 
     def _wait_restopped(self, tids: list[int], timeout: float = 5.0) -> None:
         # Detached from a group stop, a thread stops again on its way out of the
-        # kernel: wait for them, so callers see the whole task stopped.
+        # kernel: wait for them, so callers see the whole task stopped. Only those
+        # that were stopped: one that was not (a task CRIU restored, waiting for its
+        # resume) would be waited for in vain, the whole timeout.
         deadline = time.monotonic() + timeout
         while any(tasks.thread_state(self.pid, t) not in ("T", "t", "Z", "X", "") for t in tids) \
                 and time.monotonic() < deadline:
