@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import ctypes
 import os
+import select
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 
 import pycriu.rpc_pb2 as rpc
 
@@ -50,9 +52,14 @@ def last_error(log: str) -> str:
     return lines[-1][:300] if lines else ""
 
 
-def _die_with_parent() -> None:
-    # a receiver killed with SIGKILL must not leave a page server listening
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+def _die_with(parent: int):
+    """A preexec_fn: a receiver killed with SIGKILL must not leave a page server
+    listening, even one killed while it forked (before the child asked for the signal)."""
+    def preexec() -> None:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+    return preexec
 
 
 def _free_port(addr: str) -> int:
@@ -89,7 +96,7 @@ class PageServer:
                 str(self.port), "-o", self.log, "-v2", *tls.criu_args(), "--tls-no-cn-verify"]
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, close_fds=True,
-                                     preexec_fn=_die_with_parent)
+                                     preexec_fn=_die_with(os.getpid()))
         end = time.monotonic() + timeout
         while not _listening(self.proc.pid, self.port):
             if self.proc.poll() is not None:
@@ -128,8 +135,37 @@ def page_server_opts(o: Options, addr: str, port: int, tls: TlsFiles, parent: in
     o.page_server = (addr, port)
 
 
-def pre_dump(o: Options, criu: str = "criu") -> float:
-    """One ``criu pre-dump`` round (task running; memory to the page server); seconds."""
+def _wait(swrk: Swrk, meanwhile: tuple[int, Callable[[], object]] | None,
+          every: float = 0.05) -> BaseException | None:
+    """Until CRIU answers: ``meanwhile`` = (fd, call), call whenever fd is readable, at
+    most once per ``every`` seconds. Returns the call's failure, if any (the caller
+    raises it once CRIU answered: a round is never left half done)."""
+    if meanwhile is None:
+        return None
+    fd, call = meanwhile
+    criu = swrk.sk.fileno()
+    failure: BaseException | None = None
+    next_at = 0.0
+    while True:
+        wait = time.monotonic() - next_at
+        watch = [criu, fd] if failure is None and wait >= 0 else [criu]
+        timeout = None if failure is not None or wait >= 0 else -wait
+        if criu in select.select(watch, [], [], timeout)[0]:
+            break
+        if failure is None and time.monotonic() >= next_at:
+            try:
+                call()
+            except Exception as exc:  # noqa: BLE001 - raised below
+                failure = exc
+            next_at = time.monotonic() + every
+    return failure
+
+
+def pre_dump(o: Options, criu: str = "criu",
+             meanwhile: tuple[int, Callable[[], object]] | None = None) -> float:
+    """One ``criu pre-dump`` round (task running; memory to the page server); seconds.
+    ``meanwhile``: (fd, call), run whenever fd is readable while CRIU works (the staged
+    user plane's changes go over as they happen)."""
     images_fd = os.open(o.images_dir, os.O_DIRECTORY | os.O_RDONLY)
     try:
         opts = build_opts(o, images_fd, None, o.log_file or "pre-dump.log")
@@ -138,8 +174,10 @@ def pre_dump(o: Options, criu: str = "criu") -> float:
         req.opts.CopyFrom(opts)
         swrk = Swrk(criu, quiet=True)  # it complains when we hang up after one request
         t0 = time.perf_counter()
+        failure = None
         try:
             swrk.send(req)
+            failure = _wait(swrk, meanwhile)
             resp = swrk.recv()
         except OSError as exc:
             resp = None
@@ -150,6 +188,8 @@ def pre_dump(o: Options, criu: str = "criu") -> float:
         swrk.close()
     finally:
         os.close(images_fd)
+    if failure is not None:
+        raise failure
     log = os.path.join(o.images_dir, o.log_file or "pre-dump.log")
     if resp is None or not resp.success:
         msg = (resp.cr_errmsg.strip() if resp is not None else "") or err or \
