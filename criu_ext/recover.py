@@ -89,12 +89,12 @@ def _unswitch(handoff: dict, root: int) -> str | None:
     from criu_ext.migrate import switch
 
     try:
-        detached = handoff.get("detached") or {}
-        if not isinstance(detached, dict):
-            return "malformed journal: detached links"
-        for name, bridge in detached.items():
+        links = handoff.get("links") or {}  # journaled before the freeze, maybe not off yet
+        if not isinstance(links, dict):
+            return "malformed journal: switch links"
+        for name, bridge in links.items():
             if not isinstance(name, str) or not (bridge is None or isinstance(bridge, str)):
-                return "malformed journal: detached links"
+                return "malformed journal: switch links"
             switch.attach([name], bridge) if bridge else switch.up([name])
         if handoff.get("staged"):
             switch.close_pass(f"/proc/{root}/ns/net")

@@ -57,6 +57,11 @@ class NatFlow:
     tcp_state: int | None = None
     mark: int = 0
 
+    @property
+    def key(self) -> tuple:
+        """Its original tuple: a table holds one entry per key."""
+        return (self.family, self.proto, self.ue, self.ue_port, self.peer, self.peer_port)
+
     def describe(self) -> str:
         name = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp"}.get(self.proto, "icmp")
         return (f"{name} {self.ue}:{self.ue_port} -> {self.peer}:{self.peer_port} "
@@ -378,6 +383,53 @@ class CtBatch:
                 if mtype == _NLMSG_ERROR and first <= seq <= last:
                     out[seq] = -_ERR.unpack_from(data, off)[0]
         return out
+
+
+class CtEvents:
+    """The entries conntrack confirms in one namespace from now on (ctnetlink's NEW
+    event group): what a copy of the table taken now misses later, read without a dump.
+    The kernel dropping events (the buffer overflowed) raises :class:`EventsLost`."""
+
+    GROUP_NEW = 1  # NFNLGRP_CONNTRACK_NEW, as a bind() group mask
+
+    def __init__(self, netns: str | None = None, rcvbuf: int = 8 << 20) -> None:
+        from procns.netns import in_netns
+
+        with in_netns(netns):
+            self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                                      _NETLINK_NETFILTER)
+        try:
+            try:  # root: past net.core.rmem_max
+                self.sock.setsockopt(socket.SOL_SOCKET, 33, rcvbuf)  # SO_RCVBUFFORCE
+            except OSError:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            self.sock.bind((0, self.GROUP_NEW))
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def read(self) -> list[CtEntry]:
+        """Every entry confirmed since the last read (never blocks)."""
+        out: list[CtEntry] = []
+        while True:
+            try:
+                data = self.sock.recv(1 << 17, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return out
+            except OSError as exc:
+                if exc.errno == 105:  # ENOBUFS
+                    raise EventsLost("conntrack events were dropped") from None
+                raise
+            for off, end, mtype, _ in _messages(data):
+                if mtype == (_SUBSYS_CTNETLINK << 8) | _CT_NEW:
+                    out.append(parse_entry(data, off, end))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class EventsLost(OSError):
+    """A :class:`CtEvents` reader fell behind: a dump must say what it missed."""
 
 
 def translated(netns: str | None, pools, ct: CtBatch | None = None) -> list[NatFlow]:

@@ -88,6 +88,40 @@ class Rtnl:
                     return
                 off += (length + 3) & ~3
 
+    def encode(self, msg, mtype: int, flags: int = NLM_F_REQUEST | NLM_F_ACK) -> bytes:
+        """A request built with a pyroute2 message class, encoded now for :meth:`send_all`
+        later (its sequence number is set there)."""
+        msg['header']['type'] = mtype
+        msg['header']['flags'] = flags
+        msg.encode()
+        return bytes(msg.data)
+
+    def send_all(self, requests: list[tuple[bytes, str]]) -> None:
+        """Requests :meth:`encode` made, in one write; every acknowledgement read. The
+        first refused, in order, raises RtnlError with its ``what``."""
+        if not requests:
+            return
+        first = self.seq + 1
+        out = bytearray()
+        for data, _ in requests:
+            self.seq += 1
+            start = len(out)
+            out += data
+            struct.pack_into('<I', out, start + 8, self.seq)  # nlmsg_seq
+        self.sock.send(out)
+        errors: dict[int, int] = {}
+        while len(errors) < len(requests):
+            data = self.sock.recv(65536)
+            off = 0
+            while off + _HDR.size <= len(data):
+                length, rtype, _, seq, _ = _HDR.unpack_from(data, off)
+                if rtype == NLMSG_ERROR and first <= seq <= self.seq:
+                    errors[seq] = -_ERR.unpack_from(data, off + 16)[0]
+                off += (length + 3) & ~3
+        for i, (_, what) in enumerate(requests):
+            if errors[first + i]:
+                raise RtnlError(what, errors[first + i])
+
     def dump(self, mtype: int, cls, family: int = socket.AF_UNSPEC) -> list:
         """A GET dump (RTM_GETLINK, RTM_GETADDR, ...) decoded with pyroute2's ``cls``."""
         self.seq += 1

@@ -22,10 +22,12 @@ next one (``owner`` file: its PID).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import ssl
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -37,6 +39,7 @@ from criu_ext.plugin import Log, PluginError, Warmup, select
 from procns.files import read_text, write_atomic
 
 DEFAULT_BUDGET = 4 << 30  # bytes of non-page images one migration may send
+STAGED = "staged"  # in a session directory: the staged netns, until the commit
 
 
 @dataclass
@@ -77,63 +80,127 @@ class Handoff:
         self.ready_at: float | None = None
         self.committed_at: float | None = None
         self.staged = staged  # _Staged, when the source stages its user plane
+        self.times: dict[str, float] = {}
 
     def post_restore(self, ctx) -> None:
+        extra: dict = {}
+        if self.staged is not None:
+            t0 = time.monotonic()
+            try:  # the devices' sockets become the task's
+                self.staged.plane.hand_over(ctx.init_pid)
+            except Exception as exc:  # noqa: BLE001 - InjectError, OSError
+                raise PluginError(f"GTP sockets not handed to PID {ctx.init_pid}: "
+                                  f"{exc}") from None
+            t1 = time.monotonic()
+            try:
+                self.staged.join_tail()
+                retried = self.staged.plane.retry_nat()  # CRIU's restore is over
+            except Exception as exc:  # noqa: BLE001 - the protocol's, gtp_util's
+                raise PluginError(f"the source's last user-plane changes: {exc}") from None
+            if retried:
+                self.staged.log.info(f"{retried} UE flow(s) created once CRIU was done")
+            t2 = time.monotonic()
+            self.times = {"hand_over_s": round(t1 - t0, 6), "tail_wait_s": round(t2 - t1, 6)}
+            extra = {**self.times, "applied": self.staged.plane.applied,
+                     "nat_flows": self.staged.plane.nat_flows,
+                     "nat_failed": len(self.staged.plane.nat_failed)}
+            self.staged.log_failed()
         try:
-            if self.staged is not None:  # the devices' sockets become the task's
-                try:
-                    self.staged.plane.hand_over(ctx.init_pid)
-                except Exception as exc:  # noqa: BLE001 - InjectError, OSError
-                    raise PluginError(f"GTP sockets not handed to PID {ctx.init_pid}: "
-                                      f"{exc}") from None
             self.ready_at = time.monotonic()
-            self.chan.send("ready", restore_s=round(self.ready_at - self.t0, 6))
+            self.chan.send("ready", restore_s=round(self.ready_at - self.t0, 6), **extra)
             if self.staged is not None:
                 self.staged.last_steps(self.chan)
             self.chan.recv("commit")
             self.committed_at = time.monotonic()
-            if self.staged is not None:
+            if self.staged is not None:  # the plane is the task's now: never taken out
                 self.staged.committed = True
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(os.path.dirname(ctx.images_dir), STAGED))
         except wire.ProtocolError as exc:
             raise PluginError(f"no commit from the source ({exc}): restore abandoned") from None
 
 
 class _Staged:
-    """This end of a staged user plane: the plane, then the switch."""
+    """This end of a staged user plane: the plane, its last changes, then the switch."""
 
     def __init__(self, cfg: ReceiveConfig, image: str, log: Log) -> None:
+        from criu_ext.migrate import switch
         from criu_ext.migrate.stage import StagedPlane
 
         self.cfg, self.log = cfg, log
         assert cfg.stage_netns is not None
         self.links = [_link_spec(x) for x in cfg.switch_links]
         self.plane = StagedPlane(cfg.stage_netns, image, share_port=True)
+        try:  # the switch's half here, encoded now: one netlink write in the freeze
+            self.attach = switch.LinkMove(dict(self.links), up=True)
+        except switch.SwitchError:
+            self.plane.remove()
+            raise
         self.attached = self.committed = False
+        self.tail: threading.Thread | None = None
+        self.tail_error: BaseException | None = None
+        self.chan: wire.Channel | None = None
+
+    def start_tail(self, chan: wire.Channel) -> None:
+        """The source's last changes, UE flows and ``pdp-end``, read and applied in a
+        thread of their own while CRIU restores the task (the channel is this thread's
+        alone until :meth:`join_tail`)."""
+        def run() -> None:
+            try:
+                while True:
+                    msg = chan.recv("pdp", "nat", "pdp-end")
+                    if msg["op"] == "pdp":
+                        self.plane.apply(msg)
+                    elif msg["op"] == "nat":
+                        self.plane.install_nat(msg)
+                    else:
+                        self.plane.finish(msg)
+                        return
+            except BaseException as exc:  # noqa: BLE001 - raised by join_tail
+                self.tail_error = exc
+
+        self.chan = chan
+        self.tail = threading.Thread(target=run, name="criu-ext-stage-tail", daemon=True)
+        self.tail.start()
+
+    def join_tail(self) -> None:
+        """Wait for :meth:`start_tail`'s thread (its reads time out with the channel's);
+        raises what it failed with."""
+        if self.tail is None:
+            raise wire.ProtocolError("the source's last user-plane changes never came")
+        self.tail.join()
+        if self.tail_error is not None:
+            raise self.tail_error
+
+    def log_failed(self) -> None:
+        """The UE flows not created here, and why (the first few): the masquerade
+        translates them afresh, maybe to another port."""
+        failed = self.plane.nat_failed
+        if failed:
+            self.log.error(f"{len(failed)} UE flow(s) not created with their binding: "
+                           + "; ".join(f"{f.describe()}: {why}" for f, why in failed[:5]))
 
     def last_steps(self, chan: wire.Channel) -> None:
-        """After ``ready``: the source's last changes and UE flows (``staged``), then its
-        ``switch``: our links onto the fabric, a gratuitous ARP (``switched``)."""
+        """After ``ready``: the flows confirmed on the source since, then its ``switch``:
+        our links onto the fabric (``switched``), a gratuitous ARP."""
         from criu_ext.migrate import switch
 
-        while True:
-            msg = chan.recv("pdp", "nat", "pdp-end")
-            if msg["op"] == "pdp":
-                self.plane.apply(msg)
-            elif msg["op"] == "nat":
-                self.plane.install_nat(msg)
-            else:
-                self.plane.finish(msg)
-                break
-        chan.send("staged", applied=self.plane.applied, nat_flows=self.plane.nat_flows)
-        chan.recv("switch")
+        late = 0
+        while (msg := chan.recv("nat", "switch"))["op"] == "nat":
+            late += self.plane.install_nat(msg)
+        self.log_failed()
         self.attached = True  # whatever part of it happens is undone on failure
+        t0 = time.monotonic()
         try:
-            for name, bridge in self.links:
-                switch.attach([name], bridge)
-            sent = switch.announce(self.plane.netns)
+            self.attach.run()
         except switch.SwitchError as exc:
             raise PluginError(f"switch: {exc}") from None
-        chan.send("switched", announced=sent)
+        chan.send("switched", late_flows=late, attach_s=round(time.monotonic() - t0, 6))
+        try:  # the bridges on the way learn the MACs' new port at once
+            sent = switch.announce(self.plane.netns)
+        except OSError as exc:
+            self.log.error(f"switched, but no gratuitous ARP: {exc}")
+            return
         self.log.info(f"switched: {', '.join(n for n, _ in self.links) or 'no link'} on the "
                       f"fabric, {sent} gratuitous ARP(s)")
 
@@ -141,6 +208,8 @@ class _Staged:
         """The migration failed: our links off the fabric again, the plane removed."""
         from criu_ext.migrate import switch
 
+        self._stop_tail()
+        self.attach.close()
         if self.committed:  # the task runs here now, on these links
             return
         if self.attached:
@@ -152,6 +221,15 @@ class _Staged:
             self.plane.remove()
         except Exception as exc:  # noqa: BLE001 - gtp_util's
             self.log.error(f"could not remove the staged user plane: {exc}")
+
+    def _stop_tail(self) -> None:
+        """The tail thread ended: a source that is gone is not waited for."""
+        if self.tail is None or not self.tail.is_alive():
+            return
+        self.tail.join(5.0)
+        if self.tail.is_alive() and self.chan is not None:
+            self.chan.shutdown()
+            self.tail.join(5.0)
 
 
 def _link_spec(text: str) -> tuple[str, str]:
@@ -259,6 +337,9 @@ class Session:
         if msg.get("name") != IMAGE:
             raise wire.ProtocolError(f"a file before any round: {str(msg.get('name'))[:64]!r}")
         self.budget -= self.chan.recv_file(msg, self.dir, self.budget)
+        # journaled first: a receiver killed from here on leaves devices in the staged
+        # netns, which the next receiver takes out (remove_stale)
+        write_atomic(os.path.join(self.dir, STAGED), f"{self.cfg.stage_netns}\n")
         t0 = time.monotonic()
         try:
             self.staged = _Staged(self.cfg, os.path.join(self.dir, IMAGE), self.log)
@@ -301,6 +382,8 @@ class Session:
             opts.external = []
             nsfd = os.open(self.staged.plane.netns, os.O_RDONLY | os.O_CLOEXEC)
             opts.inherit_fd = {nsfd: STAGE_KEY}
+        if self.staged is not None:
+            self.staged.start_tail(self.chan)
         try:
             res = run(ph.RESTORE, opts, session, self.cfg.criu)
         finally:
@@ -317,7 +400,7 @@ class Session:
         self.result = {"pid": pid, "restore_s": round(t1 - t0, 6),
                        # the commit to CRIU's return: the tasks resumed here
                        "resume_s": round(t1 - (handoff.committed_at or t1), 6),
-                       "plugin_s": round(plugin_s, 6),
+                       "plugin_s": round(plugin_s, 6), **handoff.times,
                        "criu_restore_s": stats(images).get("restore", {}).get("restore_time", 0) / 1e6,
                        "notify": res.notify}
         self.log.info(f"restored: PID {pid} runs here")
@@ -350,8 +433,35 @@ def remove_stale(work_dir: str, log: Log) -> None:
             continue  # its receiver still runs
         except (OSError, ValueError):
             pass
+        _remove_staged(path, log)
         shutil.rmtree(path, ignore_errors=True)
         log.info(f"removed {path}, left by a receiver that is gone")
+
+
+def _remove_staged(path: str, log: Log) -> None:
+    """A staged user plane a killed receiver left (its session journaled ``staged``, not
+    committed): its devices taken out of the namespace the journal names, as the image
+    it was built from lists them. The image is read as any other (validated)."""
+    from criu_ext.migrate.stage import IMAGE
+
+    try:
+        netns = read_text(os.path.join(path, STAGED), 4096).strip()
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError) as exc:
+        log.error(f"{path}: unreadable {STAGED} journal: {exc}")
+        return
+    image = os.path.join(path, IMAGE)
+    if not os.path.exists(netns) or not os.path.exists(image):
+        return  # the host's set-up removed the netns, devices and all; or killed before
+        # the image was whole: nothing was built from it
+    try:
+        import gtp_util
+
+        gtp_util.remove(gtp_util.load(image), netns)
+        log.info(f"removed the user plane a killed receiver staged in {netns}")
+    except Exception as exc:  # noqa: BLE001 - gtp_util's, OSError
+        log.error(f"could not remove the user plane staged in {netns}: {exc}")
 
 
 def serve(cfg: ReceiveConfig, log: Log, once: bool = True, ready=None) -> dict:

@@ -18,13 +18,15 @@ Order of the conversation (destination.py has the other side):
 4. ``done`` from the destination: the task runs there.
 
 With ``stage`` (make-before-break, stage.py and switch.py): after ``hello`` the
-user plane goes over as ``stage.img`` and every PDP change after each pre-copy
-round; the final dump treats the task's netns as external (CRIU dumps none of its
-configuration) and lets GTP-U through CRIU's network lock, so the source forwards
-while it is frozen. After ``ready``: the last changes, the UE flows and
-``pdp-end`` (the destination answers ``staged``), then the switch: our outer links
-off the bridge, ``switch``, the destination's onto its bridge and a gratuitous ARP
-(``switched``), then ``commit``. A failure after our links went down puts them back.
+user plane goes over as ``stage.img``, then every PDP change as it happens (read
+while CRIU pre-dumps); the final dump treats the task's netns as external (CRIU
+dumps none of its configuration) and lets GTP-U through CRIU's network lock, so the
+source forwards while it is frozen. After ``restoring``, while the destination
+restores: the last changes, the UE flows and ``pdp-end`` (it applies them beside
+CRIU and says so in ``ready``). Then the switch: the flows conntrack confirmed
+since, our outer links off the bridge, ``switch``, the destination's onto its
+bridge (``switched``; its gratuitous ARP follows), then ``commit``. A failure after
+our links went down puts them back.
 """
 
 from __future__ import annotations
@@ -120,21 +122,25 @@ class Handoff:
     default = False
 
     def __init__(self, chan: wire.Channel, rep: Report, progress: Progress,
-                 stager=None, switch_links: list[str] | None = None) -> None:
+                 staging: _Staging | None = None) -> None:
         self.chan, self.rep, self.progress = chan, rep, progress
         self.session: Session | None = None
         self.phase = "final dump"
         self.committed = False
         self.post_dump_at = self.committed_at = 0.0
-        self.stager = stager  # stage.StageSender, with --stage
-        self.switch_links = list(switch_links or ())
+        self.staging = staging  # with --stage
         self.detached: dict[str, str | None] = {}  # our links taken off: name -> bridge
+
+    def pre_dump(self, ctx) -> None:
+        if self.staging is not None:  # before the freeze: criu-ext recover removes the
+            # GTP-U pass and puts these links back on their bridges (those never taken
+            # off are left as they are)
+            ctx.state["staged"] = True
+            ctx.state["links"] = self.staging.masters
+            ctx.persist()
 
     def post_dump(self, ctx) -> None:
         t0 = self.post_dump_at = time.monotonic()
-        if self.stager is not None:  # criu-ext recover removes the GTP-U pass
-            ctx.state["staged"] = True
-            ctx.persist()
         try:
             self.phase = "transfer"
             self.progress.phase("transfer: images")
@@ -150,12 +156,20 @@ class Handoff:
             self.chan.recv("restoring")  # every image arrived, the last page server ended well
             t1 = time.monotonic()
             self.rep.times["transfer"] = t1 - t0
+            if self.staging is not None:  # while the destination restores the task
+                self.phase = "stage"
+                self.progress.phase("user plane: last changes (the destination restores)")
+                self.rep.stage["changes"] = _user_plane(self.staging.sender.finish)
+                self.rep.times["stage_tail"] = time.monotonic() - t1
             self.phase = "restore"
             self.progress.phase("restore on the destination")
             ready = self.chan.recv("ready")
             self.rep.times["restore_until_ready"] = time.monotonic() - t1
             self.rep.times["dest_restore_until_ready"] = float(ready.get("restore_s", 0.0))
-            if self.stager is not None:
+            if self.staging is not None:
+                for key in ("hand_over", "tail_wait"):
+                    self.rep.times[f"dest_{key}"] = float(ready.get(f"{key}_s", 0.0))
+                self.rep.stage["nat_failed"] = int(ready.get("nat_failed", 0))
                 self._switch(ctx)
             self.phase = "commit"
             # journaled first: from here the tree belongs to the destination, and
@@ -173,25 +187,29 @@ class Handoff:
             raise PluginError(f"{exc}") from None
 
     def _switch(self, ctx) -> None:
-        """The staged user plane brought up to date, then the links moved over."""
+        """The flows confirmed since the last step read the table, then the links moved
+        over: ours off in one netlink write (prepared before the freeze), theirs on."""
+        from criu_ext.migrate.stage import PER_MESSAGE
+
+        assert self.staging is not None and self.staging.detach is not None
         t0 = time.monotonic()
-        self.phase = "stage"
-        self.progress.phase("user plane: last changes")
-        self.rep.stage["changes"] = self.stager.finish()
-        self.rep.stage["nat_flows"] = self.stager.nat_flows
-        self.chan.recv("staged")
-        t1 = time.monotonic()
         self.phase = "switch"
         self.progress.phase("switch")
-        self.detached = switch.masters(self.switch_links)
-        ctx.state["detached"] = self.detached  # journaled: recover puts them back
-        ctx.persist()
-        switch.detach(self.switch_links)
-        self.chan.send("switch")
-        self.chan.recv("switched")
+        late = _user_plane(self.staging.sender.late)
+        t1 = time.monotonic()
+        self.detached = dict(self.staging.masters)  # from here a failure puts them back
+        self.staging.detach.run()
         t2 = time.monotonic()
-        self.rep.times["stage_final"] = t1 - t0
-        self.rep.times["switch"] = t2 - t1
+        for i in range(0, len(late), PER_MESSAGE):
+            self.chan.send("nat", flows=late[i:i + PER_MESSAGE])
+        self.chan.send("switch")
+        there = self.chan.recv("switched")
+        t3 = time.monotonic()
+        self.rep.times.update({"switch": t3 - t0, "switch_late_flows": t1 - t0,
+                               "switch_detach": t2 - t1, "switch_there": t3 - t2,
+                               "dest_attach": float(there.get("attach_s", 0.0))})
+        self.rep.stage["nat_flows"] = self.staging.sender.nat_flows
+        self.rep.stage["late_flows"] = len(late)
 
     def _switch_back(self, ctx) -> None:
         """After a failure: our links back where they were (the source runs on)."""
@@ -203,12 +221,10 @@ class Handoff:
             except SwitchError as exc:
                 ctx.log.error(f"could not put link {name} back: {exc}")
         self.detached = {}
-        ctx.state.pop("detached", None)
-        ctx.persist()
 
 
 def _pre_dump_round(cfg: MigrateConfig, chan: wire.Channel, work: str, n: int,
-                    progress: Progress) -> Round:
+                    progress: Progress, meanwhile=None) -> Round:
     """Round ``n``: a page server there, ``criu pre-dump`` here into it."""
     progress.phase(f"pre-copy round {n}: page server")
     chan.send("page-server", round=n)
@@ -218,7 +234,7 @@ def _pre_dump_round(cfg: MigrateConfig, chan: wire.Channel, work: str, n: int,
                 log_level=cfg.log_level, shell_job=cfg.shell_job)
     page_server_opts(o, cfg.dest[0], port, cfg.tls, n - 1 if n > 1 else None)
     progress.phase(f"pre-copy round {n}: pre-dump")
-    seconds = pre_dump(o, cfg.criu)
+    seconds = pre_dump(o, cfg.criu, meanwhile)
     chan.send("round-done", round=n)
     chan.recv("round-ok")
     st = stats(images).get("dump", {})
@@ -226,12 +242,12 @@ def _pre_dump_round(cfg: MigrateConfig, chan: wire.Channel, work: str, n: int,
                  st.get("frozen_time", 0) / 1e6)
 
 
-def _pump(stager) -> int:
-    """The staged user plane's changes since the last call, sent; the follower's own
+def _user_plane(step):
+    """A step of the staged user plane (``stager.pump``, ``finish``, ``late``), its own
     failures (gtp_util.follow.Lost: notifications lost, the list must be copied again;
-    netlink errors) as the protocol's."""
+    netlink errors) raised as the protocol's."""
     try:
-        return stager.pump()
+        return step()
     except wire.ProtocolError:
         raise
     except Exception as exc:  # noqa: BLE001 - gtp_util's, OSError
@@ -244,6 +260,13 @@ def _pre_copy(cfg: MigrateConfig, chan: wire.Channel, work: str, rep: Report,
     is staged); returns the number of rounds taken."""
     pages: list[int] = []
     n = 0
+    meanwhile = None
+    if stager is not None:  # the changes go over as they happen, CRIU working meanwhile
+        def pump() -> None:
+            rep.stage["changes_pre_copy"] = rep.stage.get("changes_pre_copy", 0) \
+                + _user_plane(stager.pump)
+
+        meanwhile = (stager.follower.fileno(), pump)
     while True:
         decision = next_round(pages, cfg.policy)
         if not decision.again:
@@ -252,10 +275,9 @@ def _pre_copy(cfg: MigrateConfig, chan: wire.Channel, work: str, rep: Report,
         n += 1
         phase = f"pre-copy round {n}"
         try:
-            r = _pre_dump_round(cfg, chan, work, n, progress)
-            if stager is not None:
-                rep.stage["changes_pre_copy"] = rep.stage.get("changes_pre_copy", 0) \
-                    + _pump(stager)
+            r = _pre_dump_round(cfg, chan, work, n, progress, meanwhile)
+            if meanwhile is not None:
+                meanwhile[1]()
         except wire.PeerFailed as exc:
             raise MigrationFailed(phase, f"the destination failed at {exc.phase}: "
                                   f"{exc.reason}") from None
@@ -281,6 +303,8 @@ class _Staging:
         self.nsfd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         self.netns = f"/proc/{os.getpid()}/fd/{self.nsfd}"
         self.passing = False
+        self.masters: dict[str, str | None] = {}
+        self.detach: switch.LinkMove | None = None
         try:
             self.sender = StageSender(self.netns, chan)
         except BaseException:
@@ -294,9 +318,13 @@ class _Staging:
         """CRIU's ``--external`` for the task's netns: its inode, our key."""
         return f"net[{os.fstat(self.nsfd).st_ino}]:{STAGE_KEY}"
 
-    def open_pass(self) -> None:
+    def prepare(self, links: list[str]) -> None:
+        """Before the freeze: GTP-U let through CRIU's lock, and the switch's first half
+        made ready (``links``' bridges read, their detach encoded)."""
         ports = sorted({getattr(d, a).port for d in self.sender.snapshot.devices
                         for a in ("sock0", "sock1") if getattr(d, a).kind == "task"})
+        self.masters = switch.masters(links)
+        self.detach = switch.LinkMove(dict.fromkeys(links), up=False)
         self.passing = True
         switch.pass_user_plane(self.netns, ports)
 
@@ -305,6 +333,8 @@ class _Staging:
             if self.passing:
                 switch.close_pass(self.netns)
         finally:
+            if self.detach is not None:
+                self.detach.close()
             self.sender.close()
             os.close(self.nsfd)
 
@@ -384,12 +414,11 @@ def migrate(cfg: MigrateConfig, log: Log, progress: Progress | None = None) -> R
         if staging is not None:
             o.external.append(staging.external())
             try:
-                staging.open_pass()
+                staging.prepare(cfg.switch_links)
             except SwitchError as exc:
-                raise MigrationFailed("final dump", f"GTP-U through CRIU's lock: {exc}") \
+                raise MigrationFailed("final dump", f"the switch cannot be prepared: {exc}") \
                     from None
-        handoff = Handoff(chan, rep, progress, staging.sender if staging else None,
-                          cfg.switch_links)
+        handoff = Handoff(chan, rep, progress, staging)
         session = Session(ph.DUMP, images, [*plugins, handoff], "rpc", log)
         session.warmed = True  # by the Warmup above
         handoff.session = session

@@ -9,10 +9,12 @@ path before the task is frozen:
   family's multicast group first, then the user plane is read (devices, contexts,
   routes, NAT rules, sysctls) and sent as a gtp image (``stage.img``);
   :meth:`StageSender.pump` sends what changed since, as ``pdp`` messages, while
-  pre-copy runs; :meth:`StageSender.finish`, in the frozen window, sends the last
-  changes, the UE flows' conntrack entries (``nat``: gtp_util.natflows, each to be
-  created with its NAT binding) and ``pdp-end`` with the count: one read of the
-  follower, not the list.
+  pre-copy runs; :meth:`StageSender.finish`, once the task is frozen and while the
+  destination restores it, sends the last changes, the UE flows' conntrack entries
+  (``nat``: gtp_util.natflows, each to be created with its NAT binding) and
+  ``pdp-end`` with the count: one read of the follower, not the list;
+  :meth:`StageSender.late`, at the switch, the flows conntrack confirmed since
+  (its NEW events).
 * destination (:class:`StagedPlane`): restores the image into the staged namespace,
   every device bound to a GTP-U socket it binds there itself and holds for the task
   (CRIU cannot hand an inet socket over: docs/migrate.md); replays every ``pdp``
@@ -36,7 +38,7 @@ from typing import Any
 
 from gtp_util.follow import Change, Follower, replay
 from gtp_util.model import PdpContext, Snapshot, SocketRef
-from gtp_util.natflows import CtBatch
+from gtp_util.natflows import CtBatch, CtEvents
 from gtp_util.netlink import PdpChannel
 
 from .wire import Channel, ProtocolError
@@ -96,8 +98,11 @@ class StageSender:
         self.nat_flows = 0
         self.follower = Follower(netns)  # before the copy: nothing falls between
         self.conntrack: CtBatch | None = None
+        self.events: CtEvents | None = None
+        self.flows_sent: set[tuple] = set()
         try:
             self.snapshot = gtp_util.take_snapshot(netns)
+            self.pools = pools(self.snapshot)
             self.conntrack = CtBatch(netns)  # opened now, read in the freeze
         except BaseException:
             self.close()
@@ -122,20 +127,46 @@ class StageSender:
         return len(changes)
 
     def finish(self) -> int:
-        """The last changes, the UE flows' NAT state, and the count (the task frozen: no
-        more changes come). Returns the count."""
-        from gtp_util.natflows import to_row, translated
+        """The task frozen (no more PDP changes come): the last changes, the UE flows' NAT
+        state and the count; returns the count. It runs while the destination restores
+        the task; the flows conntrack confirms after it are :meth:`late`'s."""
+        from gtp_util.natflows import CtEvents, to_row, translated
 
         self.pump()
-        flows = translated(self.netns, pools(self.snapshot), self.conntrack)
+        self.events = CtEvents(self.netns)  # before the read: nothing falls between
+        flows = translated(self.netns, self.pools, self.conntrack)
+        self.flows_sent = {f.key for f in flows}
         for i in range(0, len(flows), PER_MESSAGE):
             self.chan.send("nat", flows=[to_row(f) for f in flows[i:i + PER_MESSAGE]])
         self.nat_flows = len(flows)
         self.chan.send("pdp-end", count=self.sent)
         return self.sent
 
+    def late(self) -> list[list]:
+        """The UE flows confirmed since :meth:`finish` read the table (the source forwards
+        until the switch), as ``nat`` rows: conntrack's NEW events, or a dump when the
+        kernel dropped some."""
+        from gtp_util.natflows import EventsLost, flow_of, to_row
+
+        assert self.events is not None and self.conntrack is not None, "finish() first"
+        try:
+            entries = self.events.read()
+        except EventsLost:
+            entries = self.conntrack.dump()
+        rows = []
+        for e in entries:
+            f = flow_of(e, self.pools)
+            if f is not None and f.key not in self.flows_sent:
+                self.flows_sent.add(f.key)
+                rows.append(to_row(f))
+        self.nat_flows += len(rows)
+        return rows
+
     def close(self) -> None:
         self.follower.close()
+        if self.events is not None:
+            self.events.close()
+            self.events = None
         if self.conntrack is not None:
             self.conntrack.close()
             self.conntrack = None
@@ -218,7 +249,22 @@ class StagedPlane:
             flows = [from_row(r, self.pools) for r in rows]
         except ValueError as exc:
             raise ProtocolError(f"NAT flow refused: {exc}") from None
-        done, self.nat_failed = install_all(self.netns, flows)
+        done, failed = install_all(self.netns, flows)
+        self.nat_failed += failed
+        self.nat_flows += len(done)
+        return len(done)
+
+    def retry_nat(self) -> int:
+        """The flows not created, tried once more; returns how many are made now. Flows
+        created while CRIU restores the task (its own copies of the entries, without
+        their binding, go in meanwhile) can lose a race: between our delete and our
+        create of a flow, CRIU's entry takes its place (EEXIST). Once CRIU is done,
+        nothing races."""
+        from gtp_util.natflows import install_all
+
+        if not self.nat_failed:
+            return 0
+        done, self.nat_failed = install_all(self.netns, [f for f, _ in self.nat_failed])
         self.nat_flows += len(done)
         return len(done)
 

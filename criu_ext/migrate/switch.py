@@ -15,7 +15,9 @@ the other's in one step (#14).
   namespace: off the bridge and down on the source, onto the bridge and up on the
   destination. The source's ends go first: the two copies share addresses and MACs
   and are never both on the fabric, and nothing the source sends after the switch
-  (an ICMP error, a reset) reaches a peer.
+  (an ICMP error, a reset) reaches a peer. :class:`LinkMove` is the same move with
+  the names resolved and the requests encoded beforehand: in the frozen window it
+  is one netlink write.
 * :func:`announce`: a gratuitous ARP for every IPv4 address of the destination's
   links, so every bridge on the way learns the MACs' new port at once instead of
   when the function next speaks.
@@ -67,34 +69,61 @@ def close_pass(netns: str) -> None:
     _nft(netns, [{"delete": {"table": {"family": "inet", "name": PASS_TABLE}}}], check=False)
 
 
+class LinkMove:
+    """Links of this process's netns put onto a bridge (or none: None) and up or down, in
+    one netlink write. The names are resolved and the requests encoded when it is made,
+    out of the frozen window; :meth:`run` then costs one round trip."""
+
+    def __init__(self, targets: dict[str, str | None], up: bool) -> None:
+        from pyroute2.netlink.rtnl import RTM_NEWLINK
+        from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+        from gtp_util.rtnl import Rtnl
+
+        def index_of(name: str) -> int:
+            try:
+                return socket.if_nametoindex(name)
+            except OSError:
+                raise SwitchError(f"no such link: {name}") from None
+
+        self.names = list(targets)
+        self.rt = Rtnl()
+        self.requests: list[tuple[bytes, str]] = []
+        try:
+            for name, master in targets.items():
+                msg = ifinfmsg()
+                msg["index"] = index_of(name)
+                msg["flags"] = IFF_UP if up else 0
+                msg["change"] = IFF_UP
+                msg["attrs"] = [("IFLA_MASTER", index_of(master) if master else 0)]
+                self.requests.append((self.rt.encode(msg, RTM_NEWLINK), f"link {name}"))
+        except BaseException:
+            self.close()
+            raise
+
+    def run(self) -> None:
+        from gtp_util.rtnl import RtnlError
+
+        try:
+            self.rt.send_all(self.requests)
+        except (RtnlError, OSError) as exc:
+            raise SwitchError(str(exc)) from None
+
+    def close(self) -> None:
+        self.rt.close()
+
+    def __enter__(self) -> LinkMove:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def _set_links(names: list[str], master: str | None, up: bool) -> None:
     """Every link of ``names`` (this process's netns) onto ``master`` (None: off any
-    bridge), and up or down; one rtnetlink request each."""
-    from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
-    from pyroute2.netlink.rtnl import RTM_NEWLINK
-    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
-
-    from gtp_util.rtnl import Rtnl
-
-    def index_of(name: str) -> int:
-        try:
-            return socket.if_nametoindex(name)
-        except OSError:
-            raise SwitchError(f"no such link: {name}") from None
-
-    mindex = index_of(master) if master else 0
-    indexes = [index_of(n) for n in names]
-    with Rtnl() as rt:
-        for name, index in zip(names, indexes):
-            msg = ifinfmsg()
-            msg["index"] = index
-            msg["flags"] = IFF_UP if up else 0
-            msg["change"] = IFF_UP
-            msg["attrs"] = [("IFLA_MASTER", mindex)]
-            try:
-                rt.request(msg, RTM_NEWLINK, f"link {name}", NLM_F_REQUEST | NLM_F_ACK)
-            except OSError as exc:
-                raise SwitchError(str(exc)) from None
+    bridge), and up or down."""
+    with LinkMove(dict.fromkeys(names, master), up) as move:
+        move.run()
 
 
 def masters(names: list[str]) -> dict[str, str | None]:

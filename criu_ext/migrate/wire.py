@@ -145,3 +145,10 @@ class Channel:
             self.sock.close()
         except OSError:
             pass
+
+    def shutdown(self) -> None:
+        """Both directions shut (a reader blocked in another thread returns at once)."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass

@@ -212,6 +212,6 @@ def test_a_staged_handoff_s_journal_is_checked_before_any_link_moves():
     each fails the type check first)."""
     from criu_ext.recover import _unswitch
 
-    assert _unswitch({}, 1) is None  # not staged, nothing detached: nothing to undo
+    assert _unswitch({}, 1) is None  # not staged, no links journaled: nothing to undo
     for bad in (["spgw-s1u0"], {"spgw-s1u0": 3}, {7: "br0"}, "br0"):
-        assert "malformed journal" in _unswitch({"detached": bad}, 1)
+        assert "malformed journal" in _unswitch({"links": bad}, 1)

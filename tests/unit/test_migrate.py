@@ -289,3 +289,76 @@ def test_switch_link_arguments_are_checked_before_anything_runs():
     r = CliRunner().invoke(receive, ["--listen", "h:0", "--tls-cacert", "c", "--tls-cert", "c",
                                      "--tls-key", "k", "--stage-netns", "/proc/self/ns/net"])
     assert r.exit_code == 2 and "--switch-link" in r.output
+
+
+# -- pre-copy: the staged user plane's changes sent while CRIU works ------------------------
+
+class _FakeCriu:
+    """Pure logic: stands for ``criu swrk`` (a socket that answers when told)."""
+
+    def __init__(self) -> None:
+        self.sk, self.criu_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+    def close(self) -> None:
+        self.sk.close()
+        self.criu_end.close()
+
+
+def test_changes_go_over_while_criu_works_and_a_failure_waits_for_criu():
+    from criu_ext.migrate.pagesrv import _wait
+
+    criu = _FakeCriu()
+    changes_r, changes_w = socket.socketpair()
+    calls: list[bytes] = []
+
+    def pump() -> None:
+        calls.append(changes_r.recv(64))
+        if len(calls) == 2:
+            criu.criu_end.send(b"answer")  # CRIU ends its round after the second
+        else:
+            changes_w.send(b"second")
+
+    try:
+        changes_w.send(b"first")
+        assert _wait(criu, (changes_r.fileno(), pump), every=0.01) is None
+        assert calls == [b"first", b"second"]
+        assert criu.sk.recv(16) == b"answer"
+
+        def broken() -> None:  # the channel failed: returned, not raised, once CRIU answered
+            changes_r.recv(64)
+            threading.Timer(0.05, criu.criu_end.send, (b"done",)).start()
+            raise wire.ProtocolError("channel gone")
+
+        changes_w.send(b"third")
+        failure = _wait(criu, (changes_r.fileno(), broken), every=0.01)
+        assert isinstance(failure, wire.ProtocolError)
+        assert criu.sk.recv(16) == b"done"  # CRIU's answer is still there to read
+        assert _wait(criu, None) is None  # nothing to follow: nothing waited for here
+    finally:
+        criu.close()
+        changes_r.close()
+        changes_w.close()
+
+
+def test_a_killed_receiver_s_staged_plane_is_looked_for_and_its_directory_removed(tmp_path):
+    """remove_stale reads a dead receiver's ``staged`` journal: a namespace that is gone
+    (the host removed it) or an image never received leave nothing to do, in one line
+    at most, and the directory goes (the devices themselves: tests/vm/test_migrate_staged)."""
+    from criu_ext.migrate.destination import STAGED, remove_stale
+
+    lines: list[str] = []
+
+    class Log:
+        def info(self, m: str) -> None:
+            lines.append(m)
+
+        error = info
+
+    for n, netns in enumerate((tmp_path / "gone-netns", tmp_path)):
+        d = tmp_path / f"session-{n}"
+        d.mkdir()
+        (d / "owner").write_text("999999999\n")  # no such process: its receiver is gone
+        (d / STAGED).write_text(f"{netns}\n")
+    remove_stale(str(tmp_path), Log())
+    assert not list(tmp_path.glob("session-*"))
+    assert all("removed" in m and "\n" not in m for m in lines), lines
