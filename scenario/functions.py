@@ -159,7 +159,23 @@ class Spgw(Function):
                      ["gtp-dump", "--tunnels"]):
             res = sh(*argv, ns=self.ns, check=False)
             out.append(f"$ {' '.join(argv)}\n{res.stdout}{res.stderr}")
+        out.append(self._flows())
         return "\n".join(out)
+
+    def _flows(self) -> str:
+        """The UE echo flows in conntrack: translated to which echo id, bound or not."""
+        from gtp_util.natflows import CtBatch, bound
+
+        try:
+            with CtBatch(NetnsSet.path(self.ns)) as ct:
+                entries = [e for e in ct.dump() if e.tuple_orig and e.tuple_orig.proto == 1]
+        except OSError as exc:
+            return f"conntrack: {exc}"
+        return f"conntrack, {len(entries)} ICMP entries:\n" + "\n".join(
+            f"  {e.tuple_orig.saddr} id {e.tuple_orig.icmp_id} -> {e.tuple_orig.daddr}, reply to "
+            f"{e.tuple_reply.daddr if e.tuple_reply else '?'} id "
+            f"{e.tuple_reply.icmp_id if e.tuple_reply else '?'}, status {e.status:#x}"
+            f"{' bound' if bound(e) else ' UNBOUND'}, {e.timeout} s" for e in entries)
 
     def stop(self) -> dict:
         self.pinger.send_signal(signal.SIGTERM)

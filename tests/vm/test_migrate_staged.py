@@ -12,9 +12,13 @@ post-restore, before the switch), then the switch half-way (the receiver's secon
 link names no bridge, after its first went on the fabric): each time the source
 serves on with its links back on the bridge, and B is left clean (no gtp device,
 no socket on 2152 in the staged netns, its link ends off the fabric, no task).
-A UE's TCP download through the SGi masquerade runs across all of it, intact and
-without a reset. The largest gap any UE saw is printed and recorded, and must be
-well under the frozen window (without staging it is at least that window).
+Then the receiver killed once it staged: the source serves on, and the next
+receiver takes the devices out of the netns the killed one staged them in. The
+churn's new UEs attach at a second base station, which pings them after each move
+(their own downlink TEIDs answer). A UE's TCP download through the SGi masquerade
+runs across all of it, intact and without a reset. The largest gap any UE saw is
+printed and recorded, and must be well under the frozen window (without staging it
+is at least that window).
 
 Its own module: the fabric of test_migrate.py already holds an SPGW's namespaces.
 Figures go to out/migrate.json (``spgw_staged``).
@@ -22,8 +26,10 @@ Figures go to out/migrate.json (``spgw_staged``).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import signal
 import statistics
 import time
 
@@ -33,10 +39,12 @@ import gtp_util
 from gtp_util.model import PdpTable
 from gtp_util.netlink import PdpChannel
 from gtp_util.sockets import udp_sockets
+from lab.enb import Enb
 from lab.files import record_json
 from lab.gateway import ENB_ADDR, I_TEI_BASE, O_TEI_BASE, UE_BASE
 from lab.netns import NetnsSet, sh
 from lab.procs import alive
+from lab.topology import GW_S1U_IP, PDN_IP, ue_addr
 from scenario.download import Download
 from scenario.fabric import BRIDGE, outer_name
 from scenario.functions import Spgw
@@ -62,19 +70,34 @@ def _contexts(netns: str) -> set:
     return {t[i] for i in range(len(t))}
 
 
+ENB2_IP = "10.0.0.4"  # a second base station (the download's is .3), where the churn's UEs attach
+
+
 def _churn(netns: str, attach: range, detach: range) -> None:
-    """UEs attach and detach on the source gateway, as its signalling would."""
-    def table(ues: range) -> PdpTable:
+    """UEs attach (at the second base station) and detach on the source gateway, as its
+    signalling would."""
+    enb2 = int(ipaddress.IPv4Address(ENB2_IP))
+
+    def table(ues: range, enb: int) -> PdpTable:
         t = PdpTable()
         for i in ues:
-            t.append_v1(ENB_ADDR, UE_BASE + i, I_TEI_BASE + i, O_TEI_BASE + i)
+            t.append_v1(enb, UE_BASE + i, I_TEI_BASE + i, O_TEI_BASE + i)
         return t
 
     path = NetnsSet.path(netns)
     link = gtp_util.take_snapshot(path, with_nat=False).device("gtp0").ifindex
     with PdpChannel(path) as chan:
-        chan.add(link, table(attach))
-        chan.delete(link, table(detach))
+        chan.add(link, table(attach, enb2))
+        chan.delete(link, table(detach, ENB_ADDR))
+
+
+def _ping_from(enb_ns: str, ues: range) -> dict[str, int | None]:
+    """One echo per UE of ``ues`` from the second base station; {UE: downlink TEID}."""
+    e = Enb(NetnsSet.path(enb_ns), ENB2_IP, GW_S1U_IP)
+    try:
+        return e.ping([(ue_addr(i), I_TEI_BASE + i) for i in ues], PDN_IP, timeout=5.0)
+    finally:
+        e.close()
 
 
 def _link_state(hosts, h: str, name: str) -> tuple[str | None, bool]:
@@ -110,12 +133,38 @@ def _failed_attempt(hosts, fn, pid: int, outer: list[str], links: list[str],
             "answered_again_s": round(back, 3)}
 
 
+def _killed_while_staging(hosts, fn, pid: int, outer: list[str], ends: list[str]) -> None:
+    """The receiver SIGKILLed once it staged the user plane: the source fails and serves
+    on; the staged netns still holds the devices until the next receiver starts."""
+    staged = hosts.fabric.stage(fn.ns, fn.addrs, "b")
+    rx = hosts.receiver("b", [], extra=["--stage-netns", NetnsSet.path(staged),
+                                        *[x for e in ends for x in ("--switch-link", e)]])
+    mig = hosts.migrate("a", pid, rx, wait=False, extra=[
+        "--stage", *[x for o in outer for x in ("--switch-link", o)]])
+    _logged(hosts, rx, "user plane staged", mig)
+    os.kill(rx.rx_pid, signal.SIGKILL)
+    rc, rep, err = hosts.finish(mig)
+    rx.wait(timeout=60)
+    assert rc == 1 and alive(pid), err
+    recover(fn, time.monotonic(), timeout=90)
+    path = NetnsSet.path(staged)
+    assert gtp_util.take_snapshot(path, with_nat=False).devices
+    nxt = hosts.receiver("b", [])  # listening: it cleaned up after the killed one
+    os.kill(nxt.rx_pid, signal.SIGTERM)
+    nxt.wait(timeout=60)
+    assert gtp_util.take_snapshot(path, with_nat=False).devices == [], hosts.log(nxt)
+    assert udp_sockets(path, (2152,)) == []
+    b_empty(hosts)
+    sh("ip", "netns", "del", staged)
+
+
 def test_spgw_staged_make_before_break(hosts, tmp_path):
     """``criu-ext migrate --stage``: the user plane staged in a netns the host made on
     the destination during pre-copy, UEs attaching and detaching meanwhile; GTP-U passes
     CRIU's network lock, so the source forwards while frozen; the outer links switched
     at the end, the task restored into the staged netns with the devices' own socket.
     A -> B (with churn) -> A; 200 UEs pinging, a UE's TCP download across both."""
+    enb2 = hosts.fabric.peer("enb2", "s1u0", f"{ENB2_IP}/24")
     fn = Spgw(hosts.fabric, tmp_path, UES, contexts=UES + 100)
     pid = fn.start()
     recover(fn, time.monotonic(), timeout=120)
@@ -131,7 +180,8 @@ def test_spgw_staged_make_before_break(hosts, tmp_path):
         failures = {"restore fails, before the switch":
                     _failed_attempt(hosts, fn, pid, outer, ends, trace),
                     "the switch fails half-way":
-                    _failed_attempt(hosts, fn, pid, outer, [ends[0], f"{outer[1]}@nobridge"])}
+                    _failed_attempt(hosts, fn, pid, outer, [ends[0], f"{outer[1]}@lo"])}
+        _killed_while_staging(hosts, fn, pid, outer, ends)
         for n, (src, dst) in enumerate((("a", "b"), ("b", "a"))):
             before = wait_download(download, download.received() + 100_000)
             staged = hosts.fabric.stage(fn.ns, fn.addrs, dst)
@@ -153,7 +203,14 @@ def test_spgw_staged_make_before_break(hosts, tmp_path):
             assert _contexts(fn.ns) == want  # the churn there, nothing else
             dev = gtp_util.take_snapshot(NetnsSet.path(fn.ns), with_nat=False).device("gtp0")
             assert dev.sock1.kind == "task" and dev.sock1.pid == fn.pid, dev.sock1
-            back = recover(fn, t1, timeout=90)
+            try:
+                back = recover(fn, t1, timeout=90)
+            except RuntimeError as exc:  # with what the stage carried and the receiver said
+                raise AssertionError(f"{exc}\nstage: {rep.get('stage')}, times: "
+                                     f"{rep.get('times')}\nreceiver: {hosts.log(rx)[-4000:]}") \
+                    from None
+            attached = range(UES + 100, UES + 150)  # the churn's UEs answer there too
+            assert _ping_from(enb2, attached) == {ue_addr(i): O_TEI_BASE + i for i in attached}
             wait_download(download, before + 300_000)
             windows.append((t0, t1))
             runs[f"{src}->{dst}"] = figures(rep) | {"answered_again_s": round(back, 3),
