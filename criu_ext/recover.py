@@ -95,7 +95,8 @@ def _unswitch(handoff: dict, root: int) -> str | None:
         for name, bridge in links.items():
             if not isinstance(name, str) or not (bridge is None or isinstance(bridge, str)):
                 return "malformed journal: switch links"
-            switch.attach([name], bridge) if bridge else switch.up([name])
+        if links:
+            switch.restore(links)
         if handoff.get("staged"):
             switch.close_pass(f"/proc/{root}/ns/net")
     except switch.SwitchError as exc:

@@ -24,9 +24,10 @@ dumps none of its configuration) and lets GTP-U through CRIU's network lock, so 
 source forwards while it is frozen. After ``restoring``, while the destination
 restores: the last changes, the UE flows and ``pdp-end`` (it applies them beside
 CRIU and says so in ``ready``). Then the switch: the flows conntrack confirmed
-since, our outer links off the bridge, ``switch``, the destination's onto its
-bridge (``switched``; its gratuitous ARP follows), then ``commit``. A failure after
-our links went down puts them back.
+since, our outer links' bridge ports disabled, ``switch``, the destination's onto
+its bridge (``switched``; its gratuitous ARP follows), then ``commit``; our links
+leave the bridge once CRIU is done. A failure after our ports went off puts them
+back.
 """
 
 from __future__ import annotations
@@ -215,11 +216,10 @@ class Handoff:
         """After a failure: our links back where they were (the source runs on)."""
         if not self.detached:
             return
-        for name, bridge in self.detached.items():
-            try:
-                switch.attach([name], bridge) if bridge else switch.up([name])
-            except SwitchError as exc:
-                ctx.log.error(f"could not put link {name} back: {exc}")
+        try:
+            switch.restore(self.detached)
+        except SwitchError as exc:
+            ctx.log.error(f"could not put links {', '.join(self.detached)} back: {exc}")
         self.detached = {}
 
 
@@ -304,7 +304,7 @@ class _Staging:
         self.netns = f"/proc/{os.getpid()}/fd/{self.nsfd}"
         self.passing = False
         self.masters: dict[str, str | None] = {}
-        self.detach: switch.LinkMove | None = None
+        self.detach: switch.PortsOff | None = None
         try:
             self.sender = StageSender(self.netns, chan)
         except BaseException:
@@ -324,7 +324,7 @@ class _Staging:
         ports = sorted({getattr(d, a).port for d in self.sender.snapshot.devices
                         for a in ("sock0", "sock1") if getattr(d, a).kind == "task"})
         self.masters = switch.masters(links)
-        self.detach = switch.LinkMove(dict.fromkeys(links), up=False)
+        self.detach = switch.PortsOff(links)
         self.passing = True
         switch.pass_user_plane(self.netns, ports)
 
@@ -433,6 +433,12 @@ def migrate(cfg: MigrateConfig, log: Log, progress: Progress | None = None) -> R
                 raise MigrationFailed(phase, failure.message) from None
             raise MigrationFailed("final dump", _one_line(exc)) from None
         t3 = time.monotonic()
+        if staging is not None:  # our ports were disabled at the switch: now off for good
+            try:
+                switch.detach(cfg.switch_links)
+            except SwitchError as exc:
+                log.error(f"switched, but links {', '.join(cfg.switch_links)} are still "
+                          f"on their bridge (ports disabled): {exc}")
         st = stats(images).get("dump", {})
         rep.rounds.append(Round(n + 1, "dump", int(st.get("pages_written", 0)),
                                 res.seconds, st.get("frozen_time", 0) / 1e6))

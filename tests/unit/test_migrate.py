@@ -362,3 +362,19 @@ def test_a_killed_receiver_s_staged_plane_is_looked_for_and_its_directory_remove
     remove_stale(str(tmp_path), Log())
     assert not list(tmp_path.glob("session-*"))
     assert all("removed" in m and "\n" not in m for m in lines), lines
+
+
+def test_the_source_s_ports_go_off_with_the_port_state_alone():
+    """switch._port_state: RTM_SETLINK, family AF_BRIDGE, the port's index, and
+    IFLA_PROTINFO holding the state as one byte (br_setlink's form without a nest)."""
+    import struct
+
+    from criu_ext.migrate.switch import BR_STATE_DISABLED, _port_state
+
+    msg = _port_state(7, BR_STATE_DISABLED)
+    length, mtype, flags, _, _ = struct.unpack_from("<IHHII", msg)
+    assert (length, mtype, flags) == (len(msg), 19, 0x5) and len(msg) % 4 == 0
+    family, _, index, ifflags, change = struct.unpack_from("<BxHiII", msg, 16)
+    assert (family, index, ifflags, change) == (socket.AF_BRIDGE, 7, 0, 0)
+    alen, atype, state = struct.unpack_from("<HHB", msg, 32)
+    assert (alen, atype, state) == (5, 12, 0)
