@@ -19,7 +19,7 @@ and a destination namespace with the same links on an eNB and PDN of its own
   process of its own (its own interpreter: no shared GIL), over a socket pair;
   ``stage_s`` = image sent and restored there;
 * ``lag_s``, the replication lag: ``--burst`` new contexts made at once on the
-  source (one netlink batch, in a thread), the changes pumped as ``criu-ext
+  source (one netlink batch, by a process of its own), the changes pumped as ``criu-ext
   migrate`` pumps them during pre-copy; from the burst's last context made on the
   source to its last applied on the destination (issue #14's target: 1 s for
   10,000);
@@ -72,26 +72,44 @@ def receiver(fd: int, netns: str, workdir: str) -> None:
             return
 
 
-def follow_burst(sender, chan, add) -> float:
-    """``add()`` (a burst of new contexts on the source) in a thread, the changes pumped
-    as ``criu-ext migrate`` pumps them while CRIU pre-dumps (pagesrv._wait: whenever
-    the follower has some, at most every 50 ms); returns the replication lag: the
-    burst's last context made on the source to its last applied on the destination."""
-    import select
-    import threading
+def burst_child(netns: str, link: int, first: int, count: int) -> None:
+    """The burst, in a process of its own as a gateway's signalling would be: ``count``
+    contexts from UE ``first`` on device ``link``, one netlink batch; prints when the
+    last was made (CLOCK_MONOTONIC: one clock in the VM)."""
+    from gtp_util.model import PdpTable
+    from gtp_util.netlink import PdpChannel
+    from lab.gateway import ENB_ADDR, I_TEI_BASE, O_TEI_BASE, UE_BASE
 
-    ended: list[float] = []
-    th = threading.Thread(target=lambda: (add(), ended.append(time.monotonic())))
-    th.start()
+    table = PdpTable()
+    for i in range(first, first + count):
+        table.append_v1(ENB_ADDR, UE_BASE + i, I_TEI_BASE + i, O_TEI_BASE + i)
+    with PdpChannel(netns) as pdp:
+        pdp.add(link, table)
+    print(time.monotonic(), flush=True)
+
+
+def follow_burst(sender, chan, netns: str, link: int, first: int, count: int) -> float:
+    """A burst of ``count`` new contexts made on the source by another process, the
+    changes pumped as ``criu-ext migrate`` pumps them while CRIU pre-dumps
+    (pagesrv._wait: whenever the follower has some, at most every 50 ms); returns the
+    replication lag: the burst's last context made on the source to its last applied
+    on the destination."""
+    import select
+
+    child = subprocess.Popen([sys.executable, "-m", "benchmarks.stage_bench", "--burst-child",
+                              netns, str(link), str(first), str(count)],
+                             stdout=subprocess.PIPE, text=True, cwd=ROOT)
     fd = sender.follower.fileno()
-    while th.is_alive() or select.select([fd], [], [], 0)[0]:
+    while child.poll() is None or select.select([fd], [], [], 0)[0]:
         if select.select([fd], [], [], 0.05)[0]:
             sender.pump()
             time.sleep(0.05)
-    th.join()
+    out, _ = child.communicate()
+    if child.returncode:
+        raise RuntimeError(f"the burst failed ({child.returncode})")
     sender.pump()
     chan.send("sync", count=sender.sent)
-    return chan.recv("synced")["at"] - ended[0]
+    return chan.recv("synced")["at"] - float(out.split()[-1])
 
 
 def one(lab, dst: str, churn: int, base_ues: int, workdir: str, burst: int) -> dict:
@@ -131,7 +149,7 @@ def one(lab, dst: str, churn: int, base_ues: int, workdir: str, burst: int) -> d
         for i in range(top, top + burst):
             many.append_v1(ENB_ADDR, UE_BASE + i, I_TEI_BASE + i, O_TEI_BASE + i)
         with PdpChannel(src) as pdp:
-            lag = follow_burst(sender, chan, lambda: pdp.add(link, many))
+            lag = follow_burst(sender, chan, src, link, top, burst)
             pdp.delete(link, many)
             sender.pump()
             pdp.add(link, new)
@@ -167,9 +185,14 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--out", type=Path, default=Path(ROOT) / "out" / "stage-bench.json")
     ap.add_argument("--receiver", nargs=3, metavar=("FD", "NETNS", "DIR"), help=argparse.SUPPRESS)
+    ap.add_argument("--burst-child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.receiver:
         receiver(int(args.receiver[0]), args.receiver[1], args.receiver[2])
+        return
+    if args.burst_child:
+        netns, link, first, count = args.burst_child
+        burst_child(netns, int(link), int(first), int(count))
         return
     from lab.topology import GtpLab, segment
 
