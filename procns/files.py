@@ -23,6 +23,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import stat
 from typing import IO, Any, Iterator
 
@@ -92,25 +93,22 @@ def read_text(path: str, limit: int) -> str:
         raise UnsafeFile(errno.EILSEQ, f"{path}: not UTF-8 text (byte {exc.start})") from None
 
 
+_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"?')  # one left open runs to the end
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
 def _depth_ok(text: str, limit: int) -> bool:
-    """False when brackets nest deeper than ``limit`` (strings skipped); linear, no recursion."""
+    """False when brackets nest deeper than ``limit`` (strings skipped); linear, no
+    recursion. The strings and the brackets are found by regular expressions (C
+    speed): only the brackets are walked in Python, not every character (a 0.5 MB
+    message of PDP changes took 19 ms natively, 0.2-0.4 s in the emulated VM)."""
     depth = 0
-    in_str = esc = False
-    for ch in text:
-        if in_str:
-            if esc:
-                esc = False
-            elif ch == "\\":
-                esc = True
-            elif ch == '"':
-                in_str = False
-        elif ch == '"':
-            in_str = True
-        elif ch in "[{":
+    for b in _BRACKETS.findall(_STRINGS.sub("", text)):
+        if b in "[{":
             depth += 1
             if depth > limit:
                 return False
-        elif ch in "]}":
+        else:
             depth -= 1
     return True
 
