@@ -48,8 +48,7 @@ IMAGE = "stage.img"
 # user plane (gtp), its NAT rules and flows (netfilter), the announcement (the switch)
 REPLACES = ("gtp", "netfilter", "announce")
 PER_MESSAGE = 8192  # changes per pdp message: about 0.5 MB of JSON, under MAX_MESSAGE
-_LIMITS = (1, 0xFFFFFFFF, 1, 0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF,
-           0xFFFFFFFFFFFFFFFF, 0xFFFF)  # add, link, version, peer, ms, i_tei, o_tei, tid, flow
+_U32, _U64 = 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF
 
 
 def encode(c: Change) -> list[Any]:
@@ -64,12 +63,17 @@ def encode(c: Change) -> list[Any]:
 def decode(row: Any, links: dict[int, int]) -> Change:
     """A change as :func:`encode` wrote it, every field range-checked; its device one of
     ``links`` (the source's ifindexes the stage holds a copy of)."""
-    if not isinstance(row, list) or len(row) not in (9, 11):
+    if type(row) is not list or len(row) not in (9, 11):
         raise ProtocolError("malformed PDP change")
-    nums = row[:9]
-    if any(type(v) is not int or not 0 <= v <= top for v, top in zip(nums, _LIMITS)):
+    add, link, version, peer, ms, i_tei, o_tei, tid, flow = row[:9]
+    # spelled out, not a loop over _LIMITS: a burst of changes is checked on the hot path
+    if not (type(add) is int and type(link) is int and type(version) is int
+            and type(peer) is int and type(ms) is int and type(i_tei) is int
+            and type(o_tei) is int and type(tid) is int and type(flow) is int
+            and 0 <= add <= 1 and 0 <= peer <= _U32 and 0 <= ms <= _U32
+            and 0 <= i_tei <= _U32 and 0 <= o_tei <= _U32 and 0 <= tid <= _U64
+            and 0 <= flow <= 0xFFFF):
         raise ProtocolError(f"PDP change out of range: {str(row)[:120]}")
-    add, link, version, peer, ms, i_tei, o_tei, tid, flow = nums
     if version not in (0, 1) or link not in links:
         raise ProtocolError(f"PDP change of version {version} on device {link}: refused")
     v6 = ["", ""]
@@ -79,7 +83,7 @@ def decode(row: Any, links: dict[int, int]) -> Change:
                 v6[i] = str(ipaddress.IPv6Address(text)) if text else ""
             except (ValueError, TypeError):
                 raise ProtocolError("PDP change with a malformed IPv6 address") from None
-    return Change(bool(add), link, PdpContext(version, peer, ms, i_tei, o_tei, tid, flow, *v6))
+    return Change(add == 1, link, PdpContext(version, peer, ms, i_tei, o_tei, tid, flow, *v6))
 
 
 def pools(snap: Snapshot) -> list:
