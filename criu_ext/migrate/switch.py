@@ -72,64 +72,16 @@ def close_pass(netns: str) -> None:
     _nft(netns, [{"delete": {"table": {"family": "inet", "name": PASS_TABLE}}}], check=False)
 
 
-class LinkMove:
-    """Links of this process's netns put onto a bridge (or none: None) and up or down, in
-    one netlink write. The names are resolved and the requests encoded when it is made,
-    out of the frozen window; :meth:`run` then costs one round trip."""
-
-    def __init__(self, targets: dict[str, str | None], up: bool) -> None:
-        from pyroute2.netlink.rtnl import RTM_NEWLINK
-        from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
-
-        from gtp_util.rtnl import Rtnl
-
-        def index_of(name: str) -> int:
-            try:
-                return socket.if_nametoindex(name)
-            except OSError:
-                raise SwitchError(f"no such link: {name}") from None
-
-        self.names = list(targets)
-        self.rt = Rtnl()
-        self.requests: list[tuple[bytes, str]] = []
-        try:
-            for name, master in targets.items():
-                msg = ifinfmsg()
-                msg["index"] = index_of(name)
-                msg["flags"] = IFF_UP if up else 0
-                msg["change"] = IFF_UP
-                msg["attrs"] = [("IFLA_MASTER", index_of(master) if master else 0)]
-                self.requests.append((self.rt.encode(msg, RTM_NEWLINK), f"link {name}"))
-        except BaseException:
-            self.close()
-            raise
-
-    def run(self) -> None:
-        from gtp_util.rtnl import RtnlError
-
-        try:
-            self.rt.send_all(self.requests)
-        except (RtnlError, OSError) as exc:
-            raise SwitchError(str(exc)) from None
-
-    def close(self) -> None:
-        self.rt.close()
-
-    def __enter__(self) -> LinkMove:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+def _index_of(name: str) -> int:
+    try:
+        return socket.if_nametoindex(name)
+    except OSError:
+        raise SwitchError(f"no such link: {name}") from None
 
 
-class PortsOff:
-    """The source's half of the switch, prepared before the freeze: its outer links'
-    bridge ports set to disabled (IFLA_PROTINFO, the port state alone) in one netlink
-    write. The bridge drops every frame from and to a disabled port at once, and the
-    kernel does next to nothing: taking a port off its bridge or a link down waits for
-    RCU grace periods (38-75 ms for two links in the emulated VM, in the frozen
-    window). The links leave the bridge for good once the migration is over
-    (:func:`detach`); :func:`restore` puts them back after a failure."""
+class _Prepared:
+    """Link requests of this process's netns, resolved and encoded when made (out of the
+    frozen window), sent in one netlink write by :meth:`run`: one round trip."""
 
     def __init__(self, names: list[str]) -> None:
         from gtp_util.rtnl import Rtnl
@@ -138,16 +90,14 @@ class PortsOff:
         self.rt = Rtnl()
         self.requests: list[tuple[bytes, str]] = []
         try:
-            for name in names:
-                try:
-                    index = socket.if_nametoindex(name)
-                except OSError:
-                    raise SwitchError(f"no such link: {name}") from None
-                self.requests.append((_port_state(index, BR_STATE_DISABLED),
-                                      f"bridge port {name}"))
+            for name in self.names:
+                self.requests.append((self._request(name, _index_of(name)), f"link {name}"))
         except BaseException:
             self.close()
             raise
+
+    def _request(self, name: str, index: int) -> bytes:
+        raise NotImplementedError
 
     def run(self) -> None:
         from gtp_util.rtnl import RtnlError
@@ -160,11 +110,44 @@ class PortsOff:
     def close(self) -> None:
         self.rt.close()
 
-    def __enter__(self) -> PortsOff:
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class LinkMove(_Prepared):
+    """Links put onto a bridge (or none: None) and up or down."""
+
+    def __init__(self, targets: dict[str, str | None], up: bool) -> None:
+        self.targets, self.up = targets, up
+        super().__init__(list(targets))
+
+    def _request(self, name: str, index: int) -> bytes:
+        from pyroute2.netlink.rtnl import RTM_NEWLINK
+        from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+        master = self.targets[name]
+        msg = ifinfmsg()
+        msg["index"] = index
+        msg["flags"] = IFF_UP if self.up else 0
+        msg["change"] = IFF_UP
+        msg["attrs"] = [("IFLA_MASTER", _index_of(master) if master else 0)]
+        return self.rt.encode(msg, RTM_NEWLINK)
+
+
+class PortsOff(_Prepared):
+    """The source's half of the switch: its outer links' bridge ports set to disabled
+    (IFLA_PROTINFO, the port state alone). The bridge drops every frame from and to a
+    disabled port at once, and the kernel does next to nothing: taking a port off its
+    bridge or a link down waits for RCU grace periods (38-75 ms for two links in the
+    emulated VM, in the frozen window). The links leave the bridge for good once the
+    migration is over (:func:`detach`); :func:`restore` puts them back after a
+    failure."""
+
+    def _request(self, name: str, index: int) -> bytes:
+        return _port_state(index, BR_STATE_DISABLED)
 
 
 def _port_state(index: int, state: int) -> bytes:
