@@ -182,7 +182,7 @@ class _Staged:
 
     def last_steps(self, chan: wire.Channel) -> None:
         """After ``ready``: the flows confirmed on the source since, then its ``switch``:
-        our links onto the fabric (``switched``), a gratuitous ARP."""
+        our links onto the fabric (``switched``), then every address announced."""
         from criu_ext.migrate import switch
 
         late = 0
@@ -199,10 +199,10 @@ class _Staged:
         try:  # the bridges on the way learn the MACs' new port at once
             sent = switch.announce(self.plane.netns)
         except OSError as exc:
-            self.log.error(f"switched, but no gratuitous ARP: {exc}")
+            self.log.error(f"switched, but nothing announced: {exc}")
             return
         self.log.info(f"switched: {', '.join(n for n, _ in self.links) or 'no link'} on the "
-                      f"fabric, {sent} gratuitous ARP(s)")
+                      f"fabric, {sent} address(es) announced")
 
     def undo(self) -> None:
         """The migration failed: our links off the fabric again, the plane removed."""

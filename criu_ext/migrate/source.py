@@ -25,7 +25,7 @@ source forwards while it is frozen. After ``restoring``, while the destination
 restores: the last changes, the UE flows and ``pdp-end`` (it applies them beside
 CRIU and says so in ``ready``). Then the switch: the flows conntrack confirmed
 since, our outer links' bridge ports disabled, ``switch``, the destination's onto
-its bridge (``switched``; its gratuitous ARP follows), then ``commit``; our links
+its bridge (``switched``; its announcement follows), then ``commit``; our links
 leave the bridge once CRIU is done. A failure after our ports went off puts them
 back.
 """
@@ -134,8 +134,8 @@ class Handoff:
 
     def pre_dump(self, ctx) -> None:
         if self.staging is not None:  # before the freeze: criu-ext recover removes the
-            # GTP-U pass and puts these links back on their bridges (those never taken
-            # off are left as they are)
+            # GTP-U pass and makes these links fresh ports on their bridges again (one
+            # never taken off flaps once)
             ctx.state["staged"] = True
             ctx.state["links"] = self.staging.masters
             ctx.persist()

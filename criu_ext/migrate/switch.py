@@ -17,8 +17,10 @@ the other's in one step (#14).
   and are never both on the fabric, and nothing the source sends after the switch
   (an ICMP error, a reset) reaches a peer. :class:`LinkMove` is the same move with
   the names resolved and the requests encoded beforehand: in the frozen window it
-  is one netlink write.
-* :func:`announce`: a gratuitous ARP for every IPv4 address of the destination's
+  is one netlink write. The source's side of the switch is :class:`PortsOff`: its
+  ports disabled by their state alone, off the bridge for good once CRIU is done.
+* :func:`announce`: a gratuitous ARP for every IPv4 address (an unsolicited
+  neighbor advertisement for every IPv6 one) of the destination's
   links, so every bridge on the way learns the MACs' new port at once instead of
   when the function next speaks.
 """
@@ -216,7 +218,7 @@ def attach(names: list[str], bridge: str) -> None:
 
 
 def announce(netns: str) -> int:
-    """A gratuitous ARP from each IPv4 address of ``netns``'s Ethernet links (the
+    """A gratuitous ARP or unsolicited NA from each address of ``netns``'s Ethernet links (the
     announce plugin's); returns how many were sent."""
     from criu_ext.plugins.announce import announce as garp
 

@@ -1,0 +1,89 @@
+"""The switch of ``criu-ext migrate --stage`` against a real bridge (no CRIU): the
+source's ports disabled by their state alone (switch.PortsOff), made fresh ports again
+(switch.restore), and the announcement a destination sends from its namespace (a
+gratuitous ARP per IPv4 address, an unsolicited neighbor advertisement per IPv6
+address), read off the wire by a peer."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import pytest
+
+from criu_ext.migrate import switch
+from criu_ext.plugins.announce import announce
+from lab.netns import NetnsSet, sh
+from procns.netns import in_netns
+
+pytestmark = pytest.mark.vm
+
+
+@pytest.fixture
+def fabric():
+    ns = NetnsSet("sw")
+    try:
+        host, _ = ns.hosts()
+        fn, peer = ns.add("fn"), ns.add("peer")
+        ns.leg(fn, "eth0", "10.9.0.1/24", host, "fn-eth0")
+        ns.leg(peer, "eth0", "10.9.0.2/24", host, "peer-eth0")
+        sh("ip", "-n", fn, "addr", "add", "2001:db8:9::1/64", "dev", "eth0", "nodad")
+        yield ns, host, fn, peer
+    finally:
+        ns.cleanup()
+
+
+def _pings(peer: str) -> bool:
+    return sh("ping", "-c", "1", "-W", "1", "10.9.0.1", ns=peer, check=False).returncode == 0
+
+
+def test_ports_off_stop_frames_at_once_and_restore_makes_them_forward_again(fabric):
+    ns, host, fn, peer = fabric
+    assert _pings(peer)
+    with in_netns(NetnsSet.path(host)):
+        with switch.PortsOff(["fn-eth0"]) as off:
+            t0 = time.monotonic()
+            off.run()
+            took = time.monotonic() - t0
+        # still on the bridge, only its state changed
+        assert switch.masters(["fn-eth0"]) == {"fn-eth0": "br0"}
+    state = sh("bridge", "-j", "link", "show", "dev", "fn-eth0", ns=host).stdout
+    assert '"state":"disabled"' in state.replace(" ", ""), state
+    assert not _pings(peer)
+    with in_netns(NetnsSet.path(host)):
+        switch.restore({"fn-eth0": "br0"})
+    assert _pings(peer)
+    print(f"ports off in {took * 1000:.1f} ms")
+    with in_netns(NetnsSet.path(host)), pytest.raises(switch.SwitchError, match="no such link"):
+        switch.PortsOff(["no-such-link"])
+
+
+def test_announce_sends_a_garp_per_ipv4_and_a_neighbor_advertisement_per_ipv6_address(fabric):
+    from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6NDOptDstLLAddr
+    from scapy.layers.l2 import ARP, Ether
+
+    ns, host, fn, peer = fabric
+    with in_netns(NetnsSet.path(peer)):
+        cap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+    cap.bind(("eth0", 0))
+    cap.settimeout(0.5)
+    try:
+        sent = announce(NetnsSet.path(fn))
+        frames = []
+        end = time.monotonic() + 3
+        while time.monotonic() < end:
+            try:
+                frames.append(Ether(cap.recv(2048)))
+            except TimeoutError:
+                break
+    finally:
+        cap.close()
+    mac = json.loads(sh("ip", "-j", "-n", fn, "link", "show", "eth0").stdout)[0]["address"]
+    garps = {p[ARP].psrc for p in frames if ARP in p and p[ARP].psrc == p[ARP].pdst
+             and p.src == mac}
+    nas = {p[ICMPv6ND_NA].tgt for p in frames if ICMPv6ND_NA in p and p[ICMPv6ND_NA].O
+           and p[ICMPv6NDOptDstLLAddr].lladdr == mac}
+    assert ("eth0", "10.9.0.1") in sent and ("eth0", "2001:db8:9::1") in sent, sent
+    assert "10.9.0.1" in garps, frames
+    assert "2001:db8:9::1" in nas, frames
