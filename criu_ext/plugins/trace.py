@@ -6,7 +6,10 @@ the time into ``criu-ext-trace.json``. ``$CRIU_EXT_TRACE_FAIL`` (comma-separated
 phases, ``rollback`` included) makes it fail there, to test what CRIU and the
 other plugins do then; ``$CRIU_EXT_TRACE_STALL`` (one phase) makes it log
 ``stalled at PHASE`` there and sleep until killed, to test what a SIGKILL of
-criu-ext at that point leaves (``criu-ext recover``).
+criu-ext at that point leaves (``criu-ext recover``); ``$CRIU_EXT_TRACE_SLEEP``
+(``PHASE:SECONDS``) makes it log ``sleeping at PHASE`` there and go on after that
+long, to hold a phase open while something else happens (a migration's source
+killed while the destination restores).
 """
 
 from __future__ import annotations
@@ -68,6 +71,15 @@ class TracePlugin(Plugin):
         fail = os.environ.get("CRIU_EXT_TRACE_FAIL", "").split(",")
         if what in fail:
             raise PluginError(f"failing at {what} as asked by CRIU_EXT_TRACE_FAIL")
+        phase, _, seconds = os.environ.get("CRIU_EXT_TRACE_SLEEP", "").partition(":")
+        if what and what == phase:
+            try:
+                pause = min(float(seconds), 3600.0)
+            except ValueError:
+                raise PluginError(f"CRIU_EXT_TRACE_SLEEP={phase}:{seconds[:20]}: "
+                                  "PHASE:SECONDS expected") from None
+            ctx.log.info(f"sleeping at {what} for {pause:g} s as asked by CRIU_EXT_TRACE_SLEEP")
+            time.sleep(max(pause, 0.0))
         if what and what == os.environ.get("CRIU_EXT_TRACE_STALL"):
             ctx.log.info(f"stalled at {what} as asked by CRIU_EXT_TRACE_STALL")
             while True:  # until killed, like a criu-ext that hangs

@@ -227,11 +227,15 @@ def test_hss_failures_leave_it_running_then_it_moves_there_and_back(hosts, tmp_p
     # the source's criu-ext killed while it sends the final images, then while the
     # destination restores: CRIU lets the tree run again, `criu-ext recover` on A finds
     # nothing committed and rolls back, the receiver sees the source go and cleans up
-    for needle, phase, delay in (("receiving images", "transfer", 0.0),
-                                 ("restoring from", "restore", 1.0)):
-        rx = hosts.receiver("b", ext)
+    # (restore: the destination's trace plugin holds post-restore open for 10 s, so the
+    # kill lands while it restores however fast the restore is)
+    held = dict(os.environ, CRIU_EXT_PLUGINS="sctp,gtp,netfilter,announce,trace",
+                CRIU_EXT_TRACE_SLEEP="post-restore:10")
+    for needle, phase, env in (("receiving images", "transfer", None),
+                               ("sleeping at post-restore", "restore", held)):
+        rx = hosts.receiver("b", ext, env=env)
         mig = hosts.migrate("a", pid, rx, extra=one_shot, wait=False)
-        said = _kill_source_at(hosts, mig, rx, needle, delay)
+        said = _kill_source_at(hosts, mig, rx, needle, 0.0)
         assert alive(pid) and "committed" not in said, said
         recover(fn, time.monotonic(), timeout=60)
         assert not fn.client.errors
