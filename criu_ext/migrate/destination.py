@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import socket
 import ssl
@@ -39,7 +40,8 @@ from criu_ext.plugin import Log, PluginError, Warmup, select
 from procns.files import read_text, write_atomic
 
 DEFAULT_BUDGET = 4 << 30  # bytes of non-page images one migration may send
-STAGED = "staged"  # in a session directory: the staged netns, until the commit
+STAGED = "staged"  # in a session directory: the staged netns and links, until the commit
+_IFNAME = re.compile(r"[^/\s:]{1,15}")  # what the kernel takes as a link name
 
 
 @dataclass
@@ -131,12 +133,19 @@ class _Staged:
         assert cfg.stage_netns is not None
         self.links = [_link_spec(x) for x in cfg.switch_links]
         self.plane = StagedPlane(cfg.stage_netns, image, share_port=True)
-        try:  # the switch's half here, encoded now: one netlink write in the freeze
-            self.attach = switch.LinkMove(dict(self.links), up=True)
+        names = [n for n, _ in self.links]
+        try:  # our links on the fabric now, passing nothing; the switch's half here
+            # encoded now: one netlink write in the freeze makes them pass
+            switch.standby(dict(self.links))
+            self.attach = switch.PortsOn(names)
         except switch.SwitchError:
+            try:
+                switch.detach([n for n in names if _link_exists(n)])
+            except switch.SwitchError as exc:
+                log.error(f"could not take the links off the fabric: {exc}")
             self.plane.remove()
             raise
-        self.attached = self.committed = False
+        self.committed = False
         self.tail: threading.Thread | None = None
         self.tail_error: BaseException | None = None
         self.chan: wire.Channel | None = None
@@ -189,7 +198,6 @@ class _Staged:
         while (msg := chan.recv("nat", "switch"))["op"] == "nat":
             late += self.plane.install_nat(msg)
         self.log_failed()
-        self.attached = True  # whatever part of it happens is undone on failure
         t0 = time.monotonic()
         try:
             self.attach.run()
@@ -212,11 +220,10 @@ class _Staged:
         self.attach.close()
         if self.committed:  # the task runs here now, on these links
             return
-        if self.attached:
-            try:
-                switch.detach([n for n, _ in self.links])
-            except switch.SwitchError as exc:
-                self.log.error(f"could not take the links off the fabric: {exc}")
+        try:  # in standby since the stage, or active from a switch half made
+            switch.detach([n for n, _ in self.links if _link_exists(n)])
+        except switch.SwitchError as exc:
+            self.log.error(f"could not take the links off the fabric: {exc}")
         try:
             self.plane.remove()
         except Exception as exc:  # noqa: BLE001 - gtp_util's
@@ -339,7 +346,8 @@ class Session:
         self.budget -= self.chan.recv_file(msg, self.dir, self.budget)
         # journaled first: a receiver killed from here on leaves devices in the staged
         # netns, which the next receiver takes out (remove_stale)
-        write_atomic(os.path.join(self.dir, STAGED), f"{self.cfg.stage_netns}\n")
+        write_atomic(os.path.join(self.dir, STAGED),
+                     "".join(f"{x}\n" for x in [self.cfg.stage_netns, *self.cfg.switch_links]))
         t0 = time.monotonic()
         try:
             self.staged = _Staged(self.cfg, os.path.join(self.dir, IMAGE), self.log)
@@ -438,19 +446,39 @@ def remove_stale(work_dir: str, log: Log) -> None:
         log.info(f"removed {path}, left by a receiver that is gone")
 
 
+def _link_exists(name: str) -> bool:
+    try:  # this netns's (/sys shows the one that mounted it)
+        socket.if_nametoindex(name)
+    except OSError:
+        return False
+    return True
+
+
 def _remove_staged(path: str, log: Log) -> None:
     """A staged user plane a killed receiver left (its session journaled ``staged``, not
-    committed): its devices taken out of the namespace the journal names, as the image
-    it was built from lists them. The image is read as any other (validated)."""
+    committed): its links taken off the fabric (they wait there in standby), its devices
+    taken out of the namespace the journal names, as the image it was built from lists
+    them. The journal and the image are read as any other input (validated)."""
+    from criu_ext.migrate import switch
     from criu_ext.migrate.stage import IMAGE
 
     try:
-        netns = read_text(os.path.join(path, STAGED), 4096).strip()
+        lines = read_text(os.path.join(path, STAGED), 4096).splitlines()
+        netns, links = lines[0].strip(), [_link_spec(x.strip()) for x in lines[1:]]
+        if any(not _IFNAME.fullmatch(n) for n, _ in links):
+            raise ValueError("a link name the kernel would not take")
     except FileNotFoundError:
         return
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, IndexError) as exc:
         log.error(f"{path}: unreadable {STAGED} journal: {exc}")
         return
+    names = [n for n, _ in links if _link_exists(n)]
+    if names:
+        try:
+            switch.detach(names)
+            log.info(f"took {', '.join(names)} off the fabric (a killed receiver's standby)")
+        except switch.SwitchError as exc:
+            log.error(f"could not take {', '.join(names)} off the fabric: {exc}")
     image = os.path.join(path, IMAGE)
     if not os.path.exists(netns) or not os.path.exists(image):
         return  # the host's set-up removed the netns, devices and all; or killed before

@@ -173,6 +173,7 @@ class Handoff:
                 self.rep.stage["nat_failed"] = int(ready.get("nat_failed", 0))
                 self._switch(ctx)
             self.phase = "commit"
+            t4 = time.monotonic()
             # journaled first: from here the tree belongs to the destination, and
             # criu-ext recover must not make it run on here too
             ctx.state["committing"] = True
@@ -180,6 +181,8 @@ class Handoff:
             self.chan.send("commit")
             self.committed_at = time.monotonic()
             self.committed = True
+            self.rep.times["commit"] = self.committed_at - t4
+            self.rep.times["handoff"] = self.committed_at - t0
         except wire.PeerFailed as exc:
             self._switch_back(ctx)
             raise PluginError(f"the destination failed at {exc.phase}: {exc.reason}") from None

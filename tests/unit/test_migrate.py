@@ -354,14 +354,19 @@ def test_a_killed_receiver_s_staged_plane_is_looked_for_and_its_directory_remove
 
         error = info
 
-    for n, netns in enumerate((tmp_path / "gone-netns", tmp_path)):
+    # the links it put in standby are journaled too; absent here, nothing to take off
+    journals = (f"{tmp_path / 'gone-netns'}\n", f"{tmp_path}\nno-such-lnk@br0\n",
+                f"{tmp_path}\n../etc@br0\n", f"{tmp_path}\nnobridge\n")
+    for n, text in enumerate(journals):
         d = tmp_path / f"session-{n}"
         d.mkdir()
         (d / "owner").write_text("999999999\n")  # no such process: its receiver is gone
-        (d / STAGED).write_text(f"{netns}\n")
+        (d / STAGED).write_text(text)
     remove_stale(str(tmp_path), Log())
     assert not list(tmp_path.glob("session-*"))
-    assert all("removed" in m and "\n" not in m for m in lines), lines
+    assert all("\n" not in m for m in lines), lines
+    assert sum("unreadable staged journal" in m for m in lines) == 2, lines
+    assert sum(m.startswith("removed") for m in lines) == len(journals), lines
 
 
 def test_the_source_s_ports_go_off_with_the_port_state_alone():
@@ -378,3 +383,25 @@ def test_the_source_s_ports_go_off_with_the_port_state_alone():
     assert (family, index, ifflags, change) == (socket.AF_BRIDGE, 7, 0, 0)
     alen, atype, state = struct.unpack_from("<HHB", msg, 32)
     assert (alen, atype, state) == (5, 12, 0)
+
+
+def test_the_destination_s_ports_go_on_with_their_flags_in_one_nest():
+    """switch._port_flags: the same RTM_SETLINK with IFLA_PROTINFO nested (NLA_F_NESTED)
+    around one u8 attribute per IFLA_BRPORT_* flag; PortsOn's flags undo standby's."""
+    import struct
+
+    from criu_ext.migrate.switch import _ACTIVE, _STANDBY, IFLA_BRPORT_LOCKED, _port_flags
+
+    msg = _port_flags(9, _ACTIVE)
+    length, mtype, flags, _, _ = struct.unpack_from("<IHHII", msg)
+    assert (length, mtype, flags) == (len(msg), 19, 0x5) and len(msg) % 4 == 0
+    assert struct.unpack_from("<BxHiII", msg, 16)[::2] == (socket.AF_BRIDGE, 9, 0)
+    nlen, ntype = struct.unpack_from("<HH", msg, 32)
+    assert (nlen, ntype) == (len(msg) - 32, 12 | 0x8000)
+    got = {}
+    for off in range(36, len(msg), 8):
+        alen, atype, value = struct.unpack_from("<HHB", msg, off)
+        assert alen == 5
+        got[atype] = value
+    assert got == _ACTIVE and got[IFLA_BRPORT_LOCKED] == 0
+    assert set(_STANDBY) == set(_ACTIVE) and all(_STANDBY[k] != _ACTIVE[k] for k in _ACTIVE)

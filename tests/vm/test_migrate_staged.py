@@ -9,7 +9,7 @@ links are switched. After each move: exactly the source's contexts there, the
 device bound to the restored task's own socket, every UE answered with its TEIDs.
 Before them, two staged moves that fail: the restore (a plugin failing at
 post-restore, before the switch), then the switch half-way (the receiver's second
-link names no bridge, after its first went on the fabric): each time the source
+link deleted while it waits in standby, so it fails after the first went active): each time the source
 serves on with its links back on the bridge, and B is left clean (no gtp device,
 no socket on 2152 in the staged netns, its link ends off the fabric, no task).
 Then the receiver killed once it staged: the source serves on, and the next
@@ -107,23 +107,31 @@ def _link_state(hosts, h: str, name: str) -> tuple[str | None, bool]:
 
 
 def _failed_attempt(hosts, fn, pid: int, outer: list[str], links: list[str],
-                    env: dict | None = None) -> dict:
+                    env: dict | None = None, vanish: str | None = None) -> dict:
     """A staged move A -> B that must fail (``links``: the receiver's --switch-link,
-    ``env`` its environment): the source serves on, its links on the bridge; B's staged
-    netns without a gtp device or a socket on the port, B's ends off the fabric, no task
-    on B. Returns the error and the largest UE gap of the attempt."""
+    ``env`` its environment; ``vanish``: a link of B deleted once the receiver staged,
+    its ports in standby, so the switch fails at it): the source serves on, its links on
+    the bridge; B's staged netns without a gtp device or a socket on the port, B's ends
+    off the fabric, no task on B. Returns the error and the largest UE gap of the
+    attempt."""
     staged = hosts.fabric.stage(fn.ns, fn.addrs, "b")
     rx = hosts.receiver("b", [], env=env, extra=["--stage-netns", NetnsSet.path(staged),
                                                  *[x for ln in links for x in ("--switch-link", ln)]])
     t0 = time.monotonic()
-    rc, rep, err = hosts.migrate("a", pid, rx, extra=[
+    mig = hosts.migrate("a", pid, rx, wait=False, extra=[
         "--stage", *[x for o in outer for x in ("--switch-link", o)]])
+    if vanish:
+        _logged(hosts, rx, "user plane staged", mig)
+        assert _link_state(hosts, "b", vanish)[0] == BRIDGE  # in standby
+        sh("ip", "-n", hosts.fabric.hosts["b"], "link", "del", vanish)
+    rc, rep, err = hosts.finish(mig)
     t1 = time.monotonic()
     assert rc == 1 and alive(pid), err
     assert rx.wait(timeout=120) != 0, hosts.log(rx)
     back = recover(fn, t1, timeout=90)  # every UE answered, the gateway's check PASS
     assert [_link_state(hosts, "a", o) for o in outer] == [(BRIDGE, True)] * len(outer)
-    assert [_link_state(hosts, "b", o) for o in outer] == [(None, False)] * len(outer)
+    left = [o for o in outer if o != vanish]
+    assert [_link_state(hosts, "b", o) for o in left] == [(None, False)] * len(left)
     path = NetnsSet.path(staged)
     assert gtp_util.take_snapshot(path, with_nat=False).devices == []
     assert udp_sockets(path, (2152,)) == []
@@ -154,6 +162,8 @@ def _killed_while_staging(hosts, fn, pid: int, outer: list[str], ends: list[str]
     nxt.wait(timeout=60)
     assert gtp_util.take_snapshot(path, with_nat=False).devices == [], hosts.log(nxt)
     assert udp_sockets(path, (2152,)) == []
+    # its ends waited on the fabric in standby; off it again
+    assert [_link_state(hosts, "b", o) for o in outer] == [(None, False)] * len(outer)
     b_empty(hosts)
     sh("ip", "netns", "del", staged)
 
@@ -180,7 +190,7 @@ def test_spgw_staged_make_before_break(hosts, tmp_path):
         failures = {"restore fails, before the switch":
                     _failed_attempt(hosts, fn, pid, outer, ends, trace),
                     "the switch fails half-way":
-                    _failed_attempt(hosts, fn, pid, outer, [ends[0], f"{outer[1]}@lo"])}
+                    _failed_attempt(hosts, fn, pid, outer, ends, vanish=outer[1])}
         _killed_while_staging(hosts, fn, pid, outer, ends)
         for n, (src, dst) in enumerate((("a", "b"), ("b", "a"))):
             before = wait_download(download, download.received() + 100_000)

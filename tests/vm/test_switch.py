@@ -87,3 +87,50 @@ def test_announce_sends_a_garp_per_ipv4_and_a_neighbor_advertisement_per_ipv6_ad
     assert ("eth0", "10.9.0.1") in sent and ("eth0", "2001:db8:9::1") in sent, sent
     assert "10.9.0.1" in garps, frames
     assert "2001:db8:9::1" in nas, frames
+
+
+def _rx_packets(ns: str, dev: str) -> int:
+    d = json.loads(sh("ip", "-s", "-j", "-n", ns, "link", "show", dev).stdout)[0]
+    return int(d["stats64"]["rx"]["packets"])
+
+
+def test_a_port_in_standby_passes_nothing_until_ports_on(fabric):
+    """The destination's half: a twin of the function (same MAC and address) waits on
+    the bridge in standby, seeing no frame while the function answers; with the
+    function's port off and the twin's on (and announced), the twin answers."""
+    ns, host, fn, peer = fabric
+    mac = json.loads(sh("ip", "-j", "-n", fn, "link", "show", "eth0").stdout)[0]["address"]
+    twin = ns.add("twin")
+    sh("ip", "-n", host, "link", "add", "twin-eth0", "type", "veth", "peer", "name", "eth0",
+       "address", mac, "netns", twin)
+    sh("ip", "-n", twin, "addr", "add", "10.9.0.1/24", "dev", "eth0")
+    sh("ip", "-n", twin, "link", "set", "eth0", "up")
+    with in_netns(NetnsSet.path(host)):
+        switch.standby({"twin-eth0": "br0"})
+        assert switch.masters(["twin-eth0"]) == {"twin-eth0": "br0"}
+    link = json.loads(sh("bridge", "-j", "-d", "link", "show", "dev", "twin-eth0",
+                         ns=host).stdout)[0]
+    assert link["state"] == "forwarding" and link["locked"] and not link["learning"] \
+        and not link["flood"] and not link["mcast_flood"], link
+    sh("ip", "-n", peer, "neigh", "flush", "all")  # its ARP request is broadcast
+    before = _rx_packets(twin, "eth0")
+    assert _pings(peer)  # the function answers
+    assert _rx_packets(twin, "eth0") == before  # the twin saw nothing, broadcast included
+    with in_netns(NetnsSet.path(host)):
+        with switch.PortsOff(["fn-eth0"]) as off:
+            off.run()
+        assert not _pings(peer)  # nobody: the function's port is off, the twin in standby
+        with switch.PortsOn(["twin-eth0"]) as on:
+            t0 = time.monotonic()
+            on.run()
+            took = time.monotonic() - t0
+    announce(NetnsSet.path(twin))
+    assert _pings(peer)
+    assert _rx_packets(twin, "eth0") > before
+    link = json.loads(sh("bridge", "-j", "-d", "link", "show", "dev", "twin-eth0",
+                         ns=host).stdout)[0]
+    assert not link["locked"] and link["learning"] and link["flood"], link
+    with in_netns(NetnsSet.path(host)):
+        switch.detach(["twin-eth0"])
+        assert switch.masters(["twin-eth0"]) == {"twin-eth0": None}
+    print(f"ports on in {took * 1000:.1f} ms")
