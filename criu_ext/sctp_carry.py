@@ -325,10 +325,11 @@ def swap_in(pid: int, items: list[Carried], socks: dict[int, socket.socket]) -> 
     """Install ``socks[fd]`` at each item's descriptor of ``pid``, with its epoll registrations."""
     try:
         with inject.Remote(pid) as r:
-            for it in items:
+            for it in items:  # epoll first loses the old socket, then gets the new one
                 for w in it.epoll:
                     r.epoll_del(w.epfd, it.fd)
-                r.put(socks[it.fd].fileno(), it.fd, it.cloexec)
+            r.put_all([(socks[it.fd].fileno(), it.fd, it.cloexec) for it in items])
+            for it in items:
                 for w in it.epoll:
                     r.epoll_add(w.epfd, it.fd, w.events, w.data)
     except inject.InjectError as exc:

@@ -291,9 +291,9 @@ class StagedPlane:
             raise inject.InjectError(f"task {pid} watches its GTP socket (fd "
                                      f"{min(watched)}) with epoll: it cannot be handed over")
         flags = {k: tasks.cloexec(pid, fd) for k, fd in self.task_fds.items()}
-        with inject.Remote(pid) as r:
-            for key, s in self.held.items():
-                r.put(s.fileno(), self.task_fds[key], flags[key])
+        with inject.Remote(pid) as r:  # the task is frozen for this: one run of code
+            r.put_all([(s.fileno(), self.task_fds[key], flags[key])
+                       for key, s in self.held.items()])
         for s in self.held.values():
             if self.share_port:  # the task's socket did not have it
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)

@@ -97,6 +97,48 @@ def test_sockets_leave_for_pipes_and_come_back_with_their_epoll_registration(chi
     assert exchange(p, tx, eport, bport, 2) == ["epoll e-2", "recv b-2"]
 
 
+@pytest.mark.parametrize("runnable", [True, False], ids=["one-run-of-code", "call-by-call"])
+def test_put_all_moves_several_descriptors_at_once_and_they_work(child, runnable):
+    """put_all: both sockets swapped for pipes come back (their epoll registration
+    aside: the plain socket and a second copy of the watched one's number), in one
+    run of code in the scratch page, or call by call where it cannot be executable."""
+    p, efd, eport, bfd, bport = child
+    pidfd = os.pidfd_open(p.pid)
+    copy = pidfd_getfd(pidfd, bfd)
+    os.close(pidfd)
+    links = tasks.fds(p.pid)
+    tasks.stop([p.pid])
+    with inject.Remote(p.pid) as r:
+        r.plug(bfd, cloexec=False)
+        spare = r.pipe()  # two more descriptors to land on, then gone again
+    assert tasks.fds(p.pid)[bfd].startswith("pipe:")
+    a, b = os.pipe()
+    with inject.Remote(p.pid) as r:
+        r.runnable = r.runnable and runnable
+        stops = []
+        real = r._run
+        r._run = lambda *args: stops.append(args[3]) or real(*args)
+        r.put_all([(copy, bfd, False), (a, spare[0], True), (b, spare[1], False)])
+        assert stops.count("put_all") == (1 if runnable else 0), stops
+        r._run = real
+        got = tasks.fds(p.pid)
+        assert [got[fd] for fd in spare] == [f"pipe:[{os.fstat(x).st_ino}]" for x in (a, b)]
+        assert tasks.cloexec(p.pid, spare[0]) and not tasks.cloexec(p.pid, spare[1])
+        for fd in spare:
+            r.close(fd)
+        before = tasks.fds(p.pid)
+        with pytest.raises(inject.InjectError, match="Bad file descriptor"):
+            r.put_all([(a, 1 << 30, False)])  # above any limit: dup3 refuses it
+        assert tasks.fds(p.pid) == before  # what was received closed again
+    for fd in (copy, a, b):
+        os.close(fd)
+    assert tasks.fds(p.pid) == links
+    assert tasks.all_stopped([p.pid])
+    tasks.cont([p.pid])
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    assert exchange(p, tx, eport, bport, 3) == ["epoll e-3", "recv b-3"]
+
+
 def test_a_failing_system_call_says_so_and_leaves_the_task_as_it_was(child):
     p, efd, *_ = child
     tasks.stop([p.pid])
