@@ -26,6 +26,7 @@ import os
 import signal
 import socket
 import struct
+import subprocess
 import time
 
 from criu_ext import ptrace, tasks
@@ -106,11 +107,6 @@ class InjectError(Exception):
     """A system call could not be run in the task, or returned an error."""
 
 
-def seccomp_mode(pid: int, tid: int) -> int:
-    """The ``Seccomp:`` field of a thread's status (0 none, 1 strict, 2 filter)."""
-    return tasks.status_number(f"/proc/{pid}/task/{tid}/status", "Seccomp")
-
-
 class Remote:
     """One stopped process, borrowed through one of its live threads.
 
@@ -144,13 +140,6 @@ class Remote:
 
     def __enter__(self) -> Remote:
         try:
-            for tid in tasks.threads(self.pid):
-                mode = seccomp_mode(self.pid, tid)
-                if mode:
-                    raise InjectError(
-                        f"task {self.pid} runs under seccomp (Seccomp: {mode} for thread "
-                        f"{tid} in /proc/{self.pid}/task/{tid}/status): a system call run in "
-                        "it could be refused or kill it; not injecting")
             self._seize_all()
             if not self.threads:
                 raise OSError(errno.ESRCH, "no live thread")
@@ -184,16 +173,26 @@ class Remote:
             self.scratch = self.syscall(NR_MMAP, 0, PAGE, PROT_READ | PROT_WRITE, anon, -1, 0)
 
     def _seize_all(self) -> None:
-        """Seize and stop every live thread, until no new one shows up."""
+        """Seize and stop every live thread, until no new one shows up; none if one of
+        them runs under seccomp."""
         while True:
-            new = [t for t in tasks.threads(self.pid) if t not in self.threads
-                   and tasks.thread_state(self.pid, t) not in ("Z", "X", "")]
+            new = []
+            for tid in tasks.threads(self.pid):
+                if tid in self.threads:
+                    continue
+                state, mode = tasks.thread_status(self.pid, tid)
+                if mode:
+                    raise InjectError(
+                        f"task {self.pid} runs under seccomp (Seccomp: {mode} for thread "
+                        f"{tid} in /proc/{self.pid}/task/{tid}/status): a system call run in "
+                        "it could be refused or kill it; not injecting")
+                if state not in ("Z", "X", ""):
+                    new.append((tid, state))
             if not new:
                 if not self.threads and not os.path.exists(f"/proc/{self.pid}"):
                     raise OSError(errno.ESRCH, "No such process")
                 return
-            for tid in new:
-                state = tasks.thread_state(self.pid, tid)
+            for tid, state in new:
                 try:
                     ptrace.seize(tid)
                 except OSError as exc:
@@ -442,3 +441,27 @@ class Remote:
     def epoll_add(self, epfd: int, fd: int, events: int, data: int) -> None:
         self.syscall(NR_EPOLL_CTL, epfd, EPOLL_CTL_ADD, fd,
                      self.write(EPOLL_EVENT.pack(events, data)))
+
+
+def warm() -> None:
+    """Borrow a throwaway process once, a descriptor moved in and out, so that the
+    borrow that counts (a task frozen for a migration) runs warm: in the emulated VM
+    the first borrow of a process costs three times the next (Python's first calls of
+    this code: ctypes, struct formats, the /proc readers). A failure is no one's
+    concern: the real borrow says what is wrong."""
+    if ptrace.supported():
+        return
+    proc = subprocess.Popen(["sleep", "60"], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, close_fds=True)
+    try:
+        with os.fdopen(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC), "rb") as null:
+            tasks.epoll_watches(proc.pid)
+            tasks.cloexec(proc.pid, 0)
+            with Remote(proc.pid) as r:
+                r.put_all([(null.fileno(), 100, True)])
+                r.close(100)
+    except (InjectError, OSError):
+        pass
+    finally:
+        proc.kill()
+        proc.wait()

@@ -86,6 +86,7 @@ class Journal:
         self.criu: Proc | None = None
         self.began = time.time()
         self.error: str | None = None  # the first write that failed, said once
+        self.written = b""  # what the file holds
 
     def started_criu(self, pid: int) -> None:
         self.criu = Proc.of(pid)
@@ -95,8 +96,12 @@ class Journal:
         data = {"format": FORMAT, "owner": self.owner.to_json(), "root": self.root.to_json(),
                 "criu": self.criu.to_json() if self.criu else None, "began": self.began,
                 "session": self.session.to_json()}
+        text = json.dumps(data).encode("utf-8")
+        if text == self.written:  # as on disk already: a file written in the freeze saved
+            return
         try:
-            rundir.write_file(self.path, json.dumps(data).encode("utf-8"))
+            rundir.write_file(self.path, text)
+            self.written = text
         except (OSError, rundir.RunDirError) as exc:
             if self.error is None:  # the dump goes on; only a crash would need the journal
                 self.error = str(exc)

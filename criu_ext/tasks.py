@@ -63,6 +63,23 @@ def thread_state(pid: int, tid: int) -> str:
         return ""
 
 
+def thread_status(pid: int, tid: int) -> tuple[str, int]:
+    """A thread's one-letter state ('' when it is gone) and seccomp mode (0 none, 1
+    strict, 2 filter), from one read of its status file."""
+    state, mode = "", 0
+    try:
+        with open(f"/proc/{pid}/task/{tid}/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("State:"):
+                    state = line.split()[1]
+                elif line.startswith("Seccomp:"):
+                    mode = int(line.split()[1])
+                    break
+    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+        return "", 0
+    return state, mode
+
+
 def all_stopped(pids: list[int]) -> bool:
     """Every thread stopped, or a zombie (a thread group leader that exited before its
     siblings stays one until they do: it never runs again)."""

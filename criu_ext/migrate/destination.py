@@ -126,6 +126,7 @@ class _Staged:
     """This end of a staged user plane: the plane, its last changes, then the switch."""
 
     def __init__(self, cfg: ReceiveConfig, image: str, log: Log) -> None:
+        from criu_ext import inject
         from criu_ext.migrate import switch
         from criu_ext.migrate.stage import StagedPlane
 
@@ -138,6 +139,7 @@ class _Staged:
             # encoded now: one netlink write in the freeze makes them pass
             switch.standby(dict(self.links))
             self.attach = switch.PortsOn(names)
+            inject.warm()  # the hand-over runs in the freeze: its first run here
         except switch.SwitchError:
             try:
                 switch.detach([n for n in names if _link_exists(n)])

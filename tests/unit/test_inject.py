@@ -307,3 +307,23 @@ def test_a_task_whose_main_thread_has_exited_is_borrowed_through_another_thread(
     finally:
         p.kill()
         p.wait()
+
+
+def test_warm_borrows_a_throwaway_process_and_leaves_nothing():
+    """inject.warm (run before a freeze): one borrow of a `sleep` it starts, then gone."""
+    def children() -> set[int]:
+        me = str(os.getpid())
+        out = set()
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    with open(f"/proc/{d}/stat") as f:
+                        if f.read().rsplit(")", 1)[1].split()[1] == me:
+                            out.add(int(d))
+                except (FileNotFoundError, ProcessLookupError, IndexError):
+                    pass
+        return out
+
+    before = children()
+    inject.warm()
+    assert children() == before
