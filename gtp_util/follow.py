@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import errno
 import socket
+from array import array
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from .errors import GtpError, GtpUnavailable
@@ -49,6 +51,61 @@ class Change:
     ctx: PdpContext
 
 
+class Changes:
+    """Changes in order, column by column: each one's ``add`` (1 or 0) and device
+    ``link`` beside a :class:`PdpTable` of the contexts. A burst is 10,000 changes: no
+    object per change is made to read, send or apply them."""
+
+    __slots__ = ('add', 'link', 'contexts')
+
+    def __init__(self) -> None:
+        self.add = array('B')
+        self.link = array('I')
+        self.contexts = PdpTable()
+
+    @classmethod
+    def of(cls, changes: Iterable[Change]) -> Changes:
+        out = cls()
+        for c in changes:
+            out.append(c)
+        return out
+
+    def append(self, c: Change) -> None:
+        self.add.append(c.add)
+        self.link.append(c.link)
+        self.contexts.append(c.ctx)
+
+    def __len__(self) -> int:
+        return len(self.add)
+
+    def __iter__(self) -> Iterator[Change]:
+        for i in range(len(self.add)):
+            yield Change(bool(self.add[i]), self.link[i], self.contexts[i])
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Changes):
+            return NotImplemented
+        return (self.add, self.link, self.contexts) == (other.add, other.link, other.contexts)
+
+    def slice(self, start: int, stop: int) -> Changes:
+        out = Changes()
+        out.add, out.link = self.add[start:stop], self.link[start:stop]
+        out.contexts = self.contexts.slice(start, stop)
+        return out
+
+    def runs(self) -> Iterator[tuple[bool, int, int, int]]:
+        """(add, link, start, stop) of each run of changes of one kind on one device."""
+        add, link, n = self.add, self.link, len(self.add)
+        i = 0
+        while i < n:
+            j = i + 1
+            a, k = add[i], link[i]
+            while j < n and add[j] == a and link[j] == k:
+                j += 1
+            yield bool(a), k, i, j
+            i = j
+
+
 class Follower:
     """The PDP contexts added and deleted in namespace ``netns`` from now on."""
 
@@ -73,9 +130,10 @@ class Follower:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def read(self) -> list[Change]:
+    def read(self) -> Changes:
         """Every change queued since the last read, oldest first (never blocks)."""
-        out: list[Change] = []
+        out = Changes()
+        adds, links, table = out.add.append, out.link.append, out.contexts
         buf = self._buf
         family = self.channel.family
         unpack_v1, v1_len = _DUMP_V1.unpack_from, _DUMP_V1.size
@@ -101,8 +159,9 @@ class Follower:
                     t = unpack_v1(buf, off) if length == v1_len else None
                     if t is not None and t[8::2] == _DUMP_V1_HDRS:
                         # version, link, peer, ms, i_tei, o_tei (dump.py's fast path)
-                        ctx = PdpContext(1, ntohl(t[13]), ntohl(t[15]), t[17], t[19])
-                        out.append(Change(add, t[11], ctx))
+                        adds(add)
+                        links(t[11])
+                        table.append_v1(ntohl(t[13]), ntohl(t[15]), t[17], t[19])
                     else:
                         link, ctx = decode_pdp(bytes(buf[off:off + length]))
                         out.append(Change(add, link, ctx))
@@ -111,26 +170,21 @@ class Follower:
         return out
 
 
-def replay(channel: PdpChannel, changes: list[Change], links: dict[int, int]) -> int:
+def replay(channel: PdpChannel, changes: Changes | list[Change], links: dict[int, int]) -> int:
     """Apply ``changes`` through ``channel`` (the copy's namespace), in order; ``links``
     maps each source ifindex to the copy's device. Returns how many were applied.
     A change on a device with no copy raises GtpError before anything is applied."""
-    unknown = {c.link for c in changes} - links.keys()
+    if not isinstance(changes, Changes):
+        changes = Changes.of(changes)
+    unknown = set(changes.link) - links.keys()
     if unknown:
         raise GtpError(f"PDP contexts changed on device(s) with no copy: ifindex "
                        f"{', '.join(map(str, sorted(unknown)))}")
-    i = 0
-    while i < len(changes):
-        first = changes[i]
-        table = PdpTable()
-        j = i
-        while j < len(changes) and changes[j].add == first.add \
-                and changes[j].link == first.link:
-            table.append(changes[j].ctx)
-            j += 1
-        if first.add:
-            channel.add(links[first.link], table, excl=False)
+    for add, link, i, j in changes.runs():
+        table = changes.contexts.slice(i, j) if (i, j) != (0, len(changes)) \
+            else changes.contexts
+        if add:
+            channel.add(links[link], table, excl=False)
         else:
-            channel.delete(links[first.link], table, missing_ok=True)
-        i = j
+            channel.delete(links[link], table, missing_ok=True)
     return len(changes)

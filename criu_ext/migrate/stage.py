@@ -33,11 +33,12 @@ import ipaddress
 import os
 import socket
 import tempfile
+from array import array
 from dataclasses import replace
 from typing import Any
 
-from gtp_util.follow import Change, Follower, replay
-from gtp_util.model import PdpContext, Snapshot, SocketRef
+from gtp_util.follow import Changes, Follower, replay
+from gtp_util.model import Snapshot, SocketRef
 from gtp_util.natflows import CtBatch, CtEvents
 from gtp_util.netlink import PdpChannel
 
@@ -48,42 +49,64 @@ IMAGE = "stage.img"
 # user plane (gtp), its NAT rules and flows (netfilter), the announcement (the switch)
 REPLACES = ("gtp", "netfilter", "announce")
 PER_MESSAGE = 8192  # changes per pdp message: about 0.5 MB of JSON, under MAX_MESSAGE
-_U32, _U64 = 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF
 
 
-def encode(c: Change) -> list[Any]:
-    x = c.ctx
-    row: list[Any] = [int(c.add), c.link, x.version, x.peer, x.ms, x.i_tei, x.o_tei, x.tid,
-                      x.flow]
-    if x.peer6 or x.ms6:
-        row += [x.peer6, x.ms6]
-    return row
+# a pdp message's columns, each a list of numbers, and the array type that takes them
+# (its range enforced as the array is filled); ``v6`` beside them: [row, peer6, ms6]
+_COLUMNS = (("add", "B"), ("link", "I"), ("version", "B"), ("peer", "I"), ("ms", "I"),
+            ("i_tei", "I"), ("o_tei", "I"), ("tid", "Q"), ("flow", "H"))
 
 
-def decode(row: Any, links: dict[int, int]) -> Change:
-    """A change as :func:`encode` wrote it, every field range-checked; its device one of
-    ``links`` (the source's ifindexes the stage holds a copy of)."""
-    if type(row) is not list or len(row) not in (9, 11):
-        raise ProtocolError("malformed PDP change")
-    add, link, version, peer, ms, i_tei, o_tei, tid, flow = row[:9]
-    # spelled out, not a loop over _LIMITS: a burst of changes is checked on the hot path
-    if not (type(add) is int and type(link) is int and type(version) is int
-            and type(peer) is int and type(ms) is int and type(i_tei) is int
-            and type(o_tei) is int and type(tid) is int and type(flow) is int
-            and 0 <= add <= 1 and 0 <= peer <= _U32 and 0 <= ms <= _U32
-            and 0 <= i_tei <= _U32 and 0 <= o_tei <= _U32 and 0 <= tid <= _U64
-            and 0 <= flow <= 0xFFFF):
-        raise ProtocolError(f"PDP change out of range: {str(row)[:120]}")
-    if version not in (0, 1) or link not in links:
-        raise ProtocolError(f"PDP change of version {version} on device {link}: refused")
-    v6 = ["", ""]
-    if len(row) == 11:
-        for i, text in enumerate(row[9:]):
-            try:
-                v6[i] = str(ipaddress.IPv6Address(text)) if text else ""
-            except (ValueError, TypeError):
-                raise ProtocolError("PDP change with a malformed IPv6 address") from None
-    return Change(add == 1, link, PdpContext(version, peer, ms, i_tei, o_tei, tid, flow, *v6))
+def encode(changes: Changes) -> dict[str, list]:
+    """A run of changes as a ``pdp`` message's columns."""
+    t = changes.contexts
+    cols = {"add": changes.add, "link": changes.link, "version": t.version, "peer": t.peer,
+            "ms": t.ms, "i_tei": t.i_tei, "o_tei": t.o_tei, "tid": t.tid, "flow": t.flow}
+    out: dict[str, list] = {k: v.tolist() for k, v in cols.items()}
+    out["v6"] = [[row, p6, m6] for row, (p6, m6) in sorted(t.v6.items())]
+    return out
+
+
+def decode(cols: Any, links: dict[int, int]) -> Changes:
+    """Changes as :func:`encode` wrote them, checked column by column: lists of one
+    length, numbers in their ranges (the arrays refuse others: a negative number, one
+    too large, a string or a float), ``add`` and ``version`` 0 or 1, every device one
+    of ``links`` (the source's ifindexes the stage holds a copy of), IPv6 addresses
+    parsed. JSON's true and false pass as 1 and 0."""
+    if type(cols) is not dict or set(cols) != {c for c, _ in _COLUMNS} | {"v6"}:
+        raise ProtocolError("malformed PDP changes")
+    n = len(cols["add"]) if type(cols["add"]) is list else -1
+    if not 0 <= n <= PER_MESSAGE or any(type(cols[c]) is not list or len(cols[c]) != n
+                                        for c, _ in _COLUMNS):
+        raise ProtocolError("malformed PDP changes: columns of different lengths")
+    try:
+        arrays = {c: array(code, cols[c]) for c, code in _COLUMNS}
+    except (TypeError, OverflowError) as exc:
+        raise ProtocolError(f"PDP changes out of range: {exc}") from None
+    if n and (max(arrays["add"]) > 1 or max(arrays["version"]) > 1):
+        raise ProtocolError("PDP change with an add flag or a version other than 0 or 1")
+    unknown = set(arrays["link"]) - links.keys()
+    if unknown:
+        raise ProtocolError(f"PDP change on device {min(unknown)}: refused")
+    out = Changes()
+    out.add, out.link = arrays["add"], arrays["link"]
+    t = out.contexts
+    t.version, t.peer, t.ms = arrays["version"], arrays["peer"], arrays["ms"]
+    t.i_tei, t.o_tei, t.tid, t.flow = arrays["i_tei"], arrays["o_tei"], arrays["tid"], \
+        arrays["flow"]
+    v6 = cols["v6"]
+    if type(v6) is not list or len(v6) > n:
+        raise ProtocolError("malformed PDP changes: v6")
+    for item in v6:
+        if type(item) is not list or len(item) != 3 or type(item[0]) is not int \
+                or not 0 <= item[0] < n or item[0] in t.v6:
+            raise ProtocolError("malformed PDP changes: v6")
+        try:
+            p6, m6 = (str(ipaddress.IPv6Address(a)) if a else "" for a in item[1:])
+        except (ValueError, TypeError):
+            raise ProtocolError("PDP change with a malformed IPv6 address") from None
+        t.v6[item[0]] = (p6, m6)
+    return out
 
 
 def pools(snap: Snapshot) -> list:
@@ -126,7 +149,7 @@ class StageSender:
         """Send what changed since the last call; returns how many changes."""
         changes = self.follower.read()
         for i in range(0, len(changes), PER_MESSAGE):
-            self.chan.send("pdp", changes=[encode(c) for c in changes[i:i + PER_MESSAGE]])
+            self.chan.send("pdp", changes=encode(changes.slice(i, i + PER_MESSAGE)))
         self.sent += len(changes)
         return len(changes)
 
@@ -230,10 +253,7 @@ class StagedPlane:
 
     def apply(self, msg: dict) -> int:
         """Replay a ``pdp`` message; returns how many changes it held."""
-        rows = msg.get("changes")
-        if not isinstance(rows, list) or len(rows) > PER_MESSAGE:
-            raise ProtocolError("malformed pdp message")
-        changes = [decode(r, self.links) for r in rows]
+        changes = decode(msg.get("changes"), self.links)
         if self._chan is None:  # one for the plane's life
             self._chan = PdpChannel(self.netns)
         replay(self._chan, changes, self.links)

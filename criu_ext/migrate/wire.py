@@ -22,7 +22,7 @@ from procns.files import loads_json
 
 MAX_MESSAGE = 1 << 20
 CHUNK = 1 << 16
-VERSION = 1
+VERSION = 2  # 2: a pdp message's changes go column by column
 # CRIU's --network-lock methods (rpc.proto's criu_network_lock_method), both ends
 NETWORK_LOCKS = ("iptables", "nftables")
 # CRIU image names and our own: letters, digits, dot, dash, underscore; no path.

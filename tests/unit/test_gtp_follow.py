@@ -9,7 +9,7 @@ import socket
 import pytest
 
 from gtp_util.errors import GtpError
-from gtp_util.follow import Change, Follower, replay
+from gtp_util.follow import Change, Changes, Follower, replay
 from gtp_util.model import PdpContext
 from gtp_util.netlink import GTP_CMD_DELPDP, encode_new_pdp
 
@@ -56,9 +56,9 @@ def test_adds_and_deletes_are_read_in_order_and_the_rest_ignored(pair):
     a.send(_msg(V1, 4, cmd=3))  # an echo request: the group carries those too
     a.send(_msg(V1, 4, family=FAMILY + 1))  # not the gtp family
     f = _follower(b)
-    assert f.read() == [Change(True, 4, V1), Change(True, 4, V0), Change(False, 5, V1)]
+    assert list(f.read()) == [Change(True, 4, V1), Change(True, 4, V0), Change(False, 5, V1)]
     assert f.count == 3
-    assert f.read() == [] and f.count == 3
+    assert len(f.read()) == 0 and f.count == 3
 
 
 def test_a_truncated_notification_is_an_error(pair):
@@ -96,3 +96,15 @@ def test_replay_refuses_a_device_without_a_copy_before_applying_anything():
     with pytest.raises(GtpError, match='ifindex 5'):
         replay(ch, [Change(True, 4, V1), Change(True, 5, V0)], {4: 40})  # type: ignore[arg-type]
     assert ch.calls == []
+
+
+def test_changes_keep_order_and_runs_split_by_kind_and_device():
+    other = PdpContext(1, 0x0A000002, 0x0A800003, i_tei=9, o_tei=10)
+    items = [Change(True, 4, V1), Change(True, 4, other), Change(False, 4, V1),
+             Change(True, 5, V0), Change(True, 4, V1)]
+    ch = Changes.of(items)
+    assert list(ch) == items and len(ch) == 5
+    assert list(ch.runs()) == [(True, 4, 0, 2), (False, 4, 2, 3), (True, 5, 3, 4),
+                               (True, 4, 4, 5)]
+    assert list(ch.slice(1, 4)) == items[1:4]
+    assert list(Changes().runs()) == []
