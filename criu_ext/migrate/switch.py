@@ -20,7 +20,7 @@ the other's in one step (#14).
   frozen window the switch moves no link at all: the source's ports are disabled
   by their state alone (:class:`PortsOff`; off the bridge for good once CRIU is
   done), and the destination's, on their bridge since before the freeze in a
-  standby that passes nothing (:func:`standby`: locked, not learning, flooded
+  standby that lets nothing in (:func:`standby`: locked, not learning, flooded
   nothing), are made active (:class:`PortsOn`).
 * :func:`announce`: a gratuitous ARP for every IPv4 address (an unsolicited
   neighbor advertisement for every IPv6 one) of the destination's
@@ -46,10 +46,12 @@ IFLA_BRPORT_UNICAST_FLOOD = 9
 IFLA_BRPORT_MCAST_FLOOD = 27
 IFLA_BRPORT_BCAST_FLOOD = 30
 IFLA_BRPORT_LOCKED = 39
-# A port in standby passes nothing: locked (a frame in is dropped unless the bridge's
-# entry for its source MAC points at this port, and with learning off none does),
-# flooded nothing; frames out go only to MACs learned on it: none. Active: a new
-# port's defaults.
+# A port in standby lets nothing in: locked (a frame in is dropped unless the bridge's
+# entry for its source MAC points at this port, and with learning off none does). Out,
+# the bridge floods it nothing from other ports and forwards it nothing (no MAC is
+# learned on it); only what the host itself floods through the bridge device reaches
+# it (the flood flags do not apply to that), and any answer is dropped coming in.
+# Active: a new port's defaults.
 _STANDBY = {IFLA_BRPORT_LOCKED: 1, IFLA_BRPORT_LEARNING: 0, IFLA_BRPORT_UNICAST_FLOOD: 0,
             IFLA_BRPORT_MCAST_FLOOD: 0, IFLA_BRPORT_BCAST_FLOOD: 0}
 _ACTIVE = {k: 1 - v for k, v in _STANDBY.items()}
@@ -272,8 +274,8 @@ def attach(names: list[str], bridge: str) -> None:
 
 def standby(links: dict[str, str]) -> None:
     """The destination's outer links, before the freeze: each down, onto its bridge, its
-    port put in standby (it passes nothing: see _STANDBY), then up, so the port never
-    passes a frame before :class:`PortsOn` makes it active. Undone by :func:`detach`."""
+    port put in standby (see _STANDBY), then up, so that the port never passes the
+    fabric's frames before :class:`PortsOn` makes it active. Undone by :func:`detach`."""
     names = list(links)
     with LinkMove(dict(links), up=False) as move:
         move.run()
