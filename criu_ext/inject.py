@@ -56,8 +56,6 @@ EPOLL_EVENT = struct.Struct("=IQ")  # struct epoll_event is packed on x86_64
 FAULTS = (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE)
 BATCH = 16  # descriptors per put_all run: its code and buffers fit the scratch page
 
-
-
 # put_all's layout of the scratch page: the socket pair's ends, the msghdr, the iovec
 # and its byte, the control buffer, the results (8 bytes per system call), the code
 _MSG, _IOV, _BYTE, _CONTROL, _RESULTS, _CODE = 16, 80, 96, 128, 512, 1024
@@ -451,8 +449,11 @@ def warm() -> None:
     concern: the real borrow says what is wrong."""
     if ptrace.supported():
         return
-    proc = subprocess.Popen(["sleep", "60"], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, close_fds=True)
+    try:
+        proc = subprocess.Popen(["sleep", "60"], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, close_fds=True)
+    except OSError:
+        return
     try:
         with os.fdopen(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC), "rb") as null:
             tasks.epoll_watches(proc.pid)
