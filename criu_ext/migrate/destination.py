@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import socket
 import ssl
@@ -41,7 +40,6 @@ from procns.files import read_text, write_atomic
 
 DEFAULT_BUDGET = 4 << 30  # bytes of non-page images one migration may send
 STAGED = "staged"  # in a session directory: the staged netns and links, until the commit
-_IFNAME = re.compile(r"[^/\s:]{1,15}")  # what the kernel takes as a link name
 
 
 @dataclass
@@ -141,10 +139,7 @@ class _Staged:
             self.attach = switch.PortsOn(names)
             inject.warm()  # the hand-over runs in the freeze: its first run here
         except switch.SwitchError:
-            try:
-                switch.detach([n for n in names if _link_exists(n)])
-            except switch.SwitchError as exc:
-                log.error(f"could not take the links off the fabric: {exc}")
+            _off_fabric(names, log)
             self.plane.remove()
             raise
         self.committed = False
@@ -216,16 +211,12 @@ class _Staged:
 
     def undo(self) -> None:
         """The migration failed: our links off the fabric again, the plane removed."""
-        from criu_ext.migrate import switch
-
         self._stop_tail()
         self.attach.close()
         if self.committed:  # the task runs here now, on these links
             return
-        try:  # in standby since the stage, or active from a switch half made
-            switch.detach([n for n, _ in self.links if _link_exists(n)])
-        except switch.SwitchError as exc:
-            self.log.error(f"could not take the links off the fabric: {exc}")
+        # in standby since the stage, or active from a switch half made
+        _off_fabric([n for n, _ in self.links], self.log)
         try:
             self.plane.remove()
         except Exception as exc:  # noqa: BLE001 - gtp_util's
@@ -448,12 +439,20 @@ def remove_stale(work_dir: str, log: Log) -> None:
         log.info(f"removed {path}, left by a receiver that is gone")
 
 
-def _link_exists(name: str) -> bool:
-    try:  # this netns's (/sys shows the one that mounted it)
-        socket.if_nametoindex(name)
-    except OSError:
-        return False
-    return True
+def _off_fabric(names: list[str], log: Log) -> list[str]:
+    """Our outer links that still exist off their bridge and down (a failure logged);
+    returns those taken off."""
+    from criu_ext.migrate import switch
+
+    names = switch.present(names)
+    if not names:
+        return []
+    try:
+        switch.detach(names)
+    except switch.SwitchError as exc:
+        log.error(f"could not take {', '.join(names)} off the fabric: {exc}")
+        return []
+    return names
 
 
 def _remove_staged(path: str, log: Log) -> None:
@@ -461,26 +460,21 @@ def _remove_staged(path: str, log: Log) -> None:
     committed): its links taken off the fabric (they wait there in standby), its devices
     taken out of the namespace the journal names, as the image it was built from lists
     them. The journal and the image are read as any other input (validated)."""
-    from criu_ext.migrate import switch
     from criu_ext.migrate.stage import IMAGE
+    from gtp_util.natrule import check_ifname
 
     try:
         lines = read_text(os.path.join(path, STAGED), 4096).splitlines()
         netns, links = lines[0].strip(), [_link_spec(x.strip()) for x in lines[1:]]
-        if any(not _IFNAME.fullmatch(n) for n, _ in links):
-            raise ValueError("a link name the kernel would not take")
+        names = [check_ifname(n, "link") for n, _ in links]
     except FileNotFoundError:
         return
     except (OSError, ValueError, IndexError) as exc:
         log.error(f"{path}: unreadable {STAGED} journal: {exc}")
         return
-    names = [n for n, _ in links if _link_exists(n)]
-    if names:
-        try:
-            switch.detach(names)
-            log.info(f"took {', '.join(names)} off the fabric (a killed receiver's standby)")
-        except switch.SwitchError as exc:
-            log.error(f"could not take {', '.join(names)} off the fabric: {exc}")
+    taken = _off_fabric(names, log)
+    if taken:
+        log.info(f"took {', '.join(taken)} off the fabric (a killed receiver's standby)")
     image = os.path.join(path, IMAGE)
     if not os.path.exists(netns) or not os.path.exists(image):
         return  # the host's set-up removed the netns, devices and all; or killed before

@@ -100,6 +100,19 @@ def _index_of(name: str) -> int:
         raise SwitchError(f"no such link: {name}") from None
 
 
+def present(names: list[str]) -> list[str]:
+    """Those of ``names`` that are links of this process's netns (/sys would show the
+    netns that mounted it)."""
+    out = []
+    for name in names:
+        try:
+            _index_of(name)
+        except SwitchError:
+            continue
+        out.append(name)
+    return out
+
+
 class _Prepared:
     """Link requests of this process's netns, resolved and encoded when made (out of the
     frozen window), sent in one netlink write by :meth:`run`: one round trip."""
