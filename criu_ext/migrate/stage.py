@@ -51,19 +51,20 @@ REPLACES = ("gtp", "netfilter", "announce")
 PER_MESSAGE = 8192  # changes per pdp message: about 0.5 MB of JSON, under MAX_MESSAGE
 
 
-# a pdp message's columns, each a list of numbers, and the array type that takes them
-# (its range enforced as the array is filled); ``v6`` beside them: [row, peer6, ms6]
-_COLUMNS = (("add", "B"), ("link", "I"), ("version", "B"), ("peer", "I"), ("ms", "I"),
-            ("i_tei", "I"), ("o_tei", "I"), ("tid", "Q"), ("flow", "H"))
+# a pdp message's columns, each a list of numbers: Changes' own, then its PdpTable's
+# (the array types, and so the ranges, are theirs); ``v6`` beside them: [row, peer6, ms6]
+_OWN = ("add", "link")
+_COLUMNS = (*_OWN, "version", "peer", "ms", "i_tei", "o_tei", "tid", "flow")
+
+
+def _holder(changes: Changes, column: str) -> Any:
+    return changes if column in _OWN else changes.contexts
 
 
 def encode(changes: Changes) -> dict[str, list]:
     """A run of changes as a ``pdp`` message's columns."""
-    t = changes.contexts
-    cols = {"add": changes.add, "link": changes.link, "version": t.version, "peer": t.peer,
-            "ms": t.ms, "i_tei": t.i_tei, "o_tei": t.o_tei, "tid": t.tid, "flow": t.flow}
-    out: dict[str, list] = {k: v.tolist() for k, v in cols.items()}
-    out["v6"] = [[row, p6, m6] for row, (p6, m6) in sorted(t.v6.items())]
+    out: dict[str, list] = {c: getattr(_holder(changes, c), c).tolist() for c in _COLUMNS}
+    out["v6"] = [[row, p6, m6] for row, (p6, m6) in sorted(changes.contexts.v6.items())]
     return out
 
 
@@ -73,27 +74,25 @@ def decode(cols: Any, links: dict[int, int]) -> Changes:
     too large, a string or a float), ``add`` and ``version`` 0 or 1, every device one
     of ``links`` (the source's ifindexes the stage holds a copy of), IPv6 addresses
     parsed. JSON's true and false pass as 1 and 0."""
-    if type(cols) is not dict or set(cols) != {c for c, _ in _COLUMNS} | {"v6"}:
+    if type(cols) is not dict or set(cols) != {*_COLUMNS, "v6"}:
         raise ProtocolError("malformed PDP changes")
     n = len(cols["add"]) if type(cols["add"]) is list else -1
     if not 0 <= n <= PER_MESSAGE or any(type(cols[c]) is not list or len(cols[c]) != n
-                                        for c, _ in _COLUMNS):
+                                        for c in _COLUMNS):
         raise ProtocolError("malformed PDP changes: columns of different lengths")
-    try:
-        arrays = {c: array(code, cols[c]) for c, code in _COLUMNS}
+    out = Changes()
+    t = out.contexts
+    try:  # each column into an array of the type the empty one has
+        for c in _COLUMNS:
+            holder = _holder(out, c)
+            setattr(holder, c, array(getattr(holder, c).typecode, cols[c]))
     except (TypeError, OverflowError) as exc:
         raise ProtocolError(f"PDP changes out of range: {exc}") from None
-    if n and (max(arrays["add"]) > 1 or max(arrays["version"]) > 1):
+    if n and (max(out.add) > 1 or max(t.version) > 1):
         raise ProtocolError("PDP change with an add flag or a version other than 0 or 1")
-    unknown = set(arrays["link"]) - links.keys()
+    unknown = set(out.link) - links.keys()
     if unknown:
         raise ProtocolError(f"PDP change on device {min(unknown)}: refused")
-    out = Changes()
-    out.add, out.link = arrays["add"], arrays["link"]
-    t = out.contexts
-    t.version, t.peer, t.ms = arrays["version"], arrays["peer"], arrays["ms"]
-    t.i_tei, t.o_tei, t.tid, t.flow = arrays["i_tei"], arrays["o_tei"], arrays["tid"], \
-        arrays["flow"]
     v6 = cols["v6"]
     if type(v6) is not list or len(v6) > n:
         raise ProtocolError("malformed PDP changes: v6")
