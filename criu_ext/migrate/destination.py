@@ -370,7 +370,13 @@ class Session:
         images = os.path.join(self.dir, str(self.round))
         t0 = time.monotonic()
         handoff = Handoff(self.chan, t0, self.staged)
-        session = PluginSession(ph.RESTORE, images, [*plugins, handoff], "rpc", self.log)
+        # the announcement draws the function's traffic here: only once the source has
+        # committed, or a restore that fails after it would leave the switches pointing
+        # at this host while the function runs on at the source
+        late = [p for p in plugins if p.name == "announce"]
+        session = PluginSession(ph.RESTORE, images,
+                                [*(p for p in plugins if p not in late), handoff, *late],
+                                "rpc", self.log)
         session.warmed = True  # by the Warmup joined before this
         opts = Options(images_dir=images, tcp_established=bool(self.hello.get("tcp_established")),
                        shell_job=bool(self.hello.get("shell_job")), external=list(self.cfg.external),
