@@ -84,8 +84,8 @@ def _committed(e: Entry, what: str, wait: float, dry_run: bool) -> Outcome:
 
 def _unswitch(handoff: dict, root: int) -> str | None:
     """A staged migration (``criu-ext migrate --stage``) killed before its commit: the
-    source's outer links back on their bridges, the GTP-U pass through CRIU's lock
-    gone. Returns what failed, or None."""
+    source's outer links back on their bridges and their addresses announced, the GTP-U
+    pass through CRIU's lock gone. Returns what failed, or None."""
     from criu_ext.migrate import switch
 
     try:
@@ -101,6 +101,11 @@ def _unswitch(handoff: dict, root: int) -> str | None:
             switch.close_pass(f"/proc/{root}/ns/net")
     except switch.SwitchError as exc:
         return f"could not undo the switch: {exc}"
+    if links:  # the destination may have announced the addresses before it was told
+        try:
+            switch.announce(f"/proc/{root}/ns/net")
+        except OSError as exc:
+            return f"links back, but the addresses not announced: {exc}"
     return None
 
 

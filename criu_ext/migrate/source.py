@@ -216,7 +216,9 @@ class Handoff:
         self.rep.stage["late_flows"] = len(late)
 
     def _switch_back(self, ctx) -> None:
-        """After a failure: our links back where they were (the source runs on)."""
+        """After a failure: our links back where they were (the source runs on), and the
+        addresses announced from here again: the destination may have announced them
+        already, and a switch would send the peers' frames there until it forgot."""
         if not self.detached:
             return
         try:
@@ -224,6 +226,10 @@ class Handoff:
         except SwitchError as exc:
             ctx.log.error(f"could not put links {', '.join(self.detached)} back: {exc}")
         self.detached = {}
+        try:
+            switch.announce(f"/proc/{ctx.init_pid}/ns/net")
+        except OSError as exc:
+            ctx.log.error(f"links back, but the addresses not announced: {exc}")
 
 
 def _pre_dump_round(cfg: MigrateConfig, chan: wire.Channel, work: str, n: int,

@@ -30,6 +30,7 @@ import ipaddress
 import json
 import os
 import signal
+import socket
 import statistics
 import time
 
@@ -106,14 +107,45 @@ def _link_state(hosts, h: str, name: str) -> tuple[str | None, bool]:
     return d.get("master"), "UP" in d["flags"]
 
 
+class _Garps:
+    """Gratuitous ARPs arriving at ``dev`` of netns ``ns`` from now on: (sender MAC, address)."""
+
+    def __init__(self, ns: str, dev: str) -> None:
+        from procns.netns import in_netns
+
+        with in_netns(NetnsSet.path(ns)):
+            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
+        self.sock.bind((dev, 0))
+        self.sock.setblocking(False)
+
+    def seen(self) -> set[tuple[str, str]]:
+        out = set()
+        while True:
+            try:
+                frame = self.sock.recv(2048)
+            except BlockingIOError:
+                self.sock.close()
+                return out
+            arp = frame[14:42]
+            if len(arp) == 28 and arp[14:18] == arp[24:28]:  # sender address = target
+                out.add((arp[8:14].hex(":"), socket.inet_ntoa(arp[14:18])))
+
+
+def _mac(ns: str, ifname: str) -> str:
+    return json.loads(sh("ip", "-j", "-n", ns, "link", "show", ifname).stdout)[0]["address"]
+
+
 def _failed_attempt(hosts, fn, pid: int, outer: list[str], links: list[str],
-                    env: dict | None = None, vanish: str | None = None) -> dict:
+                    env: dict | None = None, vanish: str | None = None,
+                    watch: tuple[str, str] | None = None) -> dict:
     """A staged move A -> B that must fail (``links``: the receiver's --switch-link,
     ``env`` its environment; ``vanish``: a link of B deleted once the receiver staged,
     its ports in standby, so the switch fails at it): the source serves on, its links on
     the bridge; B's staged netns without a gtp device or a socket on the port, B's ends
-    off the fabric, no task on B. Returns the error and the largest UE gap of the
-    attempt."""
+    off the fabric, no task on B. With ``vanish``, the source's links went off and came
+    back: a peer (``watch``: its netns and link) saw the source announce its S1-U
+    address again. Returns the error and the largest UE gap of the attempt."""
+    garps = _Garps(*watch) if watch else None
     staged = hosts.fabric.stage(fn.ns, fn.addrs, "b")
     rx = hosts.receiver("b", [], env=env, extra=["--stage-netns", NetnsSet.path(staged),
                                                  *[x for ln in links for x in ("--switch-link", ln)]])
@@ -137,6 +169,8 @@ def _failed_attempt(hosts, fn, pid: int, outer: list[str], links: list[str],
     assert udp_sockets(path, (2152,)) == []
     b_empty(hosts)
     sh("ip", "netns", "del", staged)  # the host's set-up's, as it made it
+    if garps is not None:
+        assert (_mac(fn.ns, "s1u0"), GW_S1U_IP) in garps.seen()
     return {"error": err.strip().splitlines()[-1], "window": (t0, t1),
             "answered_again_s": round(back, 3)}
 
@@ -190,7 +224,8 @@ def test_spgw_staged_make_before_break(hosts, tmp_path):
         failures = {"restore fails, before the switch":
                     _failed_attempt(hosts, fn, pid, outer, ends, trace),
                     "the switch fails half-way":
-                    _failed_attempt(hosts, fn, pid, outer, ends, vanish=outer[1])}
+                    _failed_attempt(hosts, fn, pid, outer, ends, vanish=outer[1],
+                                    watch=(enb2, "s1u0"))}
         _killed_while_staging(hosts, fn, pid, outer, ends)
         for n, (src, dst) in enumerate((("a", "b"), ("b", "a"))):
             before = wait_download(download, download.received() + 100_000)
