@@ -30,7 +30,6 @@ import ipaddress
 import json
 import os
 import signal
-import socket
 import statistics
 import time
 
@@ -40,6 +39,7 @@ import gtp_util
 from gtp_util.model import PdpTable
 from gtp_util.netlink import PdpChannel
 from gtp_util.sockets import udp_sockets
+from lab.capture import ETH_P_ARP, Capture, garps
 from lab.enb import Enb
 from lab.files import record_json
 from lab.gateway import ENB_ADDR, I_TEI_BASE, O_TEI_BASE, UE_BASE
@@ -107,30 +107,6 @@ def _link_state(hosts, h: str, name: str) -> tuple[str | None, bool]:
     return d.get("master"), "UP" in d["flags"]
 
 
-class _Garps:
-    """Gratuitous ARPs arriving at ``dev`` of netns ``ns`` from now on: (sender MAC, address)."""
-
-    def __init__(self, ns: str, dev: str) -> None:
-        from procns.netns import in_netns
-
-        with in_netns(NetnsSet.path(ns)):
-            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
-        self.sock.bind((dev, 0))
-        self.sock.setblocking(False)
-
-    def seen(self) -> set[tuple[str, str]]:
-        out = set()
-        while True:
-            try:
-                frame = self.sock.recv(2048)
-            except BlockingIOError:
-                self.sock.close()
-                return out
-            arp = frame[14:42]
-            if len(arp) == 28 and arp[14:18] == arp[24:28]:  # sender address = target
-                out.add((arp[8:14].hex(":"), socket.inet_ntoa(arp[14:18])))
-
-
 def _mac(ns: str, ifname: str) -> str:
     return json.loads(sh("ip", "-j", "-n", ns, "link", "show", ifname).stdout)[0]["address"]
 
@@ -145,7 +121,7 @@ def _failed_attempt(hosts, fn, pid: int, outer: list[str], links: list[str],
     off the fabric, no task on B. With ``vanish``, the source's links went off and came
     back: a peer (``watch``: its netns and link) saw the source announce its S1-U
     address again. Returns the error and the largest UE gap of the attempt."""
-    garps = _Garps(*watch) if watch else None
+    cap = Capture(NetnsSet.path(watch[0]), watch[1], ETH_P_ARP) if watch else None
     staged = hosts.fabric.stage(fn.ns, fn.addrs, "b")
     rx = hosts.receiver("b", [], env=env, extra=["--stage-netns", NetnsSet.path(staged),
                                                  *[x for ln in links for x in ("--switch-link", ln)]])
@@ -169,8 +145,10 @@ def _failed_attempt(hosts, fn, pid: int, outer: list[str], links: list[str],
     assert udp_sockets(path, (2152,)) == []
     b_empty(hosts)
     sh("ip", "netns", "del", staged)  # the host's set-up's, as it made it
-    if garps is not None:
-        assert (_mac(fn.ns, "s1u0"), GW_S1U_IP) in garps.seen()
+    if cap is not None:
+        seen = garps(cap.frames())
+        cap.close()
+        assert (_mac(fn.ns, "s1u0"), GW_S1U_IP) in seen, seen
     return {"error": err.strip().splitlines()[-1], "window": (t0, t1),
             "answered_again_s": round(back, 3)}
 

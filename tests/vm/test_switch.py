@@ -14,6 +14,7 @@ import pytest
 
 from criu_ext.migrate import switch
 from criu_ext.plugins.announce import announce
+from lab.capture import Capture
 from lab.netns import NetnsSet, sh
 from procns.netns import in_netns
 
@@ -89,30 +90,6 @@ def test_announce_sends_a_garp_per_ipv4_and_a_neighbor_advertisement_per_ipv6_ad
     assert "2001:db8:9::1" in nas, frames
 
 
-class _Capture:
-    """Frames arriving at ``dev`` of netns ``ns`` from now on, read by :meth:`sources`."""
-
-    def __init__(self, ns: str, dev: str) -> None:
-        with in_netns(NetnsSet.path(ns)):
-            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
-        self.sock.bind((dev, 0))
-        self.sock.setblocking(False)
-
-    def sources(self) -> list[str]:
-        """The source MAC of every frame that came in so far."""
-        out = []
-        while True:
-            try:
-                frame, addr = self.sock.recvfrom(2048)
-            except BlockingIOError:
-                return out
-            if addr[2] != socket.PACKET_OUTGOING:
-                out.append(frame[6:12].hex(":"))
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 def test_a_port_in_standby_gets_nothing_of_the_fabric_until_ports_on(fabric):
     """The destination's half: a twin of the function (same MAC and address) waits on
     the bridge in standby, getting none of the peer's frames while the function
@@ -137,7 +114,7 @@ def test_a_port_in_standby_gets_nothing_of_the_fabric_until_ports_on(fabric):
     assert link["state"] == "forwarding" and link["locked"] and not link["learning"] \
         and not link["flood"] and not link["mcast_flood"], link
     sh("ip", "-n", peer, "neigh", "flush", "all")  # its ARP request is broadcast
-    cap = _Capture(twin, "eth0")
+    cap = Capture(NetnsSet.path(twin), "eth0")
     try:
         assert _pings(peer)  # the function answers
         assert peer_mac not in cap.sources()  # the twin got nothing of the peer's
@@ -152,7 +129,7 @@ def test_a_port_in_standby_gets_nothing_of_the_fabric_until_ports_on(fabric):
             on.run()
             took = time.monotonic() - t0
     announce(NetnsSet.path(twin))
-    cap = _Capture(twin, "eth0")
+    cap = Capture(NetnsSet.path(twin), "eth0")
     try:
         assert _pings(peer)
         assert peer_mac in cap.sources()  # the twin it is that answers
