@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -17,6 +18,11 @@ def sh(*argv: str, ns: str | None = None, check: bool = True) -> subprocess.Comp
     if check and p.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed: {p.stderr.strip() or p.stdout.strip()}")
     return p
+
+
+def mac(ns: str, ifname: str) -> str:
+    """The MAC address of link ``ifname`` of named netns ``ns``."""
+    return json.loads(sh("ip", "-j", "-n", ns, "link", "show", ifname).stdout)[0]["address"]
 
 
 def sctp_mib(ns: str) -> dict[str, int]:

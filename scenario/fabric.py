@@ -17,10 +17,9 @@ reaching it through the switch, as in a data-centre fabric.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable
 
-from lab.netns import NetnsSet, sh
+from lab.netns import NetnsSet, mac, sh
 
 HOST_ADDR = {"a": "172.30.0.1", "b": "172.30.0.2"}
 BRIDGE = "br0"
@@ -87,8 +86,7 @@ class Fabric:
         ``dst``'s bridge with the same links, addresses and MACs (the peers' ARP caches
         stay right); ``prepare(name)`` runs on it before its links exist."""
         role = name.removeprefix(f"{self.ns.tag}-")
-        macs = {ifname: json.loads(sh("ip", "-j", "-n", name, "link", "show", ifname).stdout)
-                [0]["address"] for ifname in links}
+        macs = {ifname: mac(name, ifname) for ifname in links}
         for ifname in links:  # now, not when the kernel gets round to freeing the netns
             sh("ip", "-n", self.hosts[src], "link", "del", outer_name(role, ifname))
         sh("ip", "netns", "del", name)
@@ -105,8 +103,7 @@ class Fabric:
         ``host``, with the same links, addresses and MACs, their outer ends on ``host``
         but off its bridge and down until the switch puts them on. Returns its name."""
         role = name.removeprefix(f"{self.ns.tag}-").split("@")[0]
-        macs = {ifname: json.loads(sh("ip", "-j", "-n", name, "link", "show", ifname).stdout)
-                [0]["address"] for ifname in links}
+        macs = {ifname: mac(name, ifname) for ifname in links}
         staged = self.ns.add(f"{role}@{host}")
         for ifname, addr in links.items():
             outer = outer_name(role, ifname)

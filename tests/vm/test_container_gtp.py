@@ -47,7 +47,7 @@ import pytest
 
 from lab import oci
 from lab.files import record_json
-from lab.netns import NetnsSet, sh
+from lab.netns import NetnsSet, mac, sh
 from lab.podman import PLAIN_CRIU, Podman
 from scenario.migration import image_bytes as image_size
 from tests.vm.test_criu_gtp import (
@@ -132,8 +132,7 @@ class GatewayLab:
         """What an engine does between checkpoint and restore: the old netns's links go,
         a fresh netns gets the same addresses and MACs; at the same path when the
         restore cannot be told another (Podman's ``--network ns:PATH`` is in the archive)."""
-        macs = {i: json.loads(sh("ip", "-j", "-n", self.gw, "link", "show", i).stdout)[0]["address"]
-                for i in ("s1u0", "sgi0")}
+        macs = {i: mac(self.gw, i) for i in ("s1u0", "sgi0")}
         for inner in ("s1u", "sgi"):  # now, not when the kernel gets round to the netns
             sh("ip", "-n", self.host, "link", "del", f"{self.role}-{inner}")
         if same_path:

@@ -43,7 +43,7 @@ from lab.capture import ETH_P_ARP, Capture, garps
 from lab.enb import Enb
 from lab.files import record_json
 from lab.gateway import ENB_ADDR, I_TEI_BASE, O_TEI_BASE, UE_BASE
-from lab.netns import NetnsSet, sh
+from lab.netns import NetnsSet, mac, sh
 from lab.procs import alive
 from lab.topology import GW_S1U_IP, PDN_IP, ue_addr
 from scenario.download import Download
@@ -107,10 +107,6 @@ def _link_state(hosts, h: str, name: str) -> tuple[str | None, bool]:
     return d.get("master"), "UP" in d["flags"]
 
 
-def _mac(ns: str, ifname: str) -> str:
-    return json.loads(sh("ip", "-j", "-n", ns, "link", "show", ifname).stdout)[0]["address"]
-
-
 def _failed_attempt(hosts, fn, pid: int, outer: list[str], links: list[str],
                     env: dict | None = None, vanish: str | None = None,
                     watch: tuple[str, str] | None = None) -> dict:
@@ -148,7 +144,7 @@ def _failed_attempt(hosts, fn, pid: int, outer: list[str], links: list[str],
     if cap is not None:
         seen = garps(cap.frames())
         cap.close()
-        assert (_mac(fn.ns, "s1u0"), GW_S1U_IP) in seen, seen
+        assert (mac(fn.ns, "s1u0"), GW_S1U_IP) in seen, seen
     return {"error": err.strip().splitlines()[-1], "window": (t0, t1),
             "answered_again_s": round(back, 3)}
 

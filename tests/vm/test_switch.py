@@ -15,7 +15,7 @@ import pytest
 from criu_ext.migrate import switch
 from criu_ext.plugins.announce import announce
 from lab.capture import Capture
-from lab.netns import NetnsSet, sh
+from lab.netns import NetnsSet, mac, sh
 from procns.netns import in_netns
 
 pytestmark = pytest.mark.vm
@@ -80,11 +80,11 @@ def test_announce_sends_a_garp_per_ipv4_and_a_neighbor_advertisement_per_ipv6_ad
                 break
     finally:
         cap.close()
-    mac = json.loads(sh("ip", "-j", "-n", fn, "link", "show", "eth0").stdout)[0]["address"]
+    fn_mac = mac(fn, "eth0")
     garps = {p[ARP].psrc for p in frames if ARP in p and p[ARP].psrc == p[ARP].pdst
-             and p.src == mac}
+             and p.src == fn_mac}
     nas = {p[ICMPv6ND_NA].tgt for p in frames if ICMPv6ND_NA in p and p[ICMPv6ND_NA].O
-           and p[ICMPv6NDOptDstLLAddr].lladdr == mac}
+           and p[ICMPv6NDOptDstLLAddr].lladdr == fn_mac}
     assert ("eth0", "10.9.0.1") in sent and ("eth0", "2001:db8:9::1") in sent, sent
     assert "10.9.0.1" in garps, frames
     assert "2001:db8:9::1" in nas, frames
@@ -99,11 +99,10 @@ def test_a_port_in_standby_gets_nothing_of_the_fabric_until_ports_on(fabric):
     the bridge's flood flags do not apply to them, and the locked port drops what
     the twin sends back.)"""
     ns, host, fn, peer = fabric
-    mac = json.loads(sh("ip", "-j", "-n", fn, "link", "show", "eth0").stdout)[0]["address"]
-    peer_mac = json.loads(sh("ip", "-j", "-n", peer, "link", "show", "eth0").stdout)[0]["address"]
+    fn_mac, peer_mac = mac(fn, "eth0"), mac(peer, "eth0")
     twin = ns.add("twin")
     sh("ip", "-n", host, "link", "add", "twin-eth0", "type", "veth", "peer", "name", "eth0",
-       "address", mac, "netns", twin)
+       "address", fn_mac, "netns", twin)
     sh("ip", "-n", twin, "addr", "add", "10.9.0.1/24", "dev", "eth0")
     sh("ip", "-n", twin, "link", "set", "eth0", "up")
     with in_netns(NetnsSet.path(host)):
