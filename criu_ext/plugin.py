@@ -177,6 +177,10 @@ class Context:
     # the session file), now. A plugin calls it between setting a rollback mark and
     # changing the source, so ``criu-ext recover`` knows what to undo.
     persist: Callable[[], None] = field(default=lambda: None, repr=False)
+    # Keep one word about this dump the same way, for a fact that must be kept inside
+    # the freeze (where rewriting the state costs milliseconds): the journal makes a file.
+    # The plugin sets the same fact in ``state`` too; ``recover`` reads either.
+    mark: Callable[[str], None] = field(default=lambda word: None, repr=False)
 
     @property
     def netns_path(self) -> str | None:

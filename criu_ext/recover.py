@@ -114,7 +114,7 @@ def recover(e: Entry, log: Log, wait: float = 30.0, dry_run: bool = False) -> Ou
     if e.owner.running():
         return Outcome(e.path, "running", f"{what}: still in progress, left alone")
     handoff = e.session.get("state", {}).get(HANDOFF, {})
-    if isinstance(handoff, dict) and handoff.get("committing"):
+    if "committing" in e.marks or (isinstance(handoff, dict) and handoff.get("committing")):
         return _committed(e, what, wait, dry_run)
     if not e.root.running():
         if not dry_run:

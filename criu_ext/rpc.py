@@ -220,6 +220,7 @@ def open_journal(session: Session, root: int):
                             "cannot be recovered with criu-ext recover")
         return None
     session.on_change = j.write
+    session.on_mark = j.mark
     j.write()
     return j
 

@@ -177,7 +177,7 @@ class Handoff:
             # journaled first: from here the tree belongs to the destination, and
             # criu-ext recover must not make it run on here too
             ctx.state["committing"] = True
-            ctx.persist()
+            ctx.mark("committing")
             self.chan.send("commit")
             self.committed_at = time.monotonic()
             self.committed = True

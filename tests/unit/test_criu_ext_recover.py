@@ -186,6 +186,89 @@ def test_a_committed_migration_is_not_rolled_back_its_source_is_ended(lab):
     assert not path.exists() and rollbacks(lab) == []
 
 
+def test_a_commit_kept_as_a_mark_is_read_back_and_goes_with_its_journal(lab):
+    """The handoff keeps ``committing`` as a mark (one file made, in the freeze): recover
+    reads it as it reads the state's, and removes it with the journal."""
+    path = _journal(lab, False, lab["root"].pid)
+    mark = path.with_suffix(".committing")
+    mark.touch(mode=0o600)
+    (e,) = jr.entries()
+    assert e.marks == {"committing"}
+    out = CliRunner().invoke(recover, [])
+    assert out.exit_code == 0, out.output
+    assert "committed to the destination" in out.output and "was killed" in out.output
+    assert lab["root"].wait(timeout=10) == -signal.SIGKILL
+    assert not path.exists() and not mark.exists() and rollbacks(lab) == []
+
+
+def test_a_mark_is_a_file_made_once_and_a_new_journal_drops_a_stale_one(lab):
+    s = Session("dump", str(lab["tmp"] / "img"), [Peek()], "rpc", Log(level=0))
+    j = jr.Journal(s, lab["root"].pid)
+    j.write()
+    j.mark("committing")
+    j.mark("committing")  # kept as it is
+    assert jr.read(j.path).marks == {"committing"}
+    with pytest.raises(ValueError, match="unknown journal mark"):
+        j.mark("../x")
+    again = jr.Journal(s, lab["root"].pid)  # our PID's journal again: the old mark goes
+    assert jr.read(again.path).marks == frozenset()
+    j.mark("committing")
+    Path(j.path[:-5] + ".committing").unlink()
+    Path(j.path[:-5] + ".committing").symlink_to(j.path)  # not a regular file: no mark
+    assert jr.read(j.path).marks == frozenset()
+    j.close()
+    assert not Path(j.path).exists() and not os.path.lexists(j.path[:-5] + ".committing")
+
+
+class Quiet(Plugin):
+    """A plugin with nothing to undo, acting in the freeze (as the migration's handoff)."""
+
+    name = "quiet"
+
+    def network_lock(self, ctx):
+        pass
+
+    def post_dump(self, ctx):
+        ctx.state["committing"] = True
+        ctx.mark("committing")
+
+
+class Undoable(Quiet):
+    name = "undoable"
+
+    def rollback(self, ctx):
+        pass
+
+
+def test_in_the_freeze_the_journal_is_written_only_for_what_recover_could_undo(tmp_path):
+    """Fakes for the journal: which writes a dump's phases ask for."""
+    writes, marks = [], []
+    s = Session("dump", str(tmp_path), [Quiet()], "rpc", Log(level=0))
+    s.on_change = lambda: writes.append(list(s.phases_seen))
+    s.on_mark = marks.append
+    for phase in ("pre-dump", "network-lock", "post-dump"):
+        s.run(phase, init_pid=1)
+    assert writes == [["pre-dump"]]  # the end of pre-dump only
+    assert marks == ["committing"]
+    writes.clear()
+    s = Session("dump", str(tmp_path), [Quiet(), Undoable()], "rpc", Log(level=0))
+    s.on_change = lambda: writes.append(list(s.phases_seen))
+    s.run("network-lock", init_pid=1)  # something to undo: at the edges and before it acts
+    assert writes == [["network-lock"]] * 3
+    writes.clear()
+    idle = Undoable()
+    idle.idle = lambda ctx: True  # nothing taken at pre-dump (the sctp plugin, no SCTP)
+    s = Session("dump", str(tmp_path), [Quiet(), idle], "rpc", Log(level=0))
+    s.phases_seen = ["pre-dump"]
+    s.on_change = lambda: writes.append(list(s.phases_seen))
+    s.run("network-lock", init_pid=1)
+    assert writes == []
+    s = Session("dump", str(tmp_path), [Quiet()], "rpc", Log(level=0))
+    s.on_change = lambda: writes.append(list(s.phases_seen))
+    s.run("post-dump", init_pid=1)  # no journal marks (action scripts): the whole state
+    assert writes == [["post-dump"]]
+
+
 @pytest.mark.parametrize("content", [b"{", b'{"format": 1}', b"\xff" * 10,
                                      b'{"format": 1, "owner": {"pid": -1, "start": 1}}'])
 def test_a_corrupt_journal_is_one_line_and_status_1(lab, content):
