@@ -310,7 +310,9 @@ class StagedPlane:
             raise inject.InjectError(f"task {pid} watches its GTP socket (fd "
                                      f"{min(watched)}) with epoll: it cannot be handed over")
         flags = {k: tasks.cloexec(pid, fd) for k, fd in self.task_fds.items()}
-        with inject.Remote(pid) as r:  # the task is frozen for this: one run of code
+        # the task is frozen for this: one thread borrowed (CRIU's restorer holds the
+        # others), one run of code
+        with inject.Remote(pid, parked=True) as r:
             r.put_all([(s.fileno(), self.task_fds[key], flags[key])
                        for key, s in self.held.items()])
         for s in self.held.values():
