@@ -33,6 +33,8 @@ import uuid
 from dataclasses import dataclass, field
 
 from criu_ext.migrate import wire
+from criu_ext.migrate.inherit import InheritError
+from criu_ext.migrate.inherit import warm as inherit_warm
 from criu_ext.migrate.pagesrv import PageServer, round_dir
 from criu_ext.migrate.tls import TlsFiles
 from criu_ext.plugin import Log, PluginError, Warmup, select
@@ -84,14 +86,8 @@ class Handoff:
 
     def post_restore(self, ctx) -> None:
         extra: dict = {}
-        if self.staged is not None:
+        if self.staged is not None:  # the task holds the devices' sockets (inherit.py)
             t0 = time.monotonic()
-            try:  # the devices' sockets become the task's
-                self.staged.plane.hand_over(ctx.init_pid)
-            except Exception as exc:  # noqa: BLE001 - InjectError, OSError
-                raise PluginError(f"GTP sockets not handed to PID {ctx.init_pid}: "
-                                  f"{exc}") from None
-            t1 = time.monotonic()
             try:
                 self.staged.join_tail()
                 retried = self.staged.plane.retry_nat()  # CRIU's restore is over
@@ -99,8 +95,7 @@ class Handoff:
                 raise PluginError(f"the source's last user-plane changes: {exc}") from None
             if retried:
                 self.staged.log.info(f"{retried} UE flow(s) created once CRIU was done")
-            t2 = time.monotonic()
-            self.times = {"hand_over_s": round(t1 - t0, 6), "tail_wait_s": round(t2 - t1, 6)}
+            self.times["tail_wait_s"] = round(time.monotonic() - t0, 6)
             extra = {**self.times, "applied": self.staged.plane.applied,
                      "nat_flows": self.staged.plane.nat_flows,
                      "nat_failed": len(self.staged.plane.nat_failed)}
@@ -114,6 +109,7 @@ class Handoff:
             self.committed_at = time.monotonic()
             if self.staged is not None:  # the plane is the task's now: never taken out
                 self.staged.committed = True
+                self.staged.plane.release()
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(os.path.dirname(ctx.images_dir), STAGED))
         except wire.ProtocolError as exc:
@@ -124,20 +120,19 @@ class _Staged:
     """This end of a staged user plane: the plane, its last changes, then the switch."""
 
     def __init__(self, cfg: ReceiveConfig, image: str, log: Log) -> None:
-        from criu_ext import inject
         from criu_ext.migrate import switch
         from criu_ext.migrate.stage import StagedPlane
 
         self.cfg, self.log = cfg, log
         assert cfg.stage_netns is not None
         self.links = [_link_spec(x) for x in cfg.switch_links]
-        self.plane = StagedPlane(cfg.stage_netns, image, share_port=True)
+        inherit_warm(os.path.dirname(image))  # the images are rewritten in the freeze: once now
+        self.plane = StagedPlane(cfg.stage_netns, image)
         names = [n for n, _ in self.links]
         try:  # our links on the fabric now, passing nothing; the switch's half here
             # encoded now: one netlink write in the freeze makes them pass
             switch.standby(dict(self.links))
             self.attach = switch.PortsOn(names)
-            inject.warm()  # the hand-over runs in the freeze: its first run here
         except switch.SwitchError:
             _off_fabric(names, log)
             self.plane.remove()
@@ -389,6 +384,13 @@ class Session:
             opts.external = []
             nsfd = os.open(self.staged.plane.netns, os.O_RDONLY | os.O_CLOEXEC)
             opts.inherit_fd = {nsfd: STAGE_KEY}
+            t1 = time.monotonic()
+            try:  # and the task's GTP sockets: the plane's, installed by CRIU itself
+                opts.inherit_fd.update(self.staged.plane.inherit(images))
+            except (InheritError, OSError) as exc:
+                os.close(nsfd)
+                raise wire.ProtocolError(f"the task's GTP sockets: {exc}") from None
+            handoff.times["inherit_s"] = round(time.monotonic() - t1, 6)
         if self.staged is not None:
             self.staged.start_tail(self.chan)
         try:

@@ -168,7 +168,7 @@ class Handoff:
             self.rep.times["restore_until_ready"] = time.monotonic() - t1
             self.rep.times["dest_restore_until_ready"] = float(ready.get("restore_s", 0.0))
             if self.staging is not None:
-                for key in ("hand_over", "tail_wait"):
+                for key in ("inherit", "tail_wait"):
                     self.rep.times[f"dest_{key}"] = float(ready.get(f"{key}_s", 0.0))
                 self.rep.stage["nat_failed"] = int(ready.get("nat_failed", 0))
                 self._switch(ctx)

@@ -202,15 +202,14 @@ class StagedPlane:
     """The destination's copy, in namespace ``netns`` (made by the host's network set-up,
     with the function's links and addresses), built from the image at ``image``."""
 
-    def __init__(self, netns: str, image: str, share_port: bool = False) -> None:
-        """``share_port``: the held sockets let another bind their port (SO_REUSEADDR), as
-        CRIU's restore of the task into this namespace does before :meth:`hand_over`."""
+    def __init__(self, netns: str, image: str) -> None:
         import gtp_util
 
-        self.netns, self.share_port = netns, share_port
+        self.netns = netns
         snap: Snapshot = gtp_util.load(image)
         self.held: dict[tuple[str, int], socket.socket] = {}
-        self.task_fds: dict[tuple[str, int], int] = {}  # the task's own, as the source had
+        # the task's own sockets on the source: inode and port (its images name them)
+        self.task_sockets: dict[tuple[str, int], tuple[int, int]] = {}
         self._chan: PdpChannel | None = None
         try:
             for dev in snap.devices:
@@ -218,7 +217,7 @@ class StagedPlane:
                     ref = getattr(dev, attr)
                     if ref.kind == "task":
                         s = self.held[(dev.name, ver)] = self._hold(ref)
-                        self.task_fds[(dev.name, ver)] = ref.fd
+                        self.task_sockets[(dev.name, ver)] = (ref.inode, ref.port)
                         setattr(dev, attr, replace(ref, pid=os.getpid(), fd=s.fileno()))
             gtp_util.restore(snap, netns, bind_pid=os.getpid())
         except BaseException:
@@ -234,15 +233,13 @@ class StagedPlane:
         self.nat_failed: list = []
 
     def _hold(self, ref: SocketRef) -> socket.socket:
-        """A UDP socket of ours where the task's was (without ``share_port`` nothing else
-        can take the port; the task gets this very socket after its restore)."""
+        """A UDP socket of ours where the task's was (nothing else can take the port; the
+        task gets this very socket from its restore: :meth:`inherit`)."""
         from procns.netns import in_netns
 
         with in_netns(self.netns):
             s = socket.socket(ref.family or socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            if self.share_port:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind((ref.addr or "0.0.0.0", ref.port))
         except OSError as exc:
             s.close()
@@ -299,28 +296,23 @@ class StagedPlane:
                                 f"migration, {self.applied} arrived")
         return self.applied
 
-    def hand_over(self, pid: int) -> int:
-        """The restored task (PID ``pid``, stopped: post-restore) gets the sockets the
-        devices are bound to, at the descriptors its own had: CRIU's new sockets there are
-        closed, the devices keep forwarding. Returns how many were handed over."""
-        from criu_ext import inject, tasks
+    def inherit(self, images_dir: str) -> dict[int, str]:
+        """The final dump's images in ``images_dir`` made to take the task's GTP sockets
+        from us (inherit.as_inherited); our sockets given the SO_REUSEADDR the task's had.
+        Returns what CRIU's ``inherit_fd`` needs: our descriptor -> its key."""
+        from criu_ext.migrate.inherit import as_inherited
 
-        watched = {w.fd for w in tasks.epoll_watches(pid)} & set(self.task_fds.values())
-        if watched:  # an epoll set would go on watching CRIU's socket, now closed
-            raise inject.InjectError(f"task {pid} watches its GTP socket (fd "
-                                     f"{min(watched)}) with epoll: it cannot be handed over")
-        flags = {k: tasks.cloexec(pid, fd) for k, fd in self.task_fds.items()}
-        # the task is frozen for this: one thread borrowed (CRIU's restorer holds the
-        # others), one run of code
-        with inject.Remote(pid, parked=True) as r:
-            r.put_all([(s.fileno(), self.task_fds[key], flags[key])
-                       for key, s in self.held.items()])
-        for s in self.held.values():
-            if self.share_port:  # the task's socket did not have it
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
-        n = len(self.held)
+        keys = as_inherited(images_dir, dict(self.task_sockets.values()))
+        out = {}
+        for k, s in self.held.items():
+            key, reuse = keys[self.task_sockets[k][0]]
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, int(reuse))
+            out[s.fileno()] = key
+        return out
+
+    def release(self) -> None:
+        """The task holds the sockets now (the restore is over): ours closed."""
         self._release()
-        return n
 
     def remove(self) -> None:
         """Take the staged user plane out (before the switch: the source still forwards)."""
