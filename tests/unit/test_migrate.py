@@ -89,22 +89,6 @@ def test_an_oversized_or_malformed_message_is_refused(pair):
         b.recv()
 
 
-def test_a_tcp_channel_sends_each_message_at_once():
-    """TCP_NODELAY: a message right after another (the switch after late UE flows) is
-    not held back until the peer acknowledged the first."""
-    lsk = socket.create_server(("127.0.0.1", 0))
-    a = wire.Channel(socket.create_connection(lsk.getsockname()))
-    b = wire.Channel(lsk.accept()[0])
-    lsk.close()
-    for c in (a, b):
-        assert c.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
-    a.send("nat", flows=[])
-    a.send("switch")
-    assert [b.recv()["op"] for _ in range(2)] == ["nat", "switch"]
-    a.close()
-    b.close()
-
-
 def test_a_closed_channel_says_so(pair):
     a, b = pair
     a.sock.close()
