@@ -26,7 +26,6 @@ import os
 import signal
 import socket
 import struct
-import subprocess
 import time
 
 from criu_ext import ptrace, tasks
@@ -117,16 +116,11 @@ class Remote:
     denied, or kill it.
     """
 
-    def __init__(self, pid: int, parked: bool = False) -> None:
+    def __init__(self, pid: int) -> None:
         why = ptrace.supported()
         if why:
             raise InjectError(why)
         self.pid = pid
-        # the other threads cannot run until we are done: a task CRIU restored, at
-        # post-restore, waits in CRIU's restorer for a stage CRIU starts only after the
-        # notification returned. One thread is then seized, not all: 1-2 ms less per
-        # thread in the freeze (seize, stop, detach), where this runs.
-        self.parked = parked
         self.tid = pid
         self.threads: list[int] = []  # seized
         self.stopped: set[int] = set()  # of them, those in a group stop when seized
@@ -176,8 +170,8 @@ class Remote:
             self.scratch = self.syscall(NR_MMAP, 0, PAGE, PROT_READ | PROT_WRITE, anon, -1, 0)
 
     def _seize_all(self) -> None:
-        """Seize and stop every live thread, until no new one shows up (parked: the
-        first live one only); none if one of them runs under seccomp."""
+        """Seize and stop every live thread, until no new one shows up; none if one of
+        them runs under seccomp."""
         while True:
             new = []
             for tid in tasks.threads(self.pid):
@@ -191,8 +185,6 @@ class Remote:
                         "it could be refused or kill it; not injecting")
                 if state not in ("Z", "X", ""):
                     new.append((tid, state))
-                    if self.parked:
-                        break  # the one we borrow: the others are not looked at
             if not new:
                 if not self.threads and not os.path.exists(f"/proc/{self.pid}"):
                     raise OSError(errno.ESRCH, "No such process")
@@ -209,8 +201,6 @@ class Remote:
                     self.stopped.add(tid)
                 ptrace.interrupt(tid)
                 self._wait(tid)
-                if self.parked:
-                    return
             self.threads.sort()
 
     def __exit__(self, *exc) -> None:
@@ -448,30 +438,3 @@ class Remote:
     def epoll_add(self, epfd: int, fd: int, events: int, data: int) -> None:
         self.syscall(NR_EPOLL_CTL, epfd, EPOLL_CTL_ADD, fd,
                      self.write(EPOLL_EVENT.pack(events, data)))
-
-
-def warm() -> None:
-    """Borrow a throwaway process once, a descriptor moved in and out, so that the
-    borrow that counts (a task frozen for a migration) runs warm: in the emulated VM
-    the first borrow of a process costs three times the next (Python's first calls of
-    this code: ctypes, struct formats, the /proc readers). A failure is no one's
-    concern: the real borrow says what is wrong."""
-    if ptrace.supported():
-        return
-    try:
-        proc = subprocess.Popen(["sleep", "60"], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, close_fds=True)
-    except OSError:
-        return
-    try:
-        with os.fdopen(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC), "rb") as null:
-            tasks.epoll_watches(proc.pid)
-            tasks.cloexec(proc.pid, 0)
-            with Remote(proc.pid) as r:
-                r.put_all([(null.fileno(), 100, True)])
-                r.close(100)
-    except (InjectError, OSError):
-        pass
-    finally:
-        proc.kill()
-        proc.wait()

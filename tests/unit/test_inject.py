@@ -139,37 +139,6 @@ def test_put_all_moves_several_descriptors_at_once_and_they_work(child, runnable
     assert exchange(p, tx, eport, bport, 3) == ["epoll e-3", "recv b-3"]
 
 
-def _tracer(pid: int, tid: int) -> int:
-    with open(f"/proc/{pid}/task/{tid}/status") as f:
-        return int(next(ln for ln in f if ln.startswith("TracerPid:")).split()[1])
-
-
-def test_a_parked_task_lends_one_thread_and_its_others_stay_untouched(child):
-    """parked (a task CRIU restored, at post-restore): the first live thread is seized,
-    no other; put_all works through it. Here the others are parked by a group stop."""
-    p, efd, eport, bfd, bport = child
-    pidfd = os.pidfd_open(p.pid)
-    copy = pidfd_getfd(pidfd, bfd)
-    os.close(pidfd)
-    links = tasks.fds(p.pid)
-    threads = tasks.threads(p.pid)
-    assert len(threads) == 2
-    tasks.stop([p.pid])
-    with inject.Remote(p.pid, parked=True) as r:
-        assert r.threads == [threads[0]]
-        assert [_tracer(p.pid, t) for t in threads] == [os.getpid(), 0]
-        r.plug(bfd, cloexec=False)
-        assert tasks.fds(p.pid)[bfd].startswith("pipe:")
-        r.put_all([(copy, bfd, False)])
-    os.close(copy)
-    assert tasks.fds(p.pid) == links
-    assert [_tracer(p.pid, t) for t in threads] == [0, 0]
-    assert tasks.all_stopped([p.pid])
-    tasks.cont([p.pid])
-    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    assert exchange(p, tx, eport, bport, 4) == ["epoll e-4", "recv b-4"]
-
-
 def test_a_failing_system_call_says_so_and_leaves_the_task_as_it_was(child):
     p, efd, *_ = child
     tasks.stop([p.pid])
@@ -338,23 +307,3 @@ def test_a_task_whose_main_thread_has_exited_is_borrowed_through_another_thread(
     finally:
         p.kill()
         p.wait()
-
-
-def test_warm_borrows_a_throwaway_process_and_leaves_nothing():
-    """inject.warm (run before a freeze): one borrow of a `sleep` it starts, then gone."""
-    def children() -> set[int]:
-        me = str(os.getpid())
-        out = set()
-        for d in os.listdir("/proc"):
-            if d.isdigit():
-                try:
-                    with open(f"/proc/{d}/stat") as f:
-                        if f.read().rsplit(")", 1)[1].split()[1] == me:
-                            out.add(int(d))
-                except (FileNotFoundError, ProcessLookupError, IndexError):
-                    pass
-        return out
-
-    before = children()
-    inject.warm()
-    assert children() == before
