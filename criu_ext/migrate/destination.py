@@ -32,7 +32,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from criu_ext.migrate import wire
+from criu_ext.migrate import gcpause, wire
 from criu_ext.migrate.inherit import InheritError
 from criu_ext.migrate.inherit import warm as inherit_warm
 from criu_ext.migrate.pagesrv import PageServer, round_dir
@@ -295,10 +295,12 @@ class Session:
                 self.round = n
                 self.ps = PageServer(round_dir(self.dir, n), self.addr, self.cfg.tls,
                                      self.cfg.criu)
+                gcpause.hold()  # this round may be the final dump's: released at its end
                 self.log.info(f"round {n}: page server on port {self.ps.port}")
                 self.chan.send("listening", port=self.ps.port)
             elif op == "round-done":
                 self.phase = f"pre-copy round {self.round}"
+                gcpause.release()
                 self._end_page_server()
                 self.chan.send("round-ok", round=self.round)
             elif op == "file" and self.round == 0 and self.hello.get("stage") \
@@ -528,7 +530,10 @@ def serve(cfg: ReceiveConfig, log: Log, once: bool = True, ready=None) -> dict:
             chan = wire.Channel(tconn)
             session = Session(cfg, chan, tconn.getsockname()[0], log)
             try:
-                result = session.run()
+                try:
+                    result = session.run()
+                finally:  # whatever round it failed in
+                    gcpause.release()
             except Exception as exc:
                 session.cleanup()
                 reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 
 from criu_ext import phases as ph
 from criu_ext.criu_images import stats
-from criu_ext.migrate import switch, wire
+from criu_ext.migrate import gcpause, switch, wire
 from criu_ext.migrate.pagesrv import page_server_opts, pre_dump, round_dir
 from criu_ext.migrate.policy import Policy, next_round
 from criu_ext.migrate.report import Progress, Report, Round, notify_timeline
@@ -433,6 +433,7 @@ def migrate(cfg: MigrateConfig, log: Log, progress: Progress | None = None) -> R
         handoff.session = session
         progress.phase("final dump: tasks frozen")
         t2 = time.monotonic()
+        gcpause.hold()  # no pass of ours in the freeze: one now, none until CRIU is done
         try:
             res = run(ph.DUMP, o, session, cfg.criu)
         except CriuError as exc:
@@ -441,6 +442,8 @@ def migrate(cfg: MigrateConfig, log: Log, progress: Progress | None = None) -> R
                 phase = handoff.phase
                 raise MigrationFailed(phase, failure.message) from None
             raise MigrationFailed("final dump", _one_line(exc)) from None
+        finally:
+            gcpause.release()
         t3 = time.monotonic()
         if staging is not None:  # our ports were disabled at the switch: now off for good
             try:
