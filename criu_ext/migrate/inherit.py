@@ -34,6 +34,7 @@ MAX_ENTRY = 1 * MiB
 USK_EXTERN = 1 << 0  # criu/sk-unix.c
 TCP_CLOSE = 7
 FAKE_INO_BASE = 0x7FFF0000  # inode numbers of the stand-ins: above any real socket's
+_SOCKETS = (bytes((4,)), bytes((5,)))  # file entry types INETSK, UNIXSK (fdinfo.proto)
 
 
 class InheritError(Exception):
@@ -80,16 +81,14 @@ def _common_magics() -> tuple[int, int]:
     return magic.by_name["IMG_COMMON"], magic.by_name["IMG_SERVICE"]
 
 
-def read_image(path: str, cls) -> tuple[bytes, list]:
-    """(header, entries) of a CRIU protobuf image: its magic(s), then size-prefixed
-    entries of ``cls``."""
-    from google.protobuf.message import DecodeError
-
+def _split(path: str) -> tuple[bytes, list[bytes]]:
+    """(header, entries' bytes) of a CRIU protobuf image: its magic(s), then
+    size-prefixed entries."""
     data = read_bytes(path, MAX_IMAGE)
     if len(data) < 4:
         raise InheritError(f"{path}: truncated")
     off = 8 if struct.unpack_from("<I", data)[0] in _common_magics() else 4
-    head, entries = data[:off], []
+    head, raws = data[:off], []
     while off < len(data):
         if off + 4 > len(data):
             raise InheritError(f"{path}: truncated entry size at byte {off}")
@@ -97,23 +96,34 @@ def read_image(path: str, cls) -> tuple[bytes, list]:
         off += 4
         if n > MAX_ENTRY or off + n > len(data):
             raise InheritError(f"{path}: entry of {n} bytes at byte {off} runs past the file")
-        entry = cls()
-        try:
-            entry.ParseFromString(data[off:off + n])
-        except DecodeError as exc:
-            raise InheritError(f"{path}: corrupt entry at byte {off}: {exc}") from None
-        entries.append(entry)
+        raws.append(data[off:off + n])
         off += n
-    return head, entries
+    return head, raws
 
 
-def write_image(path: str, head: bytes, entries: list) -> None:
+def _parse(path: str, cls, raw: bytes):
+    from google.protobuf.message import DecodeError
+
+    entry = cls()
+    try:
+        entry.ParseFromString(raw)
+    except DecodeError as exc:
+        raise InheritError(f"{path}: corrupt entry: {exc}") from None
+    return entry
+
+
+def read_image(path: str, cls) -> tuple[bytes, list]:
+    """(header, entries of ``cls``) of a CRIU protobuf image."""
+    head, raws = _split(path)
+    return head, [_parse(path, cls, r) for r in raws]
+
+
+def _write(path: str, head: bytes, raws: list[bytes]) -> None:
     """Replace the image at ``path`` in place (never through a link): it is one of the
     images we received into our own directory, and a write cut short only fails the
     restore that reads it; a temporary and a rename cost twice as much in the freeze."""
     out = bytearray(head)
-    for e in entries:
-        b = e.SerializeToString()
+    for b in raws:
         out += struct.pack("<I", len(b)) + b
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
                  0o600)
@@ -123,6 +133,10 @@ def write_image(path: str, head: bytes, entries: list) -> None:
             view = view[os.write(fd, view):]
     finally:
         os.close(fd)
+
+
+def write_image(path: str, head: bytes, entries: list) -> None:
+    _write(path, head, [e.SerializeToString() for e in entries])
 
 
 def as_inherited(images_dir: str, sockets: dict[int, int]) -> dict[int, tuple[str, bool]]:
@@ -135,17 +149,23 @@ def as_inherited(images_dir: str, sockets: dict[int, int]) -> dict[int, tuple[st
     import pycriu.images.sk_unix_pb2 as sk_unix_pb2
 
     files_path = os.path.join(images_dir, "files.img")
-    head, files = read_image(files_path, fdinfo_pb2.file_entry)
-    taken = {e.usk.ino for e in files if e.type == fdinfo_pb2.UNIXSK}
+    head, raws = _split(files_path)
+    # only the sockets' entries are parsed: CRIU writes a file entry's type (field 1)
+    # first, and the task's mapped libraries and open files are most of them. An entry
+    # written otherwise is not looked at: were it the GTP socket, it is not found.
+    files = {i: _parse(files_path, fdinfo_pb2.file_entry, r) for i, r in enumerate(raws)
+             if r[:1] == b"\x08" and r[1:2] in _SOCKETS}
+    taken = {e.usk.ino for e in files.values() if e.type == fdinfo_pb2.UNIXSK}
     fakes = (FAKE_INO_BASE + i for i in range(1 << 16) if FAKE_INO_BASE + i not in taken)
     keys: dict[int, tuple[str, bool]] = {}
     changed: dict[int, int] = {}  # file id -> stand-in inode
     for inode, port in sockets.items():
-        found = [e for e in files if e.type == fdinfo_pb2.INETSK and e.isk.ino == inode]
+        found = [(i, e) for i, e in files.items()
+                 if e.type == fdinfo_pb2.INETSK and e.isk.ino == inode]
         if len(found) != 1:
             raise InheritError(f"{files_path}: {len(found)} socket(s) of inode {inode}, "
                                "the task's GTP socket, where the stage said one")
-        e = found[0]
+        at, e = found[0]
         isk = e.isk
         if isk.proto != socket.IPPROTO_UDP or isk.src_port != port:
             raise InheritError(f"{files_path}: socket {inode} is protocol {isk.proto} port "
@@ -161,6 +181,7 @@ def as_inherited(images_dir: str, sockets: dict[int, int]) -> dict[int, tuple[st
         e.type = fdinfo_pb2.UNIXSK
         e.ClearField("isk")
         e.usk.CopyFrom(usk)
+        raws[at] = e.SerializeToString()
         changed[e.id] = ino
         keys[inode] = (f"socket:[{ino}]", bool(usk.opts.reuseaddr))
     rewrites = []
@@ -183,6 +204,6 @@ def as_inherited(images_dir: str, sockets: dict[int, int]) -> dict[int, tuple[st
                            f"{sorted(set(changed) - used)}")
     for path, fhead, fds in rewrites:
         write_image(path, fhead, fds)
-    write_image(files_path, head, files)
+    _write(files_path, head, raws)
     return keys
 
