@@ -57,10 +57,14 @@ def _mark_path(path: str, word: str) -> str:
     return f"{path[:-len('.json')]}.{word}"
 
 
-def _remove_all(path: str) -> None:
-    """A journal and its marks; the marks first, so none outlives its journal."""
+def _remove_marks(path: str) -> None:
     for word in MARKS:
         _remove(_mark_path(path, word))
+
+
+def _remove_all(path: str) -> None:
+    """A journal and its marks; the marks first, so none outlives its journal."""
+    _remove_marks(path)
     _remove(path)
 
 
@@ -117,8 +121,7 @@ class Journal:
         self.began = time.time()
         self.error: str | None = None  # the first write that failed, said once
         self.written = b""  # what the file holds
-        for word in MARKS:  # left by an earlier process of our PID, killed between removals
-            _remove(_mark_path(self.path, word))
+        _remove_marks(self.path)  # an earlier process of our PID's, killed between removals
 
     def started_criu(self, pid: int) -> None:
         self.criu = Proc.of(pid)
