@@ -221,7 +221,7 @@ class StagedPlane:
                         setattr(dev, attr, replace(ref, pid=os.getpid(), fd=s.fileno()))
             gtp_util.restore(snap, netns, bind_pid=os.getpid())
         except BaseException:
-            self._release()
+            self.release()
             raise
         from procns.netns import in_netns
 
@@ -310,10 +310,6 @@ class StagedPlane:
             out[s.fileno()] = key
         return out
 
-    def release(self) -> None:
-        """The task holds the sockets now (the restore is over): ours closed."""
-        self._release()
-
     def remove(self) -> None:
         """Take the staged user plane out (before the switch: the source still forwards)."""
         import gtp_util
@@ -321,9 +317,11 @@ class StagedPlane:
         try:
             gtp_util.remove(self.snapshot, self.netns)
         finally:
-            self._release()
+            self.release()
 
-    def _release(self) -> None:
+    def release(self) -> None:
+        """Our sockets and our channel closed: once the task holds the sockets (the
+        restore is over), or with the plane gone."""
         for s in self.held.values():
             s.close()
         self.held.clear()
