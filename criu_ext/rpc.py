@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -177,6 +178,18 @@ class Swrk:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait()
+
+
+def no_answer(status: int | None) -> str:
+    """Why CRIU gave no answer, from its exit status: a signal (a crash, an OOM kill)
+    is told apart from an exit."""
+    if status is not None and status < 0:
+        try:
+            name = signal.Signals(-status).name
+        except ValueError:
+            name = f"signal {-status}"
+        return f"criu swrk ended without an answer (killed by {name})"
+    return f"criu swrk ended without an answer (exit status {status})"
 
 
 def _open_dir(path: str, what: str) -> int:
@@ -358,7 +371,7 @@ def run(action: str, o: Options, session: Session | None, criu: str = "criu",
     if result.ok:
         return result
     if resp is None:
-        what = failure_msg or f"criu swrk ended without an answer (exit status {status})"
+        what = failure_msg or no_answer(status)
         raise CriuError(f"{action} failed: {what}; see {log_path}", errno.ECONNRESET, log_path,
                         failure)
     msg = resp.cr_errmsg or (os.strerror(resp.cr_errno) if resp.cr_errno else "")

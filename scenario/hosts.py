@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -149,6 +150,19 @@ class Hosts:
 
     def log(self, rx) -> str:
         return (self.tmp / f"{rx.name}.err").read_text()
+
+    def failure_logs(self, h: str, err: str) -> str:
+        """What a test prints after a CRIU failure on host h: the end of the CRIU log the
+        error names ("see PATH") and the kernel's last lines (a crash or an OOM kill of
+        CRIU leaves its trace there, not in the log)."""
+        out = []
+        for path in re.findall(r"see (/\S+\.log)", err)[:1]:
+            res = subprocess.run(self.prefix(h) + ["tail", "-n", "40", path],
+                                 capture_output=True, text=True)
+            out.append(f"--- host {h}: {path}\n{res.stdout}{res.stderr}")
+        res = subprocess.run(["dmesg"], capture_output=True, text=True)
+        out.append("--- dmesg\n" + "\n".join(res.stdout.splitlines()[-15:]))
+        return "\n" + "\n".join(out)
 
     def migrate(self, src: str, pid: int, rx, tls: list[str] | None = None, extra=(),
                 wait: bool = True):

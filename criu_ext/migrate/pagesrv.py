@@ -26,7 +26,7 @@ from collections.abc import Callable
 import pycriu.rpc_pb2 as rpc
 
 from criu_ext.migrate.tls import TlsFiles
-from criu_ext.rpc import CriuError, Options, Swrk, build_opts
+from criu_ext.rpc import CriuError, Options, Swrk, build_opts, no_answer
 from procns.files import MiB, read_bytes
 
 PR_SET_PDEATHSIG = 1
@@ -185,7 +185,7 @@ def pre_dump(o: Options, criu: str = "criu",
         else:
             err = ""
         seconds = time.perf_counter() - t0
-        swrk.close()
+        status = swrk.close()
     finally:
         os.close(images_fd)
     if failure is not None:
@@ -193,6 +193,6 @@ def pre_dump(o: Options, criu: str = "criu",
     log = os.path.join(o.images_dir, o.log_file or "pre-dump.log")
     if resp is None or not resp.success:
         msg = (resp.cr_errmsg.strip() if resp is not None else "") or err or \
-            "criu swrk ended without an answer"
+            no_answer(status)
         raise CriuError(f"pre-dump failed: {msg}; see {log}", 0, log)
     return seconds

@@ -151,6 +151,12 @@ def test_criu_crash_rolls_back_here(fake, tmp_path, monkeypatch):
     assert [c[0] for c in p.calls] == ["pre-dump", "network-lock", "rollback"]
 
 
+def test_no_answer_tells_a_signal_from_an_exit():
+    assert driver.no_answer(-9).endswith("(killed by SIGKILL)")
+    assert driver.no_answer(-11).endswith("(killed by SIGSEGV)")
+    assert driver.no_answer(1).endswith("(exit status 1)")
+
+
 def test_restore_gets_the_pid_and_a_failure_aborts(fake, tmp_path, monkeypatch):
     p = Rec()
     s, res = go(fake, tmp_path, monkeypatch, "restore",

@@ -79,8 +79,10 @@ def moved(hosts: Hosts, fn_ns: str | None, rx, rc: int, rep: dict, err: str) -> 
     if rc != 0:  # say why before waiting for a receiver that may wait on
         rx.kill()
         rx.wait()
+    src = "b" if rx.host == "a" else "a"
     assert rc == 0, (f"migrate: {err}\nreceiver: {hosts.log(rx)[-3000:]}"
-                     + (hosts.net_state() if "cannot reach" in err else ""))
+                     + (hosts.net_state() if "cannot reach" in err else "")
+                     + (hosts.failure_logs(src, err) if rc else ""))
     out, rx_err = rx.communicate(timeout=120)
     assert rx.returncode == 0, hosts.log(rx)[-3000:]
     got = json.loads(out)
