@@ -191,8 +191,10 @@ def pre_dump(o: Options, criu: str = "criu",
     if failure is not None:
         raise failure
     log = os.path.join(o.images_dir, o.log_file or "pre-dump.log")
-    if resp is None or not resp.success:
-        msg = (resp.cr_errmsg.strip() if resp is not None else "") or err or \
-            no_answer(status)
-        raise CriuError(f"pre-dump failed: {msg}; see {log}", 0, log)
+    if resp is None:
+        raise CriuError(f"pre-dump failed: {err or no_answer(status)}; see {log}", 0, log)
+    if not resp.success:  # swrk answers for its pre-dump child, whose error it never saw
+        msg = resp.cr_errmsg.strip() or (os.strerror(resp.cr_errno) if resp.cr_errno else "")
+        raise CriuError(f"pre-dump failed: {msg or 'CRIU reported an error'}; see {log}",
+                        resp.cr_errno, log)
     return seconds

@@ -18,7 +18,8 @@ from criu_ext.session import Session
 FAKE = textwrap.dedent('''\
     #!{python}
     """Stand-in for `criu swrk FD`, driven by $FAKE_SCRIPT:
-    comma-separated phases; "crash" exits without an answer; "fail" answers failure."""
+    comma-separated phases; "crash" exits without an answer; "fail" answers failure;
+    "child-fail" answers failure with no message (swrk for a failed pre-dump child)."""
     import os, sys, socket, json
     import pycriu.rpc_pb2 as rpc
     from google.protobuf.json_format import MessageToDict
@@ -44,6 +45,9 @@ FAKE = textwrap.dedent('''\
     for step in os.environ["FAKE_SCRIPT"].split(","):
         if step == "crash":
             os._exit(1)
+        if step == "child-fail":
+            sk.send(rpc.criu_resp(type=req.type, success=False).SerializeToString())
+            sys.exit(0)
         if step == "fail":
             if dump and locked:
                 step = "network-unlock"
@@ -155,6 +159,23 @@ def test_no_answer_tells_a_signal_from_an_exit():
     assert driver.no_answer(-9).endswith("(killed by SIGKILL)")
     assert driver.no_answer(-11).endswith("(killed by SIGSEGV)")
     assert driver.no_answer(1).endswith("(exit status 1)")
+
+
+@pytest.mark.parametrize("script, said", [
+    ("child-fail", "pre-dump failed: CRIU reported an error; see "),
+    ("crash", "pre-dump failed: criu swrk ended without an answer (exit status 1); see "),
+])
+def test_pre_dump_failure_says_whether_criu_answered(fake, tmp_path, monkeypatch, script, said):
+    """swrk answers a failed pre-dump without a message (the error is its child's, in the
+    log): that is not told as CRIU gone silent."""
+    from criu_ext.migrate.pagesrv import pre_dump
+
+    monkeypatch.setenv("FAKE_SCRIPT", script)
+    o = driver.Options(images_dir=str(tmp_path / "img"), pid=1234, log_file="pre-dump.log")
+    with pytest.raises(driver.CriuError) as got:
+        pre_dump(o, criu=fake)
+    assert str(got.value).startswith(said)
+    assert str(got.value).endswith("pre-dump.log")
 
 
 def test_restore_gets_the_pid_and_a_failure_aborts(fake, tmp_path, monkeypatch):
