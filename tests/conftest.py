@@ -8,12 +8,14 @@ in the VM, where a VM that cannot start fails the run.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import uuid
 
 import pytest
 
 IN_VM = os.environ.get("CRIU_EXT_VM") == "1"
+FREED: dict[str, int] = {}  # test -> bytes of its tmp_path removed after it (in the VM)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -24,6 +26,45 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "vm" in item.keywords or "repair" in item.keywords:
             item.add_marker(skip)
+
+
+def _size(path: str) -> int:
+    total = 0
+    for top, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(top, f)).st_size
+            except OSError:
+                pass
+    return total
+
+
+@pytest.fixture(autouse=True)
+def _tmp_path_freed(request):
+    """In the VM, /tmp is memory (virtme-ng's overlay keeps its writes in a tmpfs) and
+    goes when the VM powers off, so a test's tmp_path is removed once its other fixtures
+    are torn down: kept, the tier's CRIU images (tens of MB a dump) pile up in the
+    2 GB guest until a dump or a page server finds no room."""
+    yield
+    path = request.node.funcargs.get("tmp_path") if IN_VM else None
+    if path is not None and os.path.isdir(path):
+        FREED[request.node.nodeid] = _size(str(path))
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not FREED:
+        return
+    mib = 1 << 20
+    big = max(FREED, key=FREED.__getitem__)
+    st = os.statvfs("/tmp")
+    with open("/proc/meminfo") as f:
+        avail = next(int(x.split()[1]) for x in f if x.startswith("MemAvailable:"))
+    terminalreporter.write_line(
+        f"criu-ext-vm: tests' tmp_path removed after them: {sum(FREED.values()) / mib:.0f} MiB "
+        f"(largest {FREED[big] / mib:.0f} MiB, {big}); /tmp holds "
+        f"{(st.f_blocks - st.f_bfree) * st.f_frsize / mib:.0f} MiB, "
+        f"MemAvailable {avail >> 10} MiB")
 
 
 @pytest.fixture
