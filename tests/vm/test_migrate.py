@@ -159,10 +159,9 @@ def _logged(hosts: Hosts, rx, needle: str, mig=None, timeout: float = 300) -> No
         time.sleep(0.02)
 
 
-def _kill_at(hosts: Hosts, rx, needle: str, delay: float = 0.0) -> None:
+def _kill_at(hosts: Hosts, rx, needle: str) -> None:
     """SIGKILL the receiver (only it: its children see it go) once it logged ``needle``."""
     _logged(hosts, rx, needle)
-    time.sleep(delay)
     os.kill(rx.rx_pid, signal.SIGKILL)
 
 
@@ -215,25 +214,25 @@ def test_hss_failures_leave_it_running_then_it_moves_there_and_back(hosts, tmp_p
     rc, rep, err = hosts.finish(mig)
     _source_runs_on(hosts, fn, pid, rx, rc, rep, err, "pre-copy round 1")
     cases["killed during pre-copy"] = err.strip()
-    # (restore: a second in, CRIU is restoring when the receiver goes; one shot there,
-    # the pre-copied case is the transfer's)
-    for needle, phase, delay, how in (("receiving images", "transfer", 0.0, one_round),
-                                      ("restoring from", "restore", 1.0, one_shot)):
-        rx = hosts.receiver("b", ext)
+    # (restore: the destination's trace plugin holds post-restore open for 10 s, before
+    # the handoff says ready, so the kill lands while it restores however fast the
+    # restore is; one shot there, the pre-copied case is the transfer's)
+    held = dict(os.environ, CRIU_EXT_PLUGINS="sctp,gtp,netfilter,announce,trace",
+                CRIU_EXT_TRACE_SLEEP="post-restore:10")
+    for needle, phase, how, env in (("receiving images", "transfer", one_round, None),
+                                    ("sleeping at post-restore", "restore", one_shot, held)):
+        rx = hosts.receiver("b", ext, env=env)
         assert not list(hosts.work["b"].glob("session-*"))  # the killed one's are gone
         mig = hosts.migrate("a", pid, rx, extra=how, wait=False)
-        _kill_at(hosts, rx, needle, delay)
+        _kill_at(hosts, rx, needle)
         rc, rep, err = hosts.finish(mig)
         _source_runs_on(hosts, fn, pid, rx, rc, rep, err, phase)
         cases[f"killed during {phase}"] = err.strip()
     # the source's criu-ext killed while it sends the final images, then while the
     # destination restores: CRIU lets the tree run again, `criu-ext recover` on A finds
     # nothing committed and rolls back, the receiver sees the source go and cleans up
-    # (restore: the destination's trace plugin holds post-restore open for 10 s, so the
-    # kill lands while it restores however fast the restore is; its announce plugin
-    # waits for the commit, which never comes)
-    held = dict(os.environ, CRIU_EXT_PLUGINS="sctp,gtp,netfilter,announce,trace",
-                CRIU_EXT_TRACE_SLEEP="post-restore:10")
+    # (restore: held as above; the destination's announce plugin waits for the commit,
+    # which never comes)
     for needle, phase, env in (("receiving images", "transfer", None),
                                ("sleeping at post-restore", "restore", held)):
         rx = hosts.receiver("b", ext, env=env)
