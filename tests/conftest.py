@@ -16,6 +16,12 @@ import pytest
 
 IN_VM = os.environ.get("CRIU_EXT_VM") == "1"
 FREED: dict[str, int] = {}  # test -> bytes of its tmp_path removed after it (in the VM)
+PEAK = [0]  # the most /tmp held at a test's end, before its tmp_path went
+
+
+def _tmp_used() -> int:
+    st = os.statvfs("/tmp")  # in the VM: the tmpfs under every writable overlay (/tmp, /var...)
+    return (st.f_blocks - st.f_bfree) * st.f_frsize
 
 
 def pytest_collection_modifyitems(config, items):
@@ -49,6 +55,7 @@ def _tmp_path_freed(request):
     path = request.node.funcargs.get("tmp_path") if IN_VM else None
     if path is not None and os.path.isdir(path):
         FREED[request.node.nodeid] = _size(str(path))
+        PEAK[0] = max(PEAK[0], _tmp_used())
         shutil.rmtree(path, ignore_errors=True)
 
 
@@ -57,13 +64,12 @@ def pytest_terminal_summary(terminalreporter):
         return
     mib = 1 << 20
     big = max(FREED, key=FREED.__getitem__)
-    st = os.statvfs("/tmp")
     with open("/proc/meminfo") as f:
         avail = next(int(x.split()[1]) for x in f if x.startswith("MemAvailable:"))
     terminalreporter.write_line(
         f"criu-ext-vm: tests' tmp_path removed after them: {sum(FREED.values()) / mib:.0f} MiB "
-        f"(largest {FREED[big] / mib:.0f} MiB, {big}); /tmp holds "
-        f"{(st.f_blocks - st.f_bfree) * st.f_frsize / mib:.0f} MiB, "
+        f"(largest {FREED[big] / mib:.0f} MiB, {big}); the guest's writes held at most "
+        f"{PEAK[0] / mib:.0f} MiB, now {_tmp_used() / mib:.0f} MiB; "
         f"MemAvailable {avail >> 10} MiB")
 
 
