@@ -192,6 +192,13 @@ def no_answer(status: int | None) -> str:
     return f"criu swrk ended without an answer (exit status {status})"
 
 
+def refused(resp: Any) -> str:
+    """What CRIU said with an answer of failure: its message, else its errno's, else that
+    it failed (swrk answers for a failed pre-dump child with neither)."""
+    return (resp.cr_errmsg.strip() or (os.strerror(resp.cr_errno) if resp.cr_errno else "")
+            or "CRIU reported an error")
+
+
 def _open_dir(path: str, what: str) -> int:
     try:
         return os.open(path, os.O_DIRECTORY | os.O_RDONLY | os.O_CLOEXEC)
@@ -374,8 +381,8 @@ def run(action: str, o: Options, session: Session | None, criu: str = "criu",
         what = failure_msg or no_answer(status)
         raise CriuError(f"{action} failed: {what}; see {log_path}", errno.ECONNRESET, log_path,
                         failure)
-    msg = resp.cr_errmsg or (os.strerror(resp.cr_errno) if resp.cr_errno else "")
+    msg = refused(resp)
     if failure is not None:
         msg = f"plugin {failure.plugin} failed at {failure.phase}: {failure.message}"
-    raise CriuError(f"{action} failed: {msg or 'CRIU reported an error'}; see {log_path}",
+    raise CriuError(f"{action} failed: {msg}; see {log_path}",
                     resp.cr_errno, log_path, failure)

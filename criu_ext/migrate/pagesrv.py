@@ -26,7 +26,7 @@ from collections.abc import Callable
 import pycriu.rpc_pb2 as rpc
 
 from criu_ext.migrate.tls import TlsFiles
-from criu_ext.rpc import CriuError, Options, Swrk, build_opts, no_answer
+from criu_ext.rpc import CriuError, Options, Swrk, build_opts, no_answer, refused
 from procns.files import MiB, read_bytes
 
 PR_SET_PDEATHSIG = 1
@@ -194,7 +194,5 @@ def pre_dump(o: Options, criu: str = "criu",
     if resp is None:
         raise CriuError(f"pre-dump failed: {err or no_answer(status)}; see {log}", 0, log)
     if not resp.success:  # swrk answers for its pre-dump child, whose error it never saw
-        msg = resp.cr_errmsg.strip() or (os.strerror(resp.cr_errno) if resp.cr_errno else "")
-        raise CriuError(f"pre-dump failed: {msg or 'CRIU reported an error'}; see {log}",
-                        resp.cr_errno, log)
+        raise CriuError(f"pre-dump failed: {refused(resp)}; see {log}", resp.cr_errno, log)
     return seconds
