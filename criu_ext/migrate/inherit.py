@@ -17,8 +17,8 @@ The images come from another host: each is read as a bounded regular file, its
 entries parsed into protobuf messages (CRIU's own schema, pycriu), and what is
 changed is checked first: exactly one file entry for each socket, a UDP socket on
 the port the stage bound, referred to by at least one descriptor. Anything else
-refuses the restore before CRIU starts. The files are rewritten through
-temporaries (never through a link).
+refuses the restore before CRIU starts. The files are rewritten in place, opened
+with O_NOFOLLOW (never through a link).
 """
 
 from __future__ import annotations
