@@ -156,7 +156,8 @@ class Hosts:
         error names ("see PATH") and the kernel's last lines (a crash or an OOM kill of
         CRIU leaves its trace there, not in the log)."""
         out = []
-        for path in re.findall(r"see (/\S+\.log)", err)[:1]:
+        if named := re.search(r"see (/\S+\.log)", err):
+            path = named.group(1)
             res = subprocess.run(self.prefix(h) + ["tail", "-n", "40", path],
                                  capture_output=True, text=True)
             out.append(f"--- host {h}: {path}\n{res.stdout}{res.stderr}")
