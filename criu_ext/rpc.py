@@ -148,6 +148,7 @@ class Swrk:
     def __init__(self, criu: str = "criu", quiet: bool = False, pass_fds=()) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.sk = ours
+        self.fds = frozenset(pass_fds)  # ours, at the same numbers in criu (inherit_fd)
         try:
             self.proc = subprocess.Popen([criu, "swrk", str(theirs.fileno())],
                                          pass_fds=[theirs.fileno(), *pass_fds],
@@ -178,6 +179,12 @@ class Swrk:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait()
+
+    def discard(self) -> None:
+        """A swrk started ahead and never asked anything: killed, so that it does not
+        log the request it never got."""
+        self.proc.kill()
+        self.close()
 
 
 def no_answer(status: int | None) -> str:
@@ -284,8 +291,13 @@ def conclude(session: Session, ok: bool) -> list[PhaseFailed]:
 
 
 def run(action: str, o: Options, session: Session | None, criu: str = "criu",
-        on_notify: Callable[[str, int | None], None] | None = None) -> Result:
+        on_notify: Callable[[str, int | None], None] | None = None,
+        swrk: Swrk | None = None) -> Result:
     """Run one CRIU dump or restore, answering NOTIFY with ``session``'s plugins.
+
+    ``swrk``: a ``criu swrk`` started ahead (its start, over 0.1 s under emulation, is
+    then not in the way; it was given every descriptor of ``o.inherit_fd``), used and
+    closed here; else one is started now.
 
     Raises CriuError when CRIU fails; at dump, the plugins' rollback has run by
     then (CRIU's network-unlock, or here if CRIU ended without it).
@@ -298,13 +310,22 @@ def run(action: str, o: Options, session: Session | None, criu: str = "criu",
         o.log_file = f"{action}.log"
     t_begin = time.perf_counter()
     journal = None
-    if session is not None:
-        try:
-            begin(session)
-        except PhaseFailed as exc:  # CRIU not started: nothing to undo
-            raise CriuError(f"{action} not started: plugin {exc.plugin}: {exc.message}",
-                            errno.EINVAL, None, exc) from None
-    images_fd, work_fd, log_name, log_path = _open_dirs(o)
+    try:
+        if swrk is not None and not set(o.inherit_fd) <= swrk.fds:
+            raise ValueError("criu swrk was started without descriptors "
+                             f"{sorted(set(o.inherit_fd) - swrk.fds)} of inherit_fd")
+        if session is not None:
+            try:
+                begin(session)
+            except PhaseFailed as exc:  # CRIU not started: nothing to undo
+                raise CriuError(f"{action} not started: plugin {exc.plugin}: {exc.message}",
+                                errno.EINVAL, None, exc) from None
+        images_fd, work_fd, log_name, log_path = _open_dirs(o)
+    except BaseException:
+        if swrk is not None:  # ours to close, asked nothing
+            swrk.discard()
+        raise
+    asked = False
     try:
         req = rpc.criu_req()
         req.type = rpc.DUMP if action == ph.DUMP else rpc.RESTORE
@@ -319,7 +340,8 @@ def run(action: str, o: Options, session: Session | None, criu: str = "criu",
         if session is not None and action == ph.DUMP and o.pid is not None:
             journal = open_journal(session, o.pid)
         try:
-            swrk = Swrk(criu, pass_fds=tuple(o.inherit_fd))
+            if swrk is None:
+                swrk = Swrk(criu, pass_fds=tuple(o.inherit_fd))
         except CriuError:
             if journal is not None:
                 journal.close()  # nothing started, nothing to recover
@@ -331,6 +353,7 @@ def run(action: str, o: Options, session: Session | None, criu: str = "criu",
         t0 = time.perf_counter()
         resp = None
         try:
+            asked = True
             swrk.send(req)
             while True:
                 resp = swrk.recv()
@@ -362,6 +385,8 @@ def run(action: str, o: Options, session: Session | None, criu: str = "criu",
         seconds = time.perf_counter() - t0
         status = swrk.close()
     finally:
+        if swrk is not None and not asked:  # one started ahead, and we failed before using it
+            swrk.discard()
         os.close(images_fd)
         if work_fd is not None:
             os.close(work_fd)

@@ -270,3 +270,38 @@ def test_begin_warms_the_plugins_once_per_session(tmp_path):
     s2.warmed = True  # a migration's Warmup did it beside pre-copy
     driver.begin(s2)
     assert p.warmed == ["restore"]
+
+
+def test_a_swrk_started_ahead_is_the_one_asked(fake, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_SCRIPT", "pre-restore,post-restore,post-resume")
+    ahead = driver.Swrk(fake)
+    p = Rec()
+    s = Session("restore", str(tmp_path / "img"), [p], "rpc", Log(level=0))
+    o = driver.Options(images_dir=str(tmp_path / "img"))
+    # no criu at this path: only the swrk started ahead can answer
+    res = driver.run("restore", o, s, criu=str(tmp_path / "absent"), swrk=ahead)
+    assert res.ok and res.resp.restore.pid == 4242
+    assert ahead.proc.returncode == 0 and ahead.sk.fileno() == -1  # asked, then closed
+    assert p.calls == [("post-restore", 4242, "rpc")]
+
+
+@pytest.mark.parametrize("why", ["descriptors", "prepare"])
+def test_a_swrk_started_ahead_and_not_asked_is_killed(fake, tmp_path, monkeypatch, why):
+    """Started without a descriptor the restore hands over, or a plugin's prepare failed:
+    CRIU is asked nothing and its swrk does not outlive the call."""
+    monkeypatch.setenv("FAKE_SCRIPT", "pre-restore,post-restore")
+    ahead = driver.Swrk(fake)
+    p = Prep(fail={"prepare"} if why == "prepare" else ())
+    s = Session("restore", str(tmp_path / "img"), [p], "rpc", Log(level=0))
+    r, w = os.pipe()
+    try:
+        o = driver.Options(images_dir=str(tmp_path / "img"),
+                           inherit_fd={r: "pipe:[1]"} if why == "descriptors" else {})
+        err = ValueError if why == "descriptors" else driver.CriuError
+        with pytest.raises(err, match=f"without descriptors \\[{r}\\]|plugin prep"):
+            driver.run("restore", o, s, criu=fake, swrk=ahead)
+    finally:
+        os.close(r)
+        os.close(w)
+    assert ahead.proc.returncode is not None and ahead.proc.returncode < 0  # killed
+    assert not (tmp_path / "req.json").exists()
