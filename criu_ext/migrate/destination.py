@@ -285,7 +285,7 @@ class Session:
         self.chan.send("welcome", plugins=[p.name for p in plugins])
         while True:
             msg = self.chan.recv("page-server", "round-done", "file", "restore", "abort",
-                                 "pdp")
+                                 "pdp", "nat")
             op = msg["op"]
             if op == "page-server":
                 self.phase = "page server"
@@ -310,6 +310,10 @@ class Session:
                 if self.staged is None:
                     raise wire.ProtocolError("a PDP change before the staged user plane")
                 self.staged.plane.apply(msg)
+            elif op == "nat":
+                if self.staged is None:
+                    raise wire.ProtocolError("UE flows before the staged user plane")
+                self.staged.plane.install_nat(msg)
             elif op == "file":
                 if self.phase != "transfer":
                     self.log.info(f"round {self.round}: receiving images")

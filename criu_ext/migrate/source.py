@@ -19,10 +19,11 @@ Order of the conversation (destination.py has the other side):
 
 With ``stage`` (make-before-break, stage.py and switch.py): after ``hello`` the
 user plane goes over as ``stage.img``, then every PDP change as it happens (read
-while CRIU pre-dumps); the final dump treats the task's netns as external (CRIU
-dumps none of its configuration) and lets GTP-U through CRIU's network lock, so the
-source forwards while it is frozen. After ``restoring``, while the destination
-restores: the last changes, the UE flows and ``pdp-end`` (it applies them beside
+while CRIU pre-dumps), and after pre-copy the UE flows' NAT state (``nat``); the
+final dump treats the task's netns as external (CRIU dumps none of its
+configuration) and lets GTP-U through CRIU's network lock, so the source forwards
+while it is frozen. After ``restoring``, while the destination restores: the last
+changes, the flows conntrack confirmed since and ``pdp-end`` (it applies them beside
 CRIU and says so in ``ready``). Then the switch: the flows conntrack confirmed
 since, our outer links' bridge ports disabled, ``switch``, the destination's onto
 its bridge (``switched``; its announcement follows), then ``commit``; our links
@@ -405,6 +406,13 @@ def migrate(cfg: MigrateConfig, log: Log, progress: Progress | None = None) -> R
         else:
             rep.stop_reason = "no pre-copy"
         rep.times["pre_copy"] = time.monotonic() - t1
+        if staging is not None:  # the UE flows' NAT state over while the task runs: in
+            # the freeze only those conntrack confirms from now on go
+            phase = "stage"
+            progress.phase("user plane: UE flows")
+            t1 = time.monotonic()
+            rep.stage["nat_flows_before_freeze"] = _user_plane(staging.sender.flows)
+            rep.times["stage_flows"] = time.monotonic() - t1
         phase = "final dump"
         progress.phase("final dump: page server")
         chan.send("page-server", round=n + 1)

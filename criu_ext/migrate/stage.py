@@ -9,12 +9,13 @@ path before the task is frozen:
   family's multicast group first, then the user plane is read (devices, contexts,
   routes, NAT rules, sysctls) and sent as a gtp image (``stage.img``);
   :meth:`StageSender.pump` sends what changed since, as ``pdp`` messages, while
-  pre-copy runs; :meth:`StageSender.finish`, once the task is frozen and while the
-  destination restores it, sends the last changes, the UE flows' conntrack entries
-  (``nat``: gtp_util.natflows, each to be created with its NAT binding) and
-  ``pdp-end`` with the count: one read of the follower, not the list;
-  :meth:`StageSender.late`, at the switch, the flows conntrack confirmed since
-  (its NEW events).
+  pre-copy runs; :meth:`StageSender.flows`, after pre-copy and before the freeze,
+  the UE flows' conntrack entries (``nat``: gtp_util.natflows, each to be created
+  with its NAT binding); :meth:`StageSender.finish`, once the task is frozen and
+  while the destination restores it, the last changes, the flows conntrack
+  confirmed since (its NEW events) and ``pdp-end`` with the count: one read of the
+  follower, not the list; :meth:`StageSender.late`, at the switch, the flows
+  confirmed since.
 * destination (:class:`StagedPlane`): restores the image into the staged namespace,
   every device bound to a GTP-U socket it binds there itself and holds for the task
   (CRIU cannot hand an inet socket over: docs/migrate.md); replays every ``pdp``
@@ -152,29 +153,43 @@ class StageSender:
         self.sent += len(changes)
         return len(changes)
 
-    def finish(self) -> int:
-        """The task frozen (no more PDP changes come): the last changes, the UE flows' NAT
-        state and the count; returns the count. It runs while the destination restores
-        the task; the flows conntrack confirms after it are :meth:`late`'s."""
+    def flows(self) -> int:
+        """The UE flows' NAT state, before the freeze (the source forwards on): the
+        conntrack table read once, and from then on its NEW events, which :meth:`finish`
+        and :meth:`late` send. Returns how many flows went."""
         from gtp_util.natflows import CtEvents, to_row, translated
 
-        self.pump()
         self.events = CtEvents(self.netns)  # before the read: nothing falls between
         flows = translated(self.netns, self.pools, self.conntrack)
         self.flows_sent = {f.key for f in flows}
-        for i in range(0, len(flows), PER_MESSAGE):
-            self.chan.send("nat", flows=[to_row(f) for f in flows[i:i + PER_MESSAGE]])
+        self._send_nat([to_row(f) for f in flows])
         self.nat_flows = len(flows)
+        return len(flows)
+
+    def finish(self) -> int:
+        """The task frozen (no more PDP changes come): the last changes, the UE flows
+        conntrack confirmed since :meth:`flows` (all of them, when it was not called) and
+        the count; returns the count. It runs while the destination restores the task;
+        the flows conntrack confirms after it are :meth:`late`'s."""
+        self.pump()
+        if self.events is None:
+            self.flows()
+        else:
+            self._send_nat(self.late())
         self.chan.send("pdp-end", count=self.sent)
         return self.sent
 
+    def _send_nat(self, rows: list[list]) -> None:
+        for i in range(0, len(rows), PER_MESSAGE):
+            self.chan.send("nat", flows=rows[i:i + PER_MESSAGE])
+
     def late(self) -> list[list]:
-        """The UE flows confirmed since :meth:`finish` read the table (the source forwards
-        until the switch), as ``nat`` rows: conntrack's NEW events, or a dump when the
+        """The UE flows confirmed since the last step (the source forwards until the
+        switch) not sent yet, as ``nat`` rows: conntrack's NEW events, or a dump when the
         kernel dropped some."""
         from gtp_util.natflows import EventsLost, flow_of, to_row
 
-        assert self.events is not None and self.conntrack is not None, "finish() first"
+        assert self.events is not None and self.conntrack is not None, "flows() first"
         try:
             entries = self.events.read()
         except EventsLost:

@@ -9,7 +9,9 @@ the stage follows, 500 UEs attach and 300 detach on the source. Then:
 
 * the staged copy holds exactly the source's contexts, routes and NAT rules, with
   the count check of ``pdp-end`` passing, and the conntrack entries of the UE flows
-  pinged through the source before the freeze, with their NAT binding;
+  pinged through the source, with their NAT binding: those of the first UEs sent
+  before the freeze (``flows``), those of the UEs pinged after it with ``finish``
+  (conntrack's NEW events);
 * it forwards on its own, through those entries: no task in it, only the socket the
   stager holds, and UEs pinged through it (old and newly attached) answer with their
   own downlink TEIDs, a detached UE does not; the source forwards on as before;
@@ -124,10 +126,15 @@ def test_staged_copy_follows_the_source_and_forwards_on_its_own(tmp_path):
                 chan.add(link, PdpTable(new[j] for j in range(start, start + 100)))
                 sender.pump()
             chan.delete(link, gone)
-        # UE flows through the source's masquerade: their conntrack entries go with finish()
+        # UE flows through the source's masquerade: the conntrack entries of the first
+        # (UE 0 detached: none) go before the freeze (flows()), those conntrack confirms
+        # after it with finish() (its NEW events)
         ues = [0, DETACH, DETACH + 1, BASE - 1, BASE, BASE + ATTACH - 1]
         up = {i: I_TEI_BASE + i for i in ues}
-        before = ping(enb_a, ues, up)
+        early, later = ues[:3], ues[3:]
+        before = ping(enb_a, early, {i: up[i] for i in early})
+        flows_early = sender.flows()
+        before |= ping(enb_a, later, {i: up[i] for i in later})
         t_freeze = time.monotonic()
         count = sender.finish()  # what the frozen window would hold
         final_s = time.monotonic() - t_freeze
@@ -148,6 +155,7 @@ def test_staged_copy_follows_the_source_and_forwards_on_its_own(tmp_path):
         key = lambda f: (f.proto, f.ue, f.peer, f.ue_port, f.nat_addr, f.nat_port)  # noqa: E731
         src_flows = {key(f) for f in translated(src_path, pools(src_snap))}
         dst_entries = translated(dst_path, pools(src_snap))
+        assert flows_early == 2
         assert len(src_flows) == len(ues) - 1 and {key(f) for f in dst_entries} == src_flows
         assert plane.nat_flows == len(src_flows) and plane.nat_failed == []
 
