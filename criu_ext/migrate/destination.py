@@ -32,12 +32,18 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+# at the top, not where the restore needs them: a module imported once the source is
+# frozen is read in its freeze (under emulation, tens of milliseconds)
+from criu_ext import phases as ph
+from criu_ext.criu_images import stats
 from criu_ext.migrate import gcpause, wire
 from criu_ext.migrate.inherit import InheritError
 from criu_ext.migrate.inherit import warm as inherit_warm
 from criu_ext.migrate.pagesrv import PageServer, round_dir
 from criu_ext.migrate.tls import TlsFiles
 from criu_ext.plugin import Log, PluginError, Warmup, select
+from criu_ext.rpc import CriuError, Options, Swrk, run
+from criu_ext.session import Session as PluginSession
 from procns.files import read_text, write_atomic
 
 DEFAULT_BUDGET = 4 << 30  # bytes of non-page images one migration may send
@@ -246,6 +252,12 @@ class Session:
         self.phase = "hello"
         self.result: dict = {}
         self.staged: _Staged | None = None
+        # the restore's criu swrk, started with the first page server: its start (over
+        # 0.1 s under emulation) is then out of the freeze; with --stage it holds the
+        # staged netns (``nsfd``) and sockets CRIU is to hand the task (inherit_fd)
+        self.swrk: Swrk | None = None
+        self.nsfd: int | None = None
+        self.page_server_end_s = 0.0  # the final page server's end, waited for in the freeze
 
     def run(self) -> dict:
         hello = self.chan.recv("hello")
@@ -295,6 +307,8 @@ class Session:
                 self.round = n
                 self.ps = PageServer(round_dir(self.dir, n), self.addr, self.cfg.tls,
                                      self.cfg.criu)
+                if self.swrk is None:
+                    self._start_swrk()
                 gcpause.hold()  # this round may be the final dump's: released at its end
                 self.log.info(f"round {n}: page server on port {self.ps.port}")
                 self.chan.send("listening", port=self.ps.port)
@@ -325,10 +339,12 @@ class Session:
             elif op == "abort":
                 raise wire.PeerFailed("source", str(msg.get("reason", "aborted"))[:500])
             else:
+                t_in = time.monotonic()
                 self.phase = "transfer"
                 self._end_page_server()
+                self.page_server_end_s = time.monotonic() - t_in
                 warmup.join()
-                return self._restore(plugins)
+                return self._restore(plugins, t_in)
 
     def _stage(self, msg: dict) -> None:
         """The source's user plane (stage.img), built in the staged netns."""
@@ -353,19 +369,29 @@ class Session:
                       f"{self.staged.plane.snapshot.n_contexts} PDP contexts "
                       f"({time.monotonic() - t0:.2f} s)")
 
+    def _start_swrk(self) -> None:
+        """The restore's ``criu swrk``, started now and waiting for its request; with
+        --stage given the staged netns and sockets at their numbers here."""
+        fds: list[int] = []
+        if self.staged is not None:
+            self.nsfd = os.open(self.staged.plane.netns, os.O_RDONLY | os.O_CLOEXEC)
+            fds = [self.nsfd, *(s.fileno() for s in self.staged.plane.held.values())]
+        try:
+            self.swrk = Swrk(self.cfg.criu, pass_fds=fds)
+        except CriuError as exc:
+            raise wire.ProtocolError(str(exc)) from None
+
     def _end_page_server(self) -> None:
         if self.ps is None:
             raise wire.ProtocolError("no page server is running")
         ps, self.ps = self.ps, None
         ps.wait(self.cfg.timeout)
 
-    def _restore(self, plugins: list) -> dict:
-        from criu_ext import phases as ph
-        from criu_ext.criu_images import stats
-        from criu_ext.rpc import Options, run
-        from criu_ext.session import Session as PluginSession
-
+    def _restore(self, plugins: list, t_in: float) -> dict:
+        """CRIU's restore, from the source's ``restore`` (received at ``t_in``)."""
         self.phase = "restore"
+        if self.swrk is None:  # not one started ahead
+            self._start_swrk()
         self.chan.send("restoring")
         self.log.info(f"restoring from round {self.round}")
         images = os.path.join(self.dir, str(self.round))
@@ -383,27 +409,29 @@ class Session:
                        shell_job=bool(self.hello.get("shell_job")), external=list(self.cfg.external),
                        log_file="restore.log", log_level=self.cfg.log_level,
                        extra={"network_lock": self.network_lock})
-        nsfd = None
         if self.staged is not None:  # the task's netns: the staged one (CRIU: external)
-            from criu_ext.migrate.source import STAGE_KEY
-
+            assert self.nsfd is not None  # by _start_swrk
             opts.external = []
-            nsfd = os.open(self.staged.plane.netns, os.O_RDONLY | os.O_CLOEXEC)
-            opts.inherit_fd = {nsfd: STAGE_KEY}
+            opts.inherit_fd = {self.nsfd: wire.STAGE_KEY}
             t1 = time.monotonic()
             try:  # and the task's GTP sockets: the plane's, installed by CRIU itself
                 opts.inherit_fd.update(self.staged.plane.inherit(images))
             except (InheritError, OSError) as exc:
-                os.close(nsfd)
                 raise wire.ProtocolError(f"the task's GTP sockets: {exc}") from None
             handoff.times["inherit_s"] = round(time.monotonic() - t1, 6)
         if self.staged is not None:
             self.staged.start_tail(self.chan)
+        swrk, self.swrk = self.swrk, None
+        # this end's work from the source's ``restore`` to CRIU's request (the final
+        # page server's end and the image rewrite included): criu-ext's, in the freeze
+        handoff.times["prepare_s"] = round(time.monotonic() - t_in, 6)
+        handoff.times["page_server_end_s"] = round(self.page_server_end_s, 6)
         try:
-            res = run(ph.RESTORE, opts, session, self.cfg.criu)
+            res = run(ph.RESTORE, opts, session, self.cfg.criu, swrk=swrk)
         finally:
-            if nsfd is not None:
-                os.close(nsfd)
+            if self.nsfd is not None:
+                os.close(self.nsfd)
+                self.nsfd = None
         pid = res.resp.restore.pid
         self.phase = "resume"
         late = [t for t in session.timings if not t["ok"]]
@@ -416,6 +444,7 @@ class Session:
                        # the commit to CRIU's return: the tasks resumed here
                        "resume_s": round(t1 - (handoff.committed_at or t1), 6),
                        "plugin_s": round(plugin_s, 6), **handoff.times,
+                       "begin_s": round(res.begin_seconds, 6),
                        "criu_restore_s": stats(images).get("restore", {}).get("restore_time", 0) / 1e6,
                        "notify": res.notify}
         self.log.info(f"restored: PID {pid} runs here")
@@ -426,6 +455,12 @@ class Session:
         if self.ps is not None:
             self.ps.kill()
             self.ps = None
+        if self.swrk is not None:
+            self.swrk.discard()
+            self.swrk = None
+        if self.nsfd is not None:
+            os.close(self.nsfd)
+            self.nsfd = None
         if self.staged is not None:
             self.staged.undo()
             self.staged = None

@@ -169,7 +169,7 @@ class Handoff:
             self.rep.times["restore_until_ready"] = time.monotonic() - t1
             self.rep.times["dest_restore_until_ready"] = float(ready.get("restore_s", 0.0))
             if self.staging is not None:
-                for key in ("inherit", "tail_wait"):
+                for key in ("prepare", "page_server_end", "inherit", "tail_wait"):
                     self.rep.times[f"dest_{key}"] = float(ready.get(f"{key}_s", 0.0))
                 self.rep.stage["nat_failed"] = int(ready.get("nat_failed", 0))
                 self._switch(ctx)
@@ -300,9 +300,6 @@ def _pre_copy(cfg: MigrateConfig, chan: wire.Channel, work: str, rep: Report,
         pages.append(r.pages)
 
 
-STAGE_KEY = "criu-ext-stage"  # the task's netns in CRIU's --external / --inherit-fd
-
-
 class _Staging:
     """The source's side of a staged user plane: the sender, the task's netns (held
     open: the task goes at the end, the netns path with it) and the lock pass."""
@@ -326,7 +323,7 @@ class _Staging:
 
     def external(self) -> str:
         """CRIU's ``--external`` for the task's netns: its inode, our key."""
-        return f"net[{os.fstat(self.nsfd).st_ino}]:{STAGE_KEY}"
+        return f"net[{os.fstat(self.nsfd).st_ino}]:{wire.STAGE_KEY}"
 
     def prepare(self, links: list[str]) -> None:
         """Before the freeze: GTP-U let through CRIU's lock, and the switch's first half
@@ -482,6 +479,7 @@ def migrate(cfg: MigrateConfig, log: Log, progress: Progress | None = None) -> R
             "dest_resume": resume,
             "dest_restore": float(done.get("restore_s", 0.0)),
             "dest_criu_restore": float(done.get("criu_restore_s", 0.0)),
+            "dest_begin": float(done.get("begin_s", 0.0)),  # the plugins' begin, CRIU's request
             "plugins_source": session.plugin_seconds() - sum(
                 t["seconds"] for t in session.timings if t["plugin"] == handoff.name),
             "plugins_dest": float(done.get("plugin_s", 0.0)),

@@ -33,6 +33,9 @@ from __future__ import annotations
 import socket
 import struct
 
+# at the top: the destination announces in the freeze, where an import is a file read
+from criu_ext.plugins.announce import announce as garp
+
 SOCCR_MARK = 0xC114  # CRIU's soccr/soccr.h: what its network lock lets through
 PASS_TABLE = "criu-ext-upass"
 _PRIO = -150  # mangle's: before CRIU's lock chains (priority 0)
@@ -301,6 +304,4 @@ def standby(links: dict[str, str]) -> None:
 def announce(netns: str) -> int:
     """A gratuitous ARP or unsolicited NA from each address of ``netns``'s Ethernet links (the
     announce plugin's); returns how many were sent."""
-    from criu_ext.plugins.announce import announce as garp
-
     return len(garp(netns, close_later=True))

@@ -25,6 +25,9 @@ CHUNK = 1 << 16
 VERSION = 2  # 2: a pdp message's changes go column by column
 # CRIU's --network-lock methods (rpc.proto's criu_network_lock_method), both ends
 NETWORK_LOCKS = ("iptables", "nftables")
+# --stage: the key of the task's netns, in the source's --external and the destination's
+# --inherit-fd (its staged netns)
+STAGE_KEY = "criu-ext-stage"
 # CRIU image names and our own: letters, digits, dot, dash, underscore; no path.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
