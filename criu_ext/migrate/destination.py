@@ -545,6 +545,11 @@ def serve(cfg: ReceiveConfig, log: Log, once: bool = True, ready=None) -> dict:
     once listening.
     """
     cfg.tls.check()
+    try:  # a bad --plugins refused before listening, and the plugins' modules read before
+        # a source waits for our welcome (0.4 s under emulation, once per receiver)
+        select(cfg.plugin_spec, log)
+    except PluginError as exc:
+        raise ReceiveFailed("start", str(exc)) from None
     os.makedirs(cfg.work_dir, 0o700, exist_ok=True)
     remove_stale(cfg.work_dir, log)
     ctx = cfg.tls.server_context()

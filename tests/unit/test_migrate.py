@@ -405,3 +405,16 @@ def test_the_destination_s_ports_go_on_with_their_flags_in_one_nest():
         got[atype] = value
     assert got == _ACTIVE and got[IFLA_BRPORT_LOCKED] == 0
     assert set(_STANDBY) == set(_ACTIVE) and all(_STANDBY[k] != _ACTIVE[k] for k in _ACTIVE)
+
+
+def test_receiver_refuses_a_bad_plugin_selection_before_listening(pki, tmp_path):
+    from criu_ext.migrate.destination import ReceiveConfig, ReceiveFailed, serve
+    from criu_ext.plugin import Log
+
+    good, _ = pki
+    heard = []
+    cfg = ReceiveConfig(listen=("127.0.0.1", 0), tls=good["dst"], work_dir=str(tmp_path / "w"),
+                        plugin_spec="nonesuch")
+    with pytest.raises(ReceiveFailed, match="no plugin named 'nonesuch'") as exc:
+        serve(cfg, Log(level=0), ready=heard.append)
+    assert exc.value.phase == "start" and heard == [] and not (tmp_path / "w").exists()
