@@ -69,21 +69,6 @@ def _free_port(addr: str) -> int:
         return s.getsockname()[1]
 
 
-def _listening(pid: int, port: int) -> bool:
-    """Does ``pid``'s netns have a TCP listener on ``port``? (/proc/PID/net/tcp, tcp6)"""
-    for name in ("tcp", "tcp6"):
-        try:
-            with open(f"/proc/{pid}/net/{name}", encoding="ascii") as f:
-                next(f)
-                for line in f:
-                    cols = line.split()
-                    if cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
-                        return True
-        except (FileNotFoundError, StopIteration):
-            continue
-    return False
-
-
 def exit_status(proc: subprocess.Popen, timeout: float) -> int:
     """``proc``'s exit status, woken by its exit (a pidfd) rather than by
     ``Popen.wait``'s polling, whose sleeps grow to 50 ms: the final round's page server
@@ -108,21 +93,35 @@ class PageServer:
         self.images_dir = images_dir
         self.port = _free_port(addr)
         self.log = os.path.join(images_dir, "page-server.log")
+        # CRIU writes one byte to --status-fd once it listens (status_ready): the
+        # source is told the port then, not at the next look at /proc
+        rfd, wfd = os.pipe2(os.O_CLOEXEC)
         argv = [criu, "page-server", "-D", images_dir, "--address", addr, "--port",
-                str(self.port), "-o", self.log, "-v2", *tls.criu_args(), "--tls-no-cn-verify"]
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, close_fds=True,
-                                     preexec_fn=_die_with(os.getpid()))
-        end = time.monotonic() + timeout
-        while not _listening(self.proc.pid, self.port):
-            if self.proc.poll() is not None:
-                raise CriuError(f"criu page-server exited ({self.proc.returncode}) before "
-                                f"listening: {last_error(self.log)}", 0, self.log)
-            if time.monotonic() > end:
-                self.kill()
-                raise CriuError(f"criu page-server not listening after {timeout:.0f} s", 0,
-                                self.log)
-            time.sleep(0.02)
+                str(self.port), "-o", self.log, "-v2", *tls.criu_args(), "--tls-no-cn-verify",
+                "--status-fd", str(wfd)]
+        try:
+            try:
+                self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                             stdout=subprocess.DEVNULL,
+                                             stderr=subprocess.DEVNULL, close_fds=True,
+                                             pass_fds=(wfd,), preexec_fn=_die_with(os.getpid()))
+            finally:
+                os.close(wfd)
+            said = os.read(rfd, 1) if select.select([rfd], [], [], timeout)[0] else None
+        finally:
+            os.close(rfd)
+        if said == b"\0":
+            return
+        if said is None:
+            self.kill()
+            raise CriuError(f"criu page-server not listening after {timeout:.0f} s", 0, self.log)
+        try:  # it closed the pipe without a word: it is exiting
+            status: int | None = exit_status(self.proc, 5.0)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            status = None
+        raise CriuError(f"criu page-server exited ({status}) before listening: "
+                        f"{last_error(self.log)}", 0, self.log)
 
     def wait(self, timeout: float = 60.0) -> None:
         """The dumper has disconnected: the page server must end with status 0."""
