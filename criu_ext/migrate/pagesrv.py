@@ -177,19 +177,29 @@ def _wait(swrk: Swrk, meanwhile: tuple[int, Callable[[], object]] | None,
 
 
 def pre_dump(o: Options, criu: str = "criu",
-             meanwhile: tuple[int, Callable[[], object]] | None = None) -> float:
+             meanwhile: tuple[int, Callable[[], object]] | None = None,
+             swrk: Swrk | None = None) -> float:
     """One ``criu pre-dump`` round (task running; memory to the page server); seconds.
     ``meanwhile``: (fd, call), run whenever fd is readable while CRIU works (the staged
-    user plane's changes go over as they happen)."""
-    images_fd = os.open(o.images_dir, os.O_DIRECTORY | os.O_RDONLY)
+    user plane's changes go over as they happen). ``swrk``: one started ahead (quiet:
+    it complains when we hang up after one request), used and closed here."""
+    asked = False
+    try:
+        images_fd = os.open(o.images_dir, os.O_DIRECTORY | os.O_RDONLY)
+    except BaseException:
+        if swrk is not None:
+            swrk.discard()
+        raise
     try:
         opts = build_opts(o, images_fd, None, o.log_file or "pre-dump.log")
         opts.notify_scripts = False  # pre-dump runs no scripts; nothing to answer
         req = rpc.criu_req(type=rpc.PRE_DUMP)
         req.opts.CopyFrom(opts)
-        swrk = Swrk(criu, quiet=True)  # it complains when we hang up after one request
+        if swrk is None:
+            swrk = Swrk(criu, quiet=True)
         t0 = time.perf_counter()
         failure = None
+        asked = True
         try:
             swrk.send(req)
             failure = _wait(swrk, meanwhile)
@@ -202,6 +212,8 @@ def pre_dump(o: Options, criu: str = "criu",
         seconds = time.perf_counter() - t0
         status = swrk.close()
     finally:
+        if swrk is not None and not asked:
+            swrk.discard()
         os.close(images_fd)
     if failure is not None:
         raise failure

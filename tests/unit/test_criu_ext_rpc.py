@@ -305,3 +305,21 @@ def test_a_swrk_started_ahead_and_not_asked_is_killed(fake, tmp_path, monkeypatc
         os.close(w)
     assert ahead.proc.returncode is not None and ahead.proc.returncode < 0  # killed
     assert not (tmp_path / "req.json").exists()
+
+
+def test_pre_dump_asks_a_swrk_started_ahead_or_kills_it(fake, tmp_path, monkeypatch):
+    """The round's swrk, started while the page server starts, is the one asked; when the
+    round cannot even open its directory, it is killed, never left waiting."""
+    from criu_ext.migrate.pagesrv import pre_dump
+
+    monkeypatch.setenv("FAKE_SCRIPT", "child-fail")
+    ahead = driver.Swrk(fake, quiet=True)
+    o = driver.Options(images_dir=str(tmp_path / "img"), pid=1234, log_file="pre-dump.log")
+    with pytest.raises(driver.CriuError, match="CRIU reported an error"):
+        pre_dump(o, criu=str(tmp_path / "absent"), swrk=ahead)  # only `ahead` can answer
+    assert ahead.proc.returncode == 0
+    unused = driver.Swrk(fake, quiet=True)
+    gone = driver.Options(images_dir=str(tmp_path / "no-such-dir"), pid=1234)
+    with pytest.raises(FileNotFoundError):
+        pre_dump(gone, criu=fake, swrk=unused)
+    assert unused.proc.returncode is not None and unused.proc.returncode < 0
