@@ -37,7 +37,7 @@ from lab.netns import NetnsSet
 from scenario.fabric import BRIDGE, outer_name
 from scenario.functions import Spgw
 from scenario.hosts import two_hosts
-from scenario.report import gaps
+from scenario.report import gaps, longest_gap
 from scenario.run import recover
 
 
@@ -114,10 +114,16 @@ def one(mode: str, ues: int, contexts: int, tmp: Path) -> dict:
         if peers["wrong_teid"] or peers["ues_answered"] != ues:
             raise RuntimeError(f"{mode}: the UEs saw {peers}")
         per_ue = [g for g in (gaps(r, t0, t1) for r in fn.replies) if g is not None]
+        # the worst UE's gap and when it began, from the migration's start: at the
+        # switch (its end, less the restore's resume) or elsewhere
+        worst = max((w for r in fn.replies if (w := longest_gap(r, t0, t1)) is not None),
+                    default=None)
         work = in_freeze(rep)
         total, frozen = rep["times"]["total"], rep["times"]["criu_frozen"]
         return {"ue_gap_max_s": round(max(per_ue), 3),
                 "ue_gap_median_s": round(statistics.median(per_ue), 3),
+                "ue_gap_worst_began_s": round(worst[1] - t0, 3) if worst else None,
+                "ues_over_half_s": sum(1 for g in per_ue if g > 0.5),
                 "ues_measured": len(per_ue), "total_s": round(total, 3),
                 "criu_frozen_s": round(frozen, 3), "answered_again_s": round(back, 3),
                 "gap_share_of_total": round(max(per_ue) / total, 4),
@@ -162,6 +168,7 @@ def main() -> None:
                 # every move's parts of criu-ext's work in the freeze, not the first's alone
                 res[f"{mode}_parts"] = [r["criu_ext_in_freeze"] | {
                     k: r["times"][k] for k in ("source_detail", "dest_detail") if k in r["times"]}
+                    | {k: r[k] for k in ("ue_gap_worst_began_s", "ues_over_half_s")}
                     for r in runs]
     if "carried" in res and "stage" in res:
         res["gap_ratio"] = round(res["stage"]["ue_gap_max_s"] / res["carried"]["ue_gap_max_s"], 4)

@@ -116,10 +116,16 @@ def gaps(times: list[float], start: float, end: float) -> float | None:
     experiences across a migration: from the last reply before the outage to
     the first after it. None when there is no reply on one side of the window.
     """
+    found = longest_gap(times, start, end)
+    return None if found is None else found[0]
+
+
+def longest_gap(times: list[float], start: float, end: float) -> tuple[float, float] | None:
+    """:func:`gaps`, with when it began: (length, time of the reply before it)."""
     before = [t for t in times if t <= start]
     after = [t for t in times if t >= end]
     if not before or not after:
         return None
     inside = [t for t in times if start < t < end]
     seq = [before[-1]] + inside + [after[0]]
-    return max(b - a for a, b in zip(seq, seq[1:]))
+    return max((b - a, a) for a, b in zip(seq, seq[1:]))
