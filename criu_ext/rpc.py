@@ -149,6 +149,7 @@ class Swrk:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.sk = ours
         self.fds = frozenset(pass_fds)  # ours, at the same numbers in criu (inherit_fd)
+        self.asked = False  # a request sent (close kills a swrk never asked anything)
         try:
             self.proc = subprocess.Popen([criu, "swrk", str(theirs.fileno())],
                                          pass_fds=[theirs.fileno(), *pass_fds],
@@ -162,6 +163,7 @@ class Swrk:
             theirs.close()
 
     def send(self, req: Any) -> None:
+        self.asked = True
         self.sk.send(req.SerializeToString())
 
     def recv(self) -> Any | None:
@@ -173,18 +175,16 @@ class Swrk:
         return resp
 
     def close(self) -> int | None:
+        """Its exit status. One never asked anything (started ahead, then not needed)
+        is killed, so that it does not log the request it never got."""
+        if not self.asked:
+            self.proc.kill()
         self.sk.close()
         try:
             return self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait()
-
-    def discard(self) -> None:
-        """A swrk started ahead and never asked anything: killed, so that it does not
-        log the request it never got."""
-        self.proc.kill()
-        self.close()
 
 
 def no_answer(status: int | None) -> str:
@@ -310,6 +310,7 @@ def run(action: str, o: Options, session: Session | None, criu: str = "criu",
         o.log_file = f"{action}.log"
     t_begin = time.perf_counter()
     journal = None
+    images_fd = work_fd = None
     try:
         if swrk is not None and not set(o.inherit_fd) <= swrk.fds:
             raise ValueError("criu swrk was started without descriptors "
@@ -321,12 +322,6 @@ def run(action: str, o: Options, session: Session | None, criu: str = "criu",
                 raise CriuError(f"{action} not started: plugin {exc.plugin}: {exc.message}",
                                 errno.EINVAL, None, exc) from None
         images_fd, work_fd, log_name, log_path = _open_dirs(o)
-    except BaseException:
-        if swrk is not None:  # ours to close, asked nothing
-            swrk.discard()
-        raise
-    asked = False
-    try:
         req = rpc.criu_req()
         req.type = rpc.DUMP if action == ph.DUMP else rpc.RESTORE
         req.opts.CopyFrom(build_opts(o, images_fd, work_fd, log_name))
@@ -353,7 +348,6 @@ def run(action: str, o: Options, session: Session | None, criu: str = "criu",
         t0 = time.perf_counter()
         resp = None
         try:
-            asked = True
             swrk.send(req)
             while True:
                 resp = swrk.recv()
@@ -385,9 +379,10 @@ def run(action: str, o: Options, session: Session | None, criu: str = "criu",
         seconds = time.perf_counter() - t0
         status = swrk.close()
     finally:
-        if swrk is not None and not asked:  # one started ahead, and we failed before using it
-            swrk.discard()
-        os.close(images_fd)
+        if swrk is not None and not swrk.asked:  # one started ahead; we failed before using it
+            swrk.close()
+        if images_fd is not None:
+            os.close(images_fd)
         if work_fd is not None:
             os.close(work_fd)
     result = Result(ok=bool(resp is not None and resp.success), resp=resp, seconds=seconds,

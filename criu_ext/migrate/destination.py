@@ -390,8 +390,6 @@ class Session:
     def _restore(self, plugins: list, t_in: float) -> dict:
         """CRIU's restore, from the source's ``restore`` (received at ``t_in``)."""
         self.phase = "restore"
-        if self.swrk is None:  # not one started ahead
-            self._start_swrk()
         self.chan.send("restoring")
         self.log.info(f"restoring from round {self.round}")
         images = os.path.join(self.dir, str(self.round))
@@ -410,7 +408,7 @@ class Session:
                        log_file="restore.log", log_level=self.cfg.log_level,
                        extra={"network_lock": self.network_lock})
         if self.staged is not None:  # the task's netns: the staged one (CRIU: external)
-            assert self.nsfd is not None  # by _start_swrk
+            assert self.nsfd is not None  # by _start_swrk, at the first page server
             opts.external = []
             opts.inherit_fd = {self.nsfd: wire.STAGE_KEY}
             t1 = time.monotonic()
@@ -456,7 +454,7 @@ class Session:
             self.ps.kill()
             self.ps = None
         if self.swrk is not None:
-            self.swrk.discard()
+            self.swrk.close()
             self.swrk = None
         if self.nsfd is not None:
             os.close(self.nsfd)

@@ -183,14 +183,9 @@ def pre_dump(o: Options, criu: str = "criu",
     ``meanwhile``: (fd, call), run whenever fd is readable while CRIU works (the staged
     user plane's changes go over as they happen). ``swrk``: one started ahead (quiet:
     it complains when we hang up after one request), used and closed here."""
-    asked = False
+    images_fd = None
     try:
         images_fd = os.open(o.images_dir, os.O_DIRECTORY | os.O_RDONLY)
-    except BaseException:
-        if swrk is not None:
-            swrk.discard()
-        raise
-    try:
         opts = build_opts(o, images_fd, None, o.log_file or "pre-dump.log")
         opts.notify_scripts = False  # pre-dump runs no scripts; nothing to answer
         req = rpc.criu_req(type=rpc.PRE_DUMP)
@@ -199,7 +194,6 @@ def pre_dump(o: Options, criu: str = "criu",
             swrk = Swrk(criu, quiet=True)
         t0 = time.perf_counter()
         failure = None
-        asked = True
         try:
             swrk.send(req)
             failure = _wait(swrk, meanwhile)
@@ -212,9 +206,10 @@ def pre_dump(o: Options, criu: str = "criu",
         seconds = time.perf_counter() - t0
         status = swrk.close()
     finally:
-        if swrk is not None and not asked:
-            swrk.discard()
-        os.close(images_fd)
+        if swrk is not None and not swrk.asked:  # started ahead; we failed before using it
+            swrk.close()
+        if images_fd is not None:
+            os.close(images_fd)
     if failure is not None:
         raise failure
     log = os.path.join(o.images_dir, o.log_file or "pre-dump.log")

@@ -247,7 +247,7 @@ def _pre_dump_round(cfg: MigrateConfig, chan: wire.Channel, work: str, n: int,
                     log_level=cfg.log_level, shell_job=cfg.shell_job)
         page_server_opts(o, cfg.dest[0], port, cfg.tls, n - 1 if n > 1 else None)
     except BaseException:
-        swrk.discard()
+        swrk.close()
         raise
     progress.phase(f"pre-copy round {n}: pre-dump")
     seconds = pre_dump(o, cfg.criu, meanwhile, swrk)
@@ -450,7 +450,7 @@ def migrate(cfg: MigrateConfig, log: Log, progress: Progress | None = None) -> R
             progress.phase("final dump: tasks frozen")
             t2 = time.monotonic()
         except BaseException:
-            swrk.discard()
+            swrk.close()
             raise
         gcpause.hold()  # no pass of ours in the freeze: one now, none until CRIU is done
         try:
