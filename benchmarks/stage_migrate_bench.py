@@ -37,7 +37,7 @@ from lab.netns import NetnsSet
 from scenario.fabric import BRIDGE, outer_name
 from scenario.functions import Spgw
 from scenario.hosts import two_hosts
-from scenario.report import gaps, longest_gap
+from scenario.report import longest_gap
 from scenario.run import recover
 
 
@@ -113,11 +113,11 @@ def one(mode: str, ues: int, contexts: int, tmp: Path) -> dict:
         peers = fn.stop()
         if peers["wrong_teid"] or peers["ues_answered"] != ues:
             raise RuntimeError(f"{mode}: the UEs saw {peers}")
-        per_ue = [g for g in (gaps(r, t0, t1) for r in fn.replies) if g is not None]
-        # the worst UE's gap and when it began, from the migration's start: at the
-        # switch (its end, less the restore's resume) or elsewhere
-        worst = max((w for r in fn.replies if (w := longest_gap(r, t0, t1)) is not None),
-                    default=None)
+        # each UE's longest gap and when it began; the worst one's start, from the
+        # migration's, says whether it came at the switch or elsewhere
+        found = [w for r in fn.replies if (w := longest_gap(r, t0, t1)) is not None]
+        per_ue = [g for g, _ in found]
+        worst = max(found, default=None)
         work = in_freeze(rep)
         total, frozen = rep["times"]["total"], rep["times"]["criu_frozen"]
         return {"ue_gap_max_s": round(max(per_ue), 3),
