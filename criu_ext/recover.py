@@ -82,10 +82,12 @@ def _committed(e: Entry, what: str, wait: float, dry_run: bool) -> Outcome:
                    f"tree ({len(pids)} task(s)), which CRIU let run again, was killed")
 
 
-def _unswitch(handoff: dict, root: int) -> str | None:
-    """A staged migration (``criu-ext migrate --stage``) killed before its commit: the
-    source's outer links back on their bridges and their addresses announced, the GTP-U
-    pass through CRIU's lock gone. Returns what failed, or None."""
+def _unswitch(handoff: dict, root: int, handed: bool) -> str | None:
+    """A migration killed before its commit: a staged one's (``criu-ext migrate
+    --stage``) outer links back on their bridges, the GTP-U pass through CRIU's lock
+    gone; the addresses announced from here again if the links were off or the images
+    may have reached the destination (``handed``: the dump got to post-dump, whose
+    handoff asks for the restore; switch.reclaim says why). Returns what failed, or None."""
     from criu_ext.migrate import switch
 
     try:
@@ -101,11 +103,11 @@ def _unswitch(handoff: dict, root: int) -> str | None:
             switch.close_pass(f"/proc/{root}/ns/net")
     except switch.SwitchError as exc:
         return f"could not undo the switch: {exc}"
-    if links:  # the destination may have announced the addresses before it was told
+    if links or handed:
         try:
-            switch.announce(f"/proc/{root}/ns/net")
+            switch.reclaim(root)
         except OSError as exc:
-            return f"links back, but the addresses not announced: {exc}"
+            return f"the source runs on, but its addresses were not announced: {exc}"
     return None
 
 
@@ -128,7 +130,9 @@ def recover(e: Entry, log: Log, wait: float = 30.0, dry_run: bool = False) -> Ou
         return Outcome(e.path, "failed", f"{what}: its CRIU (PID {e.criu.pid if e.criu else '?'}) "
                        f"still runs after {wait:.0f} s; run criu-ext recover again once it ended")
     if isinstance(handoff, dict) and not dry_run:
-        problem = _unswitch(handoff, e.root.pid)
+        migrating = any(p.get("name") == HANDOFF for p in e.session.get("plugins", [])
+                        if isinstance(p, dict))
+        problem = _unswitch(handoff, e.root.pid, migrating and "post-dump" in e.phases)
         if problem:
             return Outcome(e.path, "failed", f"{what}: {problem} (journal kept: {e.path})")
     data = dict(e.session, plugins=[p for p in e.session["plugins"] if p["name"] != HANDOFF])

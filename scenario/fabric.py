@@ -17,6 +17,7 @@ reaching it through the switch, as in a data-centre fabric.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 
 from lab.netns import NetnsSet, mac, sh
@@ -125,6 +126,14 @@ class Fabric:
     def adopt(name: str, pid: int) -> None:
         """After a restore: the name refers to the restored task's namespace."""
         sh("ip", "netns", "attach", name, str(pid))
+
+    def port_of(self, ns: str, ifname: str) -> str | None:
+        """The switch's port that its forwarding table maps ``ifname``'s MAC (in ``ns``)
+        to, None if it has not learnt it: where the peers' frames for it go."""
+        address = mac(ns, ifname)
+        fdb = json.loads(sh("bridge", "-j", "fdb", "show", "br", BRIDGE, ns=self.switch).stdout)
+        return next((e["ifname"] for e in fdb if e.get("mac") == address
+                     and "permanent" not in e.get("state", "")), None)
 
     def diagnose(self) -> str:
         """Namespaces, host links and the switch's forwarding table, for a failure report."""

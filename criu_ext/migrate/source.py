@@ -132,6 +132,7 @@ class Handoff:
         self.post_dump_at = self.committed_at = 0.0
         self.staging = staging  # with --stage
         self.detached: dict[str, str | None] = {}  # our links taken off: name -> bridge
+        self.restore_asked = False  # the destination may have brought our links up there
 
     def pre_dump(self, ctx) -> None:
         if self.staging is not None:  # before the freeze: criu-ext recover removes the
@@ -154,6 +155,7 @@ class Handoff:
                         or os.path.islink(path):
                     continue
                 self.chan.send_file(path, name)
+            self.restore_asked = True
             self.chan.send("restore")
             self.chan.recv("restoring")  # every image arrived, the last page server ended well
             t1 = time.monotonic()
@@ -218,19 +220,25 @@ class Handoff:
 
     def _switch_back(self, ctx) -> None:
         """After a failure: our links back where they were (the source runs on), and the
-        addresses announced from here again: the destination may have announced them
-        already, and a switch would send the peers' frames there until it forgot."""
-        if not self.detached:
+        addresses announced from here again once the destination could have drawn them:
+        it announces them at the switch, and its kernel speaks from our MAC address as
+        soon as CRIU's restore brings the links up (switch.reclaim). A switch would send
+        the peers' frames there until it forgot."""
+        if not (self.detached or self.restore_asked):
             return
+        if self.detached:
+            try:
+                switch.restore(self.detached)
+            except SwitchError as exc:
+                ctx.log.error(f"could not put links {', '.join(self.detached)} back: {exc}")
+            self.detached = {}
         try:
-            switch.restore(self.detached)
-        except SwitchError as exc:
-            ctx.log.error(f"could not put links {', '.join(self.detached)} back: {exc}")
-        self.detached = {}
-        try:
-            switch.announce(f"/proc/{ctx.init_pid}/ns/net")
+            sent = switch.reclaim(ctx.init_pid)
         except OSError as exc:
-            ctx.log.error(f"links back, but the addresses not announced: {exc}")
+            ctx.log.error(f"the source runs on, but its addresses were not announced: {exc}")
+            return
+        if sent is not None:
+            ctx.log.info(f"the source runs on: {sent} address(es) announced from here again")
 
 
 def _pre_dump_round(cfg: MigrateConfig, chan: wire.Channel, work: str, n: int,

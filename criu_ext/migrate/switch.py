@@ -30,6 +30,7 @@ the other's in one step (#14).
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 
@@ -305,3 +306,19 @@ def announce(netns: str) -> int:
     """A gratuitous ARP or unsolicited NA from each address of ``netns``'s Ethernet links (the
     announce plugin's); returns how many were sent."""
     return len(garp(netns, close_later=True))
+
+
+def reclaim(pid: int) -> int | None:
+    """After a failed migration that got as far as the destination's restore: the addresses
+    of ``pid``'s network namespace announced from here again, if it has one of its own.
+
+    CRIU brings the restored links up before it restores their netfilter rules (and with
+    them its network lock), so the destination's kernel can send IPv6 neighbour discovery
+    and MLD from the function's MAC address: the switches then move that MAC to the
+    destination's port, and a function that only answers would stay unreachable here until
+    their entries aged out. Returns how many were sent (None: the host's namespace, which
+    nothing restored)."""
+    path = f"/proc/{pid}/ns/net"
+    if os.stat(path).st_ino == os.stat("/proc/self/ns/net").st_ino:
+        return None
+    return announce(path)

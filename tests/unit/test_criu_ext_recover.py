@@ -295,28 +295,39 @@ def test_a_staged_handoff_s_journal_is_checked_before_any_link_moves():
     each fails the type check first)."""
     from criu_ext.recover import _unswitch
 
-    assert _unswitch({}, 1) is None  # not staged, no links journaled: nothing to undo
+    assert _unswitch({}, 1, False) is None  # not staged, no links, no handoff: nothing
     for bad in (["spgw-s1u0"], {"spgw-s1u0": 3}, {7: "br0"}, "br0"):
-        assert "malformed journal" in _unswitch({"links": bad}, 1)
+        assert "malformed journal" in _unswitch({"links": bad}, 1, True)
 
 
 def test_links_put_back_are_announced_from_the_source_s_netns(monkeypatch):
     """With fakes for the switch (pure order logic): the journaled links go back on their
     bridges, then the source's addresses are announced from the root's netns (the
-    destination may have announced them first); an announcement that fails is said."""
+    destination may have announced them first); a carried migration killed once its
+    images could be there is announced too; an announcement that fails is said."""
     from criu_ext.migrate import switch
     from criu_ext.recover import _unswitch
 
     calls = []
     monkeypatch.setattr(switch, "restore", lambda links: calls.append(("restore", links)))
     monkeypatch.setattr(switch, "close_pass", lambda ns: calls.append(("close_pass", ns)))
-    monkeypatch.setattr(switch, "announce", lambda ns: calls.append(("announce", ns)) or 1)
+    monkeypatch.setattr(switch, "reclaim", lambda pid: calls.append(("reclaim", pid)) or 1)
     links = {"spgw-s1u0": "br0", "spgw-sgi0": None}
-    assert _unswitch({"links": links, "staged": True}, 42) is None
-    assert calls == [("restore", links), ("close_pass", "/proc/42/ns/net"),
-                     ("announce", "/proc/42/ns/net")]
+    assert _unswitch({"links": links, "staged": True}, 42, False) is None
+    assert calls == [("restore", links), ("close_pass", "/proc/42/ns/net"), ("reclaim", 42)]
+    calls.clear()
+    assert _unswitch({}, 42, True) is None
+    assert calls == [("reclaim", 42)]
 
-    def refuse(ns):
+    def refuse(pid):
         raise OSError(19, "No such device")
-    monkeypatch.setattr(switch, "announce", refuse)
-    assert "not announced: [Errno 19] No such device" in _unswitch({"links": links}, 42)
+    monkeypatch.setattr(switch, "reclaim", refuse)
+    assert "not announced: [Errno 19] No such device" in _unswitch({"links": links}, 42, False)
+
+
+def test_nothing_is_reclaimed_for_a_task_in_the_host_s_own_netns():
+    """switch.reclaim announces only a namespace of the task's own: a task sharing ours
+    had no links restored elsewhere (and ours are not its to announce)."""
+    from criu_ext.migrate import switch
+
+    assert switch.reclaim(os.getpid()) is None

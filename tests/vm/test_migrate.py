@@ -140,6 +140,11 @@ def _source_runs_on(hosts: Hosts, fn, pid: int, rx, rc: int, rep: dict, err: str
     assert len(lines) == 1 and phase in lines[0], err
     assert rep.get("failed_phase") and phase in rep["failed_phase"], rep
     assert alive(pid)
+    # the switch sends the function's frames to A at once: B's restore may have brought
+    # its links up there (the kernel speaking from their MACs), the source announced them
+    # again (switch.reclaim)
+    for link in fn.links:
+        assert hosts.fabric.port_of(fn.ns, link) == "down-a", hosts.fabric.diagnose()
     recover(fn, time.monotonic(), timeout=60)
     assert not fn.client.errors
     if rx.poll() is None:
