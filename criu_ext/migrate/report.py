@@ -41,6 +41,10 @@ class Report:
     timeline: dict[str, list[dict]] = field(default_factory=dict)
     # --stage: what the staged user plane carried (base contexts, changes, NAT flows)
     stage: dict[str, int] = field(default_factory=dict)
+    # CLOCK_MONOTONIC when the peers' view changed ("network_lock": CRIU froze the tasks
+    # and locked the network; "switch": our links began to go): what runs on this host
+    # (a test's pingers, a probe) lines its own readings up with these
+    moments: dict[str, float] = field(default_factory=dict)
 
     @property
     def page_bytes(self) -> int:

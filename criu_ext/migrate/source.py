@@ -142,6 +142,9 @@ class Handoff:
             ctx.state["links"] = self.staging.masters
             ctx.persist()
 
+    def network_lock(self, ctx) -> None:
+        self.rep.moments["network_lock"] = time.monotonic()
+
     def post_dump(self, ctx) -> None:
         t0 = self.post_dump_at = time.monotonic()
         try:
@@ -199,7 +202,7 @@ class Handoff:
         from criu_ext.migrate.stage import PER_MESSAGE
 
         assert self.staging is not None and self.staging.detach is not None
-        t0 = time.monotonic()
+        t0 = self.rep.moments["switch"] = time.monotonic()
         self.phase = "switch"
         self.progress.phase("switch")
         late = _user_plane(self.staging.sender.late)
