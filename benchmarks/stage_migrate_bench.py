@@ -115,15 +115,20 @@ def one(mode: str, ues: int, contexts: int, tmp: Path) -> dict:
             raise RuntimeError(f"{mode}: the UEs saw {peers}")
         # each UE's longest gap and when it began; the worst one's start, from the
         # migration's, says whether it came at the switch or elsewhere
-        found = [w for r in fn.replies if (w := longest_gap(r, t0, t1)) is not None]
-        per_ue = [g for g, _ in found]
-        worst = max(found, default=None)
+        found = {ue: w for ue, r in enumerate(fn.replies)
+                 if (w := longest_gap(r, t0, t1)) is not None}
+        per_ue = [g for g, _ in found.values()]
+        worst = max(found.values(), default=None)
+        # which UEs passed half a second, and when (seconds from the move's start)
+        over = [{"ue": ue, "gap_s": round(g, 3), "began_s": round(a - t0, 3)}
+                for ue, (g, a) in found.items() if g > 0.5]
         work = in_freeze(rep)
         total, frozen = rep["times"]["total"], rep["times"]["criu_frozen"]
         return {"ue_gap_max_s": round(max(per_ue), 3),
                 "ue_gap_median_s": round(statistics.median(per_ue), 3),
                 "ue_gap_worst_began_s": round(worst[1] - t0, 3) if worst else None,
-                "ues_over_half_s": sum(1 for g in per_ue if g > 0.5),
+                "ues_over_half_s": len(over), "over_half": over,
+                "move_s": round(t1 - t0, 3),
                 "ues_measured": len(per_ue), "total_s": round(total, 3),
                 "criu_frozen_s": round(frozen, 3), "answered_again_s": round(back, 3),
                 "gap_share_of_total": round(max(per_ue) / total, 4),
@@ -168,7 +173,7 @@ def main() -> None:
                 # every move's parts of criu-ext's work in the freeze, not the first's alone
                 res[f"{mode}_parts"] = [r["criu_ext_in_freeze"] | {
                     k: r["times"][k] for k in ("source_detail", "dest_detail") if k in r["times"]}
-                    | {k: r[k] for k in ("ue_gap_worst_began_s", "ues_over_half_s")}
+                    | {k: r[k] for k in ("ue_gap_worst_began_s", "over_half", "move_s")}
                     for r in runs]
     if "carried" in res and "stage" in res:
         res["gap_ratio"] = round(res["stage"]["ue_gap_max_s"] / res["carried"]["ue_gap_max_s"], 4)
