@@ -244,6 +244,8 @@ def test_hss_failures_leave_it_running_then_it_moves_there_and_back(hosts, tmp_p
         mig = hosts.migrate("a", pid, rx, extra=one_shot, wait=False)
         said = _kill_source_at(hosts, mig, rx, needle, 0.0)
         assert alive(pid) and "committed" not in said, said
+        for link in fn.links:  # recover announced the source's addresses again
+            assert hosts.fabric.port_of(fn.ns, link) == "down-a", hosts.fabric.diagnose()
         recover(fn, time.monotonic(), timeout=60)
         assert not fn.client.errors
         assert rx.wait(timeout=120) != 0, hosts.log(rx)
