@@ -244,6 +244,18 @@ class Handoff:
             ctx.log.info(f"the source runs on: {sent} address(es) announced from here again")
 
 
+def _into_page_server(cfg: MigrateConfig, chan: wire.Channel, work: str, n: int,
+                      **fields) -> Options:
+    """Round ``n``'s page server started there; the options of CRIU's dump here into it
+    (round ``n``'s directory, its memory on top of round ``n - 1``'s), with ``fields``."""
+    chan.send("page-server", round=n)
+    port = int(chan.recv("listening")["port"])
+    o = Options(images_dir=round_dir(work, n), pid=cfg.pid, log_level=cfg.log_level,
+                shell_job=cfg.shell_job, **fields)
+    page_server_opts(o, cfg.dest[0], port, cfg.tls, n - 1 if n > 1 else None)
+    return o
+
+
 def _pre_dump_round(cfg: MigrateConfig, chan: wire.Channel, work: str, n: int,
                     progress: Progress, meanwhile=None) -> Round:
     """Round ``n``: a page server there, ``criu pre-dump`` here into it (its ``criu
@@ -251,12 +263,7 @@ def _pre_dump_round(cfg: MigrateConfig, chan: wire.Channel, work: str, n: int,
     progress.phase(f"pre-copy round {n}: page server")
     swrk = Swrk(cfg.criu, quiet=True)
     try:
-        chan.send("page-server", round=n)
-        port = int(chan.recv("listening")["port"])
-        images = round_dir(work, n)
-        o = Options(images_dir=images, pid=cfg.pid, log_file="pre-dump.log",
-                    log_level=cfg.log_level, shell_job=cfg.shell_job)
-        page_server_opts(o, cfg.dest[0], port, cfg.tls, n - 1 if n > 1 else None)
+        o = _into_page_server(cfg, chan, work, n, log_file="pre-dump.log")
     except BaseException:
         swrk.close()
         raise
@@ -264,7 +271,7 @@ def _pre_dump_round(cfg: MigrateConfig, chan: wire.Channel, work: str, n: int,
     seconds = pre_dump(o, cfg.criu, meanwhile, swrk)
     chan.send("round-done", round=n)
     chan.recv("round-ok")
-    st = stats(images).get("dump", {})
+    st = stats(o.images_dir).get("dump", {})
     return Round(n, "pre-dump", int(st.get("pages_written", 0)), seconds,
                  st.get("frozen_time", 0) / 1e6)
 
@@ -434,13 +441,9 @@ def migrate(cfg: MigrateConfig, log: Log, progress: Progress | None = None) -> R
         except CriuError as exc:
             raise MigrationFailed("final dump", _one_line(exc)) from None
         try:
-            chan.send("page-server", round=n + 1)
-            port = int(chan.recv("listening")["port"])
-            images = round_dir(work, n + 1)
-            o = Options(images_dir=images, pid=cfg.pid, tcp_established=cfg.tcp_established,
-                        shell_job=cfg.shell_job, external=list(cfg.external), log_file="dump.log",
-                        log_level=cfg.log_level)
-            page_server_opts(o, cfg.dest[0], port, cfg.tls, n if n else None)
+            o = _into_page_server(cfg, chan, work, n + 1, tcp_established=cfg.tcp_established,
+                                  external=list(cfg.external), log_file="dump.log")
+            images = o.images_dir
             o.extra["network_lock"] = cfg.network_lock
             try:
                 warmup.join()
