@@ -50,9 +50,14 @@ SCTP_PLPMTUD_PROBE_INTERVAL = 133  # the last stock option in 6.1
 SCTP_REPAIR = 134
 SCTP_REPAIR_ASSOC = 135
 SCTP_REPAIR_STREAMS = 136
+SCTP_REPAIR_RCVQ = 137
 SCTP_REPAIR_OFF = 0
 SCTP_REPAIR_ON = 1
+SCTP_REPAIR_ON_RCVQ = 2  # repair mode in which the caller carries the receive queue
 SCTP_REPAIR_STREAMS_MAX = 8192  # outgoing + incoming entries in one SCTP_REPAIR_STREAMS
+SCTP_REPAIR_MSG_MAX = 65536  # bytes of one message of SCTP_REPAIR_RCVQ
+SCTP_REPAIR_RCVQ_WRITE_MAX = 69632  # bytes of one SCTP_REPAIR_RCVQ write
+SCTP_UNORDERED = 1  # srm_flags (enum sctp_sinfo_flags)
 
 # Notifications (struct sctp_event / SCTP_EVENT).
 # enum sctp_sn_type: SCTP_DATA_IO_EVENT is the base itself.
@@ -180,6 +185,12 @@ SCTP_REPAIR_ASSOC_SIZE_VER0 = 368
 # then outcnt + incnt entries of struct sctp_repair_stream (u32 mid, u32 mid_uo).
 REPAIR_STREAMS_HDR = struct.Struct("=HHI")
 REPAIR_STREAM = struct.Struct("=II")
+
+# struct sctp_repair_rcvq header (u32 size, u32 count, u32 msg_size, u32 reserved),
+# then count items: struct sctp_repair_msg (u32 len, tsn, mid, ppid; u16 stream,
+# flags; u32 reserved) and len bytes of data padded to 4.
+REPAIR_RCVQ_HDR = struct.Struct("=IIII")
+REPAIR_MSG = struct.Struct("=IIIIHHI")
 
 # Sizes the kernel headers give on x86_64 (checked with a C compiler).
 _SIZES = {SockaddrStorage: 128, SctpPaddrinfo: 152, SctpStatus: 176, SctpEvent: 8,

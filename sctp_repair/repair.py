@@ -5,18 +5,23 @@ One verb per step, like CRIU's soccr for TCP:
 * ``pause(sock)``   turn repair mode on: close() becomes silent from now on, and
   incoming DATA is dropped (the peer retransmits it later) while SACKs are
   still taken, so the queues can drain while the peer keeps sending;
-* ``save(sock)``    read the association's state (``AssocState``);
+  ``rcvq=True``: the receive queue will be carried (``SCTP_REPAIR_ON_RCVQ``);
+* ``save(sock)``    read the association's state (``AssocState``), with the
+  messages waiting to be read if the receive queue is carried;
 * ``release(sock)`` close silently (no SHUTDOWN, no ABORT to the peer);
 * ``restore(sock, state)`` on a fresh one-to-one socket: bind, set the state,
-  connect() without a handshake (the association is ESTABLISHED at once);
+  connect() without a handshake (the association is ESTABLISHED at once),
+  put the carried unread messages back on its receive queue;
 * ``resume(sock)``  turn repair mode off: the socket works as usual.
 
 Repair mode needs the patched kernel (``kernel-patches/``) and CAP_NET_ADMIN
-in the socket's network namespace. Queues are not carried: ``save`` fails with
-``QueuesNotEmpty`` while anything is unacknowledged, unread or unreassembled;
-the caller pauses, lets the queues drain, stops the traffic (a netfilter
-rule, as CRIU does for TCP), then saves. An association that could not be
-restored (SCTP-AUTH/ADD-IP, SCTP over UDP, too many streams) is refused by
+in the socket's network namespace. The send queues are not carried: ``save``
+fails with ``QueuesNotEmpty`` while anything is unacknowledged or unreassembled,
+or unread unless the receive queue is carried (``rcvq=True``, on a kernel with
+``SCTP_REPAIR_RCVQ``: ``probe().rcvq``); the caller pauses, lets the queues
+drain, stops the traffic (a netfilter rule, as CRIU does for TCP), then saves.
+An association that could not be restored (SCTP-AUTH/ADD-IP, SCTP over UDP,
+too many streams) is refused by
 ``save`` with ``RepairError``, and repair mode is turned off again, before
 anything is closed.
 """
@@ -32,8 +37,8 @@ import time
 from dataclasses import dataclass
 
 from . import abi
-from .sockopts import getsockopt_raw, sctp_addrs
-from .state import AssocState
+from .sockopts import getsockopt_raw, getsockopt_sized, sctp_addrs
+from .state import AssocState, rcvq_from_kernel, rcvq_to_kernel
 
 
 class RepairError(Exception):
@@ -53,6 +58,7 @@ class Probe:
     sctp: bool            # the kernel opens SCTP sockets at all
     repair: bool          # SCTP_REPAIR is known
     detail: str
+    rcvq: bool = False    # SCTP_REPAIR_RCVQ is known: the receive queue can be carried
 
     def __str__(self) -> str:
         return self.detail
@@ -78,7 +84,16 @@ def probe() -> Probe:
                                           "mode (SCTP_REPAIR unknown): boot a kernel built "
                                           "with kernel-patches/")
             raise
-    return Probe(True, True, "SCTP repair mode is available")
+        try:  # outside SCTP_REPAIR_ON_RCVQ mode a kernel that knows it says EPERM
+            s.getsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR_RCVQ, abi.REPAIR_RCVQ_HDR.size)
+        except OSError as e:
+            if e.errno == errno.ENOPROTOOPT:
+                return Probe(True, True, "SCTP repair mode is available (without "
+                                         "SCTP_REPAIR_RCVQ: unread data is not carried)")
+            if e.errno != errno.EPERM:
+                raise
+    return Probe(True, True, "SCTP repair mode is available, with the receive queue "
+                             "carried (SCTP_REPAIR_RCVQ)", rcvq=True)
 
 
 def _opt_error(e: OSError, what: str) -> RepairError:
@@ -92,6 +107,12 @@ def _opt_error(e: OSError, what: str) -> RepairError:
                            "the socket's network namespace, and must be on)")
     if e.errno == errno.ENOTCONN:
         return RepairError(f"{what}: the socket has no ESTABLISHED association")
+    if e.errno == errno.EMSGSIZE:
+        return RepairError(f"{what}: a message waiting to be read is longer than "
+                           f"{abi.SCTP_REPAIR_MSG_MAX} bytes, which repair mode cannot carry")
+    if e.errno == errno.ENOBUFS:
+        return RepairError(f"{what}: the socket's receive buffer cannot take the saved "
+                           "unread messages (is SO_RCVBUF smaller than where they were saved?)")
     if e.errno == errno.EOPNOTSUPP:
         return RepairError(f"{what}: not supported for this socket or association: "
                            "one-to-many socket, or an association repair mode cannot "
@@ -100,8 +121,9 @@ def _opt_error(e: OSError, what: str) -> RepairError:
     return RepairError(f"{what}: {e.strerror or e}")
 
 
-def set_repair(sock: socket.socket, on: bool) -> None:
-    val = abi.SCTP_REPAIR_ON if on else abi.SCTP_REPAIR_OFF
+def set_repair(sock: socket.socket, on: bool, rcvq: bool = False) -> None:
+    """Repair mode on or off; ``rcvq``: on, with the receive queue carried."""
+    val = (abi.SCTP_REPAIR_ON_RCVQ if rcvq else abi.SCTP_REPAIR_ON) if on else abi.SCTP_REPAIR_OFF
     try:
         sock.setsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR, val)
     except OSError as e:
@@ -122,16 +144,19 @@ def status(sock: socket.socket) -> abi.SctpStatus:
     return abi.SctpStatus.from_buffer_copy(raw.ljust(len(buf), b"\0"))
 
 
-def pause(sock: socket.socket) -> None:
-    set_repair(sock, True)
+def pause(sock: socket.socket, rcvq: bool = False) -> None:
+    set_repair(sock, True, rcvq)
 
 
 def resume(sock: socket.socket) -> None:
     set_repair(sock, False)
 
 
-def save(sock: socket.socket, wait: float = 0.0) -> AssocState:
+def save(sock: socket.socket, wait: float = 0.0, rcvq: bool = False) -> AssocState:
     """State of the socket's ESTABLISHED association; repair mode is turned on.
+
+    ``rcvq``: the messages waiting to be read are saved too (``state.unread``), in
+    ``SCTP_REPAIR_ON_RCVQ`` mode: they need not be read first.
 
     With ``wait``, retry for up to that many seconds while queues are not
     empty (a delayed SACK, data just received), then give up with
@@ -143,7 +168,7 @@ def save(sock: socket.socket, wait: float = 0.0) -> AssocState:
     deadline = time.monotonic() + wait if wait else 0.0
     while True:
         try:
-            return _save(sock)
+            return _save(sock, rcvq)
         except QueuesNotEmpty:
             if time.monotonic() >= deadline:
                 raise
@@ -166,8 +191,8 @@ def _refuse_keyed(caps: int, can: str) -> None:
                           f"mode does not carry: it {can} be restored")
 
 
-def _save(sock: socket.socket) -> AssocState:
-    pause(sock)
+def _save(sock: socket.socket, rcvq: bool) -> AssocState:
+    pause(sock, rcvq)
     size = _ASSOC_SIZE
     try:
         raw = getsockopt_raw(sock, abi.SOL_SCTP, abi.SCTP_REPAIR_ASSOC, size)
@@ -187,6 +212,12 @@ def _save(sock: socket.socket) -> AssocState:
         raise _opt_error(e, "SCTP_GET_PEER_ADDRS") from e
     state = AssocState.from_kernel(sra, streams)
     state.family = sock.family
+    if rcvq:
+        try:
+            raw = getsockopt_sized(sock, abi.SOL_SCTP, abi.SCTP_REPAIR_RCVQ, 4096)
+        except OSError as e:
+            raise _opt_error(e, "SCTP_REPAIR_RCVQ") from e
+        state.unread = rcvq_from_kernel(raw)
     if len(paths) > 1:
         primary = ipaddress.ip_address(state.peer_addr)
         state.peer_paths = [a for a, _ in paths if ipaddress.ip_address(a) != primary]
@@ -236,10 +267,15 @@ def restore(sock: socket.socket, state: AssocState, *, bind: bool = True,
     listener re-created after it), sets the state and connects
     to the saved peer, with its other addresses too if it is multi-homed
     (sctp_connectx, primary first): no INIT is sent, the association is
-    ESTABLISHED when this returns, and no SCTP_COMM_UP is queued. Repair
+    ESTABLISHED when this returns, and no SCTP_COMM_UP is queued. The
+    carried unread messages then go back on its receive queue, where the
+    owner reads them from the peer's address as if just received. Repair
     mode is turned off again unless ``keep_repair``.
     """
     _refuse_keyed(state.peer_caps, "cannot")
+    if state.unread and not probe().rcvq:
+        raise RepairError(f"the state carries {len(state.unread)} unread message(s) and this "
+                          "kernel cannot take them back (no SCTP_REPAIR_RCVQ)")
     _enable_extensions(sock, state.peer_caps)
     pause(sock)
     if bind:
@@ -269,6 +305,11 @@ def restore(sock: socket.socket, state: AssocState, *, bind: bool = True,
     except OSError as e:
         raise RepairError(f"repaired connect to [{state.peer_addr}]:{state.peer_port}: "
                           f"{e.strerror}") from e
+    for batch in rcvq_to_kernel(state.unread):
+        try:
+            sock.setsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR_RCVQ, batch)
+        except OSError as e:
+            raise _opt_error(e, "SCTP_REPAIR_RCVQ") from e
     if not keep_repair:
         resume(sock)
 

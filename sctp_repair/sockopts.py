@@ -239,6 +239,22 @@ def getsockopt_raw(sock: socket.socket, level: int, opt: int, size: int,
     return buf.raw if whole else buf.raw[:length.value]
 
 
+def getsockopt_sized(sock: socket.socket, level: int, opt: int, size: int) -> bytes:
+    """getsockopt of an option whose length varies: a buffer of ``size`` first, and if
+    the kernel answers ERANGE with the size it needs (as SO_PEERGROUPS does), one of
+    that size (again while the value grows between the two calls, a few times)."""
+    for _ in range(4):
+        buf = ctypes.create_string_buffer(size)
+        length = ctypes.c_uint32(size)
+        if not _libc.getsockopt(sock.fileno(), level, opt, buf, ctypes.byref(length)):
+            return buf.raw[:length.value]
+        err = ctypes.get_errno()
+        if err != errno.ERANGE or length.value <= size:
+            raise OSError(err, os.strerror(err))
+        size = length.value
+    raise OSError(errno.ERANGE, "the option's value kept growing between reads")
+
+
 def _getsockopt_in(sock: socket.socket, level: int, opt: int, value: ctypes.Structure) -> None:
     """getsockopt whose value is also an input (Python's socket.getsockopt cannot pass one)."""
     size = ctypes.c_uint32(ctypes.sizeof(value))

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from sctp_repair import abi, cli, repair
-from sctp_repair.state import AssocState, Stream
+from sctp_repair.state import AssocState, Message, Stream, rcvq_from_kernel, rcvq_to_kernel
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -52,6 +52,9 @@ def test_notification_types_follow_enum_sctp_sn_type():
 def test_option_numbers_follow_the_last_stock_one():
     assert abi.SCTP_PLPMTUD_PROBE_INTERVAL == 133
     assert (abi.SCTP_REPAIR, abi.SCTP_REPAIR_ASSOC, abi.SCTP_REPAIR_STREAMS) == (134, 135, 136)
+    assert abi.SCTP_REPAIR_RCVQ == 137 and abi.SCTP_REPAIR_ON_RCVQ == 2
+    # struct sctp_repair_rcvq and struct sctp_repair_msg: no padding, 16 and 24 bytes
+    assert (abi.REPAIR_RCVQ_HDR.size, abi.REPAIR_MSG.size) == (16, 24)
 
 
 @pytest.mark.parametrize("addr", ["10.1.2.3", "fd00::17", "::ffff:10.0.0.1"])
@@ -174,3 +177,52 @@ def test_dump_refuses_on_a_kernel_without_repair_mode(monkeypatch, tmp_path):
     out = CliRunner().invoke(cli.main, ["dump", "--pid", "1", "--fd", "3", "-o",
                                         str(tmp_path / "x")])
     assert out.exit_code == 1 and "no SCTP repair mode" in out.output
+
+
+def _with_unread() -> AssocState:
+    st = sample()
+    st.unread = [Message(b"one", 0, 7, 0x12345678, st.peer_ctsn - 1),
+                 Message(b"x" * 40000, 1, 8, 0, st.peer_ctsn, unordered=True),
+                 Message(b"y" * 40001, 1, 9, 0, st.peer_ctsn)]
+    return st
+
+
+def test_receive_queue_goes_through_the_kernel_layout_in_writes_it_takes():
+    st = _with_unread()
+    writes = rcvq_to_kernel(st.unread)
+    assert len(writes) == 2  # 40,000 + 40,001 bytes do not fit one 69,632-byte write
+    assert all(len(w) <= abi.SCTP_REPAIR_RCVQ_WRITE_MAX for w in writes)
+    back = [m for w in writes for m in rcvq_from_kernel(w)]
+    assert back == st.unread
+    size, count, msg_size, _ = abi.REPAIR_RCVQ_HDR.unpack_from(writes[0], 0)
+    assert (size, count, msg_size) == (len(writes[0]), 2, 24)
+    assert len(writes[0]) % 4 == 0  # each item padded to 4 bytes
+    assert rcvq_to_kernel([]) == []
+
+
+@pytest.mark.parametrize("cut", [3, 16 + 10, -1])
+def test_a_malformed_receive_queue_read_is_refused(cut):
+    raw = rcvq_to_kernel(_with_unread().unread[:1])[0]
+    with pytest.raises(ValueError, match="SCTP_REPAIR_RCVQ"):
+        rcvq_from_kernel(raw[:cut])
+
+
+def test_unread_messages_survive_the_image_format():
+    st = _with_unread()
+    back = AssocState.from_bytes(st.to_bytes())
+    assert back.unread == st.unread
+    assert st.to_dict()["unread"][0]["data"] == b"one".hex()
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: setattr(m, "stream", 2), "on stream 2"),
+    (lambda m: setattr(m, "data", b""), "not 1 to 65536 bytes"),
+    (lambda m: setattr(m, "data", b"z" * 65537), "not 1 to 65536 bytes"),
+    (lambda m: setattr(m, "mid", 0x10000), "sequence number"),
+    (lambda m: setattr(m, "tsn", 1 << 32), "tsn"),
+])
+def test_unread_messages_are_checked_as_untrusted_input(change, message):
+    st = _with_unread()
+    change(st.unread[0])
+    with pytest.raises(ValueError, match=message):
+        AssocState.from_bytes(st.to_bytes()) if message != "tsn" else st.check()
