@@ -49,6 +49,7 @@ PID_MAX = 1 << 22  # PID_MAX_LIMIT on 64-bit
 FD_MAX = (1 << 31) - 1
 MAX_IMAGE = 16 * MiB  # criu-ext-sctp.json
 MAX_SOCKETS = 4096
+MAX_UNREAD_BYTES = MAX_IMAGE // 4  # what the image has room for, in hex, beside the rest
 
 
 class CarryError(Exception):
@@ -248,8 +249,9 @@ def close_copies(items: list[Carried]) -> None:
 # -- dump side ------------------------------------------------------------------------
 
 
-def drain(items: list[Carried], timeout: float, stopped: bool) -> None:
-    """Wait until no association has data unread, unacknowledged or undelivered."""
+def drain(items: list[Carried], timeout: float, stopped: bool, rcvq: bool = False) -> None:
+    """Wait until no association has data unacknowledged or undelivered, nor unread
+    unless the receive queue is carried (``rcvq``)."""
     deadline = time.monotonic() + timeout
     busy: list[str] = []
     while True:
@@ -257,6 +259,8 @@ def drain(items: list[Carried], timeout: float, stopped: bool) -> None:
         for it in items:
             if it.role == ASSOC:  # a restart fails what is queued anyway: no wait for it
                 unacked, pending, inq = sockopts.queued(it.live())
+                if rcvq:
+                    inq = 0
                 if unacked or pending or inq:
                     busy.append(f"{it.describe()}: {unacked} unacked, {pending} undelivered, "
                                 f"{inq} bytes unread")
@@ -268,24 +272,28 @@ def drain(items: list[Carried], timeout: float, stopped: bool) -> None:
         raise CarryError(f"SCTP queues did not drain in {timeout:.1f} s ({who}): {busy[0]}")
 
 
-def pause(items: list[Carried]) -> None:
+def pause(items: list[Carried], rcvq: bool = False) -> None:
     from sctp_repair import repair
     for it in items:
         if it.role == ASSOC:
             try:
-                repair.pause(it.live())
+                repair.pause(it.live(), rcvq)
             except repair.RepairError as exc:
                 raise CarryError(f"{it.describe()}: {exc}") from exc
 
 
-def save(items: list[Carried], wait: float) -> None:
+def save(items: list[Carried], wait: float, rcvq: bool = False) -> None:
     from sctp_repair import repair
     for it in items:
         if it.role == ASSOC:
             try:
-                it.assoc = repair.save(it.live(), wait=wait)
+                it.assoc = repair.save(it.live(), wait=wait, rcvq=rcvq)
             except repair.RepairError as exc:
                 raise CarryError(f"{it.describe()}: {exc}") from exc
+    unread = sum(len(m.data) for it in items if it.assoc for m in it.assoc.unread)
+    if unread > MAX_UNREAD_BYTES:  # the image is JSON with the states in hex
+        raise CarryError(f"{unread} bytes unread in the SCTP sockets, more than the image "
+                         f"carries ({MAX_UNREAD_BYTES}): the task must read them first")
 
 
 def unrepair(items: list[Carried]) -> None:
@@ -336,28 +344,35 @@ def swap_in(pid: int, items: list[Carried], socks: dict[int, socket.socket]) -> 
         raise CarryError(f"putting the SCTP sockets of pid {pid} back: {exc}") from exc
 
 
+def _carries_rcvq() -> bool:
+    from sctp_repair.repair import probe
+    return probe().rcvq
+
+
 def take(root: int, items: list[Carried], drain_timeout: float,
          on_saved: Callable[[list[int]], None] | None = None) -> list[int]:
     """Steps 2-6 of the dump. Returns the stopped tree. On failure the tree runs on as before.
     ``on_saved(tree)`` runs once every association is saved, before the first swap: where
     the caller writes the image, so that from then on the image can put them back even if
-    this process dies."""
+    this process dies. On a kernel with SCTP_REPAIR_RCVQ the messages the task has not
+    read are carried in the image: the drain waits only for the peers' acknowledgements."""
     pids = tasks.tree(root)
     netns = netns_path(pid=root)
     ports = {it.setup.port for it in items if it.setup.port}
     swapped: dict[int, list[Carried]] = {}
     stopped = False
+    rcvq = any(it.role == ASSOC for it in items) and _carries_rcvq()
     try:
         if ports:
             sctp_fence.drain(netns, ports)
-        pause(items)  # repair mode: no more DATA comes in, SACKs still do
-        drain(items, drain_timeout, stopped=False)
+        pause(items, rcvq)  # repair mode: no more DATA comes in, SACKs still do
+        drain(items, drain_timeout, stopped=False, rcvq=rcvq)
         tasks.stop(pids)
         stopped = True
-        drain(items, drain_timeout, stopped=True)  # what it sent just before the stop
+        drain(items, drain_timeout, stopped=True, rcvq=rcvq)  # what it sent before the stop
         if ports:
             sctp_fence.hold(netns, ports)
-        save(items, wait=drain_timeout)
+        save(items, wait=drain_timeout, rcvq=rcvq)
         if on_saved is not None:
             on_saved(pids)
         for pid, group in by_process(items).items():

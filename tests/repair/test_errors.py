@@ -103,7 +103,7 @@ def test_listening_socket_is_refused():
 
 def test_bad_values_are_refused():
     with sctp() as s:
-        check_errno(lambda: s.setsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR, 2), errno.EINVAL)
+        check_errno(lambda: s.setsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR, 3), errno.EINVAL)
         check_errno(lambda: s.setsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR, b"\1\0"), errno.EINVAL)
 
 
@@ -203,6 +203,56 @@ def test_unread_data_is_ebusy(net):
         assert s.recv(100) == b"0:0:unread"
         save(s)   # now quiescent
         s.setsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR, abi.SCTP_REPAIR_OFF)
+
+
+def test_unread_data_is_carried_in_rcvq_mode(net):
+    """With SCTP_REPAIR_ON_RCVQ the messages nobody read are saved with the state and
+    put back on the new socket's receive queue: the owner reads them in order, from
+    the peer, before what the peer sends next."""
+    from sctp_repair import repair
+
+    assert repair.probe().rcvq
+    s, c = pair(net)
+    big = bytes(range(256)) * 80  # 20 KiB: several chunks on the wire, one message
+    with c:
+        with s:
+            send_on(c, 0, b"first")
+            send_on(c, 2, big)
+            send_on(c, 1, b"third")
+            time.sleep(0.3)  # a look in repair mode drops DATA: the peer would resend
+            wait_until(lambda: _unread(s) >= 3, 10, "three messages unread")
+            state = save(s, rcvq=True)
+            assert [(m.data, m.stream) for m in state.unread] == [
+                (b"first", 0), (big, 2), (b"third", 1)]
+            assert state.unread[2].tsn == state.peer_ctsn
+            assert state.unread[0].mid == state.unread[1].mid == state.unread[2].mid == 0
+            state = type(state).from_bytes(state.to_bytes())  # through the image format
+            repair.release(s)
+        n = net.socket("A", socket.AF_INET)
+        with n:
+            repair.restore(n, state)
+            got = [n.recvfrom(65536) for _ in range(3)]
+            assert [d for d, _ in got] == [b"first", big, b"third"]
+            assert {a for _, a in got} == {(V4.addr(P_HOST), c.getsockname()[1])}
+            n.send(b"after")
+            assert c.recv(100) == b"after"
+            c.send(b"next")
+            assert n.recv(100) == b"next"
+
+
+def _unread(s: socket.socket) -> int:
+    """Messages in the receive queue, counted in SCTP_REPAIR_ON_RCVQ mode for a moment."""
+    from sctp_repair import repair
+    from sctp_repair.sockopts import getsockopt_sized
+
+    repair.set_repair(s, True, rcvq=True)
+    try:
+        raw = getsockopt_sized(s, abi.SOL_SCTP, abi.SCTP_REPAIR_RCVQ, 1024)
+    except OSError:
+        return 0
+    finally:
+        repair.set_repair(s, False)
+    return abi.REPAIR_RCVQ_HDR.unpack_from(raw, 0)[1]
 
 
 def test_unacked_data_is_ebusy(net):
