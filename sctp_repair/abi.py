@@ -51,13 +51,21 @@ SCTP_REPAIR = 134
 SCTP_REPAIR_ASSOC = 135
 SCTP_REPAIR_STREAMS = 136
 SCTP_REPAIR_RCVQ = 137
+SCTP_REPAIR_SNDQ = 138
 SCTP_REPAIR_OFF = 0
 SCTP_REPAIR_ON = 1
 SCTP_REPAIR_ON_RCVQ = 2  # repair mode in which the caller carries the receive queue
+SCTP_REPAIR_ON_QUEUES = 3  # ... and the send queue
 SCTP_REPAIR_STREAMS_MAX = 8192  # outgoing + incoming entries in one SCTP_REPAIR_STREAMS
-SCTP_REPAIR_MSG_MAX = 65536  # bytes of one message of SCTP_REPAIR_RCVQ
-SCTP_REPAIR_RCVQ_WRITE_MAX = 69632  # bytes of one SCTP_REPAIR_RCVQ write
-SCTP_UNORDERED = 1  # srm_flags (enum sctp_sinfo_flags)
+SCTP_REPAIR_MSG_MAX = 65536  # bytes of one message written back to a queue
+SCTP_REPAIR_QUEUE_WRITE_MAX = 69632  # bytes of one SCTP_REPAIR_RCVQ or _SNDQ write
+SCTP_REPAIR_SNDQ_MAX = 65536  # chunks in flight in a state carried with its send queue
+# srm_flags: SCTP_UNORDERED (enum sctp_sinfo_flags), and for SCTP_REPAIR_SNDQ the
+# fragment flags of a chunk in flight, or a whole message not sent yet
+SCTP_UNORDERED = 1
+SCTP_REPAIR_MSG_FIRST = 0x0100
+SCTP_REPAIR_MSG_LAST = 0x0200
+SCTP_REPAIR_MSG_UNSENT = 0x0400
 
 # Notifications (struct sctp_event / SCTP_EVENT).
 # enum sctp_sn_type: SCTP_DATA_IO_EVENT is the base itself.
@@ -186,10 +194,10 @@ SCTP_REPAIR_ASSOC_SIZE_VER0 = 368
 REPAIR_STREAMS_HDR = struct.Struct("=HHI")
 REPAIR_STREAM = struct.Struct("=II")
 
-# struct sctp_repair_rcvq header (u32 size, u32 count, u32 msg_size, u32 reserved),
+# struct sctp_repair_queue header (u32 size, u32 count, u32 msg_size, u32 reserved),
 # then count items: struct sctp_repair_msg (u32 len, tsn, mid, ppid; u16 stream,
 # flags; u32 reserved) and len bytes of data padded to 4.
-REPAIR_RCVQ_HDR = struct.Struct("=IIII")
+REPAIR_QUEUE_HDR = struct.Struct("=IIII")
 REPAIR_MSG = struct.Struct("=IIIIHHI")
 
 # Sizes the kernel headers give on x86_64 (checked with a C compiler).

@@ -5,21 +5,27 @@ One verb per step, like CRIU's soccr for TCP:
 * ``pause(sock)``   turn repair mode on: close() becomes silent from now on, and
   incoming DATA is dropped (the peer retransmits it later) while SACKs are
   still taken, so the queues can drain while the peer keeps sending;
-  ``rcvq=True``: the receive queue will be carried (``SCTP_REPAIR_ON_RCVQ``);
+  ``rcvq=True``: the receive queue will be carried (``SCTP_REPAIR_ON_RCVQ``),
+  ``sndq=True``: both queues (``SCTP_REPAIR_ON_QUEUES``);
 * ``save(sock)``    read the association's state (``AssocState``), with the
-  messages waiting to be read if the receive queue is carried;
+  messages waiting to be read and the data in flight or not sent yet if the
+  queues are carried;
 * ``release(sock)`` close silently (no SHUTDOWN, no ABORT to the peer);
 * ``restore(sock, state)`` on a fresh one-to-one socket: bind, set the state,
   connect() without a handshake (the association is ESTABLISHED at once),
-  put the carried unread messages back on its receive queue;
+  put the carried unread messages back on its receive queue and the chunks
+  in flight on its retransmit queue, and once repair mode is off send the
+  messages that were never sent;
 * ``resume(sock)``  turn repair mode off: the socket works as usual.
 
 Repair mode needs the patched kernel (``kernel-patches/``) and CAP_NET_ADMIN
-in the socket's network namespace. The send queues are not carried: ``save``
-fails with ``QueuesNotEmpty`` while anything is unacknowledged or unreassembled,
-or unread unless the receive queue is carried (``rcvq=True``, on a kernel with
-``SCTP_REPAIR_RCVQ``: ``probe().rcvq``); the caller pauses, lets the queues
-drain, stops the traffic (a netfilter rule, as CRIU does for TCP), then saves.
+in the socket's network namespace. ``save`` fails with ``QueuesNotEmpty``
+while anything is unreassembled, unread unless the receive queue is carried
+(``rcvq=True``, on a kernel with ``SCTP_REPAIR_RCVQ``: ``probe().rcvq``), or
+unacknowledged or unsent unless the send queue is carried too (``sndq=True``,
+``probe().sndq``; a chunk gap-acknowledged, a message partly sent or I-DATA
+still drain); the caller pauses, lets the queues drain, stops the traffic (a
+netfilter rule, as CRIU does for TCP), then saves.
 An association that could not be restored (SCTP-AUTH/ADD-IP, SCTP over UDP,
 too many streams) is refused by
 ``save`` with ``RepairError``, and repair mode is turned off again, before
@@ -36,9 +42,9 @@ import struct
 import time
 from dataclasses import dataclass
 
-from . import abi
+from . import abi, queues
 from .sockopts import getsockopt_raw, getsockopt_sized, sctp_addrs
-from .state import AssocState, rcvq_from_kernel, rcvq_to_kernel
+from .state import AssocState
 
 
 class RepairError(Exception):
@@ -59,6 +65,7 @@ class Probe:
     repair: bool          # SCTP_REPAIR is known
     detail: str
     rcvq: bool = False    # SCTP_REPAIR_RCVQ is known: the receive queue can be carried
+    sndq: bool = False    # SCTP_REPAIR_SNDQ is known: the send queue can be carried
 
     def __str__(self) -> str:
         return self.detail
@@ -84,16 +91,25 @@ def probe() -> Probe:
                                           "mode (SCTP_REPAIR unknown): boot a kernel built "
                                           "with kernel-patches/")
             raise
-        try:  # outside SCTP_REPAIR_ON_RCVQ mode a kernel that knows it says EPERM
-            s.getsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR_RCVQ, abi.REPAIR_RCVQ_HDR.size)
-        except OSError as e:
-            if e.errno == errno.ENOPROTOOPT:
-                return Probe(True, True, "SCTP repair mode is available (without "
-                                         "SCTP_REPAIR_RCVQ: unread data is not carried)")
-            if e.errno != errno.EPERM:
-                raise
-    return Probe(True, True, "SCTP repair mode is available, with the receive queue "
-                             "carried (SCTP_REPAIR_RCVQ)", rcvq=True)
+        rcvq, sndq = (_knows(s, opt) for opt in (abi.SCTP_REPAIR_RCVQ, abi.SCTP_REPAIR_SNDQ))
+    carried = " and ".join(what for what, ok in (("receive", rcvq), ("send", sndq)) if ok)
+    return Probe(True, True, "SCTP repair mode is available, "
+                 + (f"with the {carried} queue carried" if carried else
+                    "without queues carried: unread and unacknowledged data drain"),
+                 rcvq=rcvq, sndq=sndq)
+
+
+def _knows(s: socket.socket, opt: int) -> bool:
+    """Outside the repair mode that reads it, a kernel that knows a queue option says
+    EPERM; one that does not, ENOPROTOOPT."""
+    try:
+        s.getsockopt(abi.SOL_SCTP, opt, abi.REPAIR_QUEUE_HDR.size)
+    except OSError as e:
+        if e.errno == errno.ENOPROTOOPT:
+            return False
+        if e.errno != errno.EPERM:
+            raise
+    return True
 
 
 def _opt_error(e: OSError, what: str) -> RepairError:
@@ -121,9 +137,13 @@ def _opt_error(e: OSError, what: str) -> RepairError:
     return RepairError(f"{what}: {e.strerror or e}")
 
 
-def set_repair(sock: socket.socket, on: bool, rcvq: bool = False) -> None:
-    """Repair mode on or off; ``rcvq``: on, with the receive queue carried."""
-    val = (abi.SCTP_REPAIR_ON_RCVQ if rcvq else abi.SCTP_REPAIR_ON) if on else abi.SCTP_REPAIR_OFF
+def set_repair(sock: socket.socket, on: bool, rcvq: bool = False, sndq: bool = False) -> None:
+    """Repair mode on or off; ``rcvq``: on, with the receive queue carried; ``sndq``:
+    with both queues carried."""
+    val = abi.SCTP_REPAIR_OFF
+    if on:
+        val = (abi.SCTP_REPAIR_ON_QUEUES if sndq else
+               abi.SCTP_REPAIR_ON_RCVQ if rcvq else abi.SCTP_REPAIR_ON)
     try:
         sock.setsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR, val)
     except OSError as e:
@@ -144,19 +164,22 @@ def status(sock: socket.socket) -> abi.SctpStatus:
     return abi.SctpStatus.from_buffer_copy(raw.ljust(len(buf), b"\0"))
 
 
-def pause(sock: socket.socket, rcvq: bool = False) -> None:
-    set_repair(sock, True, rcvq)
+def pause(sock: socket.socket, rcvq: bool = False, sndq: bool = False) -> None:
+    set_repair(sock, True, rcvq, sndq)
 
 
 def resume(sock: socket.socket) -> None:
     set_repair(sock, False)
 
 
-def save(sock: socket.socket, wait: float = 0.0, rcvq: bool = False) -> AssocState:
+def save(sock: socket.socket, wait: float = 0.0, rcvq: bool = False,
+         sndq: bool = False) -> AssocState:
     """State of the socket's ESTABLISHED association; repair mode is turned on.
 
     ``rcvq``: the messages waiting to be read are saved too (``state.unread``), in
-    ``SCTP_REPAIR_ON_RCVQ`` mode: they need not be read first.
+    ``SCTP_REPAIR_ON_RCVQ`` mode: they need not be read first. ``sndq``: the send
+    queue as well (``state.in_flight``, ``state.unsent``), in
+    ``SCTP_REPAIR_ON_QUEUES`` mode: the peer need not acknowledge everything first.
 
     With ``wait``, retry for up to that many seconds while queues are not
     empty (a delayed SACK, data just received), then give up with
@@ -168,7 +191,7 @@ def save(sock: socket.socket, wait: float = 0.0, rcvq: bool = False) -> AssocSta
     deadline = time.monotonic() + wait if wait else 0.0
     while True:
         try:
-            return _save(sock, rcvq)
+            return _save(sock, rcvq or sndq, sndq)
         except QueuesNotEmpty:
             if time.monotonic() >= deadline:
                 raise
@@ -191,8 +214,29 @@ def _refuse_keyed(caps: int, can: str) -> None:
                           f"mode does not carry: it {can} be restored")
 
 
-def _save(sock: socket.socket, rcvq: bool) -> AssocState:
-    pause(sock, rcvq)
+def _save(sock: socket.socket, rcvq: bool, sndq: bool) -> AssocState:
+    pause(sock, rcvq, sndq)
+    if not sndq:
+        return _read_state(sock, rcvq)
+    # The send queue moves on its own (a retransmission, a SACK): read it between
+    # two reads of the rest, and keep it only if nothing moved meanwhile.
+    first = _read_state(sock, rcvq)
+    try:
+        raw = getsockopt_sized(sock, abi.SOL_SCTP, abi.SCTP_REPAIR_SNDQ, 4096)
+    except OSError as e:
+        raise _opt_error(e, "SCTP_REPAIR_SNDQ") from e
+    state = _read_state(sock, rcvq)
+    if state != first:
+        raise QueuesNotEmpty("the association moved while its send queue was read")
+    state.in_flight, state.unsent = queues.from_kernel(raw, queues.SNDQ)
+    try:
+        state.check()
+    except ValueError as e:
+        raise QueuesNotEmpty(f"the send queue does not match the state: {e}") from None
+    return state
+
+
+def _read_state(sock: socket.socket, rcvq: bool) -> AssocState:
     size = _ASSOC_SIZE
     try:
         raw = getsockopt_raw(sock, abi.SOL_SCTP, abi.SCTP_REPAIR_ASSOC, size)
@@ -217,7 +261,7 @@ def _save(sock: socket.socket, rcvq: bool) -> AssocState:
             raw = getsockopt_sized(sock, abi.SOL_SCTP, abi.SCTP_REPAIR_RCVQ, 4096)
         except OSError as e:
             raise _opt_error(e, "SCTP_REPAIR_RCVQ") from e
-        state.unread = rcvq_from_kernel(raw)
+        state.unread, _ = queues.from_kernel(raw, queues.RCVQ)
     if len(paths) > 1:
         primary = ipaddress.ip_address(state.peer_addr)
         state.peer_paths = [a for a, _ in paths if ipaddress.ip_address(a) != primary]
@@ -273,11 +317,16 @@ def restore(sock: socket.socket, state: AssocState, *, bind: bool = True,
     mode is turned off again unless ``keep_repair``.
     """
     _refuse_keyed(state.peer_caps, "cannot")
-    if state.unread and not probe().rcvq:
-        raise RepairError(f"the state carries {len(state.unread)} unread message(s) and this "
-                          "kernel cannot take them back (no SCTP_REPAIR_RCVQ)")
+    if state.unread or state.in_flight:
+        kernel = probe()
+        if state.unread and not kernel.rcvq:
+            raise RepairError(f"the state carries {len(state.unread)} unread message(s) and "
+                              "this kernel cannot take them back (no SCTP_REPAIR_RCVQ)")
+        if state.in_flight and not kernel.sndq:
+            raise RepairError(f"the state carries {len(state.in_flight)} chunk(s) in flight "
+                              "and this kernel cannot take them back (no SCTP_REPAIR_SNDQ)")
     _enable_extensions(sock, state.peer_caps)
-    pause(sock)
+    pause(sock, sndq=bool(state.in_flight))  # a state with data in flight needs that mode
     if bind:
         # Repair mode takes the port even beside its listener; SO_REUSEADDR
         # lets a listener put back after this socket bind the port too.
@@ -305,13 +354,32 @@ def restore(sock: socket.socket, state: AssocState, *, bind: bool = True,
     except OSError as e:
         raise RepairError(f"repaired connect to [{state.peer_addr}]:{state.peer_port}: "
                           f"{e.strerror}") from e
-    for batch in rcvq_to_kernel(state.unread):
-        try:
-            sock.setsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR_RCVQ, batch)
-        except OSError as e:
-            raise _opt_error(e, "SCTP_REPAIR_RCVQ") from e
+    for opt, name, queue in ((abi.SCTP_REPAIR_RCVQ, queues.RCVQ, state.unread),
+                             (abi.SCTP_REPAIR_SNDQ, queues.SNDQ, state.in_flight)):
+        for batch in queues.to_kernel(queue, name):
+            try:
+                sock.setsockopt(abi.SOL_SCTP, opt, batch)
+            except OSError as e:
+                raise _opt_error(e, name) from e
     if not keep_repair:
         resume(sock)
+        send_unsent(sock, state)
+
+
+def send_unsent(sock: socket.socket, state: AssocState) -> None:
+    """Send again, in order, the messages the saved association had not sent at all
+    (they had no TSN or SSN yet); repair mode must be off."""
+    for m in state.unsent:
+        info = _SNDINFO.pack(m.stream, abi.SCTP_UNORDERED if m.unordered else 0,
+                             m.ppid, 0, 0)
+        try:
+            sock.sendmsg([m.data], [(abi.IPPROTO_SCTP, _SCTP_SNDINFO, info)])
+        except OSError as e:
+            raise RepairError(f"sending a saved unsent message again: {e.strerror}") from e
+
+
+_SCTP_SNDINFO = 2  # cmsg type (enum sctp_cmsg_type)
+_SNDINFO = struct.Struct("=HHIIi")  # struct sctp_sndinfo: sid, flags, ppid, context, assoc_id
 
 
 def _packed_addrs(addrs: list[str], port: int) -> bytes:

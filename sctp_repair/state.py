@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from . import abi
 from . import assoc_state_pb2 as pb
+from .queues import Message
 
 # Fields of SctpRepairAssoc carried one to one (without the sra_ prefix).
 SCALARS = (
@@ -35,69 +36,11 @@ class Stream:
     mid_uo: int = 0   # next unordered MID (I-DATA only)
 
 
-# Bounds on a carried receive queue read from an image: no more than a
-# receive buffer holds (net.core.rmem_max is at most 2 GiB, but a queue over
-# this many messages or bytes is not one a socket had).
-MAX_UNREAD = 1 << 16
-MAX_UNREAD_BYTES = 64 << 20
-
-
-@dataclass
-class Message:
-    """A message received and not read when the state was saved (SCTP_REPAIR_RCVQ)."""
-    data: bytes = b""
-    stream: int = 0
-    mid: int = 0              # SSN (DATA) or MID (I-DATA)
-    ppid: int = 0             # as on the wire
-    tsn: int = 0
-    unordered: bool = False
-
-
-def rcvq_from_kernel(raw: bytes) -> list[Message]:
-    """The messages of an SCTP_REPAIR_RCVQ read; ValueError if the layout is not one."""
-    hdr, item = abi.REPAIR_RCVQ_HDR, abi.REPAIR_MSG
-    if len(raw) < hdr.size:
-        raise ValueError(f"SCTP_REPAIR_RCVQ: {len(raw)} bytes, short of its header")
-    size, count, msg_size, _ = hdr.unpack_from(raw, 0)
-    if size != len(raw) or msg_size != item.size:
-        raise ValueError(f"SCTP_REPAIR_RCVQ: size {size}, item size {msg_size}: "
-                         f"expected {len(raw)} and {item.size}")
-    out, off = [], hdr.size
-    for _ in range(count):
-        if len(raw) - off < item.size:
-            raise ValueError("SCTP_REPAIR_RCVQ: an item runs past the end")
-        length, tsn, mid, ppid, stream, flags, _ = item.unpack_from(raw, off)
-        off += item.size
-        if len(raw) - off < length:
-            raise ValueError("SCTP_REPAIR_RCVQ: a message runs past the end")
-        out.append(Message(raw[off:off + length], stream, mid, ppid, tsn,
-                           bool(flags & abi.SCTP_UNORDERED)))
-        off += -(-length // 4) * 4
-    return out
-
-
-def rcvq_to_kernel(msgs: list[Message]) -> list[bytes]:
-    """SCTP_REPAIR_RCVQ writes for ``msgs``, in order, each at most what one write carries."""
-    hdr, item = abi.REPAIR_RCVQ_HDR, abi.REPAIR_MSG
-    writes: list[bytes] = []
-    batch: list[bytes] = []
-    size = hdr.size
-
-    def flush() -> None:
-        if batch:
-            writes.append(hdr.pack(size, len(batch), item.size, 0) + b"".join(batch))
-
-    for m in msgs:
-        pad = -len(m.data) % 4
-        one = item.pack(len(m.data), m.tsn, m.mid, m.ppid, m.stream,
-                        abi.SCTP_UNORDERED if m.unordered else 0, 0) + m.data + bytes(pad)
-        if size + len(one) > abi.SCTP_REPAIR_RCVQ_WRITE_MAX:
-            flush()
-            batch, size = [], hdr.size
-        batch.append(one)
-        size += len(one)
-    flush()
-    return writes
+# Bounds on the carried queues read from an image: no more than socket buffers
+# hold (net.core.rmem_max and wmem_max are at most 2 GiB, but queues over this
+# many messages or bytes are not ones a socket had).
+MAX_QUEUED = 1 << 16
+MAX_QUEUED_BYTES = 64 << 20
 
 
 @dataclass
@@ -137,6 +80,8 @@ class AssocState:
     out_streams: list[Stream] = field(default_factory=list)
     in_streams: list[Stream] = field(default_factory=list)
     unread: list[Message] = field(default_factory=list)  # the receive queue, if carried
+    in_flight: list[Message] = field(default_factory=list)  # the send queue's DATA chunks
+    unsent: list[Message] = field(default_factory=list)  # ... and messages not sent at all
     kernel_size: int = abi.SCTP_REPAIR_ASSOC_SIZE_VER0
 
     @property
@@ -192,9 +137,12 @@ class AssocState:
                                for s in self.out_streams)
         msg.in_streams.extend(pb.SctpStream(mid=s.mid, mid_uo=s.mid_uo)
                               for s in self.in_streams)
-        msg.unread.extend(pb.SctpMessage(data=m.data, stream=m.stream, mid=m.mid, ppid=m.ppid,
-                                         tsn=m.tsn, unordered=m.unordered)
-                          for m in self.unread)
+        for field_, queue in ((msg.unread, self.unread), (msg.in_flight, self.in_flight),
+                              (msg.unsent, self.unsent)):
+            field_.extend(pb.SctpMessage(data=m.data, stream=m.stream, mid=m.mid, ppid=m.ppid,
+                                         tsn=m.tsn, unordered=m.unordered, first=m.first,
+                                         last=m.last)
+                          for m in queue)
         return msg
 
     @classmethod
@@ -205,8 +153,8 @@ class AssocState:
                    peer_paths=list(msg.peer_paths),
                    out_streams=[Stream(s.mid, s.mid_uo) for s in msg.out_streams],
                    in_streams=[Stream(s.mid, s.mid_uo) for s in msg.in_streams],
-                   unread=[Message(m.data, m.stream, m.mid, m.ppid, m.tsn, m.unordered)
-                           for m in msg.unread],
+                   unread=_messages(msg.unread), in_flight=_messages(msg.in_flight),
+                   unsent=_messages(msg.unsent),
                    **{name: getattr(msg, name) for name in SCALARS})
 
     def to_bytes(self) -> bytes:
@@ -262,29 +210,58 @@ class AssocState:
         return self
 
     def _check_unread(self) -> None:
-        """The carried receive queue fits what SCTP_REPAIR_RCVQ takes back."""
-        if len(self.unread) > MAX_UNREAD:
-            raise ValueError(f"{len(self.unread)} unread messages, at most {MAX_UNREAD}")
+        """The carried queues fit what SCTP_REPAIR_RCVQ and _SNDQ take back."""
+        queued = self.unread + self.in_flight + self.unsent
+        if len(queued) > MAX_QUEUED:
+            raise ValueError(f"{len(queued)} queued messages, at most {MAX_QUEUED}")
+        total = sum(len(m.data) if isinstance(m.data, bytes) else 0 for m in queued)
+        if total > MAX_QUEUED_BYTES:
+            raise ValueError(f"{total} bytes queued, at most {MAX_QUEUED_BYTES}")
         ssn_top = 0xFFFFFFFF if self.peer_caps & abi.Cap.INTL else 0xFFFF
-        total = 0
-        for m in self.unread:
-            if not isinstance(m.data, bytes) or not 0 < len(m.data) <= abi.SCTP_REPAIR_MSG_MAX:
-                raise ValueError(f"an unread message is not 1 to {abi.SCTP_REPAIR_MSG_MAX} bytes")
-            if type(m.stream) is not int or not 0 <= m.stream < len(self.in_streams):
-                raise ValueError(f"an unread message is on stream {m.stream!r:.20}, the "
-                                 f"association has {len(self.in_streams)} incoming")
-            if type(m.mid) is not int or not 0 <= m.mid <= ssn_top:
-                raise ValueError(f"an unread message's sequence number is out of [0, {ssn_top}]")
-            for name in ("ppid", "tsn"):
-                v = getattr(m, name)
-                if type(v) is not int or not 0 <= v <= 0xFFFFFFFF:
-                    raise ValueError(f"an unread message's {name} is out of range")
-            total += len(m.data)
-        if total > MAX_UNREAD_BYTES:
-            raise ValueError(f"{total} bytes unread, at most {MAX_UNREAD_BYTES}")
+        for what, queue, streams, top, biggest in (
+                ("unread", self.unread, self.in_streams, ssn_top, abi.SCTP_REPAIR_MSG_MAX),
+                ("in-flight", self.in_flight, self.out_streams, 0xFFFF, abi.SCTP_REPAIR_MSG_MAX),
+                ("unsent", self.unsent, self.out_streams, 0, MAX_QUEUED_BYTES)):
+            for m in queue:
+                _check_message(m, what, len(streams), top, biggest)
+        self._check_in_flight()
+
+    def _check_in_flight(self) -> None:
+        """The chunks in flight are exactly the TSNs after the cumulative ack point."""
+        if not self.in_flight:  # the kernel checks the relation of a quiescent one
+            return
+        behind = (self.next_tsn - 1 - self.ctsn_ack_point) & 0xFFFFFFFF
+        if len(self.in_flight) != behind:
+            raise ValueError(f"{len(self.in_flight)} chunks in flight, but the state has "
+                             f"{behind} TSNs unacknowledged")
+        if self.in_flight and self.peer_caps & abi.Cap.INTL:
+            raise ValueError("chunks in flight with I-DATA cannot be carried")
+        for i, m in enumerate(self.in_flight):
+            if m.tsn != (self.ctsn_ack_point + 1 + i) & 0xFFFFFFFF:
+                raise ValueError(f"chunk {i} in flight has TSN {m.tsn}, expected "
+                                 f"{(self.ctsn_ack_point + 1 + i) & 0xFFFFFFFF}")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        for m in d["unread"]:
+        for m in d["unread"] + d["in_flight"] + d["unsent"]:
             m["data"] = m["data"].hex()
         return d
+
+
+def _messages(msgs) -> list[Message]:
+    return [Message(m.data, m.stream, m.mid, m.ppid, m.tsn, m.unordered, m.first, m.last)
+            for m in msgs]
+
+
+def _check_message(m: Message, what: str, streams: int, top: int, biggest: int) -> None:
+    if not isinstance(m.data, bytes) or not 0 < len(m.data) <= biggest:
+        raise ValueError(f"an {what} message is not 1 to {biggest} bytes")
+    if type(m.stream) is not int or not 0 <= m.stream < streams:
+        raise ValueError(f"an {what} message is on stream {m.stream!r:.20}, the "
+                         f"association has {streams} that way")
+    if type(m.mid) is not int or not 0 <= m.mid <= top:
+        raise ValueError(f"an {what} message's sequence number is out of [0, {top}]")
+    for name in ("ppid", "tsn"):
+        v = getattr(m, name)
+        if type(v) is not int or not 0 <= v <= 0xFFFFFFFF:
+            raise ValueError(f"an {what} message's {name} is out of range")

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from sctp_repair import abi, cli, repair
-from sctp_repair.state import AssocState, Message, Stream, rcvq_from_kernel, rcvq_to_kernel
+from sctp_repair import abi, cli, queues, repair
+from sctp_repair.queues import Message
+from sctp_repair.state import AssocState, Stream
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,7 +55,8 @@ def test_option_numbers_follow_the_last_stock_one():
     assert (abi.SCTP_REPAIR, abi.SCTP_REPAIR_ASSOC, abi.SCTP_REPAIR_STREAMS) == (134, 135, 136)
     assert abi.SCTP_REPAIR_RCVQ == 137 and abi.SCTP_REPAIR_ON_RCVQ == 2
     # struct sctp_repair_rcvq and struct sctp_repair_msg: no padding, 16 and 24 bytes
-    assert (abi.REPAIR_RCVQ_HDR.size, abi.REPAIR_MSG.size) == (16, 24)
+    assert (abi.REPAIR_QUEUE_HDR.size, abi.REPAIR_MSG.size) == (16, 24)
+    assert abi.SCTP_REPAIR_SNDQ == 138 and abi.SCTP_REPAIR_ON_QUEUES == 3
 
 
 @pytest.mark.parametrize("addr", ["10.1.2.3", "fd00::17", "::ffff:10.0.0.1"])
@@ -187,24 +189,51 @@ def _with_unread() -> AssocState:
     return st
 
 
+def _with_send_queue() -> AssocState:
+    st = sample()
+    st.ctsn_ack_point = 0xFFFFFFFE  # the TSNs in flight wrap around
+    st.adv_peer_ack_point = st.ctsn_ack_point
+    st.next_tsn = 2
+    st.in_flight = [Message(b"a" * 1400, 2, 17, 5, 0xFFFFFFFF, last=False),
+                    Message(b"b" * 300, 2, 17, 5, 0, first=False),
+                    Message(b"c", 0, 3, 6, 1, unordered=True)]
+    st.unsent = [Message(b"later" * 30000, 1, 0, 9, 0)]
+    return st
+
+
 def test_receive_queue_goes_through_the_kernel_layout_in_writes_it_takes():
     st = _with_unread()
-    writes = rcvq_to_kernel(st.unread)
+    writes = queues.to_kernel(st.unread, queues.RCVQ)
     assert len(writes) == 2  # 40,000 + 40,001 bytes do not fit one 69,632-byte write
-    assert all(len(w) <= abi.SCTP_REPAIR_RCVQ_WRITE_MAX for w in writes)
-    back = [m for w in writes for m in rcvq_from_kernel(w)]
+    assert all(len(w) <= abi.SCTP_REPAIR_QUEUE_WRITE_MAX for w in writes)
+    back = [m for w in writes for m in queues.from_kernel(w, queues.RCVQ)[0]]
     assert back == st.unread
-    size, count, msg_size, _ = abi.REPAIR_RCVQ_HDR.unpack_from(writes[0], 0)
+    size, count, msg_size, _ = abi.REPAIR_QUEUE_HDR.unpack_from(writes[0], 0)
     assert (size, count, msg_size) == (len(writes[0]), 2, 24)
     assert len(writes[0]) % 4 == 0  # each item padded to 4 bytes
-    assert rcvq_to_kernel([]) == []
+    assert queues.to_kernel([], queues.RCVQ) == []
+
+
+def test_send_queue_keeps_fragment_flags_and_tells_unsent_messages_apart():
+    st = _with_send_queue()
+    raw = queues.to_kernel(st.in_flight, queues.SNDQ)[0]
+    flags = [abi.REPAIR_MSG.unpack_from(raw, off)[5] for off in (16, 16 + 24 + 1400)]
+    assert flags == [abi.SCTP_REPAIR_MSG_FIRST, abi.SCTP_REPAIR_MSG_LAST]
+    # what the kernel reads: the chunks in flight, then a message marked unsent
+    unsent = abi.REPAIR_MSG.pack(5, 0, 0, 9, 1, abi.SCTP_REPAIR_MSG_UNSENT, 0) + b"hello\0\0\0"
+    size = len(raw) + len(unsent)
+    read = abi.REPAIR_QUEUE_HDR.pack(size, 4, 24, 0) + raw[16:] + unsent
+    in_flight, not_sent = queues.from_kernel(read, queues.SNDQ)
+    assert in_flight == st.in_flight
+    assert not_sent == [Message(b"hello", 1, 0, 9, 0)]
+    assert AssocState.from_bytes(st.to_bytes()) == st
 
 
 @pytest.mark.parametrize("cut", [3, 16 + 10, -1])
 def test_a_malformed_receive_queue_read_is_refused(cut):
-    raw = rcvq_to_kernel(_with_unread().unread[:1])[0]
+    raw = queues.to_kernel(_with_unread().unread[:1], queues.RCVQ)[0]
     with pytest.raises(ValueError, match="SCTP_REPAIR_RCVQ"):
-        rcvq_from_kernel(raw[:cut])
+        queues.from_kernel(raw[:cut], queues.RCVQ)
 
 
 def test_unread_messages_survive_the_image_format():
@@ -226,3 +255,18 @@ def test_unread_messages_are_checked_as_untrusted_input(change, message):
     change(st.unread[0])
     with pytest.raises(ValueError, match=message):
         AssocState.from_bytes(st.to_bytes()) if message != "tsn" else st.check()
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda st: st.in_flight.pop(), "2 chunks in flight, but the state has 3"),
+    (lambda st: setattr(st.in_flight[1], "tsn", 5), "chunk 1 in flight has TSN 5"),
+    (lambda st: setattr(st.in_flight[0], "stream", 3), "on stream 3"),
+    (lambda st: setattr(st.unsent[0], "stream", 3), "on stream 3"),
+    (lambda st: setattr(st.in_flight[2], "mid", 0x10000), "sequence number"),
+    (lambda st: setattr(st, "peer_caps", int(abi.Cap.INTL)), "I-DATA"),
+])
+def test_a_carried_send_queue_is_checked_against_the_state(change, message):
+    st = _with_send_queue()
+    change(st)
+    with pytest.raises(ValueError, match=message):
+        AssocState.from_bytes(st.to_bytes())
