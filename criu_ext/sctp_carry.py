@@ -15,8 +15,10 @@ CRIU then dumps the tree as stopped.
 
 Put back (on the destination after CRIU's restore, or on the source when the
 dump fails or leaves the tree running): create the sockets from the image in
-the task's netns (repaired associations first, then listeners), swap them in
-for the pipes, lift the rules, SIGCONT the tree.
+the task's netns (repaired associations first, then listeners, still in repair
+mode), swap them in for the pipes, lift the rules, end repair mode (its kick
+and the chunks carried in flight reach the peer at once) and send again what
+was never sent, SIGCONT the tree.
 
 A failure at any step before the copies are closed puts the original sockets
 back and lets the tree go on: the associations never noticed.
@@ -49,7 +51,7 @@ PID_MAX = 1 << 22  # PID_MAX_LIMIT on 64-bit
 FD_MAX = (1 << 31) - 1
 MAX_IMAGE = 16 * MiB  # criu-ext-sctp.json
 MAX_SOCKETS = 4096
-MAX_UNREAD_BYTES = MAX_IMAGE // 4  # what the image has room for, in hex, beside the rest
+MAX_QUEUED_BYTES = MAX_IMAGE // 4  # what the image has room for, in hex, beside the rest
 
 
 class CarryError(Exception):
@@ -249,9 +251,10 @@ def close_copies(items: list[Carried]) -> None:
 # -- dump side ------------------------------------------------------------------------
 
 
-def drain(items: list[Carried], timeout: float, stopped: bool, rcvq: bool = False) -> None:
-    """Wait until no association has data unacknowledged or undelivered, nor unread
-    unless the receive queue is carried (``rcvq``)."""
+def drain(items: list[Carried], timeout: float, stopped: bool, rcvq: bool = False,
+          sndq: bool = False) -> None:
+    """Wait until no association has data undelivered, nor unread unless the receive
+    queue is carried (``rcvq``), nor unacknowledged unless the send queue is (``sndq``)."""
     deadline = time.monotonic() + timeout
     busy: list[str] = []
     while True:
@@ -261,6 +264,8 @@ def drain(items: list[Carried], timeout: float, stopped: bool, rcvq: bool = Fals
                 unacked, pending, inq = sockopts.queued(it.live())
                 if rcvq:
                     inq = 0
+                if sndq:
+                    unacked = 0
                 if unacked or pending or inq:
                     busy.append(f"{it.describe()}: {unacked} unacked, {pending} undelivered, "
                                 f"{inq} bytes unread")
@@ -272,28 +277,29 @@ def drain(items: list[Carried], timeout: float, stopped: bool, rcvq: bool = Fals
         raise CarryError(f"SCTP queues did not drain in {timeout:.1f} s ({who}): {busy[0]}")
 
 
-def pause(items: list[Carried], rcvq: bool = False) -> None:
+def pause(items: list[Carried], rcvq: bool = False, sndq: bool = False) -> None:
     from sctp_repair import repair
     for it in items:
         if it.role == ASSOC:
             try:
-                repair.pause(it.live(), rcvq)
+                repair.pause(it.live(), rcvq, sndq)
             except repair.RepairError as exc:
                 raise CarryError(f"{it.describe()}: {exc}") from exc
 
 
-def save(items: list[Carried], wait: float, rcvq: bool = False) -> None:
+def save(items: list[Carried], wait: float, rcvq: bool = False, sndq: bool = False) -> None:
     from sctp_repair import repair
     for it in items:
         if it.role == ASSOC:
             try:
-                it.assoc = repair.save(it.live(), wait=wait, rcvq=rcvq)
+                it.assoc = repair.save(it.live(), wait=wait, rcvq=rcvq, sndq=sndq)
             except repair.RepairError as exc:
                 raise CarryError(f"{it.describe()}: {exc}") from exc
-    unread = sum(len(m.data) for it in items if it.assoc for m in it.assoc.unread)
-    if unread > MAX_UNREAD_BYTES:  # the image is JSON with the states in hex
-        raise CarryError(f"{unread} bytes unread in the SCTP sockets, more than the image "
-                         f"carries ({MAX_UNREAD_BYTES}): the task must read them first")
+    queued = sum(len(m.data) for it in items if it.assoc
+                 for m in it.assoc.unread + it.assoc.in_flight + it.assoc.unsent)
+    if queued > MAX_QUEUED_BYTES:  # the image is JSON with the states in hex
+        raise CarryError(f"{queued} bytes queued in the SCTP sockets, more than the image "
+                         f"carries ({MAX_QUEUED_BYTES}): let them drain first")
 
 
 def unrepair(items: list[Carried]) -> None:
@@ -344,35 +350,39 @@ def swap_in(pid: int, items: list[Carried], socks: dict[int, socket.socket]) -> 
         raise CarryError(f"putting the SCTP sockets of pid {pid} back: {exc}") from exc
 
 
-def _carries_rcvq() -> bool:
+def _carried_queues() -> tuple[bool, bool]:
     from sctp_repair.repair import probe
-    return probe().rcvq
+    kernel = probe()
+    return kernel.rcvq, kernel.sndq
 
 
 def take(root: int, items: list[Carried], drain_timeout: float,
-         on_saved: Callable[[list[int]], None] | None = None) -> list[int]:
+         on_saved: Callable[[list[int]], None] | None = None,
+         queues: bool = True) -> list[int]:
     """Steps 2-6 of the dump. Returns the stopped tree. On failure the tree runs on as before.
     ``on_saved(tree)`` runs once every association is saved, before the first swap: where
     the caller writes the image, so that from then on the image can put them back even if
     this process dies. On a kernel with SCTP_REPAIR_RCVQ the messages the task has not
-    read are carried in the image: the drain waits only for the peers' acknowledgements."""
+    read are carried in the image, and with SCTP_REPAIR_SNDQ what its peers have not
+    acknowledged too: the drain then waits for neither (unless ``queues`` is False)."""
     pids = tasks.tree(root)
     netns = netns_path(pid=root)
     ports = {it.setup.port for it in items if it.setup.port}
     swapped: dict[int, list[Carried]] = {}
     stopped = False
-    rcvq = any(it.role == ASSOC for it in items) and _carries_rcvq()
+    carried = queues and any(it.role == ASSOC for it in items)
+    rcvq, sndq = _carried_queues() if carried else (False, False)
     try:
         if ports:
             sctp_fence.drain(netns, ports)
-        pause(items, rcvq)  # repair mode: no more DATA comes in, SACKs still do
-        drain(items, drain_timeout, stopped=False, rcvq=rcvq)
+        pause(items, rcvq, sndq)  # repair mode: no more DATA comes in, SACKs still do
+        drain(items, drain_timeout, stopped=False, rcvq=rcvq, sndq=sndq)
         tasks.stop(pids)
         stopped = True
-        drain(items, drain_timeout, stopped=True, rcvq=rcvq)  # what it sent before the stop
+        drain(items, drain_timeout, stopped=True, rcvq=rcvq, sndq=sndq)  # sent before the stop
         if ports:
             sctp_fence.hold(netns, ports)
-        save(items, wait=drain_timeout, rcvq=rcvq)
+        save(items, wait=drain_timeout, rcvq=rcvq, sndq=sndq)
         if on_saved is not None:
             on_saved(pids)
         for pid, group in by_process(items).items():
@@ -501,7 +511,7 @@ def _create(item: Carried, netns: str) -> socket.socket:
         sockopts.apply_setup(sock, item.setup)
         if item.role == ASSOC and item.assoc is not None:
             sock.setblocking(True)
-            repair.restore(sock, item.assoc)
+            repair.restore(sock, item.assoc, keep_repair=True)  # until the rules go
             sock.setblocking(not item.setup.nonblocking)
         else:
             sockopts.bind_and_listen(sock, item.setup)
@@ -531,7 +541,7 @@ def _connect_restart(item: Carried, sock: socket.socket, timeout: float) -> None
 
 def put_back(root: int, pids: list[int], items: list[Carried], log=None,
              connect_timeout: float = 10.0) -> None:
-    """Create the sockets, swap them in, lift the rules, continue the tree.
+    """Create the sockets, swap them in, lift the rules, end repair mode, continue the tree.
 
     ``pids`` is the tree to continue; item pids are mapped through ``vpid``.
     """
@@ -557,9 +567,27 @@ def put_back(root: int, pids: list[int], items: list[Carried], log=None,
             if log:
                 log.warning(f"{it.describe()}: restarted; the peer sees an SCTP restart")
         sctp_fence.lift(netns)
+        _leave_repair([it for it in items if it.role == ASSOC], socks)
     except (sctp_fence.FenceError, TimeoutError, OSError) as exc:
         raise CarryError(str(exc)) from exc
     finally:
         for s in socks.values():
             s.close()
     tasks.cont(pids)
+
+
+def _leave_repair(items: list[Carried], socks: dict[tuple[int, int], socket.socket]) -> None:
+    """Repair mode off once the rules are gone, so that its kick reaches the peer and the
+    chunks carried in flight go out at once; then the messages never sent, again."""
+    from sctp_repair import repair
+    for it in items:
+        sock = socks[(it.pid, it.fd)]
+        try:
+            repair.resume(sock)
+            if it.assoc is not None and it.assoc.unsent:
+                blocking = sock.getblocking()
+                sock.setblocking(True)
+                repair.send_unsent(sock, it.assoc)
+                sock.setblocking(blocking)
+        except repair.RepairError as exc:
+            raise CarryError(f"{it.describe()}: {exc}") from exc

@@ -70,12 +70,13 @@ def peer_gap(lab: SctpLab, since: float) -> float:
     return round(max(gaps, default=0.0), 3)
 
 
-def migrate(mode: str, lab: SctpLab, tmp: Path, after_dump=None) -> dict:
-    """Dump the node on host A, restore it on host B; ``after_dump()`` runs between."""
+def migrate(mode: str, lab: SctpLab, tmp: Path, after_dump=None, env=None) -> dict:
+    """Dump the node on host A, restore it on host B; ``after_dump()`` runs between;
+    ``env``: more variables for the dump (the sctp plugin's options)."""
     images = tmp / "img"
     images.mkdir()
     t0 = time.monotonic()
-    d = lab.in_host(lab.a, dump_cmd(mode, lab, images, tmp), env=env_for(tmp))
+    d = lab.in_host(lab.a, dump_cmd(mode, lab, images, tmp), env=env_for(tmp, **(env or {})))
     t1 = time.monotonic()
     assert d.returncode == 0, d.stdout + d.stderr + log_of(images, "dump.log") + lab.diagnose()
     lab.node.wait(timeout=10)

@@ -23,8 +23,11 @@ restore
                 is killed: CRIU only logs this phase's failures.
 
 Options: ``sctp_fallback=restart`` (RPC: ``--sctp-fallback restart``; action
-script: ``CRIU_EXT_SCTP_FALLBACK=restart``) and ``CRIU_EXT_SCTP_DRAIN`` (seconds
-to wait for queues to drain, default 5). docs/sctp-criu.md has the design.
+script: ``CRIU_EXT_SCTP_FALLBACK=restart``), ``CRIU_EXT_SCTP_DRAIN`` (seconds
+to wait for queues to drain, default 5) and ``CRIU_EXT_SCTP_QUEUES`` (``carry``,
+the default: unread and unacknowledged data go in the image on a kernel with
+SCTP_REPAIR_RCVQ / _SNDQ; ``drain``: wait for them as on a kernel without).
+docs/sctp-criu.md has the design.
 """
 
 from __future__ import annotations
@@ -85,6 +88,10 @@ class SctpPlugin(Plugin):
         if fallback not in (None, "", "restart"):
             raise PluginError(f"unknown SCTP fallback {fallback!r} (the only one is 'restart')")
         drain = float(os.environ.get("CRIU_EXT_SCTP_DRAIN", "5"))
+        queues = os.environ.get("CRIU_EXT_SCTP_QUEUES", "carry")
+        if queues not in ("carry", "drain"):
+            raise PluginError(f"CRIU_EXT_SCTP_QUEUES={queues!r:.40}: 'carry' (the default: "
+                              "queues go in the image where the kernel can) or 'drain'")
         def saved(pids: list[int]) -> None:  # before the first swap (see take)
             c.write_image(ctx.image_path(IMAGE), ctx.init_pid, pids, items)
             ctx.state["taken"] = True  # from here the image puts the sockets back
@@ -99,7 +106,7 @@ class SctpPlugin(Plugin):
             # image is written, criu-ext recover releases them (sctp_carry.release)
             ctx.state["taking"] = [[it.pid, it.fd] for it in items]
             ctx.persist()
-            c.take(ctx.init_pid, items, drain, on_saved=saved)
+            c.take(ctx.init_pid, items, drain, on_saved=saved, queues=queues == "carry")
         except c.CarryError as exc:
             ctx.state["taken"] = False  # take put everything back itself
             raise PluginError(str(exc)) from exc

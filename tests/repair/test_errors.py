@@ -103,7 +103,7 @@ def test_listening_socket_is_refused():
 
 def test_bad_values_are_refused():
     with sctp() as s:
-        check_errno(lambda: s.setsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR, 3), errno.EINVAL)
+        check_errno(lambda: s.setsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR, 4), errno.EINVAL)
         check_errno(lambda: s.setsockopt(abi.SOL_SCTP, abi.SCTP_REPAIR, b"\1\0"), errno.EINVAL)
 
 
@@ -252,7 +252,42 @@ def _unread(s: socket.socket) -> int:
         return 0
     finally:
         repair.set_repair(s, False)
-    return abi.REPAIR_RCVQ_HDR.unpack_from(raw, 0)[1]
+    return abi.REPAIR_QUEUE_HDR.unpack_from(raw, 0)[1]
+
+
+def test_unacked_and_unsent_data_is_carried_in_queues_mode(net):
+    """With SCTP_REPAIR_ON_QUEUES what the peer has not acknowledged goes with the state:
+    the chunks in flight keep their TSNs and SSNs (the restored socket retransmits
+    them), the messages the congestion window held back go again as new ones. The
+    peer gets every message once, in order, and the association goes on."""
+    from sctp_repair import repair
+
+    assert repair.probe().sndq
+    s, c = pair(net)
+    msgs = [b"%02d:" % i + bytes([i]) * 1400 for i in range(12)]
+    with c:
+        with s:
+            net.lock("P")  # the peer neither receives nor acks
+            for i, m in enumerate(msgs):
+                send_on(s, i % 3, m)
+            state = save(s, sndq=True, wait=5)
+            assert state.in_flight and state.unsent, (len(state.in_flight), len(state.unsent))
+            assert len(state.in_flight) == (state.next_tsn - 1 - state.ctsn_ack_point) % 2**32
+            sent = [m.data for m in state.in_flight] + [m.data for m in state.unsent]
+            assert sent == msgs  # 1,404 bytes each: one chunk per message
+            state = type(state).from_bytes(state.to_bytes())
+            repair.release(s)
+        n = net.socket("A", socket.AF_INET)
+        with n:
+            repair.restore(n, state)
+            net.unlock("P")
+            c.settimeout(30)  # the chunks in flight go again at the restored RTO
+            got = [c.recv(4096) for _ in msgs]
+            assert got == msgs
+            n.send(b"after")
+            assert c.recv(100) == b"after"
+            c.send(b"next")
+            assert n.recv(100) == b"next"
 
 
 def test_unacked_data_is_ebusy(net):

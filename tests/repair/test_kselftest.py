@@ -20,7 +20,8 @@ import pytest
 pytestmark = pytest.mark.repair
 
 TESTS = ("save_restore", "save_restore_v4mapped", "restore_beside_listener", "unprivileged",
-         "refusals", "invalid_state", "busy_unread", "carry_unread", "busy_partial_delivery")
+         "refusals", "invalid_state", "busy_unread", "carry_unread", "carry_in_flight",
+         "busy_partial_delivery")
 
 
 def kernel_dir() -> Path:
