@@ -25,10 +25,9 @@ while anything is unreassembled, unread unless the receive queue is carried
 unacknowledged or unsent unless the send queue is carried too (``sndq=True``,
 ``probe().sndq``; a chunk gap-acknowledged, a message partly sent or I-DATA
 still drain); the caller pauses, lets the queues drain, stops the traffic (a
-netfilter rule, as CRIU does for TCP), then saves.
-An association that could not be restored (SCTP-AUTH/ADD-IP, SCTP over UDP,
-too many streams) is refused by
-``save`` with ``RepairError``, and repair mode is turned off again, before
+netfilter rule, as CRIU does for TCP), then saves. An association that could
+not be restored (SCTP-AUTH/ADD-IP, SCTP over UDP, too many streams) is refused
+by ``save`` with ``RepairError``, and repair mode is turned off again, before
 anything is closed.
 """
 
@@ -127,8 +126,8 @@ def _opt_error(e: OSError, what: str) -> RepairError:
         return RepairError(f"{what}: a message waiting to be read is longer than "
                            f"{abi.SCTP_REPAIR_MSG_MAX} bytes, which repair mode cannot carry")
     if e.errno == errno.ENOBUFS:
-        return RepairError(f"{what}: the socket's receive buffer cannot take the saved "
-                           "unread messages (is SO_RCVBUF smaller than where they were saved?)")
+        return RepairError(f"{what}: the socket's buffer cannot take the saved queue (is "
+                           "SO_RCVBUF or SO_SNDBUF smaller than where it was saved?)")
     if e.errno == errno.EOPNOTSUPP:
         return RepairError(f"{what}: not supported for this socket or association: "
                            "one-to-many socket, or an association repair mode cannot "
@@ -313,8 +312,11 @@ def restore(sock: socket.socket, state: AssocState, *, bind: bool = True,
     (sctp_connectx, primary first): no INIT is sent, the association is
     ESTABLISHED when this returns, and no SCTP_COMM_UP is queued. The
     carried unread messages then go back on its receive queue, where the
-    owner reads them from the peer's address as if just received. Repair
-    mode is turned off again unless ``keep_repair``.
+    owner reads them from the peer's address as if just received, and the
+    chunks that were in flight on its retransmit queue. Repair mode is
+    turned off again (the chunks go out) and the messages never sent are
+    sent again, unless ``keep_repair``: then the caller does both, with
+    ``resume`` and ``send_unsent``.
     """
     _refuse_keyed(state.peer_caps, "cannot")
     if state.unread or state.in_flight:
