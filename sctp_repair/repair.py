@@ -122,9 +122,10 @@ def _opt_error(e: OSError, what: str) -> RepairError:
                            "the socket's network namespace, and must be on)")
     if e.errno == errno.ENOTCONN:
         return RepairError(f"{what}: the socket has no ESTABLISHED association")
-    if e.errno == errno.EMSGSIZE:
-        return RepairError(f"{what}: a message waiting to be read is longer than "
-                           f"{abi.SCTP_REPAIR_MSG_MAX} bytes, which repair mode cannot carry")
+    if e.errno == errno.EMSGSIZE:  # transient: it goes once the owner reads it
+        return QueuesNotEmpty(f"{what}: a message waiting to be read is longer than "
+                              f"{abi.SCTP_REPAIR_MSG_MAX} bytes, which repair mode cannot "
+                              "carry: let the owner read it")
     if e.errno == errno.ENOBUFS:
         return RepairError(f"{what}: the socket's buffer cannot take the saved queue (is "
                            "SO_RCVBUF or SO_SNDBUF smaller than where it was saved?)")

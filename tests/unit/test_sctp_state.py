@@ -270,3 +270,9 @@ def test_a_carried_send_queue_is_checked_against_the_state(change, message):
     change(st)
     with pytest.raises(ValueError, match=message):
         AssocState.from_bytes(st.to_bytes())
+
+
+def test_an_unread_message_too_long_to_carry_is_waited_for_not_a_lasting_refusal():
+    err = repair._opt_error(OSError(errno.EMSGSIZE, "Message too long"), "SCTP_REPAIR_RCVQ")
+    assert isinstance(err, repair.QueuesNotEmpty)  # save(wait=) retries, the owner reads it
+    assert "65536 bytes" in str(err)
