@@ -29,20 +29,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from criu_ext.plugins.sctp import IMAGE  # noqa: E402
+from criu_ext.sctp_carry import read_image  # noqa: E402
 from lab.sctp_lab import SctpLab  # noqa: E402
 from lab.sctp_migrate import migrate, peer_gap  # noqa: E402
-from sctp_repair.state import AssocState  # noqa: E402
 
 
 def carried(images: Path) -> dict:
     """Messages and bytes the image's associations carried, by queue."""
     out = {"unread": [0, 0], "in_flight": [0, 0], "unsent": [0, 0]}  # messages, bytes
-    image = json.loads((images / "criu-ext-sctp.json").read_text())
-    for sock in image["sockets"]:
-        if sock.get("assoc"):
-            st = AssocState.from_bytes(bytes.fromhex(sock["assoc"]))
+    _, items = read_image(str(images / IMAGE))
+    for it in items:
+        if it.assoc is not None:
             for name, total in out.items():
-                queue = getattr(st, name)
+                queue = getattr(it.assoc, name)
                 total[0] += len(queue)
                 total[1] += sum(len(m.data) for m in queue)
     return {k: {"messages": v[0], "bytes": v[1]} for k, v in out.items()}

@@ -581,13 +581,13 @@ def _leave_repair(items: list[Carried], socks: dict[tuple[int, int], socket.sock
     chunks carried in flight go out at once; then the messages never sent, again."""
     from sctp_repair import repair
     for it in items:
+        if it.assoc is None:  # _create refused such an item already
+            continue
         sock = socks[(it.pid, it.fd)]
+        blocking = sock.getblocking()
         try:
-            repair.resume(sock)
-            if it.assoc is not None and it.assoc.unsent:
-                blocking = sock.getblocking()
-                sock.setblocking(True)
-                repair.send_unsent(sock, it.assoc)
-                sock.setblocking(blocking)
+            sock.setblocking(True)
+            repair.finish(sock, it.assoc)
+            sock.setblocking(blocking)
         except repair.RepairError as exc:
             raise CarryError(f"{it.describe()}: {exc}") from exc

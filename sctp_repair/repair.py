@@ -316,8 +316,8 @@ def restore(sock: socket.socket, state: AssocState, *, bind: bool = True,
     owner reads them from the peer's address as if just received, and the
     chunks that were in flight on its retransmit queue. Repair mode is
     turned off again (the chunks go out) and the messages never sent are
-    sent again, unless ``keep_repair``: then the caller does both, with
-    ``resume`` and ``send_unsent``.
+    sent again, unless ``keep_repair``: then the caller does both later, with
+    ``finish``.
     """
     _refuse_keyed(state.peer_caps, "cannot")
     if state.unread or state.in_flight:
@@ -365,13 +365,14 @@ def restore(sock: socket.socket, state: AssocState, *, bind: bool = True,
             except OSError as e:
                 raise _opt_error(e, name) from e
     if not keep_repair:
-        resume(sock)
-        send_unsent(sock, state)
+        finish(sock, state)
 
 
-def send_unsent(sock: socket.socket, state: AssocState) -> None:
-    """Send again, in order, the messages the saved association had not sent at all
-    (they had no TSN or SSN yet); repair mode must be off."""
+def finish(sock: socket.socket, state: AssocState) -> None:
+    """The end of a restore: repair mode off (its kick sends the chunks carried in
+    flight), then the messages the saved association had not sent at all, again, in
+    order (they had no TSN or SSN yet)."""
+    resume(sock)
     for m in state.unsent:
         info = _SNDINFO.pack(m.stream, abi.SCTP_UNORDERED if m.unordered else 0,
                              m.ppid, 0, 0)

@@ -204,12 +204,12 @@ class AssocState:
             for st in streams:
                 if not (0 <= st.mid <= 0xFFFFFFFF and 0 <= st.mid_uo <= 0xFFFFFFFF):
                     raise ValueError(f"an {what} stream sequence number is out of range")
-        self._check_unread()
+        self._check_queues()
         if not 0 < self.kernel_size <= 1 << 16:
             raise ValueError(f"kernel_size {self.kernel_size} is out of range")
         return self
 
-    def _check_unread(self) -> None:
+    def _check_queues(self) -> None:
         """The carried queues fit what SCTP_REPAIR_RCVQ and _SNDQ take back."""
         queued = self.unread + self.in_flight + self.unsent
         if len(queued) > MAX_QUEUED:
@@ -234,7 +234,7 @@ class AssocState:
         if len(self.in_flight) != behind:
             raise ValueError(f"{len(self.in_flight)} chunks in flight, but the state has "
                              f"{behind} TSNs unacknowledged")
-        if self.in_flight and self.peer_caps & abi.Cap.INTL:
+        if self.peer_caps & abi.Cap.INTL:
             raise ValueError("chunks in flight with I-DATA cannot be carried")
         for i, m in enumerate(self.in_flight):
             if m.tsn != (self.ctsn_ack_point + 1 + i) & 0xFFFFFFFF:

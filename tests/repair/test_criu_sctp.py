@@ -224,7 +224,7 @@ def test_unread_data_moves_with_a_stopped_program(lab_factory, tmp_path):
     import os
     import signal
 
-    from sctp_repair.state import AssocState
+    from criu_ext.sctp_carry import read_image
 
     lab = lab_factory("mme", peers=("p1",))
     lab.wait_flowing(["node", "p1"], 5)
@@ -233,9 +233,8 @@ def test_unread_data_moves_with_a_stopped_program(lab_factory, tmp_path):
     os.kill(lab.node.pid, signal.SIGSTOP)  # p1's requests pile up unread
     time.sleep(0.5)
     rec = migrate("rpc", lab, tmp_path)  # the plugin continues the tree on B
-    image = json.loads((tmp_path / "img" / "criu-ext-sctp.json").read_text())
-    unread = [len(AssocState.from_bytes(bytes.fromhex(s["assoc"])).unread)
-              for s in image["sockets"] if s.get("assoc")]
+    _, items = read_image(str(tmp_path / "img" / "criu-ext-sctp.json"))
+    unread = [len(it.assoc.unread) for it in items if it.assoc is not None]
     assert unread and unread[0] > 0, unread
     lab.wait_flowing(["node", "p1"], 20)
     assert_clean(lab, notes)
