@@ -163,8 +163,11 @@ class Swrk:
             theirs.close()
 
     def send(self, req: Any) -> None:
+        self.send_encoded(req.SerializeToString())
+
+    def send_encoded(self, data: bytes) -> None:
         self.asked = True
-        self.sk.send(req.SerializeToString())
+        self.sk.send(data)
 
     def recv(self) -> Any | None:
         data = self.sk.recv(RECV_MAX)
@@ -231,6 +234,38 @@ def _open_dirs(o: Options) -> tuple[int, int | None, str, str]:
     return images_fd, work_fd, log_name, log_path
 
 
+class Request:
+    """One dump or restore request, encoded with its image and log directories opened.
+    Made ahead of its use (``run(request=)``), its cost (a few milliseconds under
+    emulation, the first use of each message class) stays out of a freeze window.
+    ``close`` (idempotent; ``run`` calls it) closes the directories."""
+
+    def __init__(self, action: str, o: Options) -> None:
+        if action not in (ph.DUMP, ph.RESTORE):
+            raise ValueError(action)
+        if not o.log_file:
+            o.log_file = f"{action}.log"
+        self.action = action
+        self.inherit = frozenset(o.inherit_fd)
+        self.images_fd: int | None
+        self.work_fd: int | None
+        self.images_fd, self.work_fd, log_name, self.log_path = _open_dirs(o)
+        try:
+            req = rpc.criu_req()
+            req.type = rpc.DUMP if action == ph.DUMP else rpc.RESTORE
+            req.opts.CopyFrom(build_opts(o, self.images_fd, self.work_fd, log_name))
+            self.data = req.SerializeToString()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for fd in (self.images_fd, self.work_fd):
+            if fd is not None:
+                os.close(fd)
+        self.images_fd = self.work_fd = None
+
+
 def open_journal(session: Session, root: int):
     """The dump's journal (criu_ext.journal), refusing to start over an interrupted dump
     of the same tree; None (with a warning) when the run directory is unusable."""
@@ -292,12 +327,15 @@ def conclude(session: Session, ok: bool) -> list[PhaseFailed]:
 
 def run(action: str, o: Options, session: Session | None, criu: str = "criu",
         on_notify: Callable[[str, int | None], None] | None = None,
-        swrk: Swrk | None = None) -> Result:
+        swrk: Swrk | None = None, request: Request | None = None,
+        sent: Callable[[], None] | None = None) -> Result:
     """Run one CRIU dump or restore, answering NOTIFY with ``session``'s plugins.
 
     ``swrk``: a ``criu swrk`` started ahead (its start, over 0.1 s under emulation, is
     then not in the way; it was given every descriptor of ``o.inherit_fd``), used and
-    closed here; else one is started now.
+    closed here; else one is started now. ``request``: ``o`` encoded ahead (Request),
+    used and closed here. ``sent``: called once the request is on its way, while
+    CRIU starts (it must not raise).
 
     Raises CriuError when CRIU fails; at dump, the plugins' rollback has run by
     then (CRIU's network-unlock, or here if CRIU ended without it).
@@ -306,25 +344,24 @@ def run(action: str, o: Options, session: Session | None, criu: str = "criu",
         raise ValueError(action)
     if action == ph.DUMP and o.pid is None:
         raise ValueError("a dump needs the PID of the tree's root (--tree)")
-    if not o.log_file:
-        o.log_file = f"{action}.log"
+    if request is not None and request.action != action:
+        raise ValueError(f"a {request.action} request given to run a {action}")
     t_begin = time.perf_counter()
     journal = None
-    images_fd = work_fd = None
     try:
-        if swrk is not None and not set(o.inherit_fd) <= swrk.fds:
+        inherit = request.inherit if request is not None else frozenset(o.inherit_fd)
+        if swrk is not None and not inherit <= swrk.fds:
             raise ValueError("criu swrk was started without descriptors "
-                             f"{sorted(set(o.inherit_fd) - swrk.fds)} of inherit_fd")
+                             f"{sorted(inherit - swrk.fds)} of inherit_fd")
         if session is not None:
             try:
                 begin(session)
             except PhaseFailed as exc:  # CRIU not started: nothing to undo
                 raise CriuError(f"{action} not started: plugin {exc.plugin}: {exc.message}",
                                 errno.EINVAL, None, exc) from None
-        images_fd, work_fd, log_name, log_path = _open_dirs(o)
-        req = rpc.criu_req()
-        req.type = rpc.DUMP if action == ph.DUMP else rpc.RESTORE
-        req.opts.CopyFrom(build_opts(o, images_fd, work_fd, log_name))
+        if request is None:
+            request = Request(action, o)
+        log_path = request.log_path
         if session is not None:
             session.options.setdefault("leave_running", o.leave_running)
             session.options.setdefault("tcp_established", o.tcp_established)
@@ -348,7 +385,9 @@ def run(action: str, o: Options, session: Session | None, criu: str = "criu",
         t0 = time.perf_counter()
         resp = None
         try:
-            swrk.send(req)
+            swrk.send_encoded(request.data)
+            if sent is not None:
+                sent()
             while True:
                 resp = swrk.recv()
                 if resp is None or resp.type != rpc.NOTIFY:
@@ -381,10 +420,8 @@ def run(action: str, o: Options, session: Session | None, criu: str = "criu",
     finally:
         if swrk is not None and not swrk.asked:  # one started ahead; we failed before using it
             swrk.close()
-        if images_fd is not None:
-            os.close(images_fd)
-        if work_fd is not None:
-            os.close(work_fd)
+        if request is not None:
+            request.close()
     result = Result(ok=bool(resp is not None and resp.success), resp=resp, seconds=seconds,
                     notify=notify, log_path=log_path, swrk_status=status,
                     begin_seconds=begin_seconds)

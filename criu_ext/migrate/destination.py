@@ -42,7 +42,7 @@ from criu_ext.migrate.inherit import warm as inherit_warm
 from criu_ext.migrate.pagesrv import PageServer, round_dir
 from criu_ext.migrate.tls import TlsFiles
 from criu_ext.plugin import Log, PluginError, Warmup, select
-from criu_ext.rpc import CriuError, Options, Swrk, run
+from criu_ext.rpc import CriuError, Options, Request, Swrk, run
 from criu_ext.session import Session as PluginSession
 from procns.files import read_text, write_atomic
 
@@ -89,8 +89,13 @@ class Handoff:
         self.committed_at: float | None = None
         self.staged = staged  # _Staged, when the source stages its user plane
         self.times: dict[str, float] = {}
+        # what failed once CRIU was asked (the source told, the tail started): the
+        # restore is abandoned here
+        self.late: BaseException | None = None
 
     def post_restore(self, ctx) -> None:
+        if self.late is not None:
+            raise PluginError(f"once the restore began: {self.late}")
         extra: dict = {}
         if self.staged is not None:  # the task holds the devices' sockets (inherit.py)
             t0 = time.monotonic()
@@ -120,6 +125,19 @@ class Handoff:
                     os.unlink(os.path.join(os.path.dirname(ctx.images_dir), STAGED))
         except wire.ProtocolError as exc:
             raise PluginError(f"no commit from the source ({exc}): restore abandoned") from None
+
+
+@dataclass
+class _Plan:
+    """The restore of one round's images, encoded before that round's dump (Session._plan)."""
+
+    round: int
+    images: str
+    handoff: Handoff
+    session: PluginSession
+    opts: Options
+    request: Request
+    keys: dict[int, str]  # with --stage: the GTP sockets' inherit keys it was encoded with
 
 
 class _Staged:
@@ -258,6 +276,14 @@ class Session:
         self.swrk: Swrk | None = None
         self.nsfd: int | None = None
         self.page_server_end_s = 0.0  # the final page server's end, waited for in the freeze
+        self.plugins: list = []
+        # the restore of the next round's images, encoded while the source runs: at
+        # ``restore`` only what needs the final images is left (_Plan)
+        self.plan: _Plan | None = None
+        self.next_dir: str | None = None  # that round's directory, made for the plan
+        # with --stage, the final dump's files.img and fdinfo-*.img as they were
+        # written: their rewrite in the freeze does not read them back
+        self.kept: dict[str, bytes | None] = {}
 
     def run(self) -> dict:
         hello = self.chan.recv("hello")
@@ -289,6 +315,7 @@ class Session:
             from criu_ext.migrate.stage import REPLACES
 
             plugins = [p for p in plugins if p.name not in REPLACES]
+        self.plugins = plugins
         # imports and first sockets beside the pre-copy rounds (CRIU's page servers are
         # other processes), done before the restore, which runs while the source is frozen
         warmup = Warmup(plugins, "restore")
@@ -305,18 +332,26 @@ class Session:
                 if n != self.round + 1:
                     raise wire.ProtocolError(f"round {n!r} out of order (expected {self.round + 1})")
                 self.round = n
-                self.ps = PageServer(round_dir(self.dir, n), self.addr, self.cfg.tls,
-                                     self.cfg.criu)
+                images, self.next_dir = self.next_dir or round_dir(self.dir, n), None
+                self.ps = PageServer(images, self.addr, self.cfg.tls, self.cfg.criu)
+                self.kept = {}
                 if self.swrk is None:
                     self._start_swrk()
                 gcpause.hold()  # this round may be the final dump's: released at its end
                 self.log.info(f"round {n}: page server on port {self.ps.port}")
                 self.chan.send("listening", port=self.ps.port)
+                if self.plan is None:  # the first round: its dump may be the final one
+                    self.plan = self._plan(n, images)
             elif op == "round-done":
                 self.phase = f"pre-copy round {self.round}"
                 gcpause.release()
                 self._end_page_server()
                 self.chan.send("round-ok", round=self.round)
+                # the next round may be the final dump: its restore encoded now, while
+                # the source runs
+                self._drop_plan()
+                self.next_dir = round_dir(self.dir, self.round + 1)
+                self.plan = self._plan(self.round + 1, self.next_dir)
             elif op == "file" and self.round == 0 and self.hello.get("stage") \
                     and self.staged is None:
                 self._stage(msg)
@@ -335,7 +370,7 @@ class Session:
                 if self.round == 0:
                     raise wire.ProtocolError("a file before any round")
                 self.budget -= self.chan.recv_file(msg, os.path.join(self.dir, str(self.round)),
-                                                   self.budget)
+                                                   self.budget, self._keep(msg))
             elif op == "abort":
                 raise wire.PeerFailed("source", str(msg.get("reason", "aborted"))[:500])
             else:
@@ -344,7 +379,14 @@ class Session:
                 self._end_page_server()
                 self.page_server_end_s = time.monotonic() - t_in
                 warmup.join()
-                return self._restore(plugins, t_in)
+                return self._restore(t_in)
+
+    def _keep(self, msg: dict) -> dict[str, bytes | None] | None:
+        """Where a final image the staged sockets' rewrite reads is kept as it arrives."""
+        name = msg.get("name")
+        if self.staged is None or not isinstance(name, str):
+            return None
+        return self.kept if name == "files.img" or name.startswith("fdinfo-") else None
 
     def _stage(self, msg: dict) -> None:
         """The source's user plane (stage.img), built in the staged netns."""
@@ -387,45 +429,76 @@ class Session:
         ps, self.ps = self.ps, None
         ps.wait(self.cfg.timeout)
 
-    def _restore(self, plugins: list, t_in: float) -> dict:
-        """CRIU's restore, from the source's ``restore`` (received at ``t_in``)."""
-        self.phase = "restore"
-        self.chan.send("restoring")
-        self.log.info(f"restoring from round {self.round}")
-        images = os.path.join(self.dir, str(self.round))
-        t0 = time.monotonic()
-        handoff = Handoff(self.chan, t0, self.staged)
+    def _plan(self, n: int, images: str) -> _Plan:
+        """The restore of round ``n``'s images (in ``images``), encoded now: the plugin
+        session, CRIU's options and request (with --stage, the GTP sockets' keys as the
+        rewrite will give them)."""
+        handoff = Handoff(self.chan, 0.0, self.staged)
         # the announcement draws the function's traffic here: only once the source has
         # committed, or a restore that fails after it would leave the switches pointing
         # at this host while the function runs on at the source
-        late = [p for p in plugins if p.name == "announce"]
+        late = [p for p in self.plugins if p.name == "announce"]
         session = PluginSession(ph.RESTORE, images,
-                                [*(p for p in plugins if p not in late), handoff, *late],
+                                [*(p for p in self.plugins if p not in late), handoff, *late],
                                 "rpc", self.log)
-        session.warmed = True  # by the Warmup joined before this
+        session.warmed = True  # by the Warmup joined before the restore
         opts = Options(images_dir=images, tcp_established=bool(self.hello.get("tcp_established")),
                        shell_job=bool(self.hello.get("shell_job")), external=list(self.cfg.external),
                        log_file="restore.log", log_level=self.cfg.log_level,
                        extra={"network_lock": self.network_lock})
+        keys: dict[int, str] = {}
         if self.staged is not None:  # the task's netns: the staged one (CRIU: external)
             assert self.nsfd is not None  # by _start_swrk, at the first page server
             opts.external = []
-            opts.inherit_fd = {self.nsfd: wire.STAGE_KEY}
-            t1 = time.monotonic()
-            try:  # and the task's GTP sockets: the plane's, installed by CRIU itself
-                opts.inherit_fd.update(self.staged.plane.inherit(images))
-            except (InheritError, OSError) as exc:
-                raise wire.ProtocolError(f"the task's GTP sockets: {exc}") from None
-            handoff.times["inherit_s"] = round(time.monotonic() - t1, 6)
+            keys = self.staged.plane.inherit_keys()
+            opts.inherit_fd = {self.nsfd: wire.STAGE_KEY, **keys}
+        return _Plan(n, images, handoff, session, opts, Request(ph.RESTORE, opts), keys)
+
+    def _drop_plan(self) -> None:
+        if self.plan is not None:
+            self.plan.request.close()
+            self.plan = None
+
+    def _restore(self, t_in: float) -> dict:
+        """CRIU's restore, from the source's ``restore`` (received at ``t_in``)."""
+        self.phase = "restore"
+        images = os.path.join(self.dir, str(self.round))
+        plan, self.plan = self.plan, None
+        if plan is None or plan.round != self.round:  # not encoded ahead: now
+            if plan is not None:
+                plan.request.close()
+            plan = self._plan(self.round, images)
+        handoff, session, opts, request = plan.handoff, plan.session, plan.opts, plan.request
+        t0 = handoff.t0 = time.monotonic()
         if self.staged is not None:
-            self.staged.start_tail(self.chan)
+            try:  # the task's GTP sockets: the plane's, installed by CRIU itself
+                keys = self.staged.plane.inherit(images, self.kept)
+            except (InheritError, OSError) as exc:
+                request.close()
+                raise wire.ProtocolError(f"the task's GTP sockets: {exc}") from None
+            handoff.times["inherit_s"] = round(time.monotonic() - t0, 6)
+            if keys != plan.keys:  # a stand-in's inode was taken in the images
+                request.close()
+                opts.inherit_fd.update(keys)
+                request = Request(ph.RESTORE, opts)
         swrk, self.swrk = self.swrk, None
         # this end's work from the source's ``restore`` to CRIU's request (the final
         # page server's end and the image rewrite included): criu-ext's, in the freeze
         handoff.times["prepare_s"] = round(time.monotonic() - t_in, 6)
         handoff.times["page_server_end_s"] = round(self.page_server_end_s, 6)
+
+        def sent() -> None:  # while CRIU starts: the source told, the tail's reader
+            try:
+                self.chan.send("restoring")
+                if self.staged is not None:
+                    self.staged.start_tail(self.chan)
+            except (wire.ProtocolError, RuntimeError) as exc:  # post_restore fails on it
+                handoff.late = exc
+            self.log.info(f"restoring from round {self.round}")
+
         try:
-            res = run(ph.RESTORE, opts, session, self.cfg.criu, swrk=swrk)
+            res = run(ph.RESTORE, opts, session, self.cfg.criu, swrk=swrk, request=request,
+                      sent=sent)
         finally:
             if self.nsfd is not None:
                 os.close(self.nsfd)
@@ -450,6 +523,7 @@ class Session:
         return self.result
 
     def cleanup(self) -> None:
+        self._drop_plan()
         if self.ps is not None:
             self.ps.kill()
             self.ps = None

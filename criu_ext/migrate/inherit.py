@@ -34,7 +34,7 @@ MAX_ENTRY = 1 * MiB
 USK_EXTERN = 1 << 0  # criu/sk-unix.c
 TCP_CLOSE = 7
 FAKE_INO_BASE = 0x7FFF0000  # inode numbers of the stand-ins: above any real socket's
-_SOCKETS = (bytes((4,)), bytes((5,)))  # file entry types INETSK, UNIXSK (fdinfo.proto)
+_SOCKET_TYPES = (4, 5)  # file entry types INETSK, UNIXSK (fdinfo.proto)
 
 
 class InheritError(Exception):
@@ -81,24 +81,41 @@ def _common_magics() -> tuple[int, int]:
     return magic.by_name["IMG_COMMON"], magic.by_name["IMG_SERVICE"]
 
 
-def _split(path: str) -> tuple[bytes, list[bytes]]:
-    """(header, entries' bytes) of a CRIU protobuf image: its magic(s), then
-    size-prefixed entries."""
-    data = read_bytes(path, MAX_IMAGE)
+_U32 = struct.Struct("<I")
+
+
+def _load(path: str, received: dict[str, bytes | None] | None) -> bytes:
+    """An image's bytes: as the receiver kept them when it wrote the file (no read
+    back in the freeze), else read from ``path``."""
+    data = received.get(os.path.basename(path)) if received else None
+    return data if data is not None else read_bytes(path, MAX_IMAGE)
+
+
+def _spans(path: str, data: bytes) -> tuple[int, list[tuple[int, int]]]:
+    """The header's length and the (start, end) of each entry of a CRIU protobuf image:
+    its magic(s), then size-prefixed entries. Only offsets: no entry is copied."""
     if len(data) < 4:
         raise InheritError(f"{path}: truncated")
-    off = 8 if struct.unpack_from("<I", data)[0] in _common_magics() else 4
-    head, raws = data[:off], []
-    while off < len(data):
-        if off + 4 > len(data):
+    off = 8 if _U32.unpack_from(data)[0] in _common_magics() else 4
+    head, spans, end, unpack = off, [], len(data), _U32.unpack_from
+    while off < end:
+        if off + 4 > end:
             raise InheritError(f"{path}: truncated entry size at byte {off}")
-        (n,) = struct.unpack_from("<I", data, off)
+        n = unpack(data, off)[0]
         off += 4
-        if n > MAX_ENTRY or off + n > len(data):
+        if n > MAX_ENTRY or off + n > end:
             raise InheritError(f"{path}: entry of {n} bytes at byte {off} runs past the file")
-        raws.append(data[off:off + n])
+        spans.append((off, off + n))
         off += n
-    return head, raws
+    return head, spans
+
+
+def _split(path: str, data: bytes | None = None) -> tuple[bytes, list[bytes]]:
+    """(header, entries' bytes) of a CRIU protobuf image."""
+    if data is None:
+        data = read_bytes(path, MAX_IMAGE)
+    head, spans = _spans(path, data)
+    return data[:head], [data[a:b] for a, b in spans]
 
 
 def _parse(path: str, cls, raw: bytes):
@@ -112,19 +129,23 @@ def _parse(path: str, cls, raw: bytes):
     return entry
 
 
-def read_image(path: str, cls) -> tuple[bytes, list]:
-    """(header, entries of ``cls``) of a CRIU protobuf image."""
-    head, raws = _split(path)
+def read_image(path: str, cls, data: bytes | None = None) -> tuple[bytes, list]:
+    """(header, entries of ``cls``) of a CRIU protobuf image (its bytes when given)."""
+    head, raws = _split(path, data)
     return head, [_parse(path, cls, r) for r in raws]
 
 
 def _write(path: str, head: bytes, raws: list[bytes]) -> None:
+    out = bytearray(head)
+    for b in raws:
+        out += _U32.pack(len(b)) + b
+    _replace(path, out)
+
+
+def _replace(path: str, out: bytes | bytearray) -> None:
     """Replace the image at ``path`` in place (never through a link): it is one of the
     images we received into our own directory, and a write cut short only fails the
     restore that reads it; a temporary and a rename cost twice as much in the freeze."""
-    out = bytearray(head)
-    for b in raws:
-        out += struct.pack("<I", len(b)) + b
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
                  0o600)
     try:
@@ -139,28 +160,46 @@ def write_image(path: str, head: bytes, entries: list) -> None:
     _write(path, head, [e.SerializeToString() for e in entries])
 
 
-def as_inherited(images_dir: str, sockets: dict[int, int]) -> dict[int, tuple[str, bool]]:
+def stand_ins(sockets) -> dict[int, int]:
+    """The inode each socket of ``sockets`` (source inodes, in order) is given by
+    :func:`as_inherited` when no unix socket of the images has it already: what the
+    restore's request can be encoded with before the images arrive."""
+    return {inode: FAKE_INO_BASE + i for i, inode in enumerate(sockets)}
+
+
+def _is_fdinfo(name: str) -> bool:
+    return name.startswith("fdinfo-") and name.endswith(".img")
+
+
+def as_inherited(images_dir: str, sockets: dict[int, int],
+                 received: dict[str, bytes | None] | None = None) -> dict[int, tuple[str, bool]]:
     """Rewrite the final dump's images in ``images_dir`` so that CRIU takes each socket
     of ``sockets`` (the source's inode -> its UDP port) from ``--inherit-fd``. Returns
     source inode -> (the key to give with our socket's descriptor, its SO_REUSEADDR as
     dumped); InheritError, with nothing written, when the images do not hold what the
-    stage said."""
+    stage said.
+
+    ``received``: the images as the receiver wrote them (name -> bytes, None for one
+    too large to keep), every ``files.img`` and ``fdinfo-*.img`` among them; without
+    it they are read from ``images_dir``."""
     import pycriu.images.fdinfo_pb2 as fdinfo_pb2
     import pycriu.images.sk_unix_pb2 as sk_unix_pb2
 
     files_path = os.path.join(images_dir, "files.img")
-    head, raws = _split(files_path)
+    data = _load(files_path, received)
+    head, spans = _spans(files_path, data)
     # only the sockets' entries are parsed: CRIU writes a file entry's type (field 1)
     # first, and the task's mapped libraries and open files are most of them. An entry
     # written otherwise is not looked at: were it the GTP socket, it is not found.
-    files = {i: _parse(files_path, fdinfo_pb2.file_entry, r) for i, r in enumerate(raws)
-             if r[:1] == b"\x08" and r[1:2] in _SOCKETS}
+    files = {(a, b): _parse(files_path, fdinfo_pb2.file_entry, data[a:b]) for a, b in spans
+             if b - a > 1 and data[a] == 8 and data[a + 1] in _SOCKET_TYPES}
     taken = {e.usk.ino for e in files.values() if e.type == fdinfo_pb2.UNIXSK}
     fakes = (FAKE_INO_BASE + i for i in range(1 << 16) if FAKE_INO_BASE + i not in taken)
     keys: dict[int, tuple[str, bool]] = {}
     changed: dict[int, int] = {}  # file id -> stand-in inode
+    new: dict[tuple[int, int], bytes] = {}  # span -> the entry that replaces it
     for inode, port in sockets.items():
-        found = [(i, e) for i, e in files.items()
+        found = [(at, e) for at, e in files.items()
                  if e.type == fdinfo_pb2.INETSK and e.isk.ino == inode]
         if len(found) != 1:
             raise InheritError(f"{files_path}: {len(found)} socket(s) of inode {inode}, "
@@ -181,15 +220,15 @@ def as_inherited(images_dir: str, sockets: dict[int, int]) -> dict[int, tuple[st
         e.type = fdinfo_pb2.UNIXSK
         e.ClearField("isk")
         e.usk.CopyFrom(usk)
-        raws[at] = e.SerializeToString()
+        new[at] = e.SerializeToString()
         changed[e.id] = ino
         keys[inode] = (f"socket:[{ino}]", bool(usk.opts.reuseaddr))
     rewrites = []
     used: set[int] = set()
-    names = sorted(n for n in os.listdir(images_dir)
-                   if n.startswith("fdinfo-") and n.endswith(".img"))
+    names = sorted(n for n in (received if received is not None else os.listdir(images_dir))
+                   if _is_fdinfo(n))
     for path in (os.path.join(images_dir, n) for n in names):
-        fhead, fds = read_image(path, fdinfo_pb2.fdinfo_entry)
+        fhead, fds = read_image(path, fdinfo_pb2.fdinfo_entry, _load(path, received))
         hit = [d for d in fds if d.id in changed]
         for d in hit:
             if d.type != fdinfo_pb2.INETSK:
@@ -204,6 +243,12 @@ def as_inherited(images_dir: str, sockets: dict[int, int]) -> dict[int, tuple[st
                            f"{sorted(set(changed) - used)}")
     for path, fhead, fds in rewrites:
         write_image(path, fhead, fds)
-    _write(files_path, head, raws)
+    out, last = bytearray(data[:head]), head
+    for (a, b), entry in sorted(new.items()):
+        out += data[last:a - 4]
+        out += _U32.pack(len(entry))
+        out += entry
+        last = b
+    out += data[last:]
+    _replace(files_path, out)
     return keys
-

@@ -73,6 +73,9 @@ def exit_status(proc: subprocess.Popen, timeout: float) -> int:
     """``proc``'s exit status, woken by its exit (a pidfd) rather than by
     ``Popen.wait``'s polling, whose sleeps grow to 50 ms: the final round's page server
     ends in the freeze. subprocess.TimeoutExpired after ``timeout`` seconds."""
+    status = proc.poll()  # it has mostly ended by then: one system call
+    if status is not None:
+        return status
     try:
         fd = os.pidfd_open(proc.pid)
     except OSError:  # reaped already

@@ -311,13 +311,25 @@ class StagedPlane:
                                 f"migration, {self.applied} arrived")
         return self.applied
 
-    def inherit(self, images_dir: str) -> dict[int, str]:
-        """The final dump's images in ``images_dir`` made to take the task's GTP sockets
-        from us (inherit.as_inherited); our sockets given the SO_REUSEADDR the task's had.
+    def inherit_keys(self) -> dict[int, str]:
+        """What :meth:`inherit` will return unless the images hold a unix socket at a
+        stand-in's inode (inherit.stand_ins): the restore's request is encoded with it
+        before the final dump."""
+        from criu_ext.migrate.inherit import stand_ins
+
+        inos = stand_ins(dict(self.task_sockets.values()))  # as inherit() gives them
+        return {s.fileno(): f"socket:[{inos[self.task_sockets[k][0]]}]"
+                for k, s in self.held.items()}
+
+    def inherit(self, images_dir: str, received: dict[str, bytes | None] | None = None
+                ) -> dict[int, str]:
+        """The final dump's images in ``images_dir`` (``received``: as the receiver
+        wrote them) made to take the task's GTP sockets from us
+        (inherit.as_inherited); our sockets given the SO_REUSEADDR the task's had.
         Returns what CRIU's ``inherit_fd`` needs: our descriptor -> its key."""
         from criu_ext.migrate.inherit import as_inherited
 
-        keys = as_inherited(images_dir, dict(self.task_sockets.values()))
+        keys = as_inherited(images_dir, dict(self.task_sockets.values()), received)
         out = {}
         for k, s in self.held.items():
             key, reuse = keys[self.task_sockets[k][0]]

@@ -22,6 +22,7 @@ from criu_ext.migrate.inherit import (  # noqa: E402
     InheritError,
     as_inherited,
     read_image,
+    stand_ins,
     write_image,
 )
 
@@ -84,6 +85,22 @@ def test_the_gtp_socket_becomes_an_external_unix_socket_the_restore_inherits(ima
         (3, fdinfo_pb2.REG, 0), (9, fdinfo_pb2.UNIXSK, 0o2000000), (10, fdinfo_pb2.INETSK, 0)]
     _, fds = read_image(str(images / "fdinfo-5.img"), fdinfo_pb2.fdinfo_entry)
     assert [(d.fd, d.type) for d in fds] == [(4, fdinfo_pb2.UNIXSK)]
+
+
+def test_the_images_as_received_give_what_the_files_give(images, tmp_path_factory):
+    """The receiver's copy of the images (no read back in the freeze) is rewritten to
+    the same bytes, and the key is the one the request was encoded with ahead."""
+    twin = tmp_path_factory.mktemp("twin")
+    received: dict[str, bytes | None] = {}
+    for p in images.iterdir():
+        (twin / p.name).write_bytes(p.read_bytes())
+        received[p.name] = p.read_bytes()
+    (twin / "fdinfo-9.img").write_bytes(b"not looked at: not among the received")
+    keys = as_inherited(str(twin), {GTPU_INO: 2152}, received)
+    assert keys == as_inherited(str(images), {GTPU_INO: 2152})
+    assert keys[GTPU_INO][0] == f"socket:[{stand_ins([GTPU_INO])[GTPU_INO]}]"
+    for p in images.iterdir():
+        assert (twin / p.name).read_bytes() == p.read_bytes(), p.name
 
 
 def test_a_stand_in_inode_is_one_no_unix_socket_of_the_images_has(images):
