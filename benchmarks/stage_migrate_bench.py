@@ -44,7 +44,8 @@ from scenario.run import recover
 def in_freeze(rep: dict) -> dict:
     """criu-ext's work in CRIU's frozen window, from the report: the source's plugins at
     every notification after pre-dump (post-dump's less the handoff: the transfer, the
-    restore there and the switch, counted apart), the destination's plugins, its work
+    restore there and the switch, counted apart), the destination's notifications up to
+    post-restore (its plugins besides the handoff there), its work
     from the source's ``restore`` to CRIU's request (with ``--stage`` the images
     rewritten for the task's GTP sockets are most of it), and with ``--stage`` the wait
     for the user plane's last step (it runs beside CRIU's restore: only what is left
@@ -71,8 +72,17 @@ def in_freeze(rep: dict) -> dict:
             "inherit": round(t.get("dest_inherit", 0.0), 4),
             "other_prepare": round(t["dest_prepare"] - t.get("dest_page_server_end", 0.0)
                                    - t.get("dest_inherit", 0.0), 4),
-            "begin": round(t.get("dest_begin", 0.0), 4)}
-    parts = {"source_plugins": max(source, 0.0), "dest_plugins": t["plugins_dest"],
+            "begin": round(t.get("dest_begin", 0.0), 4),
+            # while CRIU starts, before pre-restore: not in the count
+            "descriptors_aside": round(t.get("dest_descriptors", 0.0), 4)}
+    # the destination's: each notification CRIU waits on before the task is ready, whole
+    # (the session's own work with the plugins'), and the plugins besides the handoff
+    # at post-restore, where the handoff's waits are counted apart
+    before = sum(n["seconds"] for n in rep["timeline"].get("dest_restore", [])
+                 if n["phase"] in ("pre-restore", "setup-namespaces", "post-setup-namespaces"))
+    dest = before + t.get("plugins_dest_post_restore", 0.0) if "plugins_dest_post_restore" in t \
+        else t["plugins_dest"]
+    parts = {"source_plugins": max(source, 0.0), "dest_notifications": dest,
              "dest_prepare": t.get("dest_prepare", 0.0) + t.get("dest_begin", 0.0),
              "stage_tail_wait": t.get("dest_tail_wait", 0.0), "switch": t.get("switch", 0.0)}
     return {k: round(v, 3) for k, v in parts.items()} | {"total": round(sum(parts.values()), 3)}

@@ -66,6 +66,7 @@ class Session:
         self.timings: list[dict] = []  # {"phase", "plugin", "seconds", "ok"}
         self.phases_seen: list[str] = []
         self.warmed = False  # the plugins' warm(action) has run (rpc.begin, or a Warmup)
+        self._restore_check: bool | PhaseFailed | PluginError | None = None  # check_restore's
         # keeps the state where a SIGKILL of this process cannot take it (journal.Journal
         # in RPC mode, the session file in script mode); called at phase boundaries and
         # by the plugins (Context.persist)
@@ -96,7 +97,20 @@ class Session:
         return bool(idle(self.context(plugin, self.phases_seen[-1])))
 
     def check_restore(self) -> None:
-        """At restore: every plugin that wrote images at dump must be here."""
+        """At restore: every plugin that wrote images at dump must be here. Looked at
+        once (a receiver does it while CRIU starts, out of the freeze): its failure is
+        raised again at ``pre-restore``."""
+        if self._restore_check is None:
+            try:
+                self._check_restore()
+            except (PhaseFailed, PluginError) as exc:
+                self._restore_check = exc
+                raise
+            self._restore_check = True
+        elif isinstance(self._restore_check, Exception):
+            raise self._restore_check
+
+    def _check_restore(self) -> None:
         manifest = read_manifest(self.images_dir)
         dumped = manifest.get("dump", {}).get("plugins", []) if manifest else []
         have = {p.name for p in self.plugins}

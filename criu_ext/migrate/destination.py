@@ -43,6 +43,7 @@ from criu_ext.migrate.pagesrv import PageServer, round_dir
 from criu_ext.migrate.tls import TlsFiles
 from criu_ext.plugin import Log, PluginError, Warmup, select
 from criu_ext.rpc import CriuError, Options, Request, Swrk, run
+from criu_ext.session import PhaseFailed
 from criu_ext.session import Session as PluginSession
 from procns.files import read_text, write_atomic
 
@@ -93,9 +94,11 @@ class Handoff:
         # restore is abandoned here
         self.late: BaseException | None = None
 
-    def post_restore(self, ctx) -> None:
-        if self.late is not None:
+    def pre_restore(self, ctx) -> None:
+        if self.late is not None:  # CRIU stops before it reads the descriptors
             raise PluginError(f"once the restore began: {self.late}")
+
+    def post_restore(self, ctx) -> None:
         extra: dict = {}
         if self.staged is not None:  # the task holds the devices' sockets (inherit.py)
             t0 = time.monotonic()
@@ -470,9 +473,10 @@ class Session:
             plan = self._plan(self.round, images)
         handoff, session, opts, request = plan.handoff, plan.session, plan.opts, plan.request
         t0 = handoff.t0 = time.monotonic()
+        rewrite = None
         if self.staged is not None:
             try:  # the task's GTP sockets: the plane's, installed by CRIU itself
-                keys = self.staged.plane.inherit(images, self.kept)
+                keys, rewrite = self.staged.plane.inherit(images, self.kept)
             except (InheritError, OSError) as exc:
                 request.close()
                 raise wire.ProtocolError(f"the task's GTP sockets: {exc}") from None
@@ -487,14 +491,21 @@ class Session:
         handoff.times["prepare_s"] = round(time.monotonic() - t_in, 6)
         handoff.times["page_server_end_s"] = round(self.page_server_end_s, 6)
 
-        def sent() -> None:  # while CRIU starts: the source told, the tail's reader
+        def sent() -> None:  # while CRIU starts: the descriptors' rewrite, the source
+            # told, the tail's reader, the manifest read (pre-restore raises what failed)
             try:
+                if rewrite is not None:
+                    t1 = time.monotonic()
+                    rewrite.descriptors()
+                    handoff.times["descriptors_s"] = round(time.monotonic() - t1, 6)
                 self.chan.send("restoring")
                 if self.staged is not None:
                     self.staged.start_tail(self.chan)
-            except (wire.ProtocolError, RuntimeError) as exc:  # post_restore fails on it
+            except (InheritError, OSError, wire.ProtocolError, RuntimeError) as exc:
                 handoff.late = exc
             self.log.info(f"restoring from round {self.round}")
+            with contextlib.suppress(PhaseFailed, PluginError):
+                session.check_restore()
 
         try:
             res = run(ph.RESTORE, opts, session, self.cfg.criu, swrk=swrk, request=request,
@@ -510,11 +521,14 @@ class Session:
             raise wire.PeerFailed("resume", f"plugin {late[0]['plugin']} failed at "
                                   f"{late[0]['phase']} (restored PID {pid})")
         plugin_s = sum(t["seconds"] for t in session.timings if t["plugin"] != handoff.name)
+        post_s = sum(t["seconds"] for t in session.timings
+                     if t["plugin"] != handoff.name and t["phase"] == "post-restore")
         t1 = time.monotonic()
         self.result = {"pid": pid, "restore_s": round(t1 - t0, 6),
                        # the commit to CRIU's return: the tasks resumed here
                        "resume_s": round(t1 - (handoff.committed_at or t1), 6),
-                       "plugin_s": round(plugin_s, 6), **handoff.times,
+                       "plugin_s": round(plugin_s, 6), "plugin_post_restore_s": round(post_s, 6),
+                       **handoff.times,
                        "begin_s": round(res.begin_seconds, 6),
                        "criu_restore_s": stats(images).get("restore", {}).get("restore_time", 0) / 1e6,
                        "notify": res.notify}

@@ -17,8 +17,10 @@ The images come from another host: each is read as a bounded regular file, its
 entries parsed into protobuf messages (CRIU's own schema, pycriu), and what is
 changed is checked first: exactly one file entry for each socket, a UDP socket on
 the port the stage bound, referred to by at least one descriptor. Anything else
-refuses the restore before CRIU starts. The files are rewritten in place, opened
-with O_NOFOLLOW (never through a link).
+refuses the restore: before CRIU starts for ``files.img``, at ``pre-restore`` for
+the descriptors, which the receiver rewrites while CRIU starts (``Rewrite``: CRIU
+reads them only after that notification is answered). The files are rewritten in
+place, opened with O_NOFOLLOW (never through a link).
 """
 
 from __future__ import annotations
@@ -171,84 +173,118 @@ def _is_fdinfo(name: str) -> bool:
     return name.startswith("fdinfo-") and name.endswith(".img")
 
 
-def as_inherited(images_dir: str, sockets: dict[int, int],
-                 received: dict[str, bytes | None] | None = None) -> dict[int, tuple[str, bool]]:
-    """Rewrite the final dump's images in ``images_dir`` so that CRIU takes each socket
-    of ``sockets`` (the source's inode -> its UDP port) from ``--inherit-fd``. Returns
-    source inode -> (the key to give with our socket's descriptor, its SO_REUSEADDR as
-    dumped); InheritError, with nothing written, when the images do not hold what the
-    stage said.
+class Rewrite:
+    """The final dump's images in ``images_dir`` made to hand the task each socket of
+    ``sockets`` (the source's inode -> its UDP port) through ``--inherit-fd``, in two
+    steps, each checked before it writes: :meth:`files` (``files.img``, which CRIU
+    reads before anything else: before its request) and :meth:`descriptors`
+    (``fdinfo-*.img``, which CRIU reads once it forked the root task, after
+    ``pre-restore``: while it starts). Made, it has checked the socket entries
+    (InheritError) and knows ``keys``: source inode -> (the key to give with our
+    socket's descriptor, its SO_REUSEADDR as dumped).
 
     ``received``: the images as the receiver wrote them (name -> bytes, None for one
     too large to keep), every ``files.img`` and ``fdinfo-*.img`` among them; without
     it they are read from ``images_dir``."""
-    import pycriu.images.fdinfo_pb2 as fdinfo_pb2
-    import pycriu.images.sk_unix_pb2 as sk_unix_pb2
 
-    files_path = os.path.join(images_dir, "files.img")
-    data = _load(files_path, received)
-    head, spans = _spans(files_path, data)
-    # only the sockets' entries are parsed: CRIU writes a file entry's type (field 1)
-    # first, and the task's mapped libraries and open files are most of them. An entry
-    # written otherwise is not looked at: were it the GTP socket, it is not found.
-    files = {(a, b): _parse(files_path, fdinfo_pb2.file_entry, data[a:b]) for a, b in spans
-             if b - a > 1 and data[a] == 8 and data[a + 1] in _SOCKET_TYPES}
-    taken = {e.usk.ino for e in files.values() if e.type == fdinfo_pb2.UNIXSK}
-    fakes = (FAKE_INO_BASE + i for i in range(1 << 16) if FAKE_INO_BASE + i not in taken)
-    keys: dict[int, tuple[str, bool]] = {}
-    changed: dict[int, int] = {}  # file id -> stand-in inode
-    new: dict[tuple[int, int], bytes] = {}  # span -> the entry that replaces it
-    for inode, port in sockets.items():
-        found = [(at, e) for at, e in files.items()
-                 if e.type == fdinfo_pb2.INETSK and e.isk.ino == inode]
-        if len(found) != 1:
-            raise InheritError(f"{files_path}: {len(found)} socket(s) of inode {inode}, "
-                               "the task's GTP socket, where the stage said one")
-        at, e = found[0]
-        isk = e.isk
-        if isk.proto != socket.IPPROTO_UDP or isk.src_port != port:
-            raise InheritError(f"{files_path}: socket {inode} is protocol {isk.proto} port "
-                               f"{isk.src_port}, not the stage's UDP port {port}")
-        ino = next(fakes)
-        usk = sk_unix_pb2.unix_sk_entry(id=e.id, ino=ino, type=socket.SOCK_DGRAM, state=TCP_CLOSE,
-                                        flags=isk.flags, uflags=USK_EXTERN, backlog=0, peer=0,
-                                        name=b"")
-        usk.fown.CopyFrom(isk.fown)
-        usk.opts.CopyFrom(isk.opts)
-        if isk.HasField("ns_id"):
-            usk.ns_id = isk.ns_id
-        e.type = fdinfo_pb2.UNIXSK
-        e.ClearField("isk")
-        e.usk.CopyFrom(usk)
-        new[at] = e.SerializeToString()
-        changed[e.id] = ino
-        keys[inode] = (f"socket:[{ino}]", bool(usk.opts.reuseaddr))
-    rewrites = []
-    used: set[int] = set()
-    names = sorted(n for n in (received if received is not None else os.listdir(images_dir))
-                   if _is_fdinfo(n))
-    for path in (os.path.join(images_dir, n) for n in names):
-        fhead, fds = read_image(path, fdinfo_pb2.fdinfo_entry, _load(path, received))
-        hit = [d for d in fds if d.id in changed]
-        for d in hit:
-            if d.type != fdinfo_pb2.INETSK:
-                raise InheritError(f"{path}: descriptor {d.fd} of file {d.id} is type "
-                                   f"{d.type}, its file entry an inet socket")
-            d.type = fdinfo_pb2.UNIXSK
-            used.add(d.id)
-        if hit:
-            rewrites.append((path, fhead, fds))
-    if used != set(changed):
-        raise InheritError(f"{images_dir}: no descriptor of the task holds the GTP socket(s) "
-                           f"{sorted(set(changed) - used)}")
+    def __init__(self, images_dir: str, sockets: dict[int, int],
+                 received: dict[str, bytes | None] | None = None) -> None:
+        import pycriu.images.fdinfo_pb2 as fdinfo_pb2
+        import pycriu.images.sk_unix_pb2 as sk_unix_pb2
+
+        self.images_dir, self.received = images_dir, received
+        self.files_path = files_path = os.path.join(images_dir, "files.img")
+        data = _load(files_path, received)
+        head, spans = _spans(files_path, data)
+        # only the sockets' entries are parsed: CRIU writes a file entry's type (field 1)
+        # first, and the task's mapped libraries and open files are most of them. An
+        # entry written otherwise is not looked at: were it the GTP socket, it is not found.
+        files = {(a, b): _parse(files_path, fdinfo_pb2.file_entry, data[a:b]) for a, b in spans
+                 if b - a > 1 and data[a] == 8 and data[a + 1] in _SOCKET_TYPES}
+        taken = {e.usk.ino for e in files.values() if e.type == fdinfo_pb2.UNIXSK}
+        fakes = (FAKE_INO_BASE + i for i in range(1 << 16) if FAKE_INO_BASE + i not in taken)
+        self.keys: dict[int, tuple[str, bool]] = {}
+        self.changed: dict[int, int] = {}  # file id -> stand-in inode
+        new: dict[tuple[int, int], bytes] = {}  # span -> the entry that replaces it
+        for inode, port in sockets.items():
+            found = [(at, e) for at, e in files.items()
+                     if e.type == fdinfo_pb2.INETSK and e.isk.ino == inode]
+            if len(found) != 1:
+                raise InheritError(f"{files_path}: {len(found)} socket(s) of inode {inode}, "
+                                   "the task's GTP socket, where the stage said one")
+            at, e = found[0]
+            isk = e.isk
+            if isk.proto != socket.IPPROTO_UDP or isk.src_port != port:
+                raise InheritError(f"{files_path}: socket {inode} is protocol {isk.proto} "
+                                   f"port {isk.src_port}, not the stage's UDP port {port}")
+            ino = next(fakes)
+            usk = sk_unix_pb2.unix_sk_entry(id=e.id, ino=ino, type=socket.SOCK_DGRAM,
+                                            state=TCP_CLOSE, flags=isk.flags, uflags=USK_EXTERN,
+                                            backlog=0, peer=0, name=b"")
+            usk.fown.CopyFrom(isk.fown)
+            usk.opts.CopyFrom(isk.opts)
+            if isk.HasField("ns_id"):
+                usk.ns_id = isk.ns_id
+            e.type = fdinfo_pb2.UNIXSK
+            e.ClearField("isk")
+            e.usk.CopyFrom(usk)
+            new[at] = e.SerializeToString()
+            self.changed[e.id] = ino
+            self.keys[inode] = (f"socket:[{ino}]", bool(usk.opts.reuseaddr))
+        out, last = bytearray(data[:head]), head
+        for (a, b), entry in sorted(new.items()):
+            out += data[last:a - 4]
+            out += _U32.pack(len(entry))
+            out += entry
+            last = b
+        out += data[last:]
+        self._files = out
+
+    def files(self) -> None:
+        """Write ``files.img``: the sockets' entries replaced by their stand-ins."""
+        _replace(self.files_path, self._files)
+
+    def _descriptors(self) -> list[tuple[str, bytes, list]]:
+        """The ``fdinfo-*.img`` to write: each descriptor of a changed entry said to be
+        a unix socket; InheritError when one is not an inet socket's or a socket has
+        none."""
+        import pycriu.images.fdinfo_pb2 as fdinfo_pb2
+
+        rewrites = []
+        used: set[int] = set()
+        received = self.received
+        names = sorted(n for n in (received if received is not None
+                                   else os.listdir(self.images_dir)) if _is_fdinfo(n))
+        for path in (os.path.join(self.images_dir, n) for n in names):
+            fhead, fds = read_image(path, fdinfo_pb2.fdinfo_entry, _load(path, received))
+            hit = [d for d in fds if d.id in self.changed]
+            for d in hit:
+                if d.type != fdinfo_pb2.INETSK:
+                    raise InheritError(f"{path}: descriptor {d.fd} of file {d.id} is type "
+                                       f"{d.type}, its file entry an inet socket")
+                d.type = fdinfo_pb2.UNIXSK
+                used.add(d.id)
+            if hit:
+                rewrites.append((path, fhead, fds))
+        if used != set(self.changed):
+            raise InheritError(f"{self.images_dir}: no descriptor of the task holds the GTP "
+                               f"socket(s) {sorted(set(self.changed) - used)}")
+        return rewrites
+
+    def descriptors(self) -> None:
+        """Check and write the ``fdinfo-*.img`` that refer to the sockets."""
+        for path, fhead, fds in self._descriptors():
+            write_image(path, fhead, fds)
+
+
+def as_inherited(images_dir: str, sockets: dict[int, int],
+                 received: dict[str, bytes | None] | None = None) -> dict[int, tuple[str, bool]]:
+    """Both steps of :class:`Rewrite` at once, everything checked before anything is
+    written: InheritError, with nothing written, when the images do not hold what the
+    stage said. Returns the keys."""
+    r = Rewrite(images_dir, sockets, received)
+    rewrites = r._descriptors()
+    r.files()
     for path, fhead, fds in rewrites:
         write_image(path, fhead, fds)
-    out, last = bytearray(data[:head]), head
-    for (a, b), entry in sorted(new.items()):
-        out += data[last:a - 4]
-        out += _U32.pack(len(entry))
-        out += entry
-        last = b
-    out += data[last:]
-    _replace(files_path, out)
-    return keys
+    return r.keys

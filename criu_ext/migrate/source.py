@@ -174,7 +174,7 @@ class Handoff:
             self.rep.times["restore_until_ready"] = time.monotonic() - t1
             self.rep.times["dest_restore_until_ready"] = float(ready.get("restore_s", 0.0))
             if self.staging is not None:
-                for key in ("prepare", "page_server_end", "inherit", "tail_wait"):
+                for key in ("prepare", "page_server_end", "inherit", "descriptors", "tail_wait"):
                     self.rep.times[f"dest_{key}"] = float(ready.get(f"{key}_s", 0.0))
                 self.rep.stage["nat_failed"] = int(ready.get("nat_failed", 0))
                 self._switch(ctx)
@@ -511,6 +511,7 @@ def migrate(cfg: MigrateConfig, log: Log, progress: Progress | None = None) -> R
             "plugins_source": session.plugin_seconds() - sum(
                 t["seconds"] for t in session.timings if t["plugin"] == handoff.name),
             "plugins_dest": float(done.get("plugin_s", 0.0)),
+            "plugins_dest_post_restore": float(done.get("plugin_post_restore_s", 0.0)),
             "total": t4 - t_start,
         })
         rep.timeline = {"final_dump": notify_timeline(res.notify),

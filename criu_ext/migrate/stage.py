@@ -321,21 +321,23 @@ class StagedPlane:
         return {s.fileno(): f"socket:[{inos[self.task_sockets[k][0]]}]"
                 for k, s in self.held.items()}
 
-    def inherit(self, images_dir: str, received: dict[str, bytes | None] | None = None
-                ) -> dict[int, str]:
+    def inherit(self, images_dir: str, received: dict[str, bytes | None] | None = None):
         """The final dump's images in ``images_dir`` (``received``: as the receiver
-        wrote them) made to take the task's GTP sockets from us
-        (inherit.as_inherited); our sockets given the SO_REUSEADDR the task's had.
-        Returns what CRIU's ``inherit_fd`` needs: our descriptor -> its key."""
-        from criu_ext.migrate.inherit import as_inherited
+        wrote them) made to take the task's GTP sockets from us (inherit.Rewrite):
+        ``files.img`` now, our sockets given the SO_REUSEADDR the task's had. Returns
+        what CRIU's ``inherit_fd`` needs (our descriptor -> its key) and the Rewrite,
+        whose ``descriptors()`` is left to the caller: before CRIU's ``pre-restore``
+        is answered."""
+        from criu_ext.migrate.inherit import Rewrite
 
-        keys = as_inherited(images_dir, dict(self.task_sockets.values()), received)
+        rewrite = Rewrite(images_dir, dict(self.task_sockets.values()), received)
+        rewrite.files()
         out = {}
         for k, s in self.held.items():
-            key, reuse = keys[self.task_sockets[k][0]]
+            key, reuse = rewrite.keys[self.task_sockets[k][0]]
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, int(reuse))
             out[s.fileno()] = key
-        return out
+        return out, rewrite
 
     def remove(self) -> None:
         """Take the staged user plane out (before the switch: the source still forwards)."""
