@@ -40,6 +40,7 @@ from criu_ext.migrate import gcpause, wire
 from criu_ext.migrate.inherit import InheritError
 from criu_ext.migrate.inherit import warm as inherit_warm
 from criu_ext.migrate.pagesrv import PageServer, round_dir
+from criu_ext.migrate.rewriter import Rewriter, RewriterError
 from criu_ext.migrate.tls import TlsFiles
 from criu_ext.plugin import Log, PluginError, Warmup, select
 from criu_ext.rpc import CriuError, Options, Request, Swrk, run
@@ -153,7 +154,9 @@ class _Staged:
         self.cfg, self.log = cfg, log
         assert cfg.stage_netns is not None
         self.links = [_link_spec(x) for x in cfg.switch_links]
-        inherit_warm(os.path.dirname(image))  # the images are rewritten in the freeze: once now
+        # the images are rewritten beside their transfer (a Rewriter), here only when it
+        # could not be (a warm run now)
+        inherit_warm(os.path.dirname(image))
         self.plane = StagedPlane(cfg.stage_netns, image)
         names = [n for n, _ in self.links]
         try:  # our links on the fabric now, passing nothing; the switch's half here
@@ -164,6 +167,7 @@ class _Staged:
             _off_fabric(names, log)
             self.plane.remove()
             raise
+        self.rewriter = Rewriter(os.path.dirname(image))
         self.committed = False
         self.tail: threading.Thread | None = None
         self.tail_error: BaseException | None = None
@@ -232,8 +236,10 @@ class _Staged:
                       f"fabric, {sent} address(es) announced")
 
     def undo(self) -> None:
-        """The migration failed: our links off the fabric again, the plane removed."""
+        """The migration ended: the rewriter stopped; if it failed, our links off the
+        fabric again, the plane removed."""
         self._stop_tail()
+        self.rewriter.close()
         self.attach.close()
         if self.committed:  # the task runs here now, on these links
             return
@@ -284,9 +290,11 @@ class Session:
         # ``restore`` only what needs the final images is left (_Plan)
         self.plan: _Plan | None = None
         self.next_dir: str | None = None  # that round's directory, made for the plan
-        # with --stage, the final dump's files.img and fdinfo-*.img as they were
-        # written: their rewrite in the freeze does not read them back
-        self.kept: dict[str, bytes | None] = {}
+        # --stage: the final images given to the Rewriter as soon as files.img was
+        # written, and whether a descriptors' image came after that (then the restore
+        # is refused: the source sends in name order)
+        self.rewriting = False
+        self.rewrite_late = False
 
     def run(self) -> dict:
         hello = self.chan.recv("hello")
@@ -337,7 +345,6 @@ class Session:
                 self.round = n
                 images, self.next_dir = self.next_dir or round_dir(self.dir, n), None
                 self.ps = PageServer(images, self.addr, self.cfg.tls, self.cfg.criu)
-                self.kept = {}
                 if self.swrk is None:
                     self._start_swrk()
                 gcpause.hold()  # this round may be the final dump's: released at its end
@@ -372,8 +379,10 @@ class Session:
                 self.phase = "transfer"
                 if self.round == 0:
                     raise wire.ProtocolError("a file before any round")
-                self.budget -= self.chan.recv_file(msg, os.path.join(self.dir, str(self.round)),
-                                                   self.budget, self._keep(msg))
+                images = os.path.join(self.dir, str(self.round))
+                self.budget -= self.chan.recv_file(msg, images, self.budget)
+                if self.staged is not None:
+                    self._rewrite_aside(msg["name"], images)
             elif op == "abort":
                 raise wire.PeerFailed("source", str(msg.get("reason", "aborted"))[:500])
             else:
@@ -384,12 +393,18 @@ class Session:
                 warmup.join()
                 return self._restore(t_in)
 
-    def _keep(self, msg: dict) -> dict[str, bytes | None] | None:
-        """Where a final image the staged sockets' rewrite reads is kept as it arrives."""
-        name = msg.get("name")
-        if self.staged is None or not isinstance(name, str):
-            return None
-        return self.kept if name == "files.img" or name.startswith("fdinfo-") else None
+    def _rewrite_aside(self, name: str, images: str) -> None:
+        """files.img written (after every fdinfo-*.img, in the source's name order): the
+        rewrite goes to the Rewriter while the other images arrive."""
+        assert self.staged is not None
+        if name == "files.img" and not self.rewriting:
+            try:
+                self.staged.rewriter.submit(images, self.staged.plane.sockets())
+                self.rewriting = True
+            except RewriterError as exc:
+                self.log.warning(f"{exc}: the images are rewritten at the restore")
+        elif name.startswith("fdinfo-") and self.rewriting:
+            self.rewrite_late = True
 
     def _stage(self, msg: dict) -> None:
         """The source's user plane (stage.img), built in the staged netns."""
@@ -457,6 +472,23 @@ class Session:
             opts.inherit_fd = {self.nsfd: wire.STAGE_KEY, **keys}
         return _Plan(n, images, handoff, session, opts, Request(ph.RESTORE, opts), keys)
 
+    def _inherit(self, images: str):
+        """The staged sockets' keys for CRIU's request, the images rewritten: by the
+        Rewriter beside the transfer when it could be given the final ones (its answer
+        is all that is left), else here (files.img now, the descriptors' Rewrite
+        returned for the caller)."""
+        assert self.staged is not None
+        if self.rewriting:
+            self.rewriting = False
+            try:
+                keys = self.staged.rewriter.result(self.cfg.timeout)
+            except RewriterError as exc:
+                raise InheritError(str(exc)) from None
+            if self.rewrite_late:  # not from our source, which sends in name order
+                raise InheritError("a descriptors' image (fdinfo-*.img) came after files.img")
+            return self.staged.plane.hand(keys), None
+        return self.staged.plane.inherit(images)
+
     def _drop_plan(self) -> None:
         if self.plan is not None:
             self.plan.request.close()
@@ -476,7 +508,7 @@ class Session:
         rewrite = None
         if self.staged is not None:
             try:  # the task's GTP sockets: the plane's, installed by CRIU itself
-                keys, rewrite = self.staged.plane.inherit(images, self.kept)
+                keys, rewrite = self._inherit(images)
             except (InheritError, OSError) as exc:
                 request.close()
                 raise wire.ProtocolError(f"the task's GTP sockets: {exc}") from None

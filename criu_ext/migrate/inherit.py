@@ -86,13 +86,6 @@ def _common_magics() -> tuple[int, int]:
 _U32 = struct.Struct("<I")
 
 
-def _load(path: str, received: dict[str, bytes | None] | None) -> bytes:
-    """An image's bytes: as the receiver kept them when it wrote the file (no read
-    back in the freeze), else read from ``path``."""
-    data = received.get(os.path.basename(path)) if received else None
-    return data if data is not None else read_bytes(path, MAX_IMAGE)
-
-
 def _spans(path: str, data: bytes) -> tuple[int, list[tuple[int, int]]]:
     """The header's length and the (start, end) of each entry of a CRIU protobuf image:
     its magic(s), then size-prefixed entries. Only offsets: no entry is copied."""
@@ -112,10 +105,9 @@ def _spans(path: str, data: bytes) -> tuple[int, list[tuple[int, int]]]:
     return head, spans
 
 
-def _split(path: str, data: bytes | None = None) -> tuple[bytes, list[bytes]]:
+def _split(path: str) -> tuple[bytes, list[bytes]]:
     """(header, entries' bytes) of a CRIU protobuf image."""
-    if data is None:
-        data = read_bytes(path, MAX_IMAGE)
+    data = read_bytes(path, MAX_IMAGE)
     head, spans = _spans(path, data)
     return data[:head], [data[a:b] for a, b in spans]
 
@@ -131,9 +123,9 @@ def _parse(path: str, cls, raw: bytes):
     return entry
 
 
-def read_image(path: str, cls, data: bytes | None = None) -> tuple[bytes, list]:
-    """(header, entries of ``cls``) of a CRIU protobuf image (its bytes when given)."""
-    head, raws = _split(path, data)
+def read_image(path: str, cls) -> tuple[bytes, list]:
+    """(header, entries of ``cls``) of a CRIU protobuf image."""
+    head, raws = _split(path)
     return head, [_parse(path, cls, r) for r in raws]
 
 
@@ -183,18 +175,15 @@ class Rewrite:
     (InheritError) and knows ``keys``: source inode -> (the key to give with our
     socket's descriptor, its SO_REUSEADDR as dumped).
 
-    ``received``: the images as the receiver wrote them (name -> bytes, None for one
-    too large to keep), every ``files.img`` and ``fdinfo-*.img`` among them; without
-    it they are read from ``images_dir``."""
+    """
 
-    def __init__(self, images_dir: str, sockets: dict[int, int],
-                 received: dict[str, bytes | None] | None = None) -> None:
+    def __init__(self, images_dir: str, sockets: dict[int, int]) -> None:
         import pycriu.images.fdinfo_pb2 as fdinfo_pb2
         import pycriu.images.sk_unix_pb2 as sk_unix_pb2
 
-        self.images_dir, self.received = images_dir, received
+        self.images_dir = images_dir
         self.files_path = files_path = os.path.join(images_dir, "files.img")
-        data = _load(files_path, received)
+        data = read_bytes(files_path, MAX_IMAGE)
         head, spans = _spans(files_path, data)
         # only the sockets' entries are parsed: CRIU writes a file entry's type (field 1)
         # first, and the task's mapped libraries and open files are most of them. An
@@ -252,11 +241,9 @@ class Rewrite:
 
         rewrites = []
         used: set[int] = set()
-        received = self.received
-        names = sorted(n for n in (received if received is not None
-                                   else os.listdir(self.images_dir)) if _is_fdinfo(n))
+        names = sorted(n for n in os.listdir(self.images_dir) if _is_fdinfo(n))
         for path in (os.path.join(self.images_dir, n) for n in names):
-            fhead, fds = read_image(path, fdinfo_pb2.fdinfo_entry, _load(path, received))
+            fhead, fds = read_image(path, fdinfo_pb2.fdinfo_entry)
             hit = [d for d in fds if d.id in self.changed]
             for d in hit:
                 if d.type != fdinfo_pb2.INETSK:
@@ -277,12 +264,11 @@ class Rewrite:
             write_image(path, fhead, fds)
 
 
-def as_inherited(images_dir: str, sockets: dict[int, int],
-                 received: dict[str, bytes | None] | None = None) -> dict[int, tuple[str, bool]]:
+def as_inherited(images_dir: str, sockets: dict[int, int]) -> dict[int, tuple[str, bool]]:
     """Both steps of :class:`Rewrite` at once, everything checked before anything is
     written: InheritError, with nothing written, when the images do not hold what the
     stage said. Returns the keys."""
-    r = Rewrite(images_dir, sockets, received)
+    r = Rewrite(images_dir, sockets)
     rewrites = r._descriptors()
     r.files()
     for path, fhead, fds in rewrites:

@@ -317,27 +317,36 @@ class StagedPlane:
         before the final dump."""
         from criu_ext.migrate.inherit import stand_ins
 
-        inos = stand_ins(dict(self.task_sockets.values()))  # as inherit() gives them
+        inos = stand_ins(self.sockets())  # as inherit() gives them
         return {s.fileno(): f"socket:[{inos[self.task_sockets[k][0]]}]"
                 for k, s in self.held.items()}
 
-    def inherit(self, images_dir: str, received: dict[str, bytes | None] | None = None):
-        """The final dump's images in ``images_dir`` (``received``: as the receiver
-        wrote them) made to take the task's GTP sockets from us (inherit.Rewrite):
-        ``files.img`` now, our sockets given the SO_REUSEADDR the task's had. Returns
-        what CRIU's ``inherit_fd`` needs (our descriptor -> its key) and the Rewrite,
-        whose ``descriptors()`` is left to the caller: before CRIU's ``pre-restore``
-        is answered."""
+    def sockets(self) -> dict[int, int]:
+        """The task's GTP sockets as the source dumped them: inode -> UDP port."""
+        return dict(self.task_sockets.values())
+
+    def inherit(self, images_dir: str):
+        """The final dump's images in ``images_dir`` made to take the task's GTP sockets
+        from us (inherit.Rewrite):
+        ``files.img`` now. Returns :meth:`hand`'s answer and the Rewrite, whose
+        ``descriptors()`` is left to the caller: before CRIU's ``pre-restore`` is
+        answered."""
         from criu_ext.migrate.inherit import Rewrite
 
-        rewrite = Rewrite(images_dir, dict(self.task_sockets.values()), received)
+        rewrite = Rewrite(images_dir, self.sockets())
         rewrite.files()
+        return self.hand(rewrite.keys), rewrite
+
+    def hand(self, keys: dict[int, tuple[str, bool]]) -> dict[int, str]:
+        """Once the images are rewritten (``keys``: inherit's, by source inode): our
+        sockets given the SO_REUSEADDR the task's had, and what CRIU's ``inherit_fd``
+        needs: our descriptor -> its key."""
         out = {}
         for k, s in self.held.items():
-            key, reuse = rewrite.keys[self.task_sockets[k][0]]
+            key, reuse = keys[self.task_sockets[k][0]]
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, int(reuse))
             out[s.fileno()] = key
-        return out, rewrite
+        return out
 
     def remove(self) -> None:
         """Take the staged user plane out (before the switch: the source still forwards)."""

@@ -22,7 +22,6 @@ from procns.files import loads_json
 
 MAX_MESSAGE = 1 << 20
 CHUNK = 1 << 16
-MAX_KEPT = 16 << 20  # a file kept in memory as well (recv_file(keep=)): images, not memory
 VERSION = 2  # 2: a pdp message's changes go column by column
 # CRIU's --network-lock methods (rpc.proto's criu_network_lock_method), both ends
 NETWORK_LOCKS = ("iptables", "nftables")
@@ -125,11 +124,8 @@ class Channel:
         finally:
             os.close(fd)
 
-    def recv_file(self, msg: dict, directory: str, budget: int,
-                  keep: dict[str, bytes | None] | None = None) -> int:
-        """Write the file announced by ``msg`` into ``directory``; returns its size.
-        ``keep``: its bytes are also kept there under its name (None when over
-        MAX_KEPT), for a reader that would otherwise read it back."""
+    def recv_file(self, msg: dict, directory: str, budget: int) -> int:
+        """Write the file announced by ``msg`` into ``directory``; returns its size."""
         name, size = msg.get("name"), msg.get("size")
         if not isinstance(name, str) or not NAME_RE.match(name) or name == "parent":
             raise ProtocolError(f"file name {str(name)[:80]!r} refused")
@@ -137,19 +133,14 @@ class Channel:
             raise ProtocolError(f"file {name}: size {size!r} over the budget ({budget} bytes)")
         fd = os.open(os.path.join(directory, name),
                      os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        kept: list[bytes] | None = [] if keep is not None and size <= MAX_KEPT else None
         try:
             left = size
             while left:
                 chunk = self._recv_exact(min(CHUNK, left))
                 os.write(fd, chunk)
-                if kept is not None:
-                    kept.append(chunk)
                 left -= len(chunk)
         finally:
             os.close(fd)
-        if keep is not None:
-            keep[name] = b"".join(kept) if kept is not None else None
         return size
 
     def close(self) -> None:

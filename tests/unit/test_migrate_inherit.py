@@ -87,20 +87,9 @@ def test_the_gtp_socket_becomes_an_external_unix_socket_the_restore_inherits(ima
     assert [(d.fd, d.type) for d in fds] == [(4, fdinfo_pb2.UNIXSK)]
 
 
-def test_the_images_as_received_give_what_the_files_give(images, tmp_path_factory):
-    """The receiver's copy of the images (no read back in the freeze) is rewritten to
-    the same bytes, and the key is the one the request was encoded with ahead."""
-    twin = tmp_path_factory.mktemp("twin")
-    received: dict[str, bytes | None] = {}
-    for p in images.iterdir():
-        (twin / p.name).write_bytes(p.read_bytes())
-        received[p.name] = p.read_bytes()
-    (twin / "fdinfo-9.img").write_bytes(b"not looked at: not among the received")
-    keys = as_inherited(str(twin), {GTPU_INO: 2152}, received)
-    assert keys == as_inherited(str(images), {GTPU_INO: 2152})
+def test_the_stand_ins_are_those_the_request_is_encoded_with_ahead(images):
+    keys = as_inherited(str(images), {GTPU_INO: 2152})
     assert keys[GTPU_INO][0] == f"socket:[{stand_ins([GTPU_INO])[GTPU_INO]}]"
-    for p in images.iterdir():
-        assert (twin / p.name).read_bytes() == p.read_bytes(), p.name
 
 
 def test_a_stand_in_inode_is_one_no_unix_socket_of_the_images_has(images):
@@ -162,3 +151,24 @@ def test_the_warm_run_leaves_nothing_behind(tmp_path):
 
     warm(str(tmp_path))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_rewriter_process_does_what_as_inherited_does(images, tmp_path_factory):
+    """The receiver's process beside the transfer (rewriter.py): the same images, the
+    same keys; a refusal comes back as the one-line InheritError."""
+    from criu_ext.migrate.rewriter import Rewriter
+
+    twin = tmp_path_factory.mktemp("twin")
+    for p in images.iterdir():
+        (twin / p.name).write_bytes(p.read_bytes())
+    r = Rewriter(str(tmp_path_factory.mktemp("warm")))
+    try:
+        r.submit(str(twin), {GTPU_INO: 2152})
+        assert r.result(60) == as_inherited(str(images), {GTPU_INO: 2152})
+        for p in images.iterdir():
+            assert (twin / p.name).read_bytes() == p.read_bytes(), p.name
+        r.submit(str(twin), {GTPU_INO: 2152})  # rewritten already: no inet socket left
+        with pytest.raises(InheritError, match="0 socket"):
+            r.result(60)
+    finally:
+        r.close()

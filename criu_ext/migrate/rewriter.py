@@ -1,0 +1,105 @@
+"""The staged sockets' image rewrite (inherit.py) in a process of its own, beside the
+final images' transfer.
+
+The receiver gets ``files.img`` after every ``fdinfo-*.img`` (the source sends in name
+order), in the middle of the final dump's images and with the source frozen. Done in
+the receiving loop, the rewrite (a few milliseconds under emulation) lengthens the
+transfer by as much; done in a thread, it shares the loop's interpreter lock and
+lengthens it by more. So a :class:`Rewriter` is started with the stage, its imports
+paid then, and is given the job the moment ``files.img`` is written: at ``restore``
+the receiver only reads its answer. Its requests and answers are JSON lines on its
+stdin and stdout; it only ever touches the directory it is given, through
+:func:`inherit.as_inherited` (every image bounded and checked, nothing written unless
+all of it holds, no link followed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import sys
+
+MAX_ANSWER = 1 << 16
+
+
+class RewriterError(Exception):
+    """The process gave no usable answer (it died, or said nothing in time)."""
+
+
+class Rewriter:
+    """One rewriting process, one job at a time: :meth:`submit`, then :meth:`result`."""
+
+    def __init__(self, workdir: str) -> None:
+        """``workdir``: where it warms up (inherit.warm), on made-up images."""
+        self.proc = subprocess.Popen([sys.executable, "-m", "criu_ext.migrate.rewriter",
+                                      workdir],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, close_fds=True)
+        self.pending: str | None = None  # the directory of the job submitted
+
+    def submit(self, images_dir: str, sockets: dict[int, int]) -> None:
+        """Rewrite ``images_dir`` for ``sockets`` (source inode -> UDP port)."""
+        assert self.proc.stdin is not None
+        # in their order: the stand-ins' inodes follow it (inherit.stand_ins)
+        line = json.dumps({"dir": images_dir, "sockets": list(sockets.items())})
+        try:
+            self.proc.stdin.write(line.encode() + b"\n")
+            self.proc.stdin.flush()
+        except OSError as exc:
+            raise RewriterError(f"the image rewriter is gone: {exc}") from None
+        self.pending = images_dir
+
+    def result(self, timeout: float) -> dict[int, tuple[str, bool]]:
+        """The job's keys (inherit.as_inherited's); InheritError as the rewrite said it,
+        RewriterError when the process said nothing usable within ``timeout`` s."""
+        from criu_ext.migrate.inherit import InheritError
+
+        assert self.proc.stdout is not None
+        self.pending = None
+        out = self.proc.stdout
+        if not select.select([out], [], [], timeout)[0]:
+            raise RewriterError(f"the image rewriter said nothing in {timeout:.0f} s")
+        line = out.readline(MAX_ANSWER)
+        try:
+            answer = json.loads(line)
+        except ValueError:
+            raise RewriterError("the image rewriter ended without an answer") from None
+        if not isinstance(answer, dict):
+            raise RewriterError("the image rewriter answered nonsense")
+        if "error" in answer:
+            raise InheritError(str(answer["error"])[:500])
+        try:
+            return {int(inode): (str(key), bool(reuse)) for inode, key, reuse in answer["keys"]}
+        except (KeyError, TypeError, ValueError):
+            raise RewriterError("the image rewriter answered nonsense") from None
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout):
+            if f is not None:
+                f.close()
+
+
+def main() -> None:
+    """The process: one JSON job a line on stdin, one JSON answer a line on stdout."""
+    from criu_ext.migrate.inherit import InheritError, as_inherited, warm
+
+    warm(sys.argv[1])  # the first job then runs warm
+    for line in sys.stdin:
+        try:
+            job = json.loads(line)
+            keys = as_inherited(os.fspath(job["dir"]),
+                                {int(i): int(p) for i, p in job["sockets"]})
+            answer: dict = {"keys": [[i, k, r] for i, (k, r) in keys.items()]}
+        except (InheritError, OSError, ValueError, KeyError, TypeError) as exc:
+            answer = {"error": str(exc)}
+        sys.stdout.write(json.dumps(answer) + "\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
