@@ -84,7 +84,9 @@ def in_freeze(rep: dict) -> dict:
         else t["plugins_dest"]
     parts = {"source_plugins": max(source, 0.0), "dest_notifications": dest,
              "dest_prepare": t.get("dest_prepare", 0.0) + t.get("dest_begin", 0.0),
-             "stage_tail_wait": t.get("dest_tail_wait", 0.0), "switch": t.get("switch", 0.0)}
+             "stage_tail_wait": t.get("dest_tail_wait", 0.0),
+             # the destination's links made active before its ``ready``, ours off after it
+             "switch": t.get("switch", 0.0) + t.get("dest_attach", 0.0)}
     return {k: round(v, 3) for k, v in parts.items()} | {"total": round(sum(parts.values()), 3)}
 
 

@@ -115,18 +115,22 @@ class Handoff:
                      "nat_flows": self.staged.plane.nat_flows,
                      "nat_failed": len(self.staged.plane.nat_failed)}
             self.staged.log_failed()
+        if self.staged is not None:  # our links active: the source's go off on ``ready``
+            extra["attach_s"] = self.staged.attach_links()
         try:
             self.ready_at = time.monotonic()
             self.chan.send("ready", restore_s=round(self.ready_at - self.t0, 6), **extra)
             if self.staged is not None:
                 self.staged.last_steps(self.chan)
-            self.chan.recv("commit")
+            else:
+                self.chan.recv("commit")
             self.committed_at = time.monotonic()
             if self.staged is not None:  # the plane is the task's now: never taken out
                 self.staged.committed = True
                 self.staged.plane.release()
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(os.path.dirname(ctx.images_dir), STAGED))
+                self.staged.announce()
         except wire.ProtocolError as exc:
             raise PluginError(f"no commit from the source ({exc}): restore abandoned") from None
 
@@ -212,22 +216,36 @@ class _Staged:
             self.log.error(f"{len(failed)} UE flow(s) not created with their binding: "
                            + "; ".join(f"{f.describe()}: {why}" for f, why in failed[:5]))
 
-    def last_steps(self, chan: wire.Channel) -> None:
-        """After ``ready``: the flows confirmed on the source since, then its ``switch``:
-        our links onto the fabric (``switched``), then every address announced."""
+    def attach_links(self) -> float:
+        """Our links made active on their bridge (one netlink write, encoded at the
+        stage), once the task is restored and just before ``ready``: the source's go
+        off when it reads it. Until then both are on the fabric, ours with nothing
+        announced: the peers' frames still go to the source. Returns its seconds."""
         from criu_ext.migrate import switch
 
-        late = 0
-        while (msg := chan.recv("nat", "switch"))["op"] == "nat":
-            late += self.plane.install_nat(msg)
-        self.log_failed()
         t0 = time.monotonic()
         try:
             self.attach.run()
         except switch.SwitchError as exc:
             raise PluginError(f"switch: {exc}") from None
-        chan.send("switched", late_flows=late, attach_s=round(time.monotonic() - t0, 6))
-        try:  # the bridges on the way learn the MACs' new port at once
+        return round(time.monotonic() - t0, 6)
+
+    def last_steps(self, chan: wire.Channel) -> None:
+        """After ``ready``: the flows confirmed on the source since, then its
+        ``commit``, its links off by then."""
+        late = 0
+        while (msg := chan.recv("nat", "commit"))["op"] == "nat":
+            late += self.plane.install_nat(msg)
+        self.log_failed()
+        if late:
+            self.log.info(f"{late} UE flow(s) confirmed on the source during the switch")
+
+    def announce(self) -> None:
+        """Committed: every address announced, so the bridges on the way learn the
+        MACs' new port at once."""
+        from criu_ext.migrate import switch
+
+        try:
             sent = switch.announce(self.plane.netns)
         except OSError as exc:
             self.log.error(f"switched, but nothing announced: {exc}")

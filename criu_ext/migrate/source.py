@@ -24,11 +24,11 @@ final dump treats the task's netns as external (CRIU dumps none of its
 configuration) and lets GTP-U through CRIU's network lock, so the source forwards
 while it is frozen. After ``restoring``, while the destination restores: the last
 changes, the flows conntrack confirmed since and ``pdp-end`` (it applies them beside
-CRIU and says so in ``ready``). Then the switch: the flows conntrack confirmed
-since, our outer links' bridge ports disabled, ``switch``, the destination's onto
-its bridge (``switched``; its announcement follows), then ``commit``; our links
-leave the bridge once CRIU is done. A failure after our ports went off puts them
-back.
+CRIU and says so in ``ready``, its links made active on its bridge just before).
+Then the switch: the flows conntrack confirmed since (``nat``), our outer links'
+bridge ports disabled, ``commit`` (the destination announces its addresses); our
+links leave the bridge once CRIU is done. A failure after our ports went off puts
+them back.
 """
 
 from __future__ import annotations
@@ -174,7 +174,8 @@ class Handoff:
             self.rep.times["restore_until_ready"] = time.monotonic() - t1
             self.rep.times["dest_restore_until_ready"] = float(ready.get("restore_s", 0.0))
             if self.staging is not None:
-                for key in ("prepare", "page_server_end", "inherit", "descriptors", "tail_wait"):
+                for key in ("prepare", "page_server_end", "inherit", "descriptors", "tail_wait",
+                            "attach"):
                     self.rep.times[f"dest_{key}"] = float(ready.get(f"{key}_s", 0.0))
                 self.rep.stage["nat_failed"] = int(ready.get("nat_failed", 0))
                 self._switch(ctx)
@@ -197,8 +198,9 @@ class Handoff:
             raise PluginError(f"{exc}") from None
 
     def _switch(self, ctx) -> None:
-        """The flows confirmed since the last step read the table, then the links moved
-        over: ours off in one netlink write (prepared before the freeze), theirs on."""
+        """The destination's links are active since its ``ready``: the flows confirmed
+        since the last step read the table go over, then ours go off in one netlink
+        write (prepared before the freeze). The ``commit`` that follows is the rest."""
         from criu_ext.migrate.stage import PER_MESSAGE
 
         assert self.staging is not None and self.staging.detach is not None
@@ -212,12 +214,8 @@ class Handoff:
         t2 = time.monotonic()
         for i in range(0, len(late), PER_MESSAGE):
             self.chan.send("nat", flows=late[i:i + PER_MESSAGE])
-        self.chan.send("switch")
-        there = self.chan.recv("switched")
-        t3 = time.monotonic()
-        self.rep.times.update({"switch": t3 - t0, "switch_late_flows": t1 - t0,
-                               "switch_detach": t2 - t1, "switch_there": t3 - t2,
-                               "dest_attach": float(there.get("attach_s", 0.0))})
+        self.rep.times.update({"switch": time.monotonic() - t0, "switch_late_flows": t1 - t0,
+                               "switch_detach": t2 - t1})
         self.rep.stage["nat_flows"] = self.staging.sender.nat_flows
         self.rep.stage["late_flows"] = len(late)
 

@@ -9,8 +9,9 @@ links are switched. After each move: exactly the source's contexts there, the
 device bound to the restored task's own socket, every UE answered with its TEIDs.
 Before them, two staged moves that fail: the restore (a plugin failing at
 post-restore, before the switch), then the switch half-way (the receiver's second
-link deleted while it waits in standby, so it fails after the first went active): each time the source
-serves on with its links back on the bridge, and B is left clean (no gtp device,
+link deleted while it waits in standby, so making B's links active before ``ready``
+fails after the first went active): each time the source
+serves on with its links on the bridge, and B is left clean (no gtp device,
 no socket on 2152 in the staged netns, its link ends off the fabric, no task).
 Then the receiver killed once it staged: the source serves on, and the next
 receiver takes the devices out of the netns the killed one staged them in. The
@@ -116,9 +117,9 @@ def _failed_attempt(hosts, fn, pid: int, outer: list[str], links: list[str],
     ``env`` its environment; ``vanish``: a link of B deleted once the receiver staged,
     its ports in standby, so the switch fails at it): the source serves on, its links on
     the bridge; B's staged netns without a gtp device or a socket on the port, B's ends
-    off the fabric, no task on B. With ``vanish``, the source's links went off and came
-    back: a peer (``watch``: its netns and link) saw the source announce its S1-U
-    address again. Returns the error and the largest UE gap of the attempt."""
+    off the fabric, no task on B. With ``vanish``, B's first link was active on the
+    fabric for a moment: a peer (``watch``: its netns and link) saw the source announce
+    its S1-U address again. Returns the error and the largest UE gap of the attempt."""
     cap = Capture(NetnsSet.path(watch[0]), watch[1], ETH_P_ARP) if watch else None
     staged = hosts.fabric.stage(fn.ns, fn.addrs, "b")
     rx = hosts.receiver("b", [], env=env, extra=["--stage-netns", NetnsSet.path(staged),
