@@ -46,8 +46,10 @@ def in_freeze(rep: dict) -> dict:
     every notification after pre-dump (post-dump's less the handoff: the transfer, the
     restore there and the switch, counted apart), the destination's notifications up to
     post-restore (its plugins besides the handoff there), its work
-    from the source's ``restore`` to CRIU's request (with ``--stage`` the images
-    rewritten for the task's GTP sockets are most of it), and with ``--stage`` the wait
+    from the source's ``restore`` to CRIU's request (with ``--stage``, the answer of
+    the process that rewrote the images for the task's GTP sockets beside the
+    transfer; what it does while CRIU starts, before CRIU's first notification is
+    answered, is reported aside), and with ``--stage`` the wait
     for the user plane's last step (it runs beside CRIU's restore: only what is left
     once CRIU is done counts) and the switch."""
     t = rep["times"]
@@ -68,12 +70,11 @@ def in_freeze(rep: dict) -> dict:
         t["source_detail"] = {k: round(v, 4) for k, v in detail.items()}
     if "dest_prepare" in t:  # where the destination's share goes before CRIU's request
         t["dest_detail"] = {
-            "page_server_end": round(t.get("dest_page_server_end", 0.0), 4),
             "inherit": round(t.get("dest_inherit", 0.0), 4),
-            "other_prepare": round(t["dest_prepare"] - t.get("dest_page_server_end", 0.0)
-                                   - t.get("dest_inherit", 0.0), 4),
+            "other_prepare": round(t["dest_prepare"] - t.get("dest_inherit", 0.0), 4),
             "begin": round(t.get("dest_begin", 0.0), 4),
-            # while CRIU starts, before pre-restore: not in the count
+            # while CRIU starts, before its pre-restore is answered: not in the count
+            "page_server_end_aside": round(t.get("dest_page_server_end", 0.0), 4),
             "descriptors_aside": round(t.get("dest_descriptors", 0.0), 4)}
     # the destination's: each notification CRIU waits on before the task is ready, whole
     # (the session's own work with the plugins'), and the plugins besides the handoff

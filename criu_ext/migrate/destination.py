@@ -302,7 +302,6 @@ class Session:
         # staged netns (``nsfd``) and sockets CRIU is to hand the task (inherit_fd)
         self.swrk: Swrk | None = None
         self.nsfd: int | None = None
-        self.page_server_end_s = 0.0  # the final page server's end, waited for in the freeze
         self.plugins: list = []
         # the restore of the next round's images, encoded while the source runs: at
         # ``restore`` only what needs the final images is left (_Plan)
@@ -406,8 +405,6 @@ class Session:
             else:
                 t_in = time.monotonic()
                 self.phase = "transfer"
-                self._end_page_server()
-                self.page_server_end_s = time.monotonic() - t_in
                 warmup.join()
                 return self._restore(t_in)
 
@@ -491,10 +488,10 @@ class Session:
         return _Plan(n, images, handoff, session, opts, Request(ph.RESTORE, opts), keys)
 
     def _inherit(self, images: str):
-        """The staged sockets' keys for CRIU's request, the images rewritten: by the
-        Rewriter beside the transfer when it could be given the final ones (its answer
-        is all that is left), else here (files.img now, the descriptors' Rewrite
-        returned for the caller)."""
+        """The staged sockets' keys (by source inode) once the images are rewritten: by
+        the Rewriter beside the transfer when it could be given the final ones (its
+        answer is all that is left), else here (files.img now; the descriptors'
+        Rewrite returned for the caller)."""
         assert self.staged is not None
         if self.rewriting:
             self.rewriting = False
@@ -504,8 +501,9 @@ class Session:
                 raise InheritError(str(exc)) from None
             if self.rewrite_late:  # not from our source, which sends in name order
                 raise InheritError("a descriptors' image (fdinfo-*.img) came after files.img")
-            return self.staged.plane.hand(keys), None
-        return self.staged.plane.inherit(images)
+            return keys, None
+        rewrite = self.staged.plane.inherit(images)
+        return rewrite.keys, rewrite
 
     def _drop_plan(self) -> None:
         if self.plan is not None:
@@ -524,13 +522,15 @@ class Session:
         handoff, session, opts, request = plan.handoff, plan.session, plan.opts, plan.request
         t0 = handoff.t0 = time.monotonic()
         rewrite = None
+        socket_keys: dict[int, tuple[str, bool]] = {}
         if self.staged is not None:
             try:  # the task's GTP sockets: the plane's, installed by CRIU itself
-                keys, rewrite = self._inherit(images)
+                socket_keys, rewrite = self._inherit(images)
             except (InheritError, OSError) as exc:
                 request.close()
                 raise wire.ProtocolError(f"the task's GTP sockets: {exc}") from None
             handoff.times["inherit_s"] = round(time.monotonic() - t0, 6)
+            keys = self.staged.plane.inherit_fds(socket_keys)
             if keys != plan.keys:  # a stand-in's inode was taken in the images
                 request.close()
                 opts.inherit_fd.update(keys)
@@ -539,11 +539,18 @@ class Session:
         # this end's work from the source's ``restore`` to CRIU's request (the final
         # page server's end and the image rewrite included): criu-ext's, in the freeze
         handoff.times["prepare_s"] = round(time.monotonic() - t_in, 6)
-        handoff.times["page_server_end_s"] = round(self.page_server_end_s, 6)
 
-        def sent() -> None:  # while CRIU starts: the descriptors' rewrite, the source
-            # told, the tail's reader, the manifest read (pre-restore raises what failed)
+        def sent() -> None:  # while CRIU starts, all of it before its pre-restore is
+            # answered (it reads the descriptors' and the memory's images after that):
+            # the final page server's end, our sockets' options, the descriptors'
+            # rewrite, the source told, the tail's reader, the manifest read
+            # (pre-restore raises what failed)
             try:
+                t1 = time.monotonic()
+                self._end_page_server()
+                handoff.times["page_server_end_s"] = round(time.monotonic() - t1, 6)
+                if self.staged is not None:
+                    self.staged.plane.reuse_as_dumped(socket_keys)
                 if rewrite is not None:
                     t1 = time.monotonic()
                     rewrite.descriptors()
@@ -551,7 +558,7 @@ class Session:
                 self.chan.send("restoring")
                 if self.staged is not None:
                     self.staged.start_tail(self.chan)
-            except (InheritError, OSError, wire.ProtocolError, RuntimeError) as exc:
+            except (CriuError, InheritError, OSError, wire.ProtocolError, RuntimeError) as exc:
                 handoff.late = exc
             self.log.info(f"restoring from round {self.round}")
             with contextlib.suppress(PhaseFailed, PluginError):

@@ -327,26 +327,26 @@ class StagedPlane:
 
     def inherit(self, images_dir: str):
         """The final dump's images in ``images_dir`` made to take the task's GTP sockets
-        from us (inherit.Rewrite):
-        ``files.img`` now. Returns :meth:`hand`'s answer and the Rewrite, whose
-        ``descriptors()`` is left to the caller: before CRIU's ``pre-restore`` is
+        from us (inherit.Rewrite): ``files.img`` now. Returns the Rewrite: its ``keys``,
+        and its ``descriptors()`` left to the caller, before CRIU's ``pre-restore`` is
         answered."""
         from criu_ext.migrate.inherit import Rewrite
 
         rewrite = Rewrite(images_dir, self.sockets())
         rewrite.files()
-        return self.hand(rewrite.keys), rewrite
+        return rewrite
 
-    def hand(self, keys: dict[int, tuple[str, bool]]) -> dict[int, str]:
-        """Once the images are rewritten (``keys``: inherit's, by source inode): our
-        sockets given the SO_REUSEADDR the task's had, and what CRIU's ``inherit_fd``
-        needs: our descriptor -> its key."""
-        out = {}
+    def inherit_fds(self, keys: dict[int, tuple[str, bool]]) -> dict[int, str]:
+        """What CRIU's ``inherit_fd`` needs once the images are rewritten (``keys``:
+        inherit's, by source inode): our descriptor -> its key."""
+        return {s.fileno(): keys[self.task_sockets[k][0]][0] for k, s in self.held.items()}
+
+    def reuse_as_dumped(self, keys: dict[int, tuple[str, bool]]) -> None:
+        """Our sockets given the SO_REUSEADDR the task's had (CRIU restores no option
+        of a socket it inherits)."""
         for k, s in self.held.items():
-            key, reuse = keys[self.task_sockets[k][0]]
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, int(reuse))
-            out[s.fileno()] = key
-        return out
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR,
+                         int(keys[self.task_sockets[k][0]][1]))
 
     def remove(self) -> None:
         """Take the staged user plane out (before the switch: the source still forwards)."""
