@@ -190,6 +190,20 @@ class Swrk:
             return self.proc.wait()
 
 
+_ANSWERS: dict[bool, bytes] = {}
+
+
+def _notify_answer(ok: bool) -> bytes:
+    """The NOTIFY answer, encoded once: several are sent in a freeze."""
+    data = _ANSWERS.get(ok)
+    if data is None:
+        ans = rpc.criu_req()
+        ans.type = rpc.NOTIFY
+        ans.notify_success = ok
+        data = _ANSWERS[ok] = ans.SerializeToString()
+    return data
+
+
 def no_answer(status: int | None) -> str:
     """Why CRIU gave no answer, from its exit status: a signal (a crash, an OOM kill)
     is told apart from an exit."""
@@ -406,10 +420,7 @@ def run(action: str, o: Options, session: Session | None, criu: str = "criu",
                 t2 = time.perf_counter()
                 notify.append({"phase": phase, "at": round(t1 - t0, 6),
                                "seconds": round(t2 - t1, 6), "ok": ok})
-                ans = rpc.criu_req()
-                ans.type = rpc.NOTIFY
-                ans.notify_success = ok
-                swrk.send(ans)
+                swrk.send_encoded(_notify_answer(ok))
         except (ConnectionError, OSError) as exc:
             resp = None
             failure_msg: str | None = f"lost the connection to criu swrk: {exc}"

@@ -67,6 +67,9 @@ class Session:
         self.phases_seen: list[str] = []
         self.warmed = False  # the plugins' warm(action) has run (rpc.begin, or a Warmup)
         self._restore_check: bool | PhaseFailed | PluginError | None = None  # check_restore's
+        # looked up once, not at each phase: several phases of a freeze run here
+        self._acting: dict[str, list[Any]] = {}  # phase -> the plugins with its method
+        self._logs: dict[str, Log] = {}  # plugin -> its log
         # keeps the state where a SIGKILL of this process cannot take it (journal.Journal
         # in RPC mode, the session file in script mode); called at phase boundaries and
         # by the plugins (Context.persist)
@@ -123,9 +126,12 @@ class Session:
     # -- running --------------------------------------------------------------
 
     def context(self, plugin: Any, phase: str) -> Context:
+        log = self._logs.get(plugin.name)
+        if log is None:
+            log = self._logs[plugin.name] = self.log.child(plugin.name)
         return Context(phase=phase, action=self.action, images_dir=self.images_dir,
                        init_pid=self.init_pid, mode=self.mode, plugin=plugin.name,
-                       log=self.log.child(plugin.name), state=self.state.setdefault(plugin.name, {}),
+                       log=log, state=self.state.setdefault(plugin.name, {}),
                        options=self.options, resident=self.resident, persist=self.persist,
                        mark=self.mark)
 
@@ -165,14 +171,14 @@ class Session:
         # that becomes a rollback candidate runs, should this process die; in the freeze
         # (a write costs 1-4 ms there) only if a plugin of this phase, not idle, has
         # something for recover to undo: a migration's handoff keeps its one fact as a mark
+        acting = self._acting.get(phase)
+        if acting is None:
+            acting = self._acting[phase] = [p for p in self.plugins if handles(p, phase)]
         edges = self.action == ph.DUMP and (phase not in QUIET or any(
-            handles(p, phase) and callable(getattr(p, "rollback", None)) and not self._idle(p)
-            for p in self.plugins))
+            callable(getattr(p, "rollback", None)) and not self._idle(p) for p in acting))
         due = edges
         try:
-            for plugin in self.plugins:
-                if not handles(plugin, phase):
-                    continue
+            for plugin in acting:
                 if (self.action == ph.DUMP and phase != "network-unlock"
                         and plugin.name not in self.acted):
                     self.acted.append(plugin.name)
@@ -222,7 +228,7 @@ class Session:
                              "ok": err is None})
         if err:
             ctx.log.error(f"{label} failed after {dt * 1000:.1f} ms: {err.message}")
-        else:
+        elif ctx.log.level >= Log.LEVELS["debug"]:
             ctx.log.debug(f"{label} done in {dt * 1000:.1f} ms")
         return err
 
