@@ -142,6 +142,8 @@ def one(mode: str, ues: int, contexts: int, tmp: Path) -> dict:
                 "ue_gap_worst_began_s": round(worst[1] - t0, 3) if worst else None,
                 "ues_over_half_s": len(over), "over_half": over,
                 "move_s": round(t1 - t0, 3),
+                # when the switch began, from the move's start (the clock is the VM's)
+                "switch_at_s": round(rep.get("moments", {}).get("switch", t0) - t0, 3),
                 "ues_measured": len(per_ue), "total_s": round(total, 3),
                 "criu_frozen_s": round(frozen, 3), "answered_again_s": round(back, 3),
                 "gap_share_of_total": round(max(per_ue) / total, 4),
@@ -186,7 +188,8 @@ def main() -> None:
                 # every move's parts of criu-ext's work in the freeze, not the first's alone
                 res[f"{mode}_parts"] = [r["criu_ext_in_freeze"] | {
                     k: r["times"][k] for k in ("source_detail", "dest_detail") if k in r["times"]}
-                    | {k: r[k] for k in ("ue_gap_worst_began_s", "over_half", "move_s")}
+                    | {k: r[k] for k in ("ue_gap_worst_began_s", "over_half", "move_s",
+                                         "switch_at_s")}
                     for r in runs]
     if "carried" in res and "stage" in res:
         res["gap_ratio"] = round(res["stage"]["ue_gap_max_s"] / res["carried"]["ue_gap_max_s"], 4)

@@ -70,6 +70,7 @@ class Session:
         # looked up once, not at each phase: several phases of a freeze run here
         self._acting: dict[str, list[Any]] = {}  # phase -> the plugins with its method
         self._logs: dict[str, Log] = {}  # plugin -> its log
+        self._done: set[str] = set()  # the plugins that said they have nothing more to do
         # keeps the state where a SIGKILL of this process cannot take it (journal.Journal
         # in RPC mode, the session file in script mode); called at phase boundaries and
         # by the plugins (Context.persist)
@@ -93,11 +94,30 @@ class Session:
         return [p for p in wanted if p in acting]
 
     def _idle(self, plugin: Any) -> bool:
-        """A plugin that says, after the first phase ran, that it has nothing more to do."""
-        idle = getattr(plugin, "idle", None)
-        if not callable(idle) or not self.phases_seen:
+        """A plugin that says, after the first phase ran, that it has nothing more to do
+        (for good: asked once it said so, it is not asked again)."""
+        if plugin.name in self._done:
+            return True
+        if not self.phases_seen:
             return False
-        return bool(idle(self.context(plugin, self.phases_seen[-1])))
+        return self._ask_idle(plugin, self.phases_seen[-1])
+
+    def _ask_idle(self, plugin: Any, phase: str) -> bool:
+        idle = getattr(plugin, "idle", None)
+        if callable(idle) and idle(self.context(plugin, phase)):
+            self._done.add(plugin.name)
+            return True
+        return False
+
+    def settle(self) -> None:
+        """Ask every plugin now whether it has anything more to do; those that have not
+        are not called again (their rollback still runs). ``run`` does it after a dump's
+        first phase (before the freeze); a receiver before CRIU's first notification of
+        a restore, the images all there."""
+        phase = self.phases_seen[-1] if self.phases_seen else ph.RESTORE_PHASES[0]
+        for plugin in self.plugins:
+            if plugin.name not in self._done:
+                self._ask_idle(plugin, phase)
 
     def check_restore(self) -> None:
         """At restore: every plugin that wrote images at dump must be here. Looked at
@@ -174,6 +194,8 @@ class Session:
         acting = self._acting.get(phase)
         if acting is None:
             acting = self._acting[phase] = [p for p in self.plugins if handles(p, phase)]
+        if self._done:
+            acting = [p for p in acting if p.name not in self._done]
         edges = self.action == ph.DUMP and (phase not in QUIET or any(
             callable(getattr(p, "rollback", None)) and not self._idle(p) for p in acting))
         due = edges
@@ -196,6 +218,8 @@ class Session:
         finally:
             if edges:
                 self.persist()
+        if self.action == ph.DUMP and len(self.phases_seen) == 1:
+            self.settle()
         for err in errors:
             self.log.error(f"{err} (CRIU goes on: this phase's failures are only logged)")
 

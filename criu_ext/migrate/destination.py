@@ -544,7 +544,7 @@ class Session:
             # answered (it reads the descriptors' and the memory's images after that):
             # the final page server's end, our sockets' options, the descriptors'
             # rewrite, the source told, the tail's reader, the manifest read
-            # (pre-restore raises what failed)
+            # (pre-restore raises what failed), the plugins asked whether they act
             try:
                 t1 = time.monotonic()
                 self._end_page_server()
@@ -563,6 +563,7 @@ class Session:
             self.log.info(f"restoring from round {self.round}")
             with contextlib.suppress(PhaseFailed, PluginError):
                 session.check_restore()
+            session.settle()  # the plugins with nothing to restore are not called again
 
         try:
             res = run(ph.RESTORE, opts, session, self.cfg.criu, swrk=swrk, request=request,
