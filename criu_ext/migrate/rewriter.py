@@ -33,8 +33,10 @@ class Rewriter:
 
     def __init__(self, workdir: str) -> None:
         """``workdir``: where it warms up (inherit.warm), on made-up images."""
+        # its start (pycriu's schema, a warm run) yields to the function's own work on
+        # this host; it takes our priority back once warm
         self.proc = subprocess.Popen([sys.executable, "-m", "criu_ext.migrate.rewriter",
-                                      workdir],
+                                      workdir, str(os.getpriority(os.PRIO_PROCESS, 0))],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, close_fds=True)
         self.pending: str | None = None  # the directory of the job submitted
@@ -86,9 +88,14 @@ class Rewriter:
 
 def main() -> None:
     """The process: one JSON job a line on stdin, one JSON answer a line on stdout."""
+    os.setpriority(os.PRIO_PROCESS, 0, 19)  # its imports yield to the function's work
     from criu_ext.migrate.inherit import InheritError, as_inherited, warm
 
     warm(sys.argv[1])  # the first job then runs warm
+    try:  # the job comes in a freeze: at its caller's priority (root may raise it back)
+        os.setpriority(os.PRIO_PROCESS, 0, int(sys.argv[2]))
+    except (IndexError, ValueError, PermissionError):
+        pass
     for line in sys.stdin:
         try:
             job = json.loads(line)
