@@ -22,7 +22,7 @@ from procns.files import loads_json
 
 MAX_MESSAGE = 1 << 20
 CHUNK = 1 << 16
-VERSION = 2  # 2: a pdp message's changes go column by column
+VERSION = 3  # 2: a pdp message's changes go column by column; 3: the switch in one message
 # CRIU's --network-lock methods (rpc.proto's criu_network_lock_method), both ends
 NETWORK_LOCKS = ("iptables", "nftables")
 # --stage: the key of the task's netns, in the source's --external and the destination's
