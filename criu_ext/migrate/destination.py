@@ -140,7 +140,6 @@ class _Plan:
     """The restore of one round's images, encoded before that round's dump (Session._plan)."""
 
     round: int
-    images: str
     handoff: Handoff
     session: PluginSession
     opts: Options
@@ -485,7 +484,7 @@ class Session:
             opts.external = []
             keys = self.staged.plane.inherit_keys()
             opts.inherit_fd = {self.nsfd: wire.STAGE_KEY, **keys}
-        return _Plan(n, images, handoff, session, opts, Request(ph.RESTORE, opts), keys)
+        return _Plan(n, handoff, session, opts, Request(ph.RESTORE, opts), keys)
 
     def _inherit(self, images: str):
         """The staged sockets' keys (by source inode) once the images are rewritten: by
@@ -536,8 +535,8 @@ class Session:
                 opts.inherit_fd.update(keys)
                 request = Request(ph.RESTORE, opts)
         swrk, self.swrk = self.swrk, None
-        # this end's work from the source's ``restore`` to CRIU's request (the final
-        # page server's end and the image rewrite included): criu-ext's, in the freeze
+        # this end's work from the source's ``restore`` to CRIU's request (with --stage,
+        # the rewriter's answer): criu-ext's, in the freeze
         handoff.times["prepare_s"] = round(time.monotonic() - t_in, 6)
 
         def sent() -> None:  # while CRIU starts, all of it before its pre-restore is

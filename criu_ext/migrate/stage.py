@@ -318,8 +318,7 @@ class StagedPlane:
         from criu_ext.migrate.inherit import stand_ins
 
         inos = stand_ins(self.sockets())  # as inherit() gives them
-        return {s.fileno(): f"socket:[{inos[self.task_sockets[k][0]]}]"
-                for k, s in self.held.items()}
+        return self.inherit_fds({inode: (f"socket:[{ino}]", False) for inode, ino in inos.items()})
 
     def sockets(self) -> dict[int, int]:
         """The task's GTP sockets as the source dumped them: inode -> UDP port."""
